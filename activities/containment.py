@@ -1,0 +1,292 @@
+"""Contain, assess, close: the steps of an incident that touch only PostgreSQL.
+
+`contain_detection` is the hot path. It records the detection, attaches the ATLAS facts,
+plans, and makes every low-risk block effective, in one transaction; so containment never
+waits for the slower assessment, hooks, notices or tickets that follow.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio import activity
+
+from activities.context import ActivityContext, action_id_for, now, ref_of
+from soar.atlas.store import technique_info
+from soar.audit.chain import LogEvent, append
+from soar.contracts import (
+    ActionRef,
+    CloseInput,
+    ContainInput,
+    ContainResult,
+    EnrichInput,
+    EnrichResult,
+)
+from soar.db import transaction
+from soar.domain import DetectionFacts, PlannedAction, Severity
+from soar.enforcement import ENFORCEMENT_ACTIONS, KIND_OF_ACTION, add_block
+from soar.models import Action, Approval, Detection, Incident
+from soar.policy import evaluate
+
+SYSTEM = "system:atlas-soar"
+_SEVERITY_WEIGHT = {"info": 0.1, "low": 0.3, "medium": 0.55, "high": 0.8, "critical": 1.0}
+_TACTIC_WEIGHT = {"AML.TA0010": 15.0, "AML.TA0011": 10.0, "AML.TA0005": 5.0}
+
+
+def _base(inp_incident: str, det: DetectionFacts, tactic: str | None) -> dict[str, Any]:
+    return {
+        "incident_id": inp_incident,
+        "tenant": det.subject.tenant,
+        "subject": det.subject.key,
+        "technique": det.technique,
+        "tactic": tactic,
+    }
+
+
+class ContainmentActivities:
+    def __init__(self, ctx: ActivityContext) -> None:
+        self.ctx = ctx
+
+    @activity.defn(name="contain_detection")
+    async def contain_detection(self, inp: ContainInput) -> ContainResult:
+        det = inp.detection
+        iid = inp.incident_id
+        async with transaction(self.ctx.factory) as s:
+            info = await technique_info(s, det.technique)
+            tactic_ids = [t[0] for t in info.tactics] if info else []
+            tactic = tactic_ids[0] if tactic_ids else None
+            base = _base(iid, det, tactic)
+            plan = evaluate(
+                self.ctx.playbook, det, tactics=tactic_ids, repeat_count=inp.repeat_count
+            )
+            active = set(inp.active_keys)
+            generations = dict(inp.generations)
+            applied: list[ActionRef] = []
+            deferred: list[ActionRef] = []
+            approval: list[ActionRef] = []
+            rows: list[tuple[PlannedAction, Action]] = []
+            for pa in plan.actions:
+                if pa.key in active:
+                    continue  # already in force or awaiting a decision in this incident
+                row = await self._upsert_action(s, iid, det, pa, generations.get(pa.key, 1))
+                rows.append((pa, row))
+
+            # The log rows come last: the chain lock is held from the first until commit.
+            await append(s, LogEvent(
+                event_key=f"{iid}:{det.detection_id}:received", event="detection.received",
+                actor=f"source:{det.source}", details={
+                    "detection_id": det.detection_id, "severity": det.severity,
+                    "confidence": det.confidence, "prompt_sha256": det.prompt_sha256,
+                    "excerpt": det.excerpt, "model": det.model, "observed_at": det.observed_at,
+                    "repeat_count": inp.repeat_count,
+                }, **base,
+            ))  # fmt: skip
+            await append(s, LogEvent(
+                event_key=f"{iid}:{det.detection_id}:enriched", event="incident.enriched",
+                actor=SYSTEM, details={
+                    "technique_name": info.name if info else None,
+                    "parent": info.parent_id if info else None,
+                    "tactics": [{"id": t, "name": n} for t, n in (info.tactics if info else ())],
+                    "mitigations": [
+                        {"id": m, "name": n} for m, n in (info.mitigations if info else ())
+                    ],
+                }, **base,
+            ))  # fmt: skip
+            await append(s, LogEvent(
+                event_key=f"{iid}:{det.detection_id}:planned", event="response.planned",
+                actor=SYSTEM, details={
+                    "rules_fired": list(plan.rules_fired),
+                    "actions": [
+                        {"action_id": r.id, "type": r.action_type, "risk": r.risk,
+                         "target": r.target, "duration_seconds": r.duration_seconds}
+                        for _, r in rows
+                    ],
+                    "playbook": self.ctx.playbook.name,
+                }, **base,
+            ))  # fmt: skip
+            t = now()
+            for pa, row in rows:
+                if (
+                    row.status == "planned"
+                    and pa.risk == "low"
+                    and (pa.action_type in ENFORCEMENT_ACTIONS)
+                ):
+                    await apply_enforcement(s, row, det.technique, t, actor=SYSTEM, base=base)
+                # The workflow tracks actions by their key without the generation suffix.
+                ref = ref_of(row, det.technique, action_key=pa.key)
+                if row.status == "applied":
+                    applied.append(ref)
+                elif row.risk == "high":
+                    approval.append(ref)
+                elif row.status == "planned":
+                    deferred.append(ref)
+            inc = await s.get(Incident, iid)
+            if inc is not None:
+                inc.plan = {
+                    "playbook": self.ctx.playbook.name,
+                    "rules_fired": sorted(set((inc.plan or {}).get("rules_fired", []))
+                                          | set(plan.rules_fired)),
+                }  # fmt: skip
+        return ContainResult(
+            tactic=tactic,
+            applied=tuple(applied),
+            deferred=tuple(deferred),
+            needs_approval=tuple(approval),
+            rules_fired=plan.rules_fired,
+        )
+
+    async def _upsert_action(
+        self, s: AsyncSession, iid: str, det: DetectionFacts, pa: PlannedAction, gen: int
+    ) -> Action:
+        action_id = action_id_for(iid, pa.key, gen)
+        key = pa.key if gen == 1 else f"{pa.key}#{gen}"
+        await s.execute(
+            pg_insert(Action)
+            .values(
+                id=action_id, incident_id=iid, action_key=key, action_type=pa.action_type,
+                risk=pa.risk, tenant=det.subject.tenant, target=pa.target,
+                status="pending_approval" if pa.risk == "high" else "planned",
+                rule=pa.rule, params=dict(pa.params), duration_seconds=pa.duration_seconds,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )  # fmt: skip
+        row = await s.get(Action, action_id, populate_existing=True)
+        assert row is not None
+        return row
+
+    @activity.defn(name="enrich_incident")
+    async def enrich_incident(self, inp: EnrichInput) -> EnrichResult:
+        det = inp.detection
+        since = now() - timedelta(hours=24)
+        async with transaction(self.ctx.factory) as s:
+            info = await technique_info(s, det.technique)
+            sub = det.subject
+            conds = []
+            for col, val in (
+                (Detection.subject_user, sub.user),
+                (Detection.subject_session, sub.session),
+                (Detection.subject_api_key, sub.api_key),
+            ):
+                if val:
+                    conds.append(col == val)
+            history = int(
+                await s.scalar(
+                    select(func.count())
+                    .select_from(Detection)
+                    .where(Detection.tenant == sub.tenant, Detection.received_at >= since)
+                    .where(or_(*conds))
+                )
+                or 0
+            )
+            targets = [v for v in (sub.user, sub.session, sub.api_key) if v]
+            prior_actions = int(
+                await s.scalar(
+                    select(func.count())
+                    .select_from(Action)
+                    .where(Action.tenant == sub.tenant, Action.target.in_(targets))
+                    .where(Action.created_at >= since, Action.incident_id != inp.incident_id)
+                )
+                or 0
+            )
+            tactic_ids = [t[0] for t in info.tactics] if info else []
+            score = 60.0 * _SEVERITY_WEIGHT.get(det.severity, 0.5) * max(det.confidence, 0.2)
+            score += min(history - 1, 10) * 3.0 + min(prior_actions, 5) * 2.0
+            score += max((_TACTIC_WEIGHT.get(t, 0.0) for t in tactic_ids), default=0.0)
+            score = round(max(0.0, min(100.0, score)), 1)
+            mitigations = info.mitigations if info else ()
+            tactic_names = ", ".join(f"{t} {n}" for t, n in info.tactics) if info else "-"
+            summary = (
+                f"{det.technique} {info.name if info else ''} ({tactic_names}) on "
+                f"{sub.key} in {sub.tenant}: severity {det.severity}, confidence "
+                f"{det.confidence:.2f}; {history} detection(s) on this subject in 24 h"
+                + (f"; excerpt: {det.excerpt}" if det.excerpt else "")
+            )
+            enrichment = {
+                "technique": {"id": det.technique, "name": info.name if info else None,
+                              "parent": info.parent_id if info else None},
+                "tactics": [{"id": t, "name": n} for t, n in (info.tactics if info else ())],
+                "mitigations": [{"id": m, "name": n} for m, n in mitigations],
+                "history_24h": {"detections": history, "actions_other_incidents": prior_actions},
+                "risk_score": score,
+                "summary": summary,
+            }  # fmt: skip
+            inc = await s.get(Incident, inp.incident_id)
+            if inc is not None:
+                if inc.risk_score is None or score >= inc.risk_score:
+                    inc.risk_score = score
+                inc.enrichment = enrichment
+            await append(s, LogEvent(
+                event_key=f"{inp.incident_id}:{det.detection_id}:assessed",
+                event="incident.assessed", actor=SYSTEM,
+                details={"risk_score": score, "history_24h": history, "summary": summary},
+                **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
+            ))  # fmt: skip
+        return EnrichResult(risk_score=score, tactic=tactic_ids[0] if tactic_ids else None,
+                            summary=summary)  # fmt: skip
+
+    @activity.defn(name="close_incident")
+    async def close_incident(self, inp: CloseInput) -> bool:
+        async with transaction(self.ctx.factory) as s:
+            inc = await s.get(Incident, inp.incident_id, with_for_update=True)
+            if inc is None:
+                return True
+            if inc.status == "closed":
+                return True
+            pending = await s.scalar(
+                select(func.count())
+                .select_from(Approval)
+                .where(Approval.incident_id == inc.id, Approval.status == "pending")
+            )
+            quiet_since = datetime.now(UTC) - timedelta(seconds=inp.quiet_seconds)
+            # A detection that joined after the workflow's timer started keeps it open.
+            if pending or inc.last_detection_at > quiet_since + timedelta(seconds=1):
+                return False
+            await s.execute(
+                update(Incident)
+                .where(Incident.id == inc.id)
+                .values(status="closed", closed_at=text("now()"))
+            )
+            await append(s, LogEvent(
+                event_key=f"{inc.id}:closed", event="incident.closed", actor=SYSTEM,
+                incident_id=inc.id, tenant=inc.tenant, subject=inc.subject_key,
+                technique=inc.technique,
+                details={"detections": inc.detection_count, "severity": inc.severity},
+            ))  # fmt: skip
+        return True
+
+
+async def apply_enforcement(
+    s: AsyncSession,
+    row: Action,
+    technique: str,
+    at: datetime,
+    *,
+    actor: str,
+    base: dict[str, Any],
+) -> None:
+    """Make an enforcement action effective and log it; idempotent on the action id."""
+    until = at + timedelta(seconds=row.duration_seconds) if row.duration_seconds else None
+    await add_block(
+        s, action_id=row.id, kind=KIND_OF_ACTION[row.action_type], tenant=row.tenant,
+        target=row.target, incident_id=row.incident_id, technique=technique, now=at, until=until,
+    )  # fmt: skip
+    await s.execute(
+        update(Action)
+        .where(Action.id == row.id)
+        .values(status="applied", applied_at=at, expires_at=until)
+    )
+    row.status, row.applied_at, row.expires_at = "applied", at, until
+    await append(s, LogEvent(
+        event_key=f"{row.id}:applied", event="action.applied", actor=actor,
+        action=row.action_type, outcome="applied",
+        details={"action_id": row.id, "target": row.target, "risk": row.risk,
+                 "until": until.isoformat() if until else None, "rule": row.rule},
+        **base,
+    ))  # fmt: skip
+
+
+__all__ = ["SYSTEM", "ContainmentActivities", "Severity", "apply_enforcement"]

@@ -1,0 +1,94 @@
+"""What every activity class gets from the worker: the database, settings, the playbook and
+the connectors. Built once per worker process."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from soar.atlas.store import technique_info
+from soar.config import Settings
+from soar.connectors import IncidentBrief, Notifier, NullNotifier, NullTicketing, Ticketing
+from soar.contracts import ActionRef
+from soar.hooks import HookClient
+from soar.models import Action, Detection, Incident
+from soar.policy import Playbook
+
+
+@dataclass
+class ActivityContext:
+    factory: async_sessionmaker[AsyncSession]
+    settings: Settings
+    playbook: Playbook
+    hooks: HookClient
+    notifier: Notifier = field(default_factory=NullNotifier)
+    ticketing: Ticketing = field(default_factory=NullTicketing)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def action_id_for(incident_id: str, action_key: str, generation: int) -> str:
+    digest = hashlib.sha256(f"{incident_id}|{action_key}|{generation}".encode()).hexdigest()
+    return f"act-{digest[:28]}"
+
+
+def ref_of(row: Action, technique: str, *, action_key: str | None = None) -> ActionRef:
+    return ActionRef(
+        action_id=row.id,
+        incident_id=row.incident_id,
+        action_key=action_key or row.action_key,
+        action_type=row.action_type,
+        risk=row.risk,
+        tenant=row.tenant,
+        target=row.target,
+        technique=technique,
+        duration_seconds=row.duration_seconds,
+        expires_at=row.expires_at.isoformat() if row.expires_at else None,
+        status=row.status,
+        rule=row.rule,
+    )
+
+
+async def incident_brief(
+    session: AsyncSession, incident_id: str, settings: Settings
+) -> IncidentBrief:
+    inc = await session.get(Incident, incident_id)
+    if inc is None:
+        raise LookupError(f"incident {incident_id} not found")
+    info = await technique_info(session, inc.technique)
+    excerpt = await session.scalar(
+        select(Detection.excerpt)
+        .where(Detection.incident_id == incident_id, Detection.excerpt.is_not(None))
+        .order_by(Detection.received_at.desc())
+        .limit(1)
+    )
+    applied = (
+        await session.scalars(
+            select(Action)
+            .where(Action.incident_id == incident_id, Action.applied_at.is_not(None))
+            .order_by(Action.applied_at)
+        )
+    ).all()
+    tactic = info.tactics[0] if info and info.tactics else None
+    return IncidentBrief(
+        incident_id=inc.id,
+        tenant=inc.tenant,
+        subject=inc.subject_key,
+        technique=inc.technique,
+        technique_name=info.name if info else inc.technique,
+        tactic=tactic[0] if tactic else None,
+        tactic_name=tactic[1] if tactic else None,
+        severity=inc.severity,
+        risk_score=inc.risk_score,
+        excerpt=excerpt,
+        auto_actions=tuple(f"{a.action_type} {a.target}" for a in applied),
+        ticket_key=inc.ticket_key,
+        ticket_url=inc.ticket_url,
+        url=f"{settings.base_url}/ui/incidents/{inc.id}",
+    )

@@ -1,0 +1,96 @@
+"""The HTTP API: intake, enforcement checks, incidents, approvals, audit, operations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from standardwebhooks.webhooks import Webhook
+from temporalio.client import Client
+
+from soar.api import health, intake, response
+from soar.api.deps import AppState
+from soar.auth import sync_bootstrap_tokens
+from soar.config import Settings
+from soar.db import make_async_engine, session_factory
+from soar.temporal_client import connect
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database_url: str,
+    temporal_address: str,
+    webhook_secret: str,
+    temporal: Client | None = None,
+) -> FastAPI:
+    engine = make_async_engine(database_url)
+    state = AppState(settings=settings, factory=session_factory(engine), temporal=temporal)
+    state.extras["webhook"] = Webhook(webhook_secret)
+
+    async def _connect_temporal() -> None:
+        while state.temporal is None:
+            try:
+                state.temporal = await connect(
+                    temporal_address, settings.temporal_namespace, attempts=1
+                )
+            except ConnectionError as exc:
+                state.temporal_error = str(exc)
+                await asyncio.sleep(1)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with state.factory() as session, session.begin():
+            await sync_bootstrap_tokens(session, settings.bootstrap_tokens)
+        task = asyncio.create_task(_connect_temporal())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="atlas-soar",
+        summary="Response orchestration for attacks on AI systems (MITRE ATLAS)",
+        lifespan=lifespan,
+    )
+    app.state.soar = state
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
+             "message": str(e["msg"]).removeprefix("Value error, ")}
+            for e in exc.errors()
+        ]  # fmt: skip
+        return JSONResponse({"error": "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never a stack trace to the caller; the detail is in the server log.
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    for router in (health.router, intake.router, response.router):
+        app.include_router(router)
+    for extra in _optional_routers():
+        app.include_router(extra)
+    return app
+
+
+def _optional_routers() -> list[Any]:
+    """Routers of features that live in their own packages (audit, Slack, web UI)."""
+    found: list[Any] = []
+    for module, attr in (
+        ("soar.audit.api", "router"),
+        ("approvals.slack_routes", "router"),
+        ("approvals.web", "router"),
+    ):
+        with contextlib.suppress(ModuleNotFoundError):
+            mod = __import__(module, fromlist=[attr])
+            found.append(getattr(mod, attr))
+    return found

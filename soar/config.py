@@ -1,0 +1,201 @@
+"""Settings from the environment (prefix ``SOAR_``) or a ``.env`` file.
+
+A missing or malformed setting is reported in one line naming the variable
+(see :func:`load_settings`), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from soar.domain import Role
+
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx", "todo", "placeholder"}
+
+
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "atlas-soar"
+
+
+@dataclass(frozen=True)
+class BootstrapToken:
+    name: str
+    role: Role
+    token: str
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SOAR_", env_file=".env", extra="ignore", case_sensitive=False
+    )
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = Field(default_factory=default_home)
+
+    database_url: str | None = None
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "atlas-soar"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None  # used in links (Slack, Jira); default http://host:port
+
+    webhook_secret: SecretStr | None = None
+    webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    max_body_bytes: int = 256 * 1024
+
+    policy_file: Path | None = None
+    correlation_window_seconds: int = Field(default=3600, ge=1)
+    approval_timeout_seconds: int = Field(default=4 * 3600, ge=1)
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_approval_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_approvers: str = ""
+
+    jira_url: str | None = None
+    jira_user: str | None = None
+    jira_token: SecretStr | None = None
+    jira_project: str | None = None
+    jira_issue_type: str = "Task"
+    jira_done_transition: str = "Done"
+    jira_priority_map: str = "critical:Highest,high:High,medium:Medium,low:Low,info:Lowest"
+
+    # Outbound enforcement hooks, e.g. an LLM gateway's admin API: JSON {action_type: url}
+    action_hooks: dict[str, str] = Field(default_factory=dict)
+    hook_secret: SecretStr | None = None  # whsec_... used to sign hook calls
+
+    api_tokens: SecretStr | None = None  # name:role:token,...
+    session_secret: SecretStr | None = None  # web UI cookie signing; generated when unset
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql://", "postgresql+", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host:port/db)")
+        return v
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _check_temporal(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port, e.g. temporal.example.com:7233")
+        return v
+
+    @field_validator("webhook_secret", "hook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        raw = v.get_secret_value()
+        if not raw.startswith("whsec_") or len(raw) < 16:
+            raise ValueError("must be a Standard Webhooks secret of the form whsec_<base64>")
+        return v
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _check_tokens(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        parse_api_tokens(v.get_secret_value())
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment != "production":
+            return self
+        for name in ("webhook_secret", "slack_signing_secret", "slack_bot_token", "jira_token"):
+            value = getattr(self, name)
+            if value is not None and value.get_secret_value().lower() in _PLACEHOLDERS:
+                raise ValueError(f"SOAR_{name.upper()}: placeholder value refused in production")
+        for tok in self.bootstrap_tokens:
+            if tok.token.lower() in _PLACEHOLDERS or len(tok.token) < 16:
+                raise ValueError(
+                    f"SOAR_API_TOKENS: token of {tok.name!r} is a placeholder or shorter "
+                    "than 16 characters; refused in production"
+                )
+        return self
+
+    @cached_property
+    def bootstrap_tokens(self) -> tuple[BootstrapToken, ...]:
+        if self.api_tokens is None:
+            return ()
+        return parse_api_tokens(self.api_tokens.get_secret_value())
+
+    @property
+    def slack_approver_ids(self) -> frozenset[str]:
+        return frozenset(x.strip() for x in self.slack_approvers.split(",") if x.strip())
+
+    @property
+    def slack_enabled(self) -> bool:
+        return bool(self.slack_bot_token and self.slack_approval_channel)
+
+    @property
+    def jira_enabled(self) -> bool:
+        return bool(self.jira_url and self.jira_project and self.jira_token)
+
+    @property
+    def correlation_window(self) -> timedelta:
+        return timedelta(seconds=self.correlation_window_seconds)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def webhook_secret_file(self) -> Path:
+        return self.home / "webhook-secret"
+
+
+def parse_api_tokens(raw: str) -> tuple[BootstrapToken, ...]:
+    out: list[BootstrapToken] = []
+    for i, item in enumerate(x.strip() for x in raw.split(",")):
+        if not item:
+            continue
+        parts = item.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"entry {i + 1} must be name:role:token")
+        name, role, token = parts
+        try:
+            out.append(BootstrapToken(name=name, role=Role(role), token=token))
+        except ValueError:
+            roles = ", ".join(r.value for r in Role)
+            raise ValueError(
+                f"entry {i + 1} ({name}): role {role!r} is not one of {roles}"
+            ) from None
+    return tuple(out)
+
+
+class SettingsError(Exception):
+    """One line naming the variable and what is wrong with it."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        var = f"SOAR_{loc.upper()}" if loc else "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if msg.startswith("SOAR_"):
+            raise SettingsError(msg) from None
+        raise SettingsError(f"{var}: {msg}") from None

@@ -1,0 +1,166 @@
+"""Domain types shared by the API, the workflows and the activities.
+
+Everything that crosses a Temporal boundary is a frozen dataclass of plain values so that
+the data converter serialises it and workflow code stays deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {
+    Severity.info: 0,
+    Severity.low: 1,
+    Severity.medium: 2,
+    Severity.high: 3,
+    Severity.critical: 4,
+}
+
+
+class Risk(StrEnum):
+    low = "low"
+    high = "high"
+
+
+class ActionType(StrEnum):
+    block_session = "block_session"
+    block_api_key = "block_api_key"
+    revoke_api_key = "revoke_api_key"
+    disable_user = "disable_user"
+    notify = "notify"
+    open_ticket = "open_ticket"
+
+
+class Role(StrEnum):
+    analyst = "analyst"
+    approver = "approver"
+    auditor = "auditor"
+    admin = "admin"
+
+
+@dataclass(frozen=True)
+class Subject:
+    tenant: str = "default"
+    user: str | None = None
+    session: str | None = None
+    api_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The identity an incident is correlated on: the most durable one present."""
+        if self.user:
+            return f"user:{self.user}"
+        if self.api_key:
+            return f"api_key:{self.api_key}"
+        return f"session:{self.session}"
+
+
+@dataclass(frozen=True)
+class DetectionFacts:
+    """A detection as the workflow sees it: validated, redacted, never the raw prompt."""
+
+    detection_id: str  # the source's id (idempotency key)
+    technique: str
+    severity: str
+    confidence: float
+    source: str
+    observed_at: str  # ISO 8601
+    subject: Subject
+    prompt_sha256: str | None = None
+    excerpt: str | None = None
+    model: str | None = None
+    received_at: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedAction:
+    """One action the playbook asks for. `key` is stable for the incident so that the same
+    action is never planned or applied twice."""
+
+    action_type: str
+    risk: str
+    target: str  # the session id, api key, user id, or channel the action applies to
+    params: dict[str, str] = field(default_factory=dict)
+    duration_seconds: int | None = None  # temporary actions lift themselves after this
+    rule: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.action_type}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[PlannedAction, ...] = ()
+    rules_fired: tuple[str, ...] = ()
+
+
+# --- what crosses the workflow boundary ------------------------------------------------------
+
+WORKFLOW_PREFIX = "incident-"
+SIGNAL_DETECTION = "add_detection"
+UPDATE_DECIDE = "decide"
+
+
+def workflow_id_for(incident_id: str) -> str:
+    return f"{WORKFLOW_PREFIX}{incident_id}"
+
+
+@dataclass(frozen=True)
+class IncidentInput:
+    incident_id: str
+    tenant: str
+    subject_key: str
+    correlation_window_seconds: int = 3600
+    approval_timeout_seconds: int = 4 * 3600
+    carried: CarriedState | None = None  # set on continue-as-new
+
+
+@dataclass(frozen=True)
+class TimedBlock:
+    action_id: str
+    action_key: str
+    expires_at: str  # ISO 8601
+
+
+@dataclass(frozen=True)
+class CarriedState:
+    detection_count: int
+    recent_detection_ids: tuple[str, ...]
+    active_keys: tuple[str, ...]
+    generations: tuple[tuple[str, int], ...]
+    timed_blocks: tuple[TimedBlock, ...]
+    first_technique: str
+    last_detection: DetectionFacts | None
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    approval_id: str
+    decision: str  # approve | reject
+    actor: str  # principal name, or slack:<user id>
+    role: str
+    channel: str = "api"  # api | slack | ui
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    approval_id: str
+    status: str  # approved | rejected
+    decided_by: str
+    decided_at: str

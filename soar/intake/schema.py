@@ -1,0 +1,173 @@
+"""Detection bodies: the native JSON form and an OCSF Detection Finding (class_uid 2004).
+
+Both become one `NativeDetection`; validation errors name every bad field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from soar.domain import Severity
+
+TECHNIQUE_RE = re.compile(r"^AML\.T\d{4}(\.\d{3})?$")
+_OCSF_SEVERITY = {1: "info", 2: "low", 3: "medium", 4: "high", 5: "critical", 6: "critical"}
+
+
+class SubjectIn(BaseModel):
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    tenant: str = Field(default="default", min_length=1, max_length=128)
+    user: str | None = Field(default=None, min_length=1, max_length=256)
+    session: str | None = Field(default=None, min_length=1, max_length=256)
+    api_key: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> SubjectIn:
+        if not (self.user or self.session or self.api_key):
+            raise ValueError("at least one of session, user, api_key is required")
+        return self
+
+
+class EvidenceIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt: str | None = Field(default=None, max_length=200_000)
+    model: str | None = Field(default=None, max_length=256)
+
+
+class NativeDetection(BaseModel):
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    id: str = Field(min_length=1, max_length=256)
+    technique: str
+    severity: Severity
+    confidence: float = Field(ge=0.0, le=1.0)
+    source: str = Field(default="unknown", min_length=1, max_length=128)
+    observed_at: datetime | None = None
+    subject: SubjectIn
+    evidence: EvidenceIn | None = None
+
+    @field_validator("technique")
+    @classmethod
+    def _technique_form(cls, v: str) -> str:
+        v = v.strip().upper()
+        if not TECHNIQUE_RE.match(v):
+            raise ValueError("must be an ATLAS technique ID such as AML.T0051 or AML.T0051.000")
+        return v
+
+    @field_validator("observed_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _ocsf_to_native(body: dict[str, Any]) -> dict[str, Any]:
+    """Map an OCSF Detection Finding onto the native fields; missing parts are left out so
+    that validation names them."""
+    info = _obj(body.get("finding_info"))
+    technique = None
+    for attack in info.get("attacks") or []:
+        if not isinstance(attack, dict):
+            continue
+        for key in ("sub_technique", "technique"):
+            uid = (attack.get(key) or {}).get("uid") if isinstance(attack.get(key), dict) else None
+            if isinstance(uid, str) and uid.upper().startswith("AML."):
+                technique = uid
+                break
+        if technique:
+            break
+    out: dict[str, Any] = {"id": info.get("uid"), "technique": technique}
+    sev = body.get("severity")
+    out["severity"] = (
+        sev.lower() if isinstance(sev, str) and sev.lower() in Severity.__members__
+        else _OCSF_SEVERITY.get(body.get("severity_id"))  # type: ignore[arg-type]
+    )  # fmt: skip
+    conf = body.get("confidence_score")
+    if isinstance(conf, int | float) and not isinstance(conf, bool):
+        out["confidence"] = conf / 100 if conf > 1 else conf
+    elif body.get("confidence") is not None:
+        out["confidence"] = body.get("confidence")
+    metadata = _obj(body.get("metadata"))
+    product = _obj(metadata.get("product"))
+    out["source"] = product.get("name") or "ocsf"
+    t = body.get("time")
+    if isinstance(t, int | float):
+        out["observed_at"] = datetime.fromtimestamp(t / 1000 if t > 1e11 else t, UTC)
+    actor = _obj(body.get("actor"))
+    user = _obj(actor.get("user"))
+    session = _obj(actor.get("session"))
+    subject: dict[str, Any] = {
+        "tenant": (metadata.get("tenant_uid") or body.get("tenant") or "default"),
+        "user": user.get("uid") or user.get("name"),
+        "session": session.get("uid"),
+        "api_key": _obj(body.get("unmapped")).get("api_key"),
+    }  # fmt: skip
+    out["subject"] = {k: v for k, v in subject.items() if v is not None}
+    evidence: dict[str, Any] = {}
+    for ev in body.get("evidences") or []:
+        if isinstance(ev, dict) and isinstance(ev.get("data"), dict):
+            evidence.update({k: v for k, v in ev["data"].items() if k in ("prompt", "model")})
+    if evidence:
+        out["evidence"] = evidence
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def is_ocsf(body: dict[str, Any]) -> bool:
+    return "class_uid" in body
+
+
+def parse_detection(body: Any) -> tuple[NativeDetection, str]:
+    """Returns the detection and its format ("native" or "ocsf"); raises DetectionInvalid."""
+    if not isinstance(body, dict):
+        raise DetectionInvalid([{"field": "body", "message": "must be a JSON object"}])
+    fmt = "native"
+    if is_ocsf(body):
+        if body.get("class_uid") != 2004:
+            raise DetectionInvalid(
+                [
+                    {
+                        "field": "class_uid",
+                        "message": "only OCSF Detection Finding (2004) is accepted",
+                    }
+                ]
+            )
+        fmt = "ocsf"
+        body = _ocsf_to_native(body)
+    try:
+        return NativeDetection.model_validate(body), fmt
+    except ValidationError as exc:
+        raise DetectionInvalid(_errors(exc, ocsf=fmt == "ocsf")) from None
+
+
+_OCSF_FIELD = {
+    "id": "finding_info.uid",
+    "technique": "finding_info.attacks[].technique.uid",
+    "severity": "severity_id",
+    "confidence": "confidence_score",
+    "subject": "actor",
+}
+
+
+def _errors(exc: ValidationError, *, ocsf: bool) -> list[dict[str, str]]:
+    out = []
+    for e in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        if ocsf:
+            head = loc.split(".")[0]
+            loc = _OCSF_FIELD.get(head, loc) if head == loc else loc
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+class DetectionInvalid(Exception):
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors

@@ -1,0 +1,292 @@
+"""The relational schema. Alembic revisions in ``migrations/`` are the only way it changes;
+a test checks that autogenerate finds no difference between these models and the head."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+TZ = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: TZ}
+
+
+# --- ATLAS catalog -------------------------------------------------------------------------
+
+
+class CatalogVersion(Base):
+    """Each successful catalog load; the newest row is the catalog in force."""
+
+    __tablename__ = "atlas_catalog_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    loaded_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    tactic_count: Mapped[int] = mapped_column(Integer)
+    technique_count: Mapped[int] = mapped_column(Integer)
+    mitigation_count: Mapped[int] = mapped_column(Integer)
+
+
+class AtlasTactic(Base):
+    __tablename__ = "atlas_tactics"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class AtlasTechnique(Base):
+    __tablename__ = "atlas_techniques"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("atlas_techniques.id", ondelete="CASCADE"), index=True
+    )
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class AtlasTechniqueTactic(Base):
+    __tablename__ = "atlas_technique_tactics"
+    technique_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("atlas_techniques.id", ondelete="CASCADE"), primary_key=True
+    )
+    tactic_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("atlas_tactics.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class AtlasMitigation(Base):
+    __tablename__ = "atlas_mitigations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class AtlasTechniqueMitigation(Base):
+    __tablename__ = "atlas_technique_mitigations"
+    technique_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("atlas_techniques.id", ondelete="CASCADE"), primary_key=True
+    )
+    mitigation_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("atlas_mitigations.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+# --- incidents and detections ------------------------------------------------------------
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    subject_key: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    workflow_id: Mapped[str] = mapped_column(String(200))
+    technique: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    detection_count: Mapped[int] = mapped_column(Integer, default=1)
+    opened_at: Mapped[datetime] = mapped_column()
+    last_detection_at: Mapped[datetime] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column()
+    risk_score: Mapped[float | None] = mapped_column(Float)
+    enrichment: Mapped[dict[str, Any] | None] = mapped_column()
+    plan: Mapped[dict[str, Any] | None] = mapped_column()
+    ticket_key: Mapped[str | None] = mapped_column(String(64))
+    ticket_url: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # At most one open incident per (tenant, subject): the database settles the race
+        # between two detections that arrive at the same instant.
+        Index(
+            "uq_incidents_open_subject",
+            "tenant",
+            "subject_key",
+            unique=True,
+            postgresql_where=text("status = 'open'"),
+        ),
+        Index("ix_incidents_status_opened", "status", "opened_at"),
+    )
+
+
+class Detection(Base):
+    __tablename__ = "detections"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(128))
+    external_id: Mapped[str] = mapped_column(String(256))
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    technique: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    confidence: Mapped[float] = mapped_column(Float)
+    subject_user: Mapped[str | None] = mapped_column(String(256))
+    subject_session: Mapped[str | None] = mapped_column(String(256))
+    subject_api_key: Mapped[str | None] = mapped_column(String(256))
+    observed_at: Mapped[datetime] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column()
+    prompt_sha256: Mapped[str | None] = mapped_column(String(64))
+    excerpt: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(256))
+    format: Mapped[str] = mapped_column(String(16), default="native")
+    # Transactional outbox: set once the workflow has been signalled; a sweeper re-sends
+    # any detection left undispatched by a crash between commit and signal.
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        UniqueConstraint("source", "external_id", name="uq_detections_source_external_id"),
+        Index("ix_detections_subject_received", "tenant", "subject_user", "received_at"),
+        Index(
+            "ix_detections_undispatched",
+            "received_at",
+            postgresql_where=text("dispatched_at IS NULL"),
+        ),
+    )
+
+
+# --- response ------------------------------------------------------------------------------
+
+
+class Action(Base):
+    __tablename__ = "actions"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)  # idempotency key
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    action_key: Mapped[str] = mapped_column(String(400))
+    action_type: Mapped[str] = mapped_column(String(32))
+    risk: Mapped[str] = mapped_column(String(8))
+    tenant: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(24))
+    rule: Mapped[str] = mapped_column(String(128), default="")
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    applied_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("incident_id", "action_key", name="uq_actions_incident_action_key"),
+    )
+
+
+class EnforcementBlock(Base):
+    """What the gateways' hot-path check reads. A row is active while lifted_at is null
+    and `until` is null or in the future."""
+
+    __tablename__ = "enforcement_blocks"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    action_id: Mapped[str] = mapped_column(ForeignKey("actions.id"), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # session | api_key | user
+    tenant: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(256))
+    incident_id: Mapped[str] = mapped_column(String(40))
+    technique: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column()
+    until: Mapped[datetime | None] = mapped_column()
+    lifted_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        Index(
+            "ix_enforcement_active",
+            "kind",
+            "target",
+            "tenant",
+            postgresql_where=text("lifted_at IS NULL"),
+        ),
+    )
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    incident_id: Mapped[str] = mapped_column(ForeignKey("incidents.id"), index=True)
+    action_id: Mapped[str] = mapped_column(ForeignKey("actions.id"), unique=True)
+    workflow_id: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    requested_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(String(256))
+    decision_channel: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    slack_channel: Mapped[str | None] = mapped_column(String(64))
+    slack_ts: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_approvals_status_requested", "status", "requested_at"),)
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+class ActionLogEntry(Base):
+    """Append-only, hash-chained. `seq` is gapless (assigned under an advisory lock) so a
+    removed row shows as a hole; the database refuses UPDATE, DELETE and TRUNCATE."""
+
+    __tablename__ = "action_log"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    event_key: Mapped[str] = mapped_column(String(300), unique=True)
+    at: Mapped[datetime] = mapped_column()
+    incident_id: Mapped[str | None] = mapped_column(String(40))
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    subject: Mapped[str | None] = mapped_column(String(300))
+    event: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(32))
+    technique: Mapped[str | None] = mapped_column(String(32))
+    tactic: Mapped[str | None] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_action_log_incident_seq", "incident_id", "seq"),
+        Index("ix_action_log_technique_at", "technique", "at"),
+        Index("ix_action_log_tactic_at", "tactic", "at"),
+        Index("ix_action_log_actor_seq", "actor", "seq"),
+        Index("ix_action_log_subject_seq", "subject", "seq"),
+        Index("ix_action_log_at", "at"),
+    )
+
+
+# --- people --------------------------------------------------------------------------------
+
+
+class Principal(Base):
+    __tablename__ = "principals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    slack_user_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))

@@ -1,0 +1,411 @@
+"""Response playbooks: the YAML schema and its line-aware loader.
+
+A playbook maps detections to response actions::
+
+    name: default                        # required
+    description: "..."                   # optional, free text
+    rules:                               # required, at least one rule
+      - name: contain-prompt-injection   # required, unique within the playbook
+        description: "..."               # optional
+        when:                            # required, at least one condition; all are ANDed
+          techniques: ["AML.T0051*"]     # fnmatch patterns (*, ?, [..]), case-insensitive;
+                                         #   "AML.T0051*" matches AML.T0051 and AML.T0051.000
+          tactics: ["AML.TA0005"]        # patterns; match if any tactic of the technique matches
+          severity_at_least: medium      # info|low|medium|high|critical
+          confidence_at_least: 0.5       # 0..1
+          repeat_count_at_least: 3       # detections on this subject within the incident window
+          any:                           # at least one of these sub-conditions must hold;
+            - {severity_at_least: critical}   # each takes the same keys (nesting allowed)
+            - {repeat_count_at_least: 3}
+        actions:                         # required, at least one
+          - type: block_session          # block_session|block_api_key|revoke_api_key|
+                                         #   disable_user|notify|open_ticket
+            risk: low                    # required: low (automatic) | high (needs approval)
+            duration: 15m                # optional, <int><s|m|h|d>; only for block_session,
+                                         #   block_api_key and disable_user
+            params: {reason: "..."}      # optional, string -> string
+                                         #   (notify: `channel`, default "slack")
+
+Every mistake is refused at load time with a `PlaybookError` naming the source, the line of
+the offending node and the path to it, e.g.
+``playbook.yaml line 14: rules[2].when.severity_at_least: 'severe' is not one of info, ...``.
+Unknown keys, duplicate mapping keys and duplicate rule names are errors too: a typo in a
+security policy must never silently turn a rule off.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from soar.domain import ActionType, Risk, Severity
+
+__all__ = [
+    "ActionSpec",
+    "Condition",
+    "Playbook",
+    "PlaybookError",
+    "Rule",
+    "default_playbook",
+    "load_playbook",
+    "load_playbook_text",
+    "parse_duration",
+]
+
+DEFAULT_PLAYBOOK_RESOURCE = "default_playbook.yaml"
+
+# Revoking a key, a ticket or a notice cannot "lift itself"; only blocks and disables can.
+TEMPORARY_ACTIONS = frozenset(
+    {ActionType.block_session, ActionType.block_api_key, ActionType.disable_user}
+)
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+_TOP_KEYS = ("name", "description", "rules")
+_RULE_KEYS = ("name", "description", "when", "actions")
+_CONDITION_KEYS = (
+    "techniques",
+    "tactics",
+    "severity_at_least",
+    "confidence_at_least",
+    "repeat_count_at_least",
+    "any",
+)
+_ACTION_KEYS = ("type", "risk", "duration", "params")
+
+
+class PlaybookError(ValueError):
+    """An invalid playbook. `line` is 1-based (None when the file could not be read)."""
+
+    def __init__(self, source: str, line: int | None, path: str, reason: str) -> None:
+        self.source = source
+        self.line = line
+        self.path = path
+        self.reason = reason
+        where = source if line is None else f"{source} line {line}"
+        super().__init__(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Conditions that must all hold; `any_of` holds if at least one sub-condition does.
+    A field left as None is not checked."""
+
+    techniques: tuple[str, ...] | None = None
+    tactics: tuple[str, ...] | None = None
+    severity_at_least: Severity | None = None
+    confidence_at_least: float | None = None
+    repeat_count_at_least: int | None = None
+    any_of: tuple[Condition, ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    action_type: ActionType
+    risk: Risk
+    duration_seconds: int | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Condition
+    actions: tuple[ActionSpec, ...]
+    description: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Playbook:
+    name: str
+    rules: tuple[Rule, ...]
+    source: str
+    description: str = ""
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlaybookError(source, None, "", f"cannot read the playbook: {exc}") from exc
+    return load_playbook_text(text, source)
+
+
+def load_playbook_text(text: str, source: str = "<playbook>") -> Playbook:
+    try:
+        # compose, not load: the node tree keeps the line of every value.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise PlaybookError(source, line, "", f"invalid YAML: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise PlaybookError(source, None, "", f"invalid YAML: {exc}") from exc
+    if root is None:
+        raise PlaybookError(source, 1, "", "the playbook is empty")
+    return _Parser(source).playbook(root)
+
+
+@lru_cache(maxsize=1)
+def default_playbook() -> Playbook:
+    """The built-in playbook, shipped as package data."""
+    text = resources.files("soar.policy").joinpath(DEFAULT_PLAYBOOK_RESOURCE).read_text("utf-8")
+    return load_playbook_text(text, DEFAULT_PLAYBOOK_RESOURCE)
+
+
+def parse_duration(text: str) -> int:
+    """'15m' -> 900. Raises ValueError on anything else."""
+    match = _DURATION_RE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 4h or 1d")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Parser:
+    """Walks the composed node tree, building the dataclasses or raising PlaybookError."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: Node, path: str, reason: str) -> PlaybookError:
+        return PlaybookError(self.source, _line(node), path, reason)
+
+    # -- generic node helpers -------------------------------------------------------------
+
+    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
+        if not isinstance(node, MappingNode):
+            raise self.error(node, path, f"expected a mapping with keys {', '.join(allowed)}")
+        out: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                raise self.error(key_node, path, "keys must be plain strings")
+            key = str(key_node.value)
+            key_path = f"{path}.{key}" if path else key
+            if key not in allowed:
+                raise self.error(key_node, key_path, f"unknown key (allowed: {', '.join(allowed)})")
+            if key in out:
+                raise self.error(key_node, key_path, "duplicate key")
+            out[key] = value_node
+        return out
+
+    def require(self, fields: dict[str, Node], key: str, parent: Node, path: str) -> Node:
+        if key not in fields:
+            raise self.error(parent, path, f"missing required key {key!r}")
+        return fields[key]
+
+    def sequence(self, node: Node, path: str, what: str) -> list[Node]:
+        if not isinstance(node, SequenceNode):
+            raise self.error(node, path, f"expected a list of {what}")
+        if not node.value:
+            raise self.error(node, path, f"must list at least one of {what}")
+        return list(node.value)
+
+    def scalar(self, node: Node, path: str) -> object:
+        if not isinstance(node, ScalarNode):
+            raise self.error(node, path, "expected a single value, not a list or mapping")
+        try:
+            return self._constructor.construct_object(node)
+        except yaml.YAMLError as exc:
+            raise self.error(node, path, f"cannot read value: {exc}") from exc
+
+    def string(self, node: Node, path: str) -> str:
+        value = self.scalar(node, path)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(node, path, f"expected a non-empty string, got {value!r}")
+        return value.strip()
+
+    def number(self, node: Node, path: str) -> float:
+        value = self.scalar(node, path)
+        # bool is an int subclass: `true` must not pass as 1.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(node, path, f"expected a number, got {value!r}")
+        return float(value)
+
+    def choice(self, node: Node, path: str, options: list[str]) -> str:
+        value = self.scalar(node, path)
+        if not isinstance(value, str) or value not in options:
+            raise self.error(node, path, f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def playbook(self, root: Node) -> Playbook:
+        fields = self.mapping(root, "", _TOP_KEYS)
+        name = self.string(self.require(fields, "name", root, ""), "name")
+        description = (
+            self.string(fields["description"], "description") if "description" in fields else ""
+        )
+        rules_node = self.require(fields, "rules", root, "")
+        rules: list[Rule] = []
+        seen: dict[str, int] = {}
+        for index, rule_node in enumerate(self.sequence(rules_node, "rules", "rules")):
+            rule = self.rule(rule_node, f"rules[{index}]")
+            if rule.name in seen:
+                name_node = self.mapping(rule_node, "", _RULE_KEYS)["name"]
+                raise self.error(
+                    name_node,
+                    f"rules[{index}].name",
+                    f"duplicate rule name {rule.name!r} (first defined on line {seen[rule.name]})",
+                )
+            seen[rule.name] = rule.line
+            rules.append(rule)
+        return Playbook(name=name, rules=tuple(rules), source=self.source, description=description)
+
+    def rule(self, node: Node, path: str) -> Rule:
+        fields = self.mapping(node, path, _RULE_KEYS)
+        name = self.string(self.require(fields, "name", node, path), f"{path}.name")
+        description = (
+            self.string(fields["description"], f"{path}.description")
+            if "description" in fields
+            else ""
+        )
+        when = self.condition(self.require(fields, "when", node, path), f"{path}.when")
+        action_nodes = self.sequence(
+            self.require(fields, "actions", node, path), f"{path}.actions", "actions"
+        )
+        actions = tuple(
+            self.action(action_node, f"{path}.actions[{index}]")
+            for index, action_node in enumerate(action_nodes)
+        )
+        return Rule(
+            name=name, when=when, actions=actions, description=description, line=_line(node)
+        )
+
+    def condition(self, node: Node, path: str) -> Condition:
+        fields = self.mapping(node, path, _CONDITION_KEYS)
+        if not fields:
+            # An empty `when` would match every detection; make a catch-all explicit.
+            raise self.error(
+                node,
+                path,
+                "needs at least one condition (for a catch-all use severity_at_least: info)",
+            )
+        techniques = tactics = None
+        severity = None
+        confidence = None
+        repeat = None
+        any_of: tuple[Condition, ...] = ()
+        if "techniques" in fields:
+            techniques = self.patterns(fields["techniques"], f"{path}.techniques")
+        if "tactics" in fields:
+            tactics = self.patterns(fields["tactics"], f"{path}.tactics")
+        if "severity_at_least" in fields:
+            severity = Severity(
+                self.choice(
+                    fields["severity_at_least"],
+                    f"{path}.severity_at_least",
+                    [s.value for s in Severity],
+                )
+            )
+        if "confidence_at_least" in fields:
+            value_node = fields["confidence_at_least"]
+            confidence = self.number(value_node, f"{path}.confidence_at_least")
+            if not 0.0 <= confidence <= 1.0:
+                raise self.error(
+                    value_node,
+                    f"{path}.confidence_at_least",
+                    f"{confidence:g} is outside 0..1",
+                )
+        if "repeat_count_at_least" in fields:
+            value_node = fields["repeat_count_at_least"]
+            value = self.scalar(value_node, f"{path}.repeat_count_at_least")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise self.error(
+                    value_node,
+                    f"{path}.repeat_count_at_least",
+                    f"expected a whole number >= 1, got {value!r}",
+                )
+            repeat = value
+        if "any" in fields:
+            subs = self.sequence(fields["any"], f"{path}.any", "conditions")
+            any_of = tuple(
+                self.condition(sub, f"{path}.any[{index}]") for index, sub in enumerate(subs)
+            )
+        return Condition(
+            techniques=techniques,
+            tactics=tactics,
+            severity_at_least=severity,
+            confidence_at_least=confidence,
+            repeat_count_at_least=repeat,
+            any_of=any_of,
+            line=_line(node),
+        )
+
+    def patterns(self, node: Node, path: str) -> tuple[str, ...]:
+        items = self.sequence(node, path, "patterns")
+        # ATLAS ids are upper case; normalising here makes the match case-insensitive.
+        return tuple(
+            self.string(item, f"{path}[{index}]").upper() for index, item in enumerate(items)
+        )
+
+    def action(self, node: Node, path: str) -> ActionSpec:
+        fields = self.mapping(node, path, _ACTION_KEYS)
+        type_node = self.require(fields, "type", node, path)
+        action_type = ActionType(
+            self.choice(type_node, f"{path}.type", [a.value for a in ActionType])
+        )
+        # Risk is required: defaulting either way would hide whether a human must approve.
+        risk = Risk(
+            self.choice(
+                self.require(fields, "risk", node, path), f"{path}.risk", [r.value for r in Risk]
+            )
+        )
+        duration_seconds = None
+        if "duration" in fields:
+            duration_node = fields["duration"]
+            if action_type not in TEMPORARY_ACTIONS:
+                raise self.error(
+                    duration_node,
+                    f"{path}.duration",
+                    f"{action_type.value} is not temporary; duration only applies to "
+                    + ", ".join(sorted(a.value for a in TEMPORARY_ACTIONS)),
+                )
+            raw = self.scalar(duration_node, f"{path}.duration")
+            try:
+                if not isinstance(raw, str):
+                    raise ValueError(f"{raw!r} has no unit; write it like 30s, 15m, 4h or 1d")
+                duration_seconds = parse_duration(raw)
+            except ValueError as exc:
+                raise self.error(duration_node, f"{path}.duration", str(exc)) from exc
+        params: dict[str, str] = {}
+        if "params" in fields:
+            params_node = fields["params"]
+            if not isinstance(params_node, MappingNode):
+                raise self.error(params_node, f"{path}.params", "expected a mapping of strings")
+            for key_node, value_node in params_node.value:
+                key = self.string(key_node, f"{path}.params")
+                value_path = f"{path}.params.{key}"
+                if key in params:
+                    raise self.error(key_node, value_path, "duplicate key")
+                value = self.scalar(value_node, value_path)
+                if value is None or isinstance(value, list | dict):
+                    raise self.error(value_node, value_path, "expected a string value")
+                # The source text, so `on: yes` stays "yes" rather than becoming "True".
+                params[key] = str(value_node.value)
+        return ActionSpec(
+            action_type=action_type,
+            risk=risk,
+            duration_seconds=duration_seconds,
+            params=params,
+            line=_line(node),
+        )

@@ -1,0 +1,158 @@
+"""`soar up`: the whole product on one machine, in the foreground, until Ctrl-C."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from soar.config import Settings
+from soar.db import safe_url
+from soar.stack.postgres import EmbeddedPostgres, EmbeddedPostgresError
+from soar.stack.proc import free_port, port_in_use
+from soar.stack.temporal import EmbeddedTemporal, EmbeddedTemporalError
+
+
+def ensure_webhook_secret(settings: Settings) -> tuple[str, str]:
+    """(secret, where it comes from). Generated once into SOAR_HOME when not configured."""
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value(), "SOAR_WEBHOOK_SECRET"
+    path = settings.webhook_secret_file
+    if path.exists():
+        return path.read_text().strip(), str(path)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret, str(path)
+
+
+def _ports(home: Path) -> dict[str, int]:
+    """Reuse the embedded servers' ports of the last run so printed URLs stay stable."""
+    path = home / "ports.json"
+    try:
+        saved: dict[str, int] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    ports = {}
+    for name in ("postgres", "temporal", "temporal_ui"):
+        p = saved.get(name)
+        ports[name] = p if isinstance(p, int) and not port_in_use("127.0.0.1", p) else free_port()
+    path.write_text(json.dumps(ports))
+    return ports
+
+
+def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
+    home = settings.home
+    if port_in_use(settings.api_host, settings.api_port):
+        err.print(f"[red]error:[/red] port {settings.api_port} on {settings.api_host} is in use "
+                  "(set SOAR_API_PORT)")  # fmt: skip
+        return 1
+    home.mkdir(parents=True, exist_ok=True)
+    secret, secret_source = ensure_webhook_secret(settings)
+    ports = _ports(home)
+    pg: EmbeddedPostgres | None = None
+    tp: EmbeddedTemporal | None = None
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    started = time.monotonic()
+    try:
+        with console.status("starting atlas-soar ...") as status:
+            db_url = settings.database_url
+            if db_url is None:
+                status.update("starting embedded PostgreSQL ...")
+                pg = EmbeddedPostgres(home / "pgdata", port=ports["postgres"])
+                pg.start()
+                db_url = pg.url
+            address = settings.temporal_address
+            if address is None:
+                status.update("starting the Temporal dev server ...")
+                tp = EmbeddedTemporal(
+                    home / "temporal.db", port=ports["temporal"], ui_port=ports["temporal_ui"],
+                    namespace=settings.temporal_namespace,
+                )  # fmt: skip
+                tp.start()
+                address = tp.address
+            status.update("applying migrations ...")
+            from soar.stack.bootstrap import migrate_and_seed
+
+            catalog = migrate_and_seed(db_url)
+            env = dict(os.environ, SOAR_DATABASE_URL=db_url, SOAR_TEMPORAL_ADDRESS=address,
+                       SOAR_WEBHOOK_SECRET=secret)  # fmt: skip
+            status.update("starting the worker and the API ...")
+            for cmd in ("worker", "api"):
+                children.append(subprocess.Popen(
+                    [sys.executable, "-m", "soar.cli", cmd], env=env, stdin=subprocess.DEVNULL,
+                ))  # fmt: skip
+            base = f"http://{settings.api_host}:{settings.api_port}"
+            while not stopping:
+                if any(c.poll() is not None for c in children):
+                    err.print("[red]error:[/red] the worker or the API exited; stopping")
+                    return 1
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        if stopping:
+            return 130
+        console.print(f"[bold green]atlas-soar is ready[/bold green] in "
+                      f"{time.monotonic() - started:.1f}s")  # fmt: skip
+        console.print(f"  API            {base}  (docs {base}/docs)")
+        console.print(f"  web UI         {base}/ui")
+        console.print(f"  database       {safe_url(db_url)}" + ("  (embedded)" if pg else ""))
+        console.print(f"  Temporal       {address}" + ("  (embedded)" if tp else ""))
+        if tp:
+            console.print(f"  Temporal UI    {tp.ui_url}")
+        console.print(f"  data folder    {home}")
+        console.print(f"  webhook secret {secret_source}")
+        console.print(f"  ATLAS catalog  {catalog}")
+        console.print("Press Ctrl-C to stop.")
+        while not stopping:
+            if any(c.poll() is not None for c in children):
+                err.print("[red]error:[/red] the worker or the API exited; stopping")
+                return 1
+            time.sleep(0.3)
+        return 0
+    except (EmbeddedPostgresError, EmbeddedTemporalError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    except Exception as exc:
+        err.print(
+            f"[red]error:[/red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+        return 1
+    finally:
+        console.print("stopping ...")
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        for c in children:
+            try:
+                c.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait()
+        if tp:
+            tp.stop()
+        if pg:
+            pg.stop()
+        console.print("stopped.")

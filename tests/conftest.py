@@ -1,0 +1,95 @@
+"""One real PostgreSQL and one real Temporal dev server per test run; each test gets a
+fresh database cloned from a migrated template, and its own task queue."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from temporalio.client import Client
+
+from soar.stack.postgres import EmbeddedPostgres
+from soar.stack.temporal import EmbeddedTemporal
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+TEMPLATE = "soar_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin URL of the test PostgreSQL: SOAR_TEST_DATABASE_URL's server, or embedded."""
+    external = os.environ.get("SOAR_DATABASE_URL")
+    if external:
+        yield external.rsplit("/", 1)[0] + "/postgres"
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    pg.start()
+    try:
+        yield pg.admin_url()
+    finally:
+        pg.stop()
+
+
+def _db_url(admin_url: str, name: str) -> str:
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: str) -> str:
+    from soar.stack.bootstrap import migrate_and_seed
+
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    migrate_and_seed(_db_url(pg_server, TEMPLATE))
+    return TEMPLATE
+
+
+@pytest.fixture
+def db_url(pg_server: str, template_db: str) -> Iterator[str]:
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield _db_url(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_db_url(pg_server: str) -> Iterator[str]:
+    name = "e_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _db_url(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("SOAR_TEMPORAL_ADDRESS")
+    if external:
+        yield external
+        return
+    server = EmbeddedTemporal(tmp_path_factory.mktemp("temporal") / "temporal.db")
+    server.start()
+    try:
+        yield server.address
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(temporal_address: str) -> AsyncIterator[Client]:
+    from soar.temporal_client import connect
+
+    yield await connect(temporal_address, "default")
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return "tq-" + uuid.uuid4().hex[:10]

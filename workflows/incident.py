@@ -1,0 +1,388 @@
+"""IncidentWorkflow: one durable run per open incident.
+
+Per detection: contain first (record, ATLAS facts, plan, apply low-risk enforcement in one
+activity), then everything else in the background: assessment (history, risk, summary),
+outbound hooks, notices, tickets, approvals for high-risk actions, and a durable timer per
+temporary block that lifts it when its time is up. The incident closes once it has been
+quiet for the correlation window and nothing is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from soar.contracts import (
+        ActionRef,
+        ApprovalEvent,
+        ApprovalInput,
+        ApprovalRef,
+        CloseInput,
+        ContainInput,
+        ContainResult,
+        DecisionRecord,
+        EnrichInput,
+        FailureInput,
+        HookInput,
+    )
+    from soar.domain import (
+        SIGNAL_DETECTION,
+        UPDATE_DECIDE,
+        CarriedState,
+        DecisionRequest,
+        DecisionResult,
+        DetectionFacts,
+        IncidentInput,
+        TimedBlock,
+    )
+
+DECIDER_ROLES = frozenset({"approver", "admin"})
+MAX_DETECTIONS_PER_RUN = 500  # keeps history bounded for a subject that floods us
+RECENT_IDS = 1000
+
+_FAST = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+_EXTERNAL = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=8,
+)
+
+
+@dataclass
+class _Approval:
+    ref: ApprovalRef
+    status: str = "pending"  # pending | approved | rejected | expired
+    decision: DecisionRequest | None = None
+    recorded: bool = False
+
+
+@dataclass
+class _State:
+    detection_count: int = 0
+    recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_IDS))
+    active_keys: set[str] = field(default_factory=set)
+    generations: dict[str, int] = field(default_factory=dict)
+    timed_blocks: dict[str, TimedBlock] = field(default_factory=dict)
+    first_technique: str = ""
+    last_detection: DetectionFacts | None = None
+
+
+@workflow.defn(name="IncidentWorkflow")
+class IncidentWorkflow:
+    def __init__(self) -> None:
+        self._queue: list[DetectionFacts] = []
+        self._state = _State()
+        self._approvals: dict[str, _Approval] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.Task[None]] = set()
+        self._input: IncidentInput | None = None
+        self._run_detections = 0
+
+    # --- messages ---------------------------------------------------------------------------
+
+    @workflow.signal(name=SIGNAL_DETECTION)
+    def add_detection(self, detection: DetectionFacts) -> None:
+        self._queue.append(detection)
+
+    @workflow.update(name=UPDATE_DECIDE)
+    async def decide(self, req: DecisionRequest) -> DecisionResult:
+        approval = self._approvals[req.approval_id]
+        # Settle the decision before the first await: a second update sees it decided.
+        approval.status = "approved" if req.decision == "approve" else "rejected"
+        approval.decision = req
+        decided_at = workflow.now().isoformat()
+        await workflow.execute_activity(
+            "record_decision",
+            DecisionRecord(
+                approval=approval.ref,
+                decision=req.decision,
+                actor=req.actor,
+                channel=req.channel,
+                comment=req.comment,
+                decided_at=decided_at,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+        approval.recorded = True
+        return DecisionResult(req.approval_id, approval.status, req.actor, decided_at)
+
+    @decide.validator
+    def _validate_decision(self, req: DecisionRequest) -> None:
+        if req.decision not in ("approve", "reject"):
+            raise ValueError("decision must be 'approve' or 'reject'")
+        if req.role not in DECIDER_ROLES:
+            raise ValueError(f"role {req.role!r} may not decide approvals (approver or admin)")
+        approval = self._approvals.get(req.approval_id)
+        if approval is None:
+            raise ValueError(f"unknown approval {req.approval_id}")
+        if approval.status != "pending":
+            raise ValueError(f"approval {req.approval_id} is already {approval.status}")
+
+    @workflow.query(name="pending_approvals")
+    def pending_approvals(self) -> list[str]:
+        return [k for k, a in self._approvals.items() if a.status == "pending"]
+
+    # --- main loop --------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: IncidentInput) -> str:
+        self._input = inp
+        if inp.carried is not None:
+            self._restore(inp.carried)
+        window = timedelta(seconds=inp.correlation_window_seconds)
+        while True:
+            await _wait(lambda: bool(self._queue), window)
+            if self._queue:
+                while self._queue:
+                    await self._handle(self._queue.pop(0))
+                if self._should_continue_as_new():
+                    # Signals still queued would be lost by continue-as-new: only go once
+                    # every in-flight step (other than block timers, which are carried) is
+                    # done and the queue is empty.
+                    await workflow.wait_condition(lambda: not self._busy(timers=False))
+                    if not self._queue:
+                        await self._continue_as_new(inp)
+                continue
+            # Quiet for a whole window: wait for what is still pending, then try to close.
+            if self._busy():
+                await workflow.wait_condition(lambda: bool(self._queue) or not self._busy())
+                continue
+            closed = await workflow.execute_activity(
+                "close_incident",
+                CloseInput(inp.incident_id, inp.correlation_window_seconds),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_FAST,
+            )
+            if closed:
+                break
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return "closed"
+
+    def _busy(self, *, timers: bool = True) -> bool:
+        return any(not t.done() for t in self._tasks if timers or t not in self._timers)
+
+    def _spawn(self, coro: object, *, timer: bool = False) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if timer:
+            self._timers.add(task)
+            task.add_done_callback(self._timers.discard)
+
+    async def _handle(self, det: DetectionFacts) -> None:
+        st = self._state
+        if det.detection_id in st.recent_ids:
+            return
+        st.recent_ids.append(det.detection_id)
+        st.detection_count += 1
+        self._run_detections += 1
+        st.first_technique = st.first_technique or det.technique
+        st.last_detection = det
+        assert self._input is not None
+        result: ContainResult = await workflow.execute_activity(
+            "contain_detection",
+            ContainInput(
+                incident_id=self._input.incident_id,
+                detection=det,
+                repeat_count=st.detection_count,
+                active_keys=tuple(sorted(st.active_keys)),
+                generations=tuple(sorted(st.generations.items())),
+            ),
+            result_type=ContainResult,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+        for ref in (*result.applied, *result.deferred, *result.needs_approval):
+            st.active_keys.add(ref.action_key)
+        for ref in result.applied:
+            self._spawn(self._deliver_hook(ref, "applied"))
+            if ref.expires_at:
+                st.timed_blocks[ref.action_id] = TimedBlock(
+                    ref.action_id, ref.action_key, ref.expires_at
+                )
+                self._spawn(self._lift_when_due(st.timed_blocks[ref.action_id], ref), timer=True)
+        self._spawn(self._assess(det))
+        for ref in result.deferred:
+            self._spawn(self._run_action(ref))
+        for ref in result.needs_approval:
+            self._spawn(self._approval_flow(ref))
+
+    # --- background steps -------------------------------------------------------------------
+
+    async def _assess(self, det: DetectionFacts) -> None:
+        assert self._input is not None
+        await workflow.execute_activity(
+            "enrich_incident",
+            EnrichInput(self._input.incident_id, det),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=_FAST,
+        )
+
+    async def _deliver_hook(self, ref: ActionRef, event: str) -> None:
+        try:
+            await workflow.execute_activity(
+                "deliver_hook",
+                HookInput(ref, event),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_EXTERNAL,
+            )
+        except ActivityError as err:
+            await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}")
+
+    async def _run_action(self, ref: ActionRef) -> None:
+        try:
+            await workflow.execute_activity(
+                "run_action",
+                ref,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_EXTERNAL,
+            )
+        except ActivityError as err:
+            await self._record_failure(ref, _cause(err))
+            return
+        if ref.action_type in ("revoke_api_key", "disable_user", "block_session", "block_api_key"):
+            await self._deliver_hook(ref, "applied")
+
+    async def _record_failure(self, ref: ActionRef, reason: str) -> None:
+        await workflow.execute_activity(
+            "record_action_failure",
+            FailureInput(ref, reason),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+
+    async def _lift_when_due(self, block: TimedBlock, ref: ActionRef | None = None) -> None:
+        due = datetime.fromisoformat(block.expires_at) - workflow.now()
+        if due.total_seconds() > 0:
+            await asyncio.sleep(due.total_seconds())
+        await workflow.execute_activity(
+            "lift_block",
+            block,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+        st = self._state
+        st.timed_blocks.pop(block.action_id, None)
+        st.active_keys.discard(block.action_key)
+        st.generations[block.action_key] = st.generations.get(block.action_key, 1) + 1
+        if ref is not None:
+            await self._deliver_hook(ref, "lifted")
+
+    async def _approval_flow(self, action: ActionRef) -> None:
+        assert self._input is not None
+        timeout = self._input.approval_timeout_seconds
+        ref: ApprovalRef = await workflow.execute_activity(
+            "request_approval",
+            ApprovalInput(action, timeout),
+            result_type=ApprovalRef,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+        approval = self._approvals.setdefault(ref.approval_id, _Approval(ref))
+        self._spawn(self._announce(ref))
+        half = timedelta(seconds=timeout / 2)
+        decided = await _wait(lambda: approval.status != "pending", half)
+        if not decided:
+            await workflow.execute_activity(
+                "escalate_approval",
+                ApprovalEvent(ref, "escalated"),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_FAST,
+            )
+            decided = await _wait(lambda: approval.status != "pending", half)
+        if not decided:
+            approval.status = "expired"
+            await workflow.execute_activity(
+                "expire_approval",
+                ApprovalEvent(ref, "expired"),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_FAST,
+            )
+            self._state.active_keys.discard(action.action_key)
+            return
+        await workflow.wait_condition(lambda: approval.recorded)
+        if approval.status == "approved":
+            await self._run_action(action)
+        else:
+            self._state.active_keys.discard(action.action_key)
+
+    async def _announce(self, ref: ApprovalRef) -> None:
+        """Tell the humans (Slack when configured). Never blocks the decision: the approval
+        stays decidable through the API and web UI if Slack is down."""
+        try:
+            await workflow.execute_activity(
+                "announce_approval",
+                ref,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_EXTERNAL,
+            )
+        except ActivityError:
+            workflow.logger.warning("approval %s could not be announced", ref.approval_id)
+
+    # --- bounded history --------------------------------------------------------------------
+
+    def _should_continue_as_new(self) -> bool:
+        if any(a.status == "pending" for a in self._approvals.values()):
+            return False  # a pending approval lives in this run's state
+        info = workflow.info()
+        return self._run_detections >= MAX_DETECTIONS_PER_RUN or info.is_continue_as_new_suggested()
+
+    async def _continue_as_new(self, inp: IncidentInput) -> None:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        st = self._state
+        carried = CarriedState(
+            detection_count=st.detection_count,
+            recent_detection_ids=tuple(st.recent_ids),
+            active_keys=tuple(sorted(st.active_keys)),
+            generations=tuple(sorted(st.generations.items())),
+            timed_blocks=tuple(st.timed_blocks.values()),
+            first_technique=st.first_technique,
+            last_detection=st.last_detection,
+        )
+        workflow.continue_as_new(
+            IncidentInput(
+                incident_id=inp.incident_id,
+                tenant=inp.tenant,
+                subject_key=inp.subject_key,
+                correlation_window_seconds=inp.correlation_window_seconds,
+                approval_timeout_seconds=inp.approval_timeout_seconds,
+                carried=carried,
+            )
+        )
+
+    def _restore(self, c: CarriedState) -> None:
+        st = self._state
+        st.detection_count = c.detection_count
+        st.recent_ids.extend(c.recent_detection_ids)
+        st.active_keys = set(c.active_keys)
+        st.generations = dict(c.generations)
+        st.first_technique = c.first_technique
+        st.last_detection = c.last_detection
+        for block in c.timed_blocks:
+            st.timed_blocks[block.action_id] = block
+            self._spawn(self._lift_when_due(block), timer=True)
+
+
+async def _wait(condition: object, within: timedelta) -> bool:
+    try:
+        await workflow.wait_condition(condition, timeout=within)  # type: ignore[arg-type]
+    except TimeoutError:
+        return False
+    return True
+
+
+def _cause(err: ActivityError) -> str:
+    cause: BaseException = err
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause  # type: ignore[attr-defined]
+    return str(cause)[:500]
