@@ -91,12 +91,16 @@ def worker() -> None:
 
     async def _register_optional_commands() -> None:
     """Command groups of features that live in their own modules."""
-    try:
-        from soar.audit.cli import audit_app, report
-    except ModuleNotFoundError:
-        return
-    app.add_typer(audit_app, name="audit")
-    app.command("report")(report)
+    import importlib
+
+    for module, name in (("soar.audit.cli", "audit"), ("approvals.cli", "users")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        app.add_typer(getattr(mod, f"{name}_app"), name=name)
+        if hasattr(mod, "report"):
+            app.command("report")(mod.report)
 
 
 _register_optional_commands()
@@ -242,12 +246,16 @@ def policy_explain(
 
 def _register_optional_commands() -> None:
     """Command groups of features that live in their own modules."""
-    try:
-        from soar.audit.cli import audit_app, report
-    except ModuleNotFoundError:
-        return
-    app.add_typer(audit_app, name="audit")
-    app.command("report")(report)
+    import importlib
+
+    for module, name in (("soar.audit.cli", "audit"), ("approvals.cli", "users")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        app.add_typer(getattr(mod, f"{name}_app"), name=name)
+        if hasattr(mod, "report"):
+            app.command("report")(mod.report)
 
 
 _register_optional_commands()

@@ -110,3 +110,12 @@ class CloseInput:
 class FailureInput:
     action: ActionRef
     reason: str
+
+
+@dataclass(frozen=True)
+class TicketNote:
+    """A comment on the incident's ticket; `event_key` makes it idempotent."""
+
+    incident_id: str
+    event_key: str
+    text: str

@@ -27,6 +27,8 @@ never leak a prefix. Truncation never cuts a tag in half either.
 
 The rules favour over-masking: a version string like ``1.2.3.4`` is a valid IPv4 address and
 becomes ``[IP]``; a 16-digit number that fails the Luhn check is left alone (it is not a card).
+Not covered: IPv6 addresses, postal addresses, names, bare 10-digit numbers without separators
+(indistinguishable from Unix timestamps).
 """
 
 from __future__ import annotations

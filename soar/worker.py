@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -64,7 +63,6 @@ def make_worker(client: Client, ctx: ActivityContext, *, task_queue: str) -> Wor
         task_queue=task_queue,
         workflows=[IncidentWorkflow],
         activities=build_activities(ctx),
-        activity_executor=ThreadPoolExecutor(max_workers=16),
         max_concurrent_activities=64,
     )
 

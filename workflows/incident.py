@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         EnrichInput,
         FailureInput,
         HookInput,
+        TicketNote,
     )
     from soar.domain import (
         SIGNAL_DETECTION,
@@ -86,6 +87,9 @@ class IncidentWorkflow:
         self._timers: set[asyncio.Task[None]] = set()
         self._input: IncidentInput | None = None
         self._run_detections = 0
+        # Ticket operations run one at a time, in the order they were asked for, so the
+        # ticket exists before its first comment and the comments read in order.
+        self._ticket_lock = asyncio.Lock()
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -114,6 +118,11 @@ class IncidentWorkflow:
             retry_policy=_FAST,
         )
         approval.recorded = True
+        self._note(
+            f"{approval.ref.approval_id}:decided",
+            f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
+            f"{approval.status} by {req.actor}" + (f" ({req.comment})" if req.comment else ""),
+        )
         return DecisionResult(req.approval_id, approval.status, req.actor, decided_at)
 
     @decide.validator
@@ -165,6 +174,8 @@ class IncidentWorkflow:
             )
             if closed:
                 break
+        async with self._ticket_lock:
+            await self._ticket_step("close_ticket", inp.incident_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return "closed"
 
@@ -204,7 +215,13 @@ class IncidentWorkflow:
         )
         for ref in (*result.applied, *result.deferred, *result.needs_approval):
             st.active_keys.add(ref.action_key)
+        # The ticket (a deferred action) is asked for first, so it takes the ticket lock
+        # before the notes about the blocks just applied.
+        for ref in result.deferred:
+            self._spawn(self._run_action(ref))
         for ref in result.applied:
+            self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}"
+                       + (f" until {ref.expires_at}" if ref.expires_at else ""))  # fmt: skip
             self._spawn(self._deliver_hook(ref, "applied"))
             if ref.expires_at:
                 st.timed_blocks[ref.action_id] = TimedBlock(
@@ -212,8 +229,6 @@ class IncidentWorkflow:
                 )
                 self._spawn(self._lift_when_due(st.timed_blocks[ref.action_id], ref), timer=True)
         self._spawn(self._assess(det))
-        for ref in result.deferred:
-            self._spawn(self._run_action(ref))
         for ref in result.needs_approval:
             self._spawn(self._approval_flow(ref))
 
@@ -240,6 +255,15 @@ class IncidentWorkflow:
             await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}")
 
     async def _run_action(self, ref: ActionRef) -> None:
+        if ref.action_type == "open_ticket":
+            async with self._ticket_lock:
+                await self._execute_action(ref)
+            return
+        if await self._execute_action(ref) and ref.action_type != "notify":
+            self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}")
+            await self._deliver_hook(ref, "applied")
+
+    async def _execute_action(self, ref: ActionRef) -> bool:
         try:
             await workflow.execute_activity(
                 "run_action",
@@ -249,9 +273,28 @@ class IncidentWorkflow:
             )
         except ActivityError as err:
             await self._record_failure(ref, _cause(err))
-            return
-        if ref.action_type in ("revoke_api_key", "disable_user", "block_session", "block_api_key"):
-            await self._deliver_hook(ref, "applied")
+            return False
+        return True
+
+    def _note(self, event_key: str, text: str) -> None:
+        assert self._input is not None
+        note = TicketNote(self._input.incident_id, event_key, text)
+
+        async def write() -> None:
+            async with self._ticket_lock:
+                await self._ticket_step("note_ticket", note)
+
+        self._spawn(write())
+
+    async def _ticket_step(self, name: str, arg: object) -> None:
+        """Jira trouble never holds up the response: retried with backoff, then given up
+        (the activity logs the failure)."""
+        try:
+            await workflow.execute_activity(
+                name, arg, start_to_close_timeout=timedelta(seconds=60), retry_policy=_EXTERNAL
+            )
+        except ActivityError:
+            workflow.logger.warning("ticket step %s gave up", name)
 
     async def _record_failure(self, ref: ActionRef, reason: str) -> None:
         await workflow.execute_activity(
@@ -271,6 +314,7 @@ class IncidentWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_FAST,
         )
+        self._note(f"{block.action_id}:lifted", f"Lifted {block.action_key} (expired)")
         st = self._state
         st.timed_blocks.pop(block.action_id, None)
         st.active_keys.discard(block.action_key)
@@ -309,6 +353,10 @@ class IncidentWorkflow:
                 retry_policy=_FAST,
             )
             self._state.active_keys.discard(action.action_key)
+            self._note(
+                f"{ref.approval_id}:expired",
+                f"Approval for {action.action_type} {action.target} expired: not taken",
+            )
             return
         await workflow.wait_condition(lambda: approval.recorded)
         if approval.status == "approved":

@@ -63,16 +63,16 @@ async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
         DETECTIONS.labels(outcome="invalid").inc()
         return _problem(422, "invalid detection", exc.errors)
 
-    async with state.factory() as session:
-        if not await technique_exists(session, detection.technique):
-            DETECTIONS.labels(outcome="invalid").inc()
-            return _problem(422, "invalid detection", [{
-                "field": "technique",
-                "message": f"unknown ATLAS technique {detection.technique} "
-                "(not in the loaded catalog; see `soar atlas load`)",
-            }])  # fmt: skip
-        async with session.begin():
-            recorded = await record_detection(session, detection, fmt=fmt)
+    async with state.factory() as session, session.begin():
+        known = await technique_exists(session, detection.technique)
+        recorded = await record_detection(session, detection, fmt=fmt) if known else None
+    if recorded is None:
+        DETECTIONS.labels(outcome="invalid").inc()
+        return _problem(422, "invalid detection", [{
+            "field": "technique",
+            "message": f"unknown ATLAS technique {detection.technique} "
+            "(not in the loaded catalog; see `soar atlas load`)",
+        }])  # fmt: skip
 
     answer = {
         "incident_id": recorded.incident_id,

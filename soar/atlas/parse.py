@@ -9,7 +9,7 @@ instead of silently producing a partial catalog.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +20,10 @@ import yaml
 TACTIC_ID_RE = re.compile(r"AML\.TA\d{4}")
 TECHNIQUE_ID_RE = re.compile(r"AML\.T\d{4}(?:\.\d{3})?")
 MITIGATION_ID_RE = re.compile(r"AML\.M\d{4}")
+
+# Truncation check (see _check_not_cut_off): with fewer siblings than this, keys they happen
+# to share say more about a small hand-written file than about the format.
+_MIN_SIBLINGS = 3
 
 
 _Item = TypeVar("_Item", "Tactic", "Technique", "Mitigation")
@@ -120,7 +124,11 @@ def parse_atlas_file(path: str | Path) -> Catalog:
 
 
 def parse_atlas_yaml(text: str) -> Catalog:
-    """Parse the text of an ATLAS distribution; raise CatalogError on any problem."""
+    """Parse the text of an ATLAS distribution; raise CatalogError on any problem.
+
+    Several matrices are merged (first occurrence of an id wins). Sub-techniques without
+    'tactics' get their parent's. Duplicate technique links in a mitigation are dropped.
+    """
     doc = _load_yaml(text)
     if doc is None:
         raise CatalogError("not an ATLAS distribution: the document is empty")
@@ -130,6 +138,9 @@ def parse_atlas_yaml(text: str) -> Catalog:
         )
     if "matrices" not in doc:
         raise CatalogError("not an ATLAS distribution: no 'matrices' key")
+    # First, so that a cut-off file is reported as such rather than as whichever field the
+    # cut happened to remove from its last entry.
+    _check_not_cut_off(doc)
     version = _version(doc)
     matrices = doc["matrices"]
     if not isinstance(matrices, list) or not matrices:
@@ -138,27 +149,13 @@ def parse_atlas_yaml(text: str) -> Catalog:
         if not isinstance(matrix, dict):
             raise CatalogError(f"matrices[{mi}]: expected a mapping, got {_kind(matrix)}")
 
-    # Index prefixes only matter when there are several matrices; with the usual single one
-    # the short form ("techniques[12]") matches what a reader sees in the file.
-    def where(mi: int, section: str) -> str:
-        return f"matrices[{mi}].{section}" if len(matrices) > 1 else section
-
-    tactics = _merge(
-        (_parse_tactic(item, f"{where(mi, 'tactics')}[{i}]"), f"{where(mi, 'tactics')}[{i}]")
-        for mi, m in enumerate(matrices)
-        for i, item in enumerate(_section(m, "tactics", where(mi, "tactics"), required=True))
-    )
+    tactics = _merge((_parse_tactic(item, loc), loc) for item, loc in _entries(matrices, "tactics"))
     raw_techniques = _merge(
-        (
-            _parse_technique(item, f"{where(mi, 'techniques')}[{i}]"),
-            f"{where(mi, 'techniques')}[{i}]",
-        )
-        for mi, m in enumerate(matrices)
-        for i, item in enumerate(_section(m, "techniques", where(mi, "techniques"), required=True))
+        (_parse_technique(item, loc), loc) for item, loc in _entries(matrices, "techniques")
     )
-    mitigation_sources = _mitigation_sources(doc, matrices, where)
-    mitigations = _merge((_parse_mitigation(item, loc), loc) for item, loc in mitigation_sources)
-
+    mitigations = _merge(
+        (_parse_mitigation(item, loc), loc) for item, loc in _mitigation_entries(doc, matrices)
+    )
     techniques = _resolve_techniques(raw_techniques, {t.id for t, _ in tactics})
     known_techniques = {t.id for t in techniques}
     for mitigation, loc in mitigations:
@@ -167,7 +164,6 @@ def parse_atlas_yaml(text: str) -> Catalog:
                 raise CatalogError(
                     f"{loc} ({mitigation.id}): 'techniques' refers to unknown technique {ref!r}"
                 )
-    _check_not_cut_off(doc)
     return Catalog(
         version=version,
         tactics=tuple(t for t, _ in tactics),
@@ -203,40 +199,46 @@ def _version(doc: Mapping[str, Any]) -> str:
     return text
 
 
-def _section(container: Mapping[str, Any], key: str, loc: str, *, required: bool) -> list[Any]:
-    if key not in container or container[key] is None:
-        if required:
-            raise CatalogError(f"{loc}: missing (no {key!r} key)")
+def _section(container: Mapping[str, Any], key: str, owner: str) -> list[Any]:
+    """The list under `key`, or [] when absent; `owner` locates the container in messages."""
+    value = container.get(key)
+    if value is None:
         return []
-    value = container[key]
     if not isinstance(value, list):
-        raise CatalogError(f"{loc}: expected a list, got {_kind(value)}")
+        where = f"{owner}: " if owner else ""
+        raise CatalogError(f"{where}{key!r} must be a list, got {_kind(value)}")
     return value
 
 
-def _mitigation_sources(
-    doc: Mapping[str, Any], matrices: list[Any], where: Callable[[int, str], str]
+def _entries(
+    matrices: list[dict[str, Any]], key: str, *, required: bool = True
+) -> Iterator[tuple[Any, str]]:
+    """(raw item, location) for one section of every matrix."""
+    for mi, matrix in enumerate(matrices):
+        owner = f"matrices[{mi}]"
+        if key not in matrix and required:
+            raise CatalogError(f"{owner}: missing {key!r} (is the file truncated?)")
+        # With the usual single matrix the short form ("techniques[12]") is what a reader
+        # looks for in the file; the matrix index only helps when there are several.
+        prefix = f"{owner}.{key}" if len(matrices) > 1 else key
+        for i, item in enumerate(_section(matrix, key, owner)):
+            yield item, f"{prefix}[{i}]"
+
+
+def _mitigation_entries(
+    doc: Mapping[str, Any], matrices: list[dict[str, Any]]
 ) -> list[tuple[Any, str]]:
     # 5.x keeps mitigations inside the matrix; older or hand-made files may have them at the
     # top level. Accept either, but require them somewhere: every real distribution has
     # them, and their absence is the usual symptom of a file cut off in the techniques.
-    found = [
-        (item, f"{where(mi, 'mitigations')}[{i}]")
-        for mi, m in enumerate(matrices)
-        if "mitigations" in m
-        for i, item in enumerate(
-            _section(m, "mitigations", where(mi, "mitigations"), required=True)
-        )
-    ]
-    if "mitigations" in doc:
-        found += [
-            (item, f"mitigations[{i}]")
-            for i, item in enumerate(_section(doc, "mitigations", "mitigations", required=True))
-        ]
-    elif not any("mitigations" in m for m in matrices):
+    if "mitigations" not in doc and not any("mitigations" in m for m in matrices):
         raise CatalogError(
             "no 'mitigations' in any matrix or at the top level (is the file truncated?)"
         )
+    found = list(_entries(matrices, "mitigations", required=False))
+    found += [
+        (item, f"mitigations[{i}]") for i, item in enumerate(_section(doc, "mitigations", ""))
+    ]
     return found
 
 
@@ -326,7 +328,7 @@ def _parse_mitigation(raw: Any, loc: str) -> Mitigation:
     item = _mapping(raw, loc)
     mitigation_id = _id(item, loc, MITIGATION_ID_RE, "AML.M####")
     loc = f"{loc} ({mitigation_id})"
-    refs = list(_section(item, "techniques", f"{loc}: 'techniques'", required=False))
+    refs = list(_section(item, "techniques", loc))
     # ATLAS 5.6.0 misplaces two mappings ({id: AML.T0052.001, use: ...} in AML.M0018 and
     # AML.M0034) under 'ml-lifecycle', whose other entries are stage names. They are real
     # technique links (the generated atlas_index.json counts them too), so recover them.
@@ -386,7 +388,7 @@ def _resolve_techniques(
 
 
 def _check_not_cut_off(doc: Mapping[str, Any]) -> None:
-    """Detect a file cut off at a line boundary, which YAML itself happily accepts.
+    """Detect a file cut off at a point where the remaining text is still valid YAML.
 
     A cut leaves the last entry of the list it falls in (and of every enclosing list) without
     its trailing keys. So walk the document's "last" path (dicts keep YAML key order) and
@@ -403,8 +405,6 @@ def _check_not_cut_off(doc: Mapping[str, Any]) -> None:
         if not isinstance(node, list) or not node or not isinstance(node[-1], dict):
             return
         last, others = node[-1], node[:-1]
-        # Below a few siblings the "common keys" are too likely to be a coincidence of a
-        # small hand-written file rather than the format.
         if len(others) >= _MIN_SIBLINGS and all(isinstance(o, dict) for o in others):
             common = set.intersection(*(set(o) for o in others))
             missing = sorted(str(k) for k in common - set(last))
@@ -416,9 +416,6 @@ def _check_not_cut_off(doc: Mapping[str, Any]) -> None:
                 )
         path = f"{path}[{len(node) - 1}]"
         node = last
-
-
-_MIN_SIBLINGS = 3
 
 
 def _kind(value: Any) -> str:

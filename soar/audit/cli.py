@@ -1,0 +1,287 @@
+"""`soar audit verify|export|search` and `soar report`, against SOAR_DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from soar.audit import formats, query
+
+audit_app = typer.Typer(
+    help="The hash-chained action log: verify the chain, export it, search it.",
+    no_args_is_help=True,
+)
+
+_R = TypeVar("_R")
+
+Since = Annotated[
+    str | None, typer.Option(help="from this time, inclusive (ISO 8601, e.g. 2026-11-01)")
+]
+Until = Annotated[str | None, typer.Option(help="up to this time, exclusive (ISO 8601)")]
+IncidentOpt = Annotated[str | None, typer.Option("--incident", "--incident-id", help="incident")]
+TechniqueOpt = Annotated[
+    str | None, typer.Option(help="ATLAS technique; also matches its sub-techniques")
+]
+TacticOpt = Annotated[str | None, typer.Option(help="ATLAS tactic, e.g. AML.TA0005")]
+SubjectOpt = Annotated[str | None, typer.Option(help="subject key, e.g. user:u-42")]
+ActorOpt = Annotated[str | None, typer.Option(help="who acted, e.g. system:atlas-soar")]
+ActionOpt = Annotated[str | None, typer.Option(help="action type, e.g. block_session")]
+OutcomeOpt = Annotated[str | None, typer.Option(help="outcome, e.g. applied")]
+EventOpt = Annotated[str | None, typer.Option(help="event, e.g. approval.decided")]
+
+
+def _cli() -> Any:
+    # Imported late: soar.cli imports this module while it is being loaded.
+    import soar.cli
+
+    return soar.cli
+
+
+def _database_url() -> str:
+    cli = _cli()
+    url: str = cli.database_url_or_exit(cli.settings_or_exit())
+    return url
+
+
+def _when(option: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise _cli().fail(f"{option}: {value!r} is not an ISO 8601 date or time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _filters(**values: Any) -> query.AuditFilter:
+    values["since"] = _when("--since", values.get("since"))
+    values["until"] = _when("--until", values.get("until"))
+    try:
+        return query.AuditFilter(**values)
+    except query.AuditQueryError as exc:
+        raise _cli().fail(f"--{exc.field}: {exc.message}") from None
+
+
+def _run_async(fn: Callable[[Any], Any]) -> Any:
+    """Run `fn(session)` in a session of a short-lived async engine."""
+    from soar.db import make_async_engine, session_factory
+
+    async def main() -> Any:
+        engine = make_async_engine(_database_url(), pool_size=1)
+        try:
+            async with session_factory(engine)() as session:
+                return await fn(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+@audit_app.command("verify")
+def verify() -> None:
+    """Check the whole chain; exit 0 when intact, 1 naming the first bad row."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from soar.audit.verify import chain_length, verify_chain
+    from soar.db import make_sync_engine
+
+    cli = _cli()
+    engine = make_sync_engine(_database_url())
+    try:
+        with engine.connect() as conn:
+            total = chain_length(conn)
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=cli.console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("verifying the action log", total=total or None)
+                result = verify_chain(conn, progress=lambda n: bar.update(task, completed=n))
+    finally:
+        engine.dispose()
+    if result.problem is not None:
+        raise cli.fail(
+            f"action log chain broken at row {result.problem.seq}: {result.problem.reason} "
+            f"({result.rows} rows intact before it)",
+            1,
+        )
+    cli.out.print(
+        f"action log intact: {result.rows} rows, head {result.head_seq} {result.head_hash}",
+        highlight=False,
+    )
+
+
+def _json_array(lines: Iterator[str]) -> Iterator[str]:
+    first = True
+    yield "["
+    for line in lines:
+        yield ("\n" if first else ",\n") + line.rstrip("\n")
+        first = False
+    yield "\n]\n"
+
+
+@audit_app.command("export")
+def export(
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="csv, jsonl, json or ocsf (JSON lines)")
+    ] = "jsonl",
+    since: Since = None,
+    until: Until = None,
+    incident_id: IncidentOpt = None,
+    technique: TechniqueOpt = None,
+    tactic: TacticOpt = None,
+    subject: SubjectOpt = None,
+    actor: ActorOpt = None,
+    action: ActionOpt = None,
+    outcome: OutcomeOpt = None,
+    event: EventOpt = None,
+) -> None:
+    """Write every matching row to stdout, streamed (constant memory), in seq order."""
+    cli = _cli()
+    if fmt not in ("csv", "jsonl", "json", "ocsf"):
+        raise cli.fail(f"--format: {fmt!r} is not one of csv, jsonl, json, ocsf")
+    f = _filters(
+        incident_id=incident_id, technique=technique, tactic=tactic, subject=subject,
+        actor=actor, action=action, outcome=outcome, event=event, since=since, until=until,
+    )  # fmt: skip
+    names = _run_async(query.catalog_names) if fmt == "ocsf" else None
+    from soar.db import make_sync_engine
+
+    engine = make_sync_engine(_database_url())
+    write = sys.stdout.write
+    try:
+        with engine.connect() as conn:
+            rows = query.stream_sync(conn, filters=f)
+            lines = formats.render_lines("jsonl" if fmt == "json" else fmt, rows, names)
+            for chunk in _json_array(lines) if fmt == "json" else lines:
+                write(chunk)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `soar audit export | head`
+        sys.stderr.close()
+    finally:
+        engine.dispose()
+
+
+@audit_app.command("search")
+def search(
+    since: Since = None,
+    until: Until = None,
+    incident_id: IncidentOpt = None,
+    technique: TechniqueOpt = None,
+    tactic: TacticOpt = None,
+    subject: SubjectOpt = None,
+    actor: ActorOpt = None,
+    action: ActionOpt = None,
+    outcome: OutcomeOpt = None,
+    event: EventOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=query.MAX_LIMIT)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="continue after a previous page")] = None,
+) -> None:
+    """Show matching rows as a table, oldest first; prints the cursor of the next page."""
+    from rich.table import Table
+
+    cli = _cli()
+    f = _filters(
+        incident_id=incident_id, technique=technique, tactic=tactic, subject=subject,
+        actor=actor, action=action, outcome=outcome, event=event, since=since, until=until,
+    )  # fmt: skip
+
+    async def page(session: Any) -> query.AuditPage:
+        return await query.search(session, filters=f, cursor=cursor, limit=limit)
+
+    try:
+        result: query.AuditPage = _run_async(page)
+    except query.AuditQueryError as exc:
+        raise cli.fail(f"--{exc.field}: {exc.message}") from None
+    table = Table("seq", "at", "event", "action", "outcome", "actor", "incident", "technique",
+                  "subject")  # fmt: skip
+    for r in result.items:
+        table.add_row(
+            str(r["seq"]), formats.iso(r["at"])[:19].replace("T", " "), r["event"],
+            r["action"] or "", r["outcome"], r["actor"], r["incident_id"] or "",
+            r["technique"] or "", r["subject"] or "",
+        )  # fmt: skip
+    cli.out.print(table)
+    if result.next_cursor:
+        cli.out.print(f"more: --cursor {result.next_cursor}", highlight=False)
+    elif not result.items:
+        cli.out.print("no matching rows")
+
+
+def report(
+    since: Annotated[str | None, typer.Option(help="from (ISO 8601); default 30 days ago")] = None,
+    until: Annotated[str | None, typer.Option(help="until (ISO 8601); default now")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Summary for auditors: detections, incidents, blocks, approvals, time to contain and to
+    decision (p50/p95), per ATLAS technique and tactic."""
+    cli = _cli()
+    end = _when("--until", until) or datetime.now(UTC)
+    start = _when("--since", since) or end - timedelta(days=30)
+    if start >= end:
+        raise cli.fail("--until: must be later than --since")
+
+    async def build(session: Any) -> dict[str, Any]:
+        names = await query.catalog_names(session)
+        return await query.summary(session, since=start, until=end, names=names)
+
+    data: dict[str, Any] = _run_async(build)
+    if as_json:
+        cli.out.print_json(json.dumps(data))
+        return
+    _print_report(cli.out, data)
+
+
+def _secs(d: dict[str, Any]) -> str:
+    if not d["count"]:
+        return "-"
+    return f"{_dur(d['p50'])} / {_dur(d['p95'])} (n={d['count']})"
+
+
+def _dur(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _print_report(out: Any, data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = data["totals"]
+    a = t["approvals"]
+    out.print(
+        f"[bold]atlas-soar report[/bold] {data['since']} to {data['until']} "
+        f"(ATLAS {data['catalog_version']})"
+    )
+    out.print(
+        f"detections {t['detections']}, incidents {t['incidents']}, "
+        f"blocks applied {t['blocks_applied']}, approvals approved {a.get('approved', 0)} / "
+        f"rejected {a.get('rejected', 0)} / expired {a.get('expired', 0)} / "
+        f"pending {a.get('pending', 0)}",
+        highlight=False,
+    )
+    out.print(f"time to contain p50/p95: {_secs(t['time_to_contain_seconds'])}", highlight=False)
+    out.print(f"time to decision p50/p95: {_secs(t['time_to_decision_seconds'])}", highlight=False)
+    for key, title in (("by_technique", "technique"), ("by_tactic", "tactic")):
+        table = Table(title, "name", "detections", "incidents", "blocks", "appr/rej/exp",
+                      "contain p50/p95", "decision p50/p95", title=f"per {title}")  # fmt: skip
+        for row in data[key]:
+            ap = row["approvals"]
+            table.add_row(
+                row[title], row["name"] or "", str(row["detections"]), str(row["incidents"]),
+                str(row["blocks_applied"]),
+                f"{ap.get('approved', 0)}/{ap.get('rejected', 0)}/{ap.get('expired', 0)}",
+                _secs(row["time_to_contain_seconds"]), _secs(row["time_to_decision_seconds"]),
+            )  # fmt: skip
+        out.print(table)
