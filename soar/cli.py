@@ -89,24 +89,7 @@ def worker() -> None:
     from soar.temporal_client import connect
     from soar.worker import run_worker
 
-    async def _register_optional_commands() -> None:
-    """Command groups of features that live in their own modules."""
-    import importlib
-
-    for module, name in (("soar.audit.cli", "audit"), ("approvals.cli", "users")):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError:
-            continue
-        app.add_typer(getattr(mod, f"{name}_app"), name=name)
-        if hasattr(mod, "report"):
-            app.command("report")(mod.report)
-
-
-_register_optional_commands()
-
-
-def main() -> None:
+    async def main() -> None:
         assert settings.temporal_address
         client = await connect(settings.temporal_address, settings.temporal_namespace)
         await run_worker(settings, url, client)
@@ -242,6 +225,23 @@ def policy_explain(
         dur = f" for {a.duration_seconds}s" if a.duration_seconds else ""
         out.print(f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})",
                   highlight=False)  # fmt: skip
+
+
+def _register_optional_commands() -> None:
+    """Command groups of features that live in their own modules."""
+    import importlib
+
+    for module, name in (("soar.audit.cli", "audit"), ("approvals.cli", "users")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        app.add_typer(getattr(mod, f"{name}_app"), name=name)
+        if hasattr(mod, "report"):
+            app.command("report")(mod.report)
+
+
+_register_optional_commands()
 
 
 def _register_optional_commands() -> None:

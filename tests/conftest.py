@@ -4,6 +4,8 @@ fresh database cloned from a migrated template, and its own task queue."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,12 +28,16 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external.rsplit("/", 1)[0] + "/postgres"
         return
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    # Not under pytest's tmp tree: pytest keeps that 0700, and the server runs as its own
+    # user when the tests run as root.
+    base = Path(tempfile.mkdtemp(prefix="soar-test-pg-"))
+    pg = EmbeddedPostgres(base / "data")
     pg.start()
     try:
         yield pg.admin_url()
     finally:
         pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _db_url(admin_url: str, name: str) -> str:

@@ -24,6 +24,9 @@ MITIGATION_ID_RE = re.compile(r"AML\.M\d{4}")
 # Truncation check (see _check_not_cut_off): with fewer siblings than this, keys they happen
 # to share say more about a small hand-written file than about the format.
 _MIN_SIBLINGS = 3
+# Keys whose absence is legitimate for an entry even when all its siblings have them
+# (a sub-technique after top-level techniques has no 'tactics').
+_MAY_BE_ABSENT = frozenset({"tactics", "subtechnique-of", "description"})
 
 
 _Item = TypeVar("_Item", "Tactic", "Technique", "Mitigation")
@@ -407,7 +410,7 @@ def _check_not_cut_off(doc: Mapping[str, Any]) -> None:
         last, others = node[-1], node[:-1]
         if len(others) >= _MIN_SIBLINGS and all(isinstance(o, dict) for o in others):
             common = set.intersection(*(set(o) for o in others))
-            missing = sorted(str(k) for k in common - set(last))
+            missing = sorted(str(k) for k in common - set(last) - _MAY_BE_ABSENT)
             if missing:
                 label = f" ({last['id']})" if isinstance(last.get("id"), str) else ""
                 raise CatalogError(
