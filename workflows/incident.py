@@ -200,7 +200,10 @@ class IncidentWorkflow:
         st.first_technique = st.first_technique or det.technique
         st.last_detection = det
         assert self._input is not None
-        result: ContainResult = await workflow.execute_activity(
+        # A local activity: containment runs in the same workflow task, without a round trip
+        # through the server's activity queue. It is short and idempotent, so re-running it
+        # after a worker crash is safe.
+        result: ContainResult = await workflow.execute_local_activity(
             "contain_detection",
             ContainInput(
                 incident_id=self._input.incident_id,

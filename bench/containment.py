@@ -1,0 +1,212 @@
+"""Containment benchmark: webhook-to-block-effective latency and throughput of the real
+stack, side by side with a bare Temporal baseline measured in the same run on the same
+server (a minimal workflow with one no-op activity, started from this process).
+
+    .venv/bin/python bench/containment.py [--n 200] [--rate 20] [--concurrency 50]
+
+Starts an embedded PostgreSQL and Temporal dev server in a temporary folder (or uses
+SOAR_DATABASE_URL / SOAR_TEMPORAL_ADDRESS), the worker and the API as separate processes,
+then sends N signed detections at a steady rate and N as a burst. Every detection is on a
+new subject, so each one starts its own incident workflow, as the baseline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from soar.stack.bootstrap import migrate_and_seed  # noqa: E402
+from soar.stack.postgres import EmbeddedPostgres  # noqa: E402
+from soar.stack.proc import free_port  # noqa: E402
+from soar.stack.temporal import EmbeddedTemporal  # noqa: E402
+from tests.support import WEBHOOK_SECRET, detection, sign  # noqa: E402
+
+
+@activity.defn(name="bench_noop")
+async def noop(x: int) -> int:
+    return x
+
+
+@workflow.defn(name="BenchBare")
+class BareWorkflow:
+    @workflow.run
+    async def run(self, x: int) -> int:
+        return int(await workflow.execute_activity(
+            "bench_noop", x, start_to_close_timeout=timedelta(seconds=10)))  # fmt: skip
+
+
+@dataclass
+class Stats:
+    name: str
+    latencies: list[float]
+    wall: float
+    sent: int
+    effective: int
+
+    def row(self) -> str:
+        lat = sorted(self.latencies)
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+        thr = self.effective / self.wall if self.wall else 0.0
+        return (f"{self.name:<34} {len(lat):>5} {pct(0.5):>8.1f} {pct(0.95):>8.1f} "
+                f"{pct(0.99):>8.1f} {thr:>8.1f} {self.sent - self.effective:>5}")  # fmt: skip
+
+
+async def paced(n: int, rate: float, concurrency: int, one: object) -> tuple[list[float], float]:
+    sem = asyncio.Semaphore(concurrency)
+    out: list[float] = []
+
+    async def run(i: int) -> None:
+        async with sem:
+            out.append(await one(i))  # type: ignore[operator]
+
+    started = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        if rate > 0:
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(run(i)))
+    await asyncio.gather(*tasks)
+    return out, time.perf_counter() - started
+
+
+async def bare(client: Client, n: int, rate: float, concurrency: int, label: str) -> Stats:
+    async def one(i: int) -> float:
+        t0 = time.perf_counter()
+        await client.execute_workflow(BareWorkflow.run, i, id=f"bare-{uuid.uuid4().hex}",
+                                      task_queue="bench-bare")  # fmt: skip
+        return time.perf_counter() - t0
+
+    lat, wall = await paced(n, rate, concurrency, one)
+    return Stats(label, lat, wall, n, len(lat))
+
+
+async def contain(http: httpx.AsyncClient, db_url: str, n: int, rate: float,
+                  concurrency: int, label: str) -> Stats:  # fmt: skip
+    run = uuid.uuid4().hex[:6]
+    sent_at: dict[str, float] = {}
+
+    async def one(i: int) -> float:
+        session = f"bench-{run}-{i}"
+        body = json.dumps(detection(id=f"bench-{run}-{i}", subject={
+            "tenant": "bench", "session": session, "user": f"bu-{run}-{i}"})).encode()  # fmt: skip
+        sent_at[session] = time.time()
+        r = await http.post("/v1/detections", content=body, headers=sign(body))
+        assert r.status_code == 202, r.text
+        return 0.0
+
+    _, _ = await paced(n, rate, concurrency, one)
+    deadline = time.time() + 60
+    with psycopg.connect(db_url) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT target, extract(epoch from created_at) FROM enforcement_blocks"
+                " WHERE tenant = 'bench' AND kind = 'session' AND target LIKE %s",
+                (f"bench-{run}-%",),
+            ).fetchall()
+            if len(rows) >= n or time.time() > deadline:
+                break
+            time.sleep(0.2)
+    lat = [float(ts) - sent_at[t] for t, ts in rows]
+    first = min(sent_at.values())
+    wall = max(float(ts) for _, ts in rows) - first if rows else 0.0
+    return Stats(label, lat, wall, n, len(rows))
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="detections per phase (default 200)")
+    ap.add_argument("--rate", type=float, default=20.0, help="steady rate per second")
+    ap.add_argument("--concurrency", type=int, default=50, help="requests in flight in a burst")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="soar-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    pg = tp = None
+    try:
+        db_url = os.environ.get("SOAR_DATABASE_URL")
+        if not db_url:
+            pg = EmbeddedPostgres(tmp / "pgdata")
+            pg.start()
+            db_url = pg.url
+        address = os.environ.get("SOAR_TEMPORAL_ADDRESS")
+        if not address:
+            tp = EmbeddedTemporal(tmp / "temporal.db")
+            tp.start()
+            address = tp.address
+        migrate_and_seed(db_url)
+        port = free_port()
+        env = dict(os.environ, SOAR_DATABASE_URL=db_url, SOAR_TEMPORAL_ADDRESS=address,
+                   SOAR_WEBHOOK_SECRET=WEBHOOK_SECRET, SOAR_API_PORT=str(port),
+                   SOAR_LOG_LEVEL="WARNING")  # fmt: skip
+        for cmd in ("worker", "api"):
+            procs.append(subprocess.Popen([sys.executable, "-m", "soar.cli", cmd], env=env))
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        client = await Client.connect(address)
+        results: list[Stats] = []
+        # Unsandboxed: this script is __main__, which the sandbox cannot re-import.
+        async with Worker(client, task_queue="bench-bare", workflows=[BareWorkflow],
+                          activities=[noop], workflow_runner=UnsandboxedWorkflowRunner(),
+                          ), httpx.AsyncClient(base_url=base, timeout=60) as http:  # fmt: skip
+            print(f"warming up ... ({args.n} detections per phase)", file=sys.stderr)
+            await bare(client, 20, 0, 5, "warm-up")
+            await contain(http, db_url, 20, 0, 5, "warm-up")
+            for label, rate, conc in ((f"steady {args.rate:g}/s", args.rate, args.concurrency),
+                                      ("burst", 0.0, args.concurrency)):  # fmt: skip
+                print(f"measuring {label} ...", file=sys.stderr)
+                results.append(await bare(client, args.n, rate, conc, f"bare 1-activity, {label}"))
+                results.append(await contain(http, db_url, args.n, rate, conc,
+                                             f"containment, {label}"))  # fmt: skip
+        print()
+        print(f"{'':<34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'per s':>8} {'lost':>5}")
+        for s in results:
+            print(s.row())
+        for i in range(0, len(results), 2):
+            b, c = results[i], results[i + 1]
+            ratio = statistics.median(c.latencies) / statistics.median(b.latencies)
+            print(f"p50 ratio containment/bare ({b.name.split(', ')[1]}): {ratio:.2f}x (target <= 1.5x)")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+        if tp:
+            tp.stop()
+        if pg:
+            pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
