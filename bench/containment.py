@@ -35,11 +35,11 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soar.stack.bootstrap import migrate_and_seed  # noqa: E402
-from soar.stack.postgres import EmbeddedPostgres  # noqa: E402
-from soar.stack.proc import free_port  # noqa: E402
-from soar.stack.temporal import EmbeddedTemporal  # noqa: E402
-from tests.support import WEBHOOK_SECRET, detection, sign  # noqa: E402
+from soar.stack.bootstrap import migrate_and_seed
+from soar.stack.postgres import EmbeddedPostgres
+from soar.stack.proc import free_port
+from soar.stack.temporal import EmbeddedTemporal
+from tests.support import WEBHOOK_SECRET, detection, sign
 
 
 @activity.defn(name="bench_noop")
@@ -189,13 +189,16 @@ async def main() -> None:
                 results.append(await contain(http, db_url, args.n, rate, conc,
                                              f"containment, {label}"))  # fmt: skip
         print()
-        print(f"{'':<34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'per s':>8} {'lost':>5}")
+        print(
+            f"{'':<34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'per s':>8} {'lost':>5}"
+        )
         for s in results:
             print(s.row())
         for i in range(0, len(results), 2):
             b, c = results[i], results[i + 1]
             ratio = statistics.median(c.latencies) / statistics.median(b.latencies)
-            print(f"p50 ratio containment/bare ({b.name.split(', ')[1]}): {ratio:.2f}x (target <= 1.5x)")
+            phase = b.name.split(", ")[1]
+            print(f"p50 ratio containment/bare ({phase}): {ratio:.2f}x (target <= 1.5x)")
     finally:
         for p in procs:
             p.terminate()

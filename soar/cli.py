@@ -25,8 +25,8 @@ atlas_app = typer.Typer(help="The MITRE ATLAS catalog: load an official release,
 policy_app = typer.Typer(help="Response playbooks: validate one, explain what it would do.")
 app.add_typer(atlas_app, name="atlas")
 app.add_typer(policy_app, name="policy")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -225,23 +225,6 @@ def policy_explain(
         dur = f" for {a.duration_seconds}s" if a.duration_seconds else ""
         out.print(f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})",
                   highlight=False)  # fmt: skip
-
-
-def _register_optional_commands() -> None:
-    """Command groups of features that live in their own modules."""
-    import importlib
-
-    for module, name in (("soar.audit.cli", "audit"), ("approvals.cli", "users")):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError:
-            continue
-        app.add_typer(getattr(mod, f"{name}_app"), name=name)
-        if hasattr(mod, "report"):
-            app.command("report")(mod.report)
-
-
-_register_optional_commands()
 
 
 def _register_optional_commands() -> None:

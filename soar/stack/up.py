@@ -136,9 +136,8 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
         err.print(f"[red]error:[/red] {exc}")
         return 1
     except Exception as exc:
-        err.print(
-            f"[red]error:[/red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        )
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {first}")
         return 1
     finally:
         console.print("stopping ...")
