@@ -32,8 +32,8 @@ async def test_prompt_injection_blocks_session_then_lifts_itself(
 
     settings = make_settings(db_url, temporal_address, task_queue)
     # A 2-second block instead of 15 minutes, through a playbook file as a user would.
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     pb = Path(tempfile.mkdtemp()) / "pb.yaml"
     pb.write_text(
@@ -107,8 +107,9 @@ async def test_critical_leakage_waits_for_approval_then_revokes_key(
         assert revoke and revoke[0]["status"] == "pending_approval"
         assert not (await stack.enforcement("api-keys", "k-77"))["blocked"]
 
-        refused = await stack.http.post(f"/v1/approvals/{apr}/decision",
-                                        json={"decision": "approve"}, headers=bearer("auditor"))
+        refused = await stack.http.post(
+            f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("auditor")
+        )
         assert refused.status_code == 403
         ok = await stack.http.post(f"/v1/approvals/{apr}/decision",
                                    json={"decision": "approve", "comment": "confirmed leak"},
@@ -116,8 +117,9 @@ async def test_critical_leakage_waits_for_approval_then_revokes_key(
         assert ok.status_code == 200, ok.text
         assert ok.json()["status"] == "approved"
         await eventually(lambda: _key_blocked(stack, "k-77"), timeout=10)
-        second = await stack.http.post(f"/v1/approvals/{apr}/decision",
-                                       json={"decision": "reject"}, headers=bearer("admin"))
+        second = await stack.http.post(
+            f"/v1/approvals/{apr}/decision", json={"decision": "reject"}, headers=bearer("admin")
+        )
         assert second.status_code == 409
         assert "already approved" in second.json()["detail"]
 

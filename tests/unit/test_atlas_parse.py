@@ -213,6 +213,20 @@ def test_several_matrices_are_merged_by_id() -> None:
     assert len(catalog.mitigations) == 1
 
 
+def test_last_entry_may_be_a_subtechnique_without_tactics() -> None:
+    # The truncation check compares the document's last entry with its siblings; a
+    # sub-technique legitimately lacks the 'tactics' that all top-level techniques have.
+    doc = small_doc()
+    matrix = doc["matrices"][0]
+    # All entries but the last have 'tactics' (AML.T0051.001 lists its own).
+    techniques = [t for t in matrix.pop("techniques") if t["id"] != "AML.T0051.000"]
+    techniques.insert(1, {"id": "AML.T0054", "name": "LLM Jailbreak", "tactics": ["AML.TA0007"]})
+    techniques.append({"id": "AML.T0051.002", "name": "Triggered", "subtechnique-of": "AML.T0051"})
+    matrix["techniques"] = techniques  # now the last key of the document
+    triggered = parse_doc(doc).technique("AML.T0051.002")
+    assert triggered is not None and triggered.tactic_ids == ("AML.TA0005",)
+
+
 def test_top_level_mitigations_accepted() -> None:
     doc = small_doc()
     doc["mitigations"] = doc["matrices"][0].pop("mitigations")
