@@ -4,27 +4,29 @@ messages that tell humans (through the Notifier, i.e. Slack when configured)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.containment import SYSTEM
 from activities.context import ActivityContext, incident_brief, now
 from soar.audit.chain import LogEvent, append
 from soar.connectors import ApprovalBrief
-from soar.contracts import ApprovalEvent, ApprovalInput, ApprovalRef, DecisionRecord
+from soar.contracts import (
+    ApprovalEvent,
+    ApprovalInput,
+    ApprovalRef,
+    DecisionRecord,
+    approval_id_for,
+)
 from soar.db import transaction
 from soar.models import Action, Approval, Incident
 
 log = logging.getLogger("soar.approvals")
-
-
-def approval_id_for(action_id: str) -> str:
-    return "apr-" + hashlib.sha256(action_id.encode()).hexdigest()[:24]
 
 
 async def _base(s: AsyncSession, ref: ApprovalRef) -> dict[str, Any]:
@@ -119,7 +121,8 @@ class ApprovalActivities:
         status = "approved" if rec.decision == "approve" else "rejected"
         async with transaction(self.ctx.factory) as s:
             row = await s.get(Approval, ref.approval_id, with_for_update=True)
-            assert row is not None
+            if row is None:  # its request_approval has not run yet: retried until it has
+                raise ApplicationError(f"approval {ref.approval_id} is not recorded yet")
             if row.status == "pending":
                 row.status = status
                 row.decided_at = datetime.fromisoformat(rec.decided_at)

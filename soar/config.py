@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     hook_secret: SecretStr | None = None  # whsec_... used to sign hook calls
 
     api_tokens: SecretStr | None = None  # name:role:token,...
-    session_secret: SecretStr | None = None  # web UI cookie signing; generated when unset
+    session_secret: SecretStr | None = None  # web UI cookies; derived from the webhook secret when unset
 
     log_level: str = "INFO"
 

@@ -3,6 +3,7 @@ plain values, shared by `workflows/` (which must stay deterministic) and `activi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from soar.domain import DetectionFacts
@@ -75,6 +76,12 @@ class HookInput:
 class ApprovalInput:
     action: ActionRef
     timeout_seconds: int
+
+
+def approval_id_for(action_id: str) -> str:
+    """Deterministic, so the workflow knows an approval's id before the activity that
+    creates its row has reported back (a worker may die in between)."""
+    return "apr-" + hashlib.sha256(action_id.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)

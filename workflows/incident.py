@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         FailureInput,
         HookInput,
         TicketNote,
+        approval_id_for,
     )
     from soar.domain import (
         SIGNAL_DETECTION,
@@ -328,6 +329,12 @@ class IncidentWorkflow:
     async def _approval_flow(self, action: ActionRef) -> None:
         assert self._input is not None
         timeout = self._input.approval_timeout_seconds
+        # Known (and decidable) before its row is reported back: the row may be committed
+        # and visible to people while the worker that wrote it dies.
+        approval = self._approvals.setdefault(
+            approval_id_for(action.action_id),
+            _Approval(ApprovalRef(approval_id_for(action.action_id), action, "")),
+        )
         ref: ApprovalRef = await workflow.execute_activity(
             "request_approval",
             ApprovalInput(action, timeout),
@@ -335,7 +342,7 @@ class IncidentWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_FAST,
         )
-        approval = self._approvals.setdefault(ref.approval_id, _Approval(ref))
+        approval.ref = ref
         self._spawn(self._announce(ref))
         half = timedelta(seconds=timeout / 2)
         decided = await _wait(lambda: approval.status != "pending", half)

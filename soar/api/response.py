@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
@@ -146,6 +146,14 @@ async def list_approvals(
 class DecisionIn(BaseModel):
     decision: Literal["approve", "reject"]
     comment: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("comment")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL; other control characters have no place here.
+        if v is not None and any(ord(c) < 32 and c not in "\n\t" for c in v):
+            raise ValueError("must not contain control characters")
+        return v
 
 
 class DecisionRefused(Exception):

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -56,6 +56,9 @@ def row_json(row: LogRow) -> dict[str, Any]:
     return out
 
 
+_AT, _DETAILS = COLUMNS.index("at"), COLUMNS.index("details")
+
+
 def json_page(items: Iterable[LogRow], next_cursor: str | None, limit: int) -> dict[str, Any]:
     rows = [row_json(r) for r in items]
     return {"items": rows, "count": len(rows), "limit": limit, "next_cursor": next_cursor}
@@ -69,12 +72,21 @@ def csv_header() -> str:
     return _csv_line(COLUMNS)
 
 
+def csv_values(row: LogRow) -> list[Any]:
+    """One CSV record: `details` as JSON text, NULL as an empty field."""
+    values = [row[n] for n in COLUMNS]
+    values[_AT], values[_DETAILS] = iso(row["at"]), _json(row["details"])
+    return values
+
+
 def csv_line(row: LogRow) -> str:
-    values = [
-        iso(row["at"]) if n == "at" else _json(row[n]) if n == "details" else row[n]
-        for n in COLUMNS
-    ]
-    return _csv_line(["" if v is None else v for v in values])
+    return _csv_line(csv_values(row))
+
+
+def csv_lines(rows: Iterable[LogRow]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerows(csv_values(r) for r in rows)
+    return buf.getvalue()
 
 
 def _csv_line(values: Iterable[Any]) -> str:
@@ -285,7 +297,7 @@ def ocsf_remediation(row: LogRow, names: CatalogNames) -> dict[str, Any]:
         "activity_id": activity_id,
         "activity_name": activity,
         "type_uid": 7001 * 100 + activity_id,
-        "type_name": f"Remediation Activity: {activity}",
+        "type_name": "Remediation Activity: " + ("Other" if activity_id == 99 else activity),
         "command_uid": str(details.get("action_id") or row["event_key"]),
         "status_id": status_id,
         "status": status,
@@ -328,14 +340,37 @@ MEDIA_TYPES = {
 }
 
 
+def render(fmt: str, rows: Sequence[LogRow], names: CatalogNames | None = None) -> str:
+    """Rows of a jsonl, csv or ocsf export as one string (no CSV header)."""
+    if fmt == "csv":
+        return csv_lines(rows)
+    if fmt == "jsonl":
+        return "".join(jsonl_line(r) for r in rows)
+    if fmt == "ocsf":
+        assert names is not None, "OCSF needs the catalog names"
+        return "".join(ocsf_line(r, names) for r in rows)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
 def render_lines(
-    fmt: str, rows: Iterable[LogRow], names: CatalogNames | None = None, *, header: bool = True
+    fmt: str,
+    rows: Iterable[LogRow],
+    names: CatalogNames | None = None,
+    *,
+    header: bool = True,
+    chunk_rows: int = 500,
 ) -> Iterator[str]:
-    """Lines of a jsonl, csv or ocsf export."""
+    """A jsonl, csv or ocsf export in chunks of whole lines."""
     if fmt == "csv" and header:
         yield csv_header()
+    buf: list[LogRow] = []
     for row in rows:
-        yield _line(fmt, row, names)
+        buf.append(row)
+        if len(buf) >= chunk_rows:
+            yield render(fmt, buf, names)
+            buf.clear()
+    if buf:
+        yield render(fmt, buf, names)
 
 
 async def arender_chunks(
@@ -346,26 +381,17 @@ async def arender_chunks(
     header: bool = True,
     chunk_rows: int = 500,
 ) -> AsyncIterator[str]:
-    """The same, grouped into chunks of lines so a large export is not one write per row."""
-    buf: list[str] = [csv_header()] if fmt == "csv" and header else []
+    """The same from an async row stream."""
+    if fmt == "csv" and header:
+        yield csv_header()
+    buf: list[LogRow] = []
     async for row in rows:
-        buf.append(_line(fmt, row, names))
+        buf.append(row)
         if len(buf) >= chunk_rows:
-            yield "".join(buf)
+            yield render(fmt, buf, names)
             buf.clear()
     if buf:
-        yield "".join(buf)
-
-
-def _line(fmt: str, row: LogRow, names: CatalogNames | None) -> str:
-    if fmt == "csv":
-        return csv_line(row)
-    if fmt == "jsonl":
-        return jsonl_line(row)
-    if fmt == "ocsf":
-        assert names is not None, "OCSF needs the catalog names"
-        return ocsf_line(row, names)
-    raise ValueError(f"unknown format {fmt!r}")
+        yield render(fmt, buf, names)
 
 
 # --- ATLAS Navigator layer ---------------------------------------------------------------------

@@ -11,12 +11,23 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Text,
+    cast,
+    false,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from soar.models import ActionLogEntry, AtlasTactic, AtlasTechnique, AtlasTechniqueTactic
@@ -45,7 +56,10 @@ COLUMNS: tuple[str, ...] = (
     "prev_hash",
     "hash",
 )
-_SELECTED = [_T[name] for name in COLUMNS]
+# `details` is read as text and parsed here: psycopg's JSONB loader spends as long sniffing the
+# encoding of each value as parsing it, and this is most of the cost of a page.
+_SELECTED = [cast(_T[n], Text).label(n) if n == "details" else _T[n] for n in COLUMNS]
+_DETAILS = COLUMNS.index("details")
 
 
 class AuditQueryError(ValueError):
@@ -107,13 +121,18 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
+def conditions(f: AuditFilter, *, family: Sequence[str] | None = None) -> list[ColumnElement[bool]]:
+    """WHERE clauses for `f`. `family`, when given, is the technique and every sub-technique
+    of it present in the log (see `technique_family`): the same rows as the LIKE, but the
+    (technique, at) index can find them."""
     where: list[ColumnElement[bool]] = []
     for name in ("incident_id", "tactic", "subject", "actor", "action", "outcome", "event"):
         value = getattr(f, name)
         if value is not None:
             where.append(_T[name] == value)
-    if f.technique is not None:
+    if f.technique is not None and family is not None:
+        where.append(_T.technique.in_(family) if family else false())
+    elif f.technique is not None:
         sub = _T.technique.like(_escape_like(f.technique) + ".%", escape="\\")
         where.append(or_(_T.technique == f.technique, sub))
     if f.since is not None:
@@ -123,11 +142,33 @@ def conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
     return where
 
 
+# Every distinct technique in the log, one index probe each (a "loose index scan"): a handful
+# of probes, and correct under any collation since it only walks the index order.
+_DISTINCT_TECHNIQUES = text(
+    "WITH RECURSIVE t(v) AS ("
+    " (SELECT technique FROM action_log WHERE technique IS NOT NULL ORDER BY technique LIMIT 1)"
+    " UNION ALL"
+    " SELECT (SELECT technique FROM action_log WHERE technique > t.v ORDER BY technique LIMIT 1)"
+    " FROM t WHERE t.v IS NOT NULL"
+    ") SELECT v FROM t WHERE v IS NOT NULL"
+)
+
+
+async def technique_family(db: AsyncSession | AsyncConnection, technique: str) -> list[str]:
+    """`technique` and its sub-techniques, as far as they occur in the log."""
+    values = (await db.execute(_DISTINCT_TECHNIQUES)).scalars()
+    return [v for v in values if v == technique or v.startswith(technique + ".")]
+
+
 def log_select(
-    f: AuditFilter, *, after_seq: int | None = None, limit: int | None = None
+    f: AuditFilter,
+    *,
+    after_seq: int | None = None,
+    limit: int | None = None,
+    family: Sequence[str] | None = None,
 ) -> Select[Any]:
     """The query for rows matching `f` after `after_seq`, in seq order."""
-    where = conditions(f)
+    where = conditions(f, family=family)
     if after_seq is not None:
         where.append(_T.seq > after_seq)
     if limit is not None and f.incident_id is None and (f.since or f.until):
@@ -138,10 +179,10 @@ def log_select(
         # tactic / actor index), then take the page by seq: the cost follows the size of the
         # window, not of the log. An incident's rows are few and its (incident_id, seq) index
         # is in seq order already.
-        matches = select(_T.seq).where(and_(*where)).cte("matches").prefix_with("MATERIALIZED")
+        matches = select(_T.seq).where(*where).cte("matches").prefix_with("MATERIALIZED")
         page = select(matches.c.seq).order_by(matches.c.seq).limit(limit)
         return select(*_SELECTED).where(_T.seq.in_(page)).order_by(_T.seq)
-    stmt = select(*_SELECTED).where(and_(*where)).order_by(_T.seq)
+    stmt = select(*_SELECTED).where(*where).order_by(_T.seq)
     return stmt.limit(limit) if limit is not None else stmt
 
 
@@ -188,7 +229,9 @@ class AuditPage:
 
 
 def as_row(values: Any) -> LogRow:
-    return dict(zip(COLUMNS, values, strict=True))
+    row = dict(zip(COLUMNS, values, strict=True))
+    row["details"] = json.loads(values[_DETAILS])
+    return row
 
 
 async def search(
@@ -201,7 +244,9 @@ async def search(
     """One page of matching rows; `next_cursor` is None on the last page."""
     check_limit(limit)
     after = decode_cursor(cursor, filters) if cursor else None
-    result = await session.execute(log_select(filters, after_seq=after, limit=limit + 1))
+    family = await technique_family(session, filters.technique) if filters.technique else None
+    stmt = log_select(filters, after_seq=after, limit=limit + 1, family=family)
+    result = await session.execute(stmt)
     rows = [as_row(r) for r in result.all()]
     more = len(rows) > limit
     items = rows[:limit]

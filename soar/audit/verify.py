@@ -1,8 +1,8 @@
 """Walk the whole hash chain, streamed in batches through a server-side cursor.
 
 Each batch is checked by a `chain.ChainVerifier` resumed at the batch's first seq and the
-stored hash of the row before it, so batches are independent: a long chain is checked by a
-pool of processes while this process only reads, and the first problem in seq order wins.
+stored hash of the row before it, so batches are independent: the CLI checks a long chain in
+a pool of processes while it reads, and the first problem in seq order wins.
 Rows are read as tuples with `at` already in the hashed ISO form and `details` as JSON text,
 so the reader does no per-row work beyond the driver's.
 """
@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from typing import Any
 
 from sqlalchemy import Connection, Text, cast, func, select
@@ -26,7 +26,6 @@ from soar.audit.chain import GENESIS, HASHED_FIELDS, ChainProblem, ChainVerifier
 from soar.models import ActionLogEntry
 
 BATCH = 10_000
-PARALLEL_FROM = 100_000  # below this many rows, starting processes costs more than it saves
 
 Progress = Callable[[int], None]
 Batch = list[tuple[Any, ...]]
@@ -130,12 +129,16 @@ class _Walk:
         )
 
 
-def _pool(workers: int | None, total: int) -> tuple[ProcessPoolExecutor | None, int]:
-    n = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    if n <= 1 or (workers is None and total < PARALLEL_FROM):
-        return None, 1
-    # spawn, not fork: the caller may be a threaded server.
-    return ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")), n
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    if workers <= 1 or "fork" not in get_all_start_methods():
+        return None
+    # fork: the child needs nothing but check_batch, and spawn would re-run the caller's
+    # __main__. Only the sync path (the CLI, single-threaded) forks; a server does not.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"))
+
+
+def default_workers() -> int:
+    return min(os.cpu_count() or 1, 4)
 
 
 def verify_chain(
@@ -143,11 +146,11 @@ def verify_chain(
     *,
     progress: Progress | None = None,
     batch: int = BATCH,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> VerifyResult:
-    """Verify from a sync connection. `workers`: processes to hash in (default: up to 4 when
-    the chain is long, else this process)."""
-    pool, n = _pool(workers, chain_length(conn))
+    """Verify from a sync connection, hashing in this process or in `workers` forked ones
+    (worth it from about 100k rows)."""
+    pool = _pool(workers)
     walk = _Walk(progress)
     result = conn.execute(_STMT.execution_options(yield_per=batch))
     try:
@@ -159,7 +162,7 @@ def verify_chain(
             inflight: deque[Future[BatchResult]] = deque()
             for part in result.partitions():
                 inflight.append(pool.submit(check_batch, *walk.job(part)))
-                if len(inflight) > 2 * n and not walk.fold(inflight.popleft().result()):
+                if len(inflight) > 2 * workers and not walk.fold(inflight.popleft().result()):
                     break
             while inflight and walk.fold(inflight.popleft().result()):
                 pass
@@ -171,33 +174,27 @@ def verify_chain(
 
 
 async def averify_chain(
-    conn: AsyncConnection,
-    *,
-    progress: Progress | None = None,
-    batch: int = BATCH,
-    workers: int | None = None,
+    conn: AsyncConnection, *, progress: Progress | None = None, batch: int = BATCH
 ) -> VerifyResult:
-    """Verify from an async connection. Hashing never runs on the event loop: in worker
-    processes for a long chain, else in a thread, so a server stays responsive."""
-    pool, n = _pool(workers, await achain_length(conn))
-    loop = asyncio.get_running_loop()
+    """Verify from an async connection. Hashing runs in a thread, never on the event loop,
+    while the next batch is read: a server stays responsive during a long walk."""
     walk = _Walk(progress)
     result = await conn.stream(_STMT.execution_options(yield_per=batch))
-    inflight: deque[asyncio.Future[BatchResult]] = deque()
-    limit = 2 * n if pool is not None else 1
+    pending: asyncio.Future[BatchResult] | None = None
     try:
         async for part in result.partitions():
-            inflight.append(loop.run_in_executor(pool, check_batch, *walk.job(part)))
-            if len(inflight) > limit and not walk.fold(await inflight.popleft()):
+            job = walk.job(part)
+            if pending is not None and not walk.fold(await pending):
+                pending = None
                 break
-        while inflight and walk.fold(await inflight.popleft()):
-            pass
+            pending = asyncio.ensure_future(asyncio.to_thread(check_batch, *job))
+        if pending is not None:
+            walk.fold(await pending)
+            pending = None
     finally:
-        for f in inflight:
-            f.cancel()
+        if pending is not None:
+            pending.cancel()
         await result.close()
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, cancel_futures=True)
     return walk.result()
 
 

@@ -1,7 +1,8 @@
 """The web UI in a real headless Chromium (Playwright) against the real stack.
 
-Needs a system Chromium (`apt-get install chromium`); Playwright's own browser download is not
-used. Without Chromium these tests skip, unless SOAR_REQUIRE_BROWSER=1 (CI), where they fail.
+Needs a system Chromium (`apt-get install chromium`; SOAR_CHROMIUM=/path/to/chromium picks
+another); Playwright's own browser download is not used. Without Chromium these tests skip,
+unless SOAR_REQUIRE_BROWSER=1 (set by .ci/run), where they fail.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ PASSWORD = "correct horse battery"
 
 
 def _chromium() -> str | None:
-    for candidate in (os.environ.get("SOAR_CHROMIUM"), "chromium", "chromium-browser"):
-        if candidate and (found := shutil.which(candidate)):
+    """SOAR_CHROMIUM if set (and only it), else a chromium on PATH or in /usr/bin."""
+    override = os.environ.get("SOAR_CHROMIUM")
+    if override:
+        return shutil.which(override)
+    for candidate in ("chromium", "chromium-browser", "/usr/bin/chromium"):
+        if found := shutil.which(candidate):
             return found
-    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+    return None
 
 
 def _unavailable(reason: str) -> None:

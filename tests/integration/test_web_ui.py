@@ -145,6 +145,11 @@ async def test_sign_in_with_password_and_token_then_sign_out(
         missing = soar(db_url, "users", "disable", "nobody")
         assert missing.exit_code != 0 and "no user named" in missing.output
 
+        r = await http.get("/ui/login")
+        r = await http.post("/ui/login", data={"csrf": csrf_of(r.text), "username": "al\x00ice",
+                                               "password": PASSWORD})  # fmt: skip
+        assert r.status_code == 401
+
         # Never an open redirect after sign-in.
         r = await http.get("/ui/login")
         r = await http.post("/ui/login", data={"csrf": csrf_of(r.text),
@@ -291,6 +296,23 @@ async def test_incident_list_filters_and_clear_errors(
                 r = await http.get(path)
                 assert r.status_code == status and words in r.text, path
                 assert r.headers["content-type"].startswith("text/html")
+            # Characters PostgreSQL refuses never reach it: a 4xx page, not a 5xx.
+            for path, status in (
+                ("/ui/incidents/inc%00x", 404),
+                ("/ui/incidents?subject=%00", 400),
+            ):
+                r = await http.get(path)
+                assert r.status_code == status, path
+            csrf = csrf_of((await http.get("/ui/approvals")).text)
+            r = await http.post(
+                "/ui/approvals/apr-x/decision",
+                data={"csrf": csrf, "decision": "approve", "comment": "a\x00b"},
+            )
+            assert r.status_code == 400 and "control characters" in r.text
+            r = await http.post(
+                "/ui/approvals/apr%00/decision", data={"csrf": csrf, "decision": "approve"}
+            )
+            assert r.status_code == 303
             css = await http.get("/ui/static/ui.css")
             assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
 

@@ -31,6 +31,7 @@ from soar.contracts import (
     FailureInput,
     HookInput,
     TicketNote,
+    approval_id_for,
 )
 from soar.domain import (
     DecisionRequest,
@@ -121,7 +122,7 @@ class Fakes:
 
         @activity.defn(name="request_approval")
         async def request(inp: ApprovalInput) -> ApprovalRef:
-            ref = ApprovalRef(f"apr-{inp.action.action_key}", inp.action, "later")
+            ref = ApprovalRef(approval_id_for(inp.action.action_id), inp.action, "later")
             fakes.approvals[ref.approval_id] = ref
             fakes.log.append(f"approval requested {inp.timeout_seconds}")
             return ref
@@ -219,7 +220,7 @@ async def test_first_decision_wins_and_bad_decisions_are_refused(
     async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
                       activities=fakes.activities()):  # fmt: skip
         handle = await start(env, tq, det(1))
-        apr = "apr-revoke_api_key:k-1"
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")  # type: ignore[attr-defined]
         for _ in range(100):
             if apr in fakes.approvals and "announced" in fakes.log:
                 break

@@ -1,0 +1,422 @@
+"""The web UI at /ui: sign-in, pending approvals, incidents. Server-rendered (Jinja2, autoescaped),
+every core action a plain HTML form, so it works without JavaScript.
+
+Deciding goes through :func:`soar.api.response.send_decision`, the same gate as the API and
+Slack; the UI only adds who is signed in, the CSRF check and Post/Redirect/Get.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from sqlalchemy import func, select
+
+from activities.context import incident_brief
+from approvals.web_auth import (
+    Flash,
+    OptionalViewerDep,
+    SignInRequired,
+    UiError,
+    UiSession,
+    Viewer,
+    ViewerDep,
+    check_csrf,
+    clear_flash,
+    clear_session,
+    local_target,
+    read_flash,
+    read_form,
+    read_session,
+    security_headers,
+    ui_key,
+    write_flash,
+    write_session,
+)
+from soar.api.deps import AppState, SessionDep, StateDep
+from soar.api.response import READERS, DecisionRefused, incident_json, send_decision
+from soar.auth import identity_for_password, identity_for_token
+from soar.connectors import IncidentBrief
+from soar.domain import DecisionRequest
+from soar.models import Action, Approval, AtlasTechnique, Incident, Principal
+
+log = logging.getLogger("soar.ui")
+
+REFRESH_SECONDS = 10
+ACTION_LABELS = {
+    "block_session": "Block session",
+    "revoke_api_key": "Revoke API key",
+    "disable_user": "Disable user",
+    "open_ticket": "Open ticket",
+    "notify": "Notify",
+}
+_TECHNIQUE_FILTER = re.compile(r"^[A-Za-z0-9.]{1,32}$")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")
+# PostgreSQL refuses NUL in text, and control characters have no business in names or
+# comments: refused up front, so they can never turn into a 5xx or a failing activity.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class UiRoute(APIRoute):
+    """Turns the UI's refusals (and malformed requests) into HTML pages instead of the API's
+    JSON errors, so a person never sees a bare JSON body or a 5xx for bad input."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SignInRequired as exc:
+                target = "/ui/login"
+                if exc.target not in ("/ui", "/ui/", "/ui/approvals"):
+                    target += "?next=" + quote(exc.target, safe="")
+                return RedirectResponse(target, status_code=303)
+            except UiError as exc:
+                return error_page(exc)
+            except RequestValidationError:
+                return error_page(UiError(422, "Bad request", "The request is malformed."))
+
+        return wrapped
+
+
+router = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _when(value: datetime | str | None) -> str:
+    if value is None or value == "":
+        return "\N{EN DASH}"
+    if isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        at = value
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(value: datetime | str | None) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value or ""
+
+
+def _http_url(value: str | None) -> str | None:
+    # Autoescaping does not stop a javascript: link; only http(s) links are rendered.
+    return value if value and value.startswith(("https://", "http://")) else None
+
+
+_env = Environment(
+    loader=PackageLoader("approvals", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(when=_when, iso=_iso, http_url=_http_url)
+_env.globals.update(action_label=lambda t: ACTION_LABELS.get(t, t))
+_CSS = (resources.files("approvals") / "static" / "ui.css").read_bytes()
+
+
+def error_page(exc: UiError) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    html = _env.get_template("error.html").render(
+        title=exc.title, message=exc.message, status=exc.status, viewer=None, flash=None,
+        nonce=nonce, csrf="", refresh_seconds=0, section="",
+    )  # fmt: skip
+    response = HTMLResponse(html, status_code=exc.status)
+    security_headers(response, nonce)
+    return response
+
+
+def render(
+    request: Request, state: AppState, template: str, *, viewer: Viewer | None,
+    status: int = 200, **context: Any,
+) -> HTMLResponse:  # fmt: skip
+    nonce = secrets.token_urlsafe(16)
+    flash = read_flash(request, ui_key(state))
+    context.setdefault("refresh_seconds", 0)
+    context.setdefault("section", "")
+    html = _env.get_template(template).render(
+        viewer=viewer, flash=flash, nonce=nonce, csrf=viewer.session.csrf if viewer else "",
+        **context,
+    )  # fmt: skip
+    response = HTMLResponse(html, status_code=status)
+    if flash is not None:
+        clear_flash(response, state.settings)
+    security_headers(response, nonce)
+    return response
+
+
+def redirect(state: AppState, target: str, flash: Flash | None = None) -> RedirectResponse:
+    response = RedirectResponse(target, status_code=303)
+    if flash is not None:
+        write_flash(response, ui_key(state), flash, state.settings)
+    return response
+
+
+# --- sign-in and sign-out --------------------------------------------------------------------
+
+
+@router.get("")
+@router.get("/")
+async def home(viewer: OptionalViewerDep) -> Response:
+    return RedirectResponse("/ui/approvals" if viewer else "/ui/login", status_code=303)
+
+
+@router.get("/static/ui.css")
+async def stylesheet() -> Response:
+    return Response(_CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+def _login_page(
+    request: Request, state: AppState, ui: UiSession, *, next_: str,
+    error: str | None = None, username: str = "", status: int = 200,
+) -> Response:  # fmt: skip
+    response = render(request, state, "login.html", viewer=None, status=status, error=error,
+                      username=username, next=next_, login_csrf=ui.csrf)  # fmt: skip
+    write_session(response, ui_key(state), ui, state.settings)
+    return response
+
+
+@router.get("/login")
+async def login_form(
+    request: Request, state: StateDep,
+    viewer: OptionalViewerDep, next: str = "",
+) -> Response:  # fmt: skip
+    target = local_target(next)
+    if viewer is not None:
+        return RedirectResponse(target, status_code=303)
+    ui = read_session(request, ui_key(state))
+    if ui is None or ui.name is not None:
+        ui = UiSession.anonymous()
+    return _login_page(request, state, ui, next_=target)
+
+
+@router.post("/login")
+async def login(request: Request, state: StateDep, session: SessionDep) -> Response:
+    form = await read_form(request)
+    ui = read_session(request, ui_key(state))
+    check_csrf(ui, form)
+    assert ui is not None
+    target = local_target(form.get("next"))
+    token = form.get("token", "").strip()
+    username = form.get("username", "").strip()
+    if token:
+        method, identity = "token", await identity_for_token(session, token)
+        refusal = "Unknown or disabled API token."
+    elif username and form.get("password"):
+        method, identity = "password", None
+        if not _CONTROL.search(username):
+            identity = await identity_for_password(session, username, form["password"])
+        refusal = "Unknown user or wrong password."
+    else:
+        return _login_page(request, state, ui, next_=target, status=400, username=username,
+                           error="Enter a user name and a password, or an API token.")  # fmt: skip
+    p = await session.scalar(select(Principal).where(Principal.name == identity.name)) \
+        if identity else None  # fmt: skip
+    if p is None or p.role not in READERS:
+        log.warning("web UI sign-in refused (%s) from %s", method,
+                    request.client.host if request.client else "?")  # fmt: skip
+        return _login_page(request, state, ui, next_=target, status=401, username=username,
+                           error=refusal)  # fmt: skip
+    log.info("web UI sign-in: %s (%s) with a %s", p.name, p.role, method)
+    response = redirect(state, target, Flash("ok", f"Signed in as {p.name} ({p.role})."))
+    write_session(response, ui_key(state), UiSession.signed_in(p, method), state.settings)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, state: StateDep) -> Response:
+    form = await read_form(request)
+    ui = read_session(request, ui_key(state))
+    if ui is not None and ui.name is not None:
+        check_csrf(ui, form)
+    response = redirect(state, "/ui/login", Flash("ok", "Signed out."))
+    clear_session(response, state.settings)
+    return response
+
+
+# --- approvals -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalCard:
+    """One approval with the same facts as the Slack message."""
+
+    approval: Approval
+    action: Action
+    brief: IncidentBrief
+
+
+async def _pending_cards(session: SessionDep, state: AppState,
+                         incident_id: str | None = None) -> list[ApprovalCard]:  # fmt: skip
+    q = (
+        select(Approval, Action).join(Action, Action.id == Approval.action_id)
+        .where(Approval.status == "pending")
+        .order_by(Approval.requested_at.desc()).limit(200)
+    )  # fmt: skip
+    if incident_id is not None:
+        q = q.where(Approval.incident_id == incident_id)
+    briefs: dict[str, IncidentBrief] = {}
+    cards = []
+    for approval, action in (await session.execute(q)).all():
+        if approval.incident_id not in briefs:
+            briefs[approval.incident_id] = await incident_brief(
+                session, approval.incident_id, state.settings
+            )
+        cards.append(ApprovalCard(approval, action, briefs[approval.incident_id]))
+    return cards
+
+
+@router.get("/approvals")
+async def approvals_page(
+    request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    cards = await _pending_cards(session, state)
+    recent = (await session.execute(
+        select(Approval, Action).join(Action, Action.id == Approval.action_id)
+        .where(Approval.status != "pending")
+        .order_by(func.coalesce(Approval.decided_at, Approval.expires_at).desc()).limit(15)
+    )).all()  # fmt: skip
+    return render(request, state, "approvals.html", viewer=viewer, cards=cards, recent=recent,
+                  section="approvals", refresh_seconds=30)  # fmt: skip
+
+
+@router.post("/approvals/{approval_id}/decision")
+async def decide(
+    approval_id: str, request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    form = await read_form(request)
+    check_csrf(viewer.session, form)
+    if not viewer.can_decide:
+        log.warning("web UI decision refused: %s (%s) on %r", viewer.name, viewer.role,
+                    approval_id[:80])  # fmt: skip
+        raise UiError(403, "Not allowed",
+                      f"Your role ({viewer.role}) may read approvals but not decide them; "
+                      "only approvers and admins can.")  # fmt: skip
+    decision = form.get("decision", "")
+    if decision not in ("approve", "reject"):
+        raise UiError(400, "Bad request", "Choose Approve or Reject.")
+    comment = form.get("comment", "").strip() or None
+    if comment is not None and _CONTROL.search(comment):
+        raise UiError(400, "Bad comment", "The comment contains control characters.")
+    if comment is not None and len(comment) > 2000:
+        raise UiError(400, "Comment too long", "A comment may have at most 2000 characters.")
+    target = local_target(form.get("next"))
+    if not _ID.match(approval_id):
+        return redirect(state, target, Flash("error", "Not recorded: there is no such approval."))
+    approval = await session.get(Approval, approval_id)
+    action = await session.get(Action, approval.action_id) if approval else None
+    what = f"{ACTION_LABELS.get(action.action_type, action.action_type)} {action.target}" \
+        if action else approval_id  # fmt: skip
+    req = DecisionRequest(approval_id=approval_id, decision=decision, actor=viewer.name,
+                          role=viewer.role, channel="ui", comment=comment)  # fmt: skip
+    try:
+        result = await send_decision(state, session, approval_id, req)
+    except DecisionRefused as exc:
+        return redirect(state, target, Flash("error", f"Not recorded: {exc}."))
+    except HTTPException as exc:  # Temporal unreachable: the decision cannot be delivered now
+        return redirect(state, target, Flash("error", f"Not recorded: {exc.detail}."))
+    return redirect(state, target, Flash("ok", f"{what}: {result.status} by {result.decided_by}."))
+
+
+# --- incidents -------------------------------------------------------------------------------
+
+
+@router.get("/incidents")
+async def incidents_page(
+    request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep,
+    status: str = "", technique: str = "", subject: str = "",
+) -> Response:  # fmt: skip
+    status, technique, subject = status.strip(), technique.strip().upper(), subject.strip()
+    if status not in ("", "open", "closed"):
+        raise UiError(400, "Bad filter", "Status must be open or closed (or empty for any).")
+    if technique and not _TECHNIQUE_FILTER.match(technique):
+        raise UiError(400, "Bad filter", "Technique must look like AML.T0051 or AML.T0051.000.")
+    if len(subject) > 300 or _CONTROL.search(subject):
+        raise UiError(400, "Bad filter", "Subject: at most 300 characters, no control characters.")
+    q = select(Incident).order_by(Incident.opened_at.desc()).limit(200)
+    if status:
+        q = q.where(Incident.status == status)
+    if technique:
+        q = q.where(Incident.technique.startswith(technique, autoescape=True))
+    if subject:
+        q = q.where(Incident.subject_key.contains(subject, autoescape=True))
+    incidents = (await session.scalars(q)).all()
+    ids = [i.id for i in incidents]
+    pending = dict((await session.execute(
+        select(Approval.incident_id, func.count()).where(
+            Approval.incident_id.in_(ids), Approval.status == "pending"
+        ).group_by(Approval.incident_id)
+    )).all()) if ids else {}  # fmt: skip
+    names = dict((await session.execute(
+        select(AtlasTechnique.id, AtlasTechnique.name).where(
+            AtlasTechnique.id.in_({i.technique for i in incidents})
+        )
+    )).all()) if ids else {}  # fmt: skip
+    filters = {"status": status, "technique": technique, "subject": subject}
+    return render(request, state, "incidents.html", viewer=viewer, incidents=incidents,
+                  pending=pending, names=names, section="incidents", filters=filters)  # fmt: skip
+
+
+def _detail_pairs(details: dict[str, Any]) -> list[tuple[str, str]]:
+    """The few facts of an audit entry worth a glance; the full row is in /v1/audit."""
+    keys = ("target", "decision", "comment", "channel", "until", "expires_at", "rules_fired",
+            "severity", "confidence", "risk_score", "excerpt", "ticket_key", "error", "reason",
+            "action_taken", "text")  # fmt: skip
+    pairs = []
+    for k in keys:
+        v = details.get(k)
+        if v is None or v == "" or v == []:
+            continue
+        if k in ("until", "expires_at") and isinstance(v, str):
+            text = _when(v)
+        else:
+            text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        pairs.append((k.replace("_", " "), text[:300]))
+    return pairs
+
+
+@router.get("/incidents/{incident_id}")
+async def incident_page(
+    incident_id: str, request: Request, state: StateDep, session: SessionDep,
+    viewer: ViewerDep, refresh: str = "",
+) -> Response:  # fmt: skip
+    inc = await session.get(Incident, incident_id) if _ID.match(incident_id) else None
+    if inc is None:
+        raise UiError(404, "Not found", f"There is no incident {incident_id[:80]}.")
+    data = await incident_json(session, inc)
+    brief = await incident_brief(session, inc.id, state.settings)
+    cards = await _pending_cards(session, state, incident_id=inc.id)
+    actions = {a["action_id"]: a for a in data["actions"]}
+    for entry in data["timeline"]:
+        entry["pairs"] = _detail_pairs(entry["details"] or {})
+    live = inc.status == "open" and refresh != "off"
+    return render(request, state, "incident.html", viewer=viewer, inc=data, brief=brief,
+                  cards=cards, actions=actions, section="incidents", live=live,
+                  paused=inc.status == "open" and not live,
+                  refresh_seconds=REFRESH_SECONDS if live else 0)  # fmt: skip
+
+
+@router.api_route("/{rest:path}", methods=["GET", "POST"])
+async def not_found(rest: str) -> Response:
+    raise UiError(404, "Not found", "There is no such page.")
