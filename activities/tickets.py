@@ -52,7 +52,7 @@ MAX_RETRY_AFTER = timedelta(minutes=5)  # a Retry-After of hours would stall lat
 SUMMARY_MAX = 255  # Jira's limit
 EXCERPT_MAX = 2000
 REASON_MAX = 300
-TIMEOUT = (5.0, 20.0)  # connect, read: well inside the activities' 60 s start-to-close
+TIMEOUT = (5.0, 15.0)  # connect, read: a step of three requests fits the 60 s start-to-close
 PLACEHOLDERS = (
     "incident_id", "tenant", "subject", "technique", "technique_name", "tactic",
     "tactic_name", "severity", "risk_score", "url",

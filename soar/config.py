@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     hook_secret: SecretStr | None = None  # whsec_... used to sign hook calls
 
     api_tokens: SecretStr | None = None  # name:role:token,...
-    session_secret: SecretStr | None = None  # web UI cookies; derived from the webhook secret when unset
+    # Signs web UI cookies; derived from the webhook secret when unset.
+    session_secret: SecretStr | None = None
 
     log_level: str = "INFO"
 

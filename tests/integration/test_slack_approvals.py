@@ -16,8 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
+from approvals.slack import SlackNotifier
 from soar.config import Settings
+from soar.connectors import ApprovalBrief, IncidentBrief
 from soar.db import sqlalchemy_url
 from tests.fakes.slack_api import FakeSlack, SlackCall
 from tests.support import Stack, bearer, detection, eventually, make_settings, running_stack
@@ -164,12 +167,16 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
     db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
     slack: FakeSlack,
 ) -> None:  # fmt: skip
-    settings = slack_settings(db_url, temporal_address, task_queue, slack)
-    # Carol is granted in the database; Dave has a row but only as an analyst.
+    settings = slack_settings(
+        db_url, temporal_address, task_queue, slack, slack_approvers="U-ALICE,U-EVE"
+    )
+    # Carol is granted in the database; Dave has a row but only as an analyst; Eve is in
+    # the environment list but her principal has been disabled since.
     sql(
         db_url,
         "INSERT INTO principals (name, role, slack_user_id, disabled) VALUES "
-        "('carol', 'approver', 'U-CAROL', false), ('dave', 'analyst', 'U-DAVE', false)",
+        "('carol', 'approver', 'U-CAROL', false), ('dave', 'analyst', 'U-DAVE', false), "
+        "('eve', 'approver', 'U-EVE', true)",
     )
     async with running_stack(settings, temporal_client) as stack:
         r = await stack.post_detection(critical_leak())
@@ -195,6 +202,10 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         headers = signed(body)
         r = await stack.http.post("/slack/interactions", content=body + "&x=1", headers=headers)
         assert r.status_code == 401
+        for bad in ({**headers, "x-slack-request-timestamp": "soon"},
+                    {k: v for k, v in headers.items() if k != "x-slack-signature"}):  # fmt: skip
+            r = await stack.http.post("/slack/interactions", content=body, headers=bad)
+            assert r.status_code == 401
 
         # An unauthorized user: refused, nothing changes, the attempt is logged.
         payload = click(slack, message, approval_id, "soar_approve", "U-MALLORY",
@@ -204,9 +215,10 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         [refusal] = slack.wait_for_response("mallory")
         assert refusal["response_type"] == "ephemeral" and refusal["replace_original"] is False
         assert "not allowed" in refusal["text"]
-        payload = click(slack, other, other_id, "soar_approve", "U-DAVE", reply_to="dave")
-        assert (await interact(stack, payload)).status_code == 200
-        assert "not allowed" in slack.wait_for_response("dave")[0]["text"]
+        for user in ("U-DAVE", "U-EVE"):
+            payload = click(slack, other, other_id, "soar_approve", user, reply_to=user)
+            assert (await interact(stack, payload)).status_code == 200
+            assert "not allowed" in slack.wait_for_response(user)[0]["text"]
         refused = await eventually(lambda: log_rows(db_url, "approval.refused", approval_id))
         assert refused[0].actor == "slack:U-MALLORY"
         assert refused[0].outcome == "refused"
@@ -281,6 +293,7 @@ async def test_reject_with_a_reason_from_the_modal(
         msgs = await eventually(lambda: len(approval_messages(slack)) == 2 and
                                 approval_messages(slack), timeout=15)  # fmt: skip
         approval_id, message = msgs["revoke_api_key"]
+        await eventually(lambda: approval_row(db_url, approval_id).slack_ts, timeout=10)
 
         payload = click(slack, message, approval_id, "soar_reject", "U-ALICE", reply_to="alice")
         r = await interact(stack, payload)
@@ -310,7 +323,14 @@ async def test_reject_with_a_reason_from_the_modal(
         assert decided[0].actor == "slack:U-ALICE" and decided[0].outcome == "rejected"
         assert decided[0].details["comment"] == reason
         assert approval_row(db_url, approval_id).comment == reason
-        updated = await eventually(lambda: updates_of(slack, message.response["ts"]), timeout=10)
+        # Both the worker (after recording) and the route (after the update returned) say so.
+        updated = await eventually(
+            lambda: (
+                len(updates_of(slack, message.response["ts"])) == 2
+                and updates_of(slack, message.response["ts"])
+            ),
+            timeout=10,
+        )
         assert "Rejected by slack:U-ALICE" in updated[-1].params["text"]
         assert not has_buttons(updated[-1])
         assert not await blocked(stack, "api-keys", KEY)
@@ -362,6 +382,10 @@ async def test_slack_down_never_blocks_containment_or_the_decision(
         inc = await stack.incident(incident_id)
         revoke = next(a["action_id"] for a in inc["actions"] if a["type"] == "revoke_api_key")
         approval_id = next(a["approval_id"] for a in approvals if a["action_id"] == revoke)
+        # The row is committed a moment before the workflow has taken the approval in (a
+        # decision in that moment is refused as unknown); a person is never that fast.
+        handle = temporal_client.get_workflow_handle(inc["workflow_id"])
+        await eventually(lambda: _knows(handle.query("pending_approvals"), approval_id), timeout=10)
         r = await stack.http.post(
             f"/v1/approvals/{approval_id}/decision",
             json={"decision": "approve"},
@@ -371,6 +395,10 @@ async def test_slack_down_never_blocks_containment_or_the_decision(
         assert r.json()["status"] == "approved"
         await eventually(lambda: blocked(stack, "api-keys", KEY), timeout=15)
         assert not any(c.ok for c in slack.calls)  # Slack never answered
+
+
+async def _knows(pending: Any, approval_id: str) -> bool:
+    return approval_id in await pending
 
 
 async def test_reminder_at_half_time_then_expired(
@@ -411,3 +439,36 @@ async def test_reminder_at_half_time_then_expired(
         assert (await interact(stack, payload)).status_code == 200
         assert "already expired" in slack.wait_for_response("late")[0]["text"]
         assert not await blocked(stack, "api-keys", KEY)
+
+
+def test_a_long_rate_limit_is_left_to_the_activity_retry(slack: FakeSlack) -> None:
+    """A short Retry-After is slept out by the SDK; a long one must not hold a worker thread
+    past the activity timeout: it fails at once, asking Temporal to wait that long."""
+    settings = Settings(
+        _env_file=None, slack_bot_token="xoxb-test", slack_approval_channel=CHANNEL,
+        slack_api_url=slack.api_url,
+    )  # fmt: skip
+    notifier = SlackNotifier(settings)
+    brief = ApprovalBrief(
+        approval_id="apr-1", action_type="revoke_api_key", target=KEY,
+        expires_at="2026-11-21T14:15:00+00:00",
+        incident=IncidentBrief(
+            incident_id="inc-1", tenant="acme", subject=f"api_key:{KEY}", technique="AML.T0057",
+            technique_name="LLM Data Leakage", tactic=None, tactic_name=None,
+            severity="critical", risk_score=None, excerpt=None,
+        ),
+    )  # fmt: skip
+
+    slack.fail_next("chat.postMessage", status=429, retry_after=1)
+    posted = notifier.announce_approval(brief)
+    assert posted is not None and posted.channel == CHANNEL
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [429, 200]
+
+    slack.fail_next("chat.postMessage", status=429, retry_after=120)
+    t0 = time.monotonic()
+    with pytest.raises(ApplicationError) as err:
+        notifier.announce_approval(brief)
+    assert time.monotonic() - t0 < 2
+    assert err.value.next_retry_delay is not None
+    assert err.value.next_retry_delay.total_seconds() == 120
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [429, 200, 429]
