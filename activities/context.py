@@ -75,6 +75,14 @@ async def incident_brief(
             .order_by(Action.applied_at)
         )
     ).all()
+    planned = (
+        await session.scalars(
+            select(Action)
+            .where(Action.incident_id == incident_id, Action.applied_at.is_(None))
+            .where(Action.status.in_(("planned", "pending_approval", "approved")))
+            .order_by(Action.created_at)
+        )
+    ).all()
     tactic = info.tactics[0] if info and info.tactics else None
     return IncidentBrief(
         incident_id=inc.id,
@@ -88,6 +96,7 @@ async def incident_brief(
         risk_score=inc.risk_score,
         excerpt=excerpt,
         auto_actions=tuple(f"{a.action_type} {a.target}" for a in applied),
+        planned_actions=tuple(f"{a.action_type} {a.target} ({a.status})" for a in planned),
         ticket_key=inc.ticket_key,
         ticket_url=inc.ticket_url,
         url=f"{settings.base_url}/ui/incidents/{inc.id}",

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from soar.domain import Role
+from soar.domain import Role, Severity
 
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "xxx", "todo", "placeholder"}
 
@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     jira_issue_type: str = "Task"
     jira_done_transition: str = "Done"
     jira_priority_map: str = "critical:Highest,high:High,medium:Medium,low:Low,info:Lowest"
+    # JSON {field id: value template}; placeholders {incident_id} {tenant} {subject}
+    # {technique} {technique_name} {tactic} {tactic_name} {severity} {risk_score} {url}
+    jira_custom_fields: dict[str, Any] = Field(default_factory=dict)
 
     # Outbound enforcement hooks, e.g. an LLM gateway's admin API: JSON {action_type: url}
     action_hooks: dict[str, str] = Field(default_factory=dict)
@@ -109,6 +112,19 @@ class Settings(BaseSettings):
         raw = v.get_secret_value()
         if not raw.startswith("whsec_") or len(raw) < 16:
             raise ValueError("must be a Standard Webhooks secret of the form whsec_<base64>")
+        return v
+
+    @field_validator("jira_priority_map")
+    @classmethod
+    def _check_priority_map(cls, v: str) -> str:
+        severities = {s.value for s in Severity}
+        for item in (x.strip() for x in v.split(",")):
+            if not item:
+                continue
+            sev, sep, name = item.partition(":")
+            if not sep or sev.strip() not in severities or not name.strip():
+                raise ValueError(f"entry {item!r} must be severity:Priority name "
+                                 f"(severity one of {', '.join(sorted(severities))})")  # fmt: skip
         return v
 
     @field_validator("api_tokens")

@@ -23,6 +23,7 @@ class IncidentBrief:
     risk_score: float | None
     excerpt: str | None
     auto_actions: tuple[str, ...] = ()
+    planned_actions: tuple[str, ...] = ()  # not applied (yet): awaiting approval, deferred
     ticket_key: str | None = None
     ticket_url: str | None = None
     url: str = ""

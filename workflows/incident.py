@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ContainResult,
         DecisionRecord,
         EnrichInput,
+        EnrichResult,
         FailureInput,
         HookInput,
         TicketNote,
@@ -240,11 +241,17 @@ class IncidentWorkflow:
 
     async def _assess(self, det: DetectionFacts) -> None:
         assert self._input is not None
-        await workflow.execute_activity(
+        result: EnrichResult = await workflow.execute_activity(
             "enrich_incident",
             EnrichInput(self._input.incident_id, det),
+            result_type=EnrichResult,
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_FAST,
+        )
+        # The ticket usually opens before the assessment is ready: add it as a comment.
+        self._note(
+            f"{det.detection_id}:assessed",
+            f"Assessment (risk {result.risk_score:g}/100): {result.summary}",
         )
 
     async def _deliver_hook(self, ref: ActionRef, event: str) -> None:
