@@ -19,6 +19,6 @@ def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
         c.contain_detection, c.enrich_incident, c.close_incident,
         a.run_action, a.record_action_failure, a.lift_block, a.deliver_hook,
         p.request_approval, p.announce_approval, p.record_decision,
-        p.escalate_approval, p.expire_approval,
+        p.escalate_approval, p.show_approval_outcome, p.expire_approval,
         t.note_ticket, t.close_ticket,
     ]  # fmt: skip

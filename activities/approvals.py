@@ -14,11 +14,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.containment import SYSTEM
 from activities.context import ActivityContext, incident_brief, now
+from approvals.principals import approver_slack_ids
 from soar.audit.chain import LogEvent, append
 from soar.connectors import ApprovalBrief
 from soar.contracts import (
     ApprovalEvent,
     ApprovalInput,
+    ApprovalOutcome,
     ApprovalRef,
     DecisionRecord,
     approval_id_for,
@@ -52,6 +54,7 @@ class ApprovalActivities:
             action = await s.get(Action, row.action_id)
             assert action is not None
             incident = await incident_brief(s, row.incident_id, self.ctx.settings)
+            approvers = await approver_slack_ids(session=s, settings=self.ctx.settings)
         return ApprovalBrief(
             approval_id=row.id,
             action_type=action.action_type,
@@ -60,7 +63,7 @@ class ApprovalActivities:
             incident=incident,
             slack_channel=row.slack_channel,
             slack_ts=row.slack_ts,
-            approvers=tuple(sorted(self.ctx.settings.slack_approver_ids)),
+            approvers=approvers,
         )
 
     @activity.defn(name="request_approval")
@@ -142,7 +145,12 @@ class ApprovalActivities:
                          "comment": rec.comment},
                 **await _base(s, ref),
             ))  # fmt: skip
-        await self._show(ref.approval_id, status, rec.actor, rec.decided_at)
+
+    @activity.defn(name="show_approval_outcome")
+    async def show_approval_outcome(self, out: ApprovalOutcome) -> None:
+        """Separate from record_decision so that a slow Slack never delays the answer to
+        the person deciding (the update returns once the decision is recorded)."""
+        await self._show(out.approval.approval_id, out.status, out.by, out.at)
 
     async def _show(self, approval_id: str, status: str, by: str | None, at: str) -> None:
         """Update the Slack message; a Slack outage must not undo or delay the decision."""

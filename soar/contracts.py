@@ -102,6 +102,16 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class ApprovalOutcome:
+    """Shown to the humans (the Slack message) after a decision is recorded."""
+
+    approval: ApprovalRef
+    status: str
+    by: str | None
+    at: str
+
+
+@dataclass(frozen=True)
 class ApprovalEvent:
     approval: ApprovalRef
     event: str  # escalated | expired

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         ActionRef,
         ApprovalEvent,
         ApprovalInput,
+        ApprovalOutcome,
         ApprovalRef,
         CloseInput,
         ContainInput,
@@ -120,6 +121,9 @@ class IncidentWorkflow:
             retry_policy=_FAST,
         )
         approval.recorded = True
+        self._spawn(self._show_outcome(
+            ApprovalOutcome(approval.ref, approval.status, req.actor, decided_at)
+        ))  # fmt: skip
         self._note(
             f"{approval.ref.approval_id}:decided",
             f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
@@ -380,6 +384,17 @@ class IncidentWorkflow:
             await self._run_action(action)
         else:
             self._state.active_keys.discard(action.action_key)
+
+    async def _show_outcome(self, outcome: ApprovalOutcome) -> None:
+        try:
+            await workflow.execute_activity(
+                "show_approval_outcome",
+                outcome,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=_EXTERNAL,
+            )
+        except ActivityError:
+            workflow.logger.warning("outcome of %s not shown", outcome.approval.approval_id)
 
     async def _announce(self, ref: ApprovalRef) -> None:
         """Tell the humans (Slack when configured). Never blocks the decision: the approval

@@ -72,15 +72,19 @@ async def audit_log(
         since=since,
         until=until,
     )
+    names = await query.catalog_names(session) if fmt == "ocsf" else None
     try:
         after = query.decode_cursor(cursor, f) if cursor else None
+        page = (
+            await query.search(
+                session, filters=f, cursor=cursor, limit=limit or query.DEFAULT_LIMIT
+            )
+            if fmt == "json" or limit is not None
+            else None
+        )
     except query.AuditQueryError as exc:
         raise invalid(exc.field, exc.message) from None
-    names = await query.catalog_names(session) if fmt == "ocsf" else None
-    if fmt == "json" or limit is not None:
-        page = await query.search(
-            session, filters=f, cursor=cursor, limit=limit or query.DEFAULT_LIMIT
-        )
+    if page is not None:
         if fmt == "json":
             return JSONResponse(
                 formats.json_page(page.items, page.next_cursor, limit or query.DEFAULT_LIMIT)
@@ -115,9 +119,14 @@ async def audit_verify(state: StateDep) -> JSONResponse:
     return JSONResponse(result.as_dict(), status_code=200 if result.ok else 409)
 
 
+def _utc(at: datetime) -> datetime:
+    """A time without an offset is UTC."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    end = (until or datetime.now(UTC)).astimezone(UTC)
-    start = (since or end - timedelta(days=DEFAULT_REPORT_DAYS)).astimezone(UTC)
+    end = _utc(until or datetime.now(UTC))
+    start = _utc(since or end - timedelta(days=DEFAULT_REPORT_DAYS))
     if start >= end:
         raise invalid("until", "must be later than since")
     return start, end

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from soar.audit import formats, query
 
@@ -36,17 +37,31 @@ OutcomeOpt = Annotated[str | None, typer.Option(help="outcome, e.g. applied")]
 EventOpt = Annotated[str | None, typer.Option(help="event, e.g. approval.decided")]
 
 
-def _cli() -> Any:
-    # Imported late: soar.cli imports this module while it is being loaded.
-    import soar.cli
+# soar.cli imports this module while it is being loaded: take its helpers late.
 
-    return soar.cli
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from soar.cli import fail
+
+    return fail(message, code)
+
+
+def _out() -> Console:
+    from soar.cli import out
+
+    return out
+
+
+def _err() -> Console:
+    from soar.cli import console
+
+    return console
 
 
 def _database_url() -> str:
-    cli = _cli()
-    url: str = cli.database_url_or_exit(cli.settings_or_exit())
-    return url
+    from soar.cli import database_url_or_exit, settings_or_exit
+
+    return database_url_or_exit(settings_or_exit())
 
 
 def _when(option: str, value: str | None) -> datetime | None:
@@ -55,7 +70,7 @@ def _when(option: str, value: str | None) -> datetime | None:
     try:
         at = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise _cli().fail(f"{option}: {value!r} is not an ISO 8601 date or time") from None
+        raise _fail(f"{option}: {value!r} is not an ISO 8601 date or time") from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
@@ -65,7 +80,7 @@ def _filters(**values: Any) -> query.AuditFilter:
     try:
         return query.AuditFilter(**values)
     except query.AuditQueryError as exc:
-        raise _cli().fail(f"--{exc.field}: {exc.message}") from None
+        raise _fail(f"--{exc.field}: {exc.message}") from None
 
 
 def _run_async(fn: Callable[[Any], Any]) -> Any:
@@ -95,7 +110,6 @@ def verify(
     from soar.audit.verify import chain_length, default_workers, verify_chain
     from soar.db import make_sync_engine
 
-    cli = _cli()
     engine = make_sync_engine(_database_url())
     try:
         with engine.connect() as conn:
@@ -105,24 +119,28 @@ def verify(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                console=cli.console,
+                console=_err(),
                 transient=True,
+                # Redrawn from the callback, not by a thread: worker processes are forked.
+                auto_refresh=False,
             ) as bar:
                 task = bar.add_task("verifying the action log", total=total or None)
                 if workers is None:
                     workers = default_workers() if total >= PARALLEL_FROM else 1
                 result = verify_chain(
-                    conn, workers=workers, progress=lambda n: bar.update(task, completed=n)
+                    conn,
+                    workers=workers,
+                    progress=lambda n: bar.update(task, completed=n, refresh=True),
                 )
     finally:
         engine.dispose()
     if result.problem is not None:
-        raise cli.fail(
+        raise _fail(
             f"action log chain broken at row {result.problem.seq}: {result.problem.reason} "
             f"({result.rows} rows intact before it)",
             1,
         )
-    cli.out.print(
+    _out().print(
         f"action log intact: {result.rows} rows, head {result.head_seq} {result.head_hash}",
         highlight=False,
     )
@@ -155,9 +173,8 @@ def export(
     event: EventOpt = None,
 ) -> None:
     """Write every matching row to stdout, streamed (constant memory), in seq order."""
-    cli = _cli()
     if fmt not in ("csv", "jsonl", "json", "ocsf"):
-        raise cli.fail(f"--format: {fmt!r} is not one of csv, jsonl, json, ocsf")
+        raise _fail(f"--format: {fmt!r} is not one of csv, jsonl, json, ocsf")
     f = _filters(
         incident_id=incident_id, technique=technique, tactic=tactic, subject=subject,
         actor=actor, action=action, outcome=outcome, event=event, since=since, until=until,
@@ -198,7 +215,6 @@ def search(
     """Show matching rows as a table, oldest first; prints the cursor of the next page."""
     from rich.table import Table
 
-    cli = _cli()
     f = _filters(
         incident_id=incident_id, technique=technique, tactic=tactic, subject=subject,
         actor=actor, action=action, outcome=outcome, event=event, since=since, until=until,
@@ -210,7 +226,7 @@ def search(
     try:
         result: query.AuditPage = _run_async(page)
     except query.AuditQueryError as exc:
-        raise cli.fail(f"--{exc.field}: {exc.message}") from None
+        raise _fail(f"--{exc.field}: {exc.message}") from None
     table = Table("seq", "at", "event", "action", "outcome", "actor", "incident", "technique",
                   "subject")  # fmt: skip
     for r in result.items:
@@ -219,11 +235,11 @@ def search(
             r["action"] or "", r["outcome"], r["actor"], r["incident_id"] or "",
             r["technique"] or "", r["subject"] or "",
         )  # fmt: skip
-    cli.out.print(table)
+    _out().print(table)
     if result.next_cursor:
-        cli.out.print(f"more: --cursor {result.next_cursor}", highlight=False)
+        _out().print(f"more: --cursor {result.next_cursor}", highlight=False)
     elif not result.items:
-        cli.out.print("no matching rows")
+        _out().print("no matching rows")
 
 
 def report(
@@ -233,11 +249,10 @@ def report(
 ) -> None:
     """Summary for auditors: detections, incidents, blocks, approvals, time to contain and to
     decision (p50/p95), per ATLAS technique and tactic."""
-    cli = _cli()
     end = _when("--until", until) or datetime.now(UTC)
     start = _when("--since", since) or end - timedelta(days=30)
     if start >= end:
-        raise cli.fail("--until: must be later than --since")
+        raise _fail("--until: must be later than --since")
 
     async def build(session: Any) -> dict[str, Any]:
         names = await query.catalog_names(session)
@@ -245,9 +260,9 @@ def report(
 
     data: dict[str, Any] = _run_async(build)
     if as_json:
-        cli.out.print_json(json.dumps(data))
+        _out().print_json(json.dumps(data))
         return
-    _print_report(cli.out, data)
+    _print_report(_out(), data)
 
 
 def _secs(d: dict[str, Any]) -> str:
@@ -264,7 +279,7 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _print_report(out: Any, data: dict[str, Any]) -> None:
+def _print_report(out: Console, data: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = data["totals"]

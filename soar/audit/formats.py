@@ -289,6 +289,15 @@ def ocsf_remediation(row: LogRow, names: CatalogNames) -> dict[str, Any]:
         disposition = (
             (9, "Restored") if activity_id == 3 else _DISPOSITION.get(action, (7, "Custom Action"))
         )
+    # What the control now does to the subject: denies it (a block), allows it again (the
+    # block lifted), or neither (a notice, a failure).
+    control = (
+        (1, "Allowed")
+        if activity_id == 3 and status_id == 1
+        else (2, "Denied")
+        if action in _REMEDIATION_ACTIVITY and status_id == 1
+        else (99, "Other")
+    )
     event: dict[str, Any] = {
         "class_uid": 7001,
         "class_name": "Remediation Activity",
@@ -303,8 +312,8 @@ def ocsf_remediation(row: LogRow, names: CatalogNames) -> dict[str, Any]:
         "status": status,
         "status_detail": str(details.get("error") or details.get("reason") or outcome),
         "actor": _actor(str(row["actor"])),
-        "action_id": 2 if action in _REMEDIATION_ACTIVITY and status_id == 1 else 99,
-        "action": "Denied" if action in _REMEDIATION_ACTIVITY and status_id == 1 else "Other",
+        "action_id": control[0],
+        "action": control[1],
         "disposition_id": disposition[0],
         "disposition": disposition[1],
         # Attacks sit at the top level here: the class has no finding_info.

@@ -88,6 +88,10 @@ class AuditFilter:
     until: datetime | None = None
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "\x00" in value:
+                raise AuditQueryError(f.name, "must not contain NUL characters")
         for name in ("technique", "tactic"):
             value = getattr(self, name)
             if value is not None:
@@ -200,7 +204,7 @@ def decode_cursor(cursor: str, f: AuditFilter) -> int:
         padded = cursor.strip() + "=" * (-len(cursor.strip()) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after, fp = data["after"], data["f"]
-        if data.get("v") != 1 or not isinstance(after, int) or after < 0:
+        if data.get("v") != 1 or not isinstance(after, int) or not 0 <= after < 2**63:
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise AuditQueryError("cursor", "malformed cursor") from None

@@ -152,12 +152,16 @@ class Fakes:
         async def note(n: TicketNote) -> None:
             return None
 
+        @activity.defn(name="show_approval_outcome")
+        async def show(out: object) -> None:
+            fakes.log.append("shown")
+
         @activity.defn(name="close_ticket")
         async def close_ticket(incident_id: str) -> None:
             return None
 
         return [contain, enrich, lift, hook, run, failure, request, announce, decided,
-                escalate, expire, close, note, close_ticket]  # fmt: skip
+                escalate, expire, close, note, close_ticket, show]  # fmt: skip
 
 
 async def refused(handle: object, req: DecisionRequest, reason: str) -> None:

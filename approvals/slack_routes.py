@@ -1,0 +1,305 @@
+"""`POST /slack/interactions`: Approve / Reject clicks and the reason modal.
+
+The raw body is verified with Slack's v0 signature (5-minute replay window) before anything
+is parsed. Slack wants an answer within 3 seconds, so the route only acknowledges; the
+decision runs as a background task and reports back through Slack (message update, or an
+ephemeral refusal). Every decision goes through the same gate as the API
+(`soar.api.response.send_decision`), so first-decision-wins holds across channels.
+
+Approve is one click (behind a confirmation dialog): when an identity is being abused,
+minutes matter. Reject opens a modal asking for an optional reason, which lands in the
+audit log with the decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from approvals import slack_blocks as blocks
+from approvals.principals import SlackDecider, slack_decider
+from approvals.slack import SlackNotifier, load_approval_brief, post_to_response_url
+from soar.api.deps import AppState, StateDep
+from soar.api.response import DecisionRefused, send_decision
+from soar.audit.chain import LogEvent, append
+from soar.connectors import ApprovalBrief
+from soar.db import transaction
+from soar.domain import DecisionRequest
+from soar.models import Action, Approval, Incident
+
+log = logging.getLogger("soar.slack")
+router = APIRouter(tags=["slack"])
+
+_MAX_BODY = 1024 * 1024  # Slack payloads carry the whole message; far below this
+_MAX_ID = 80  # approvals.id; also keeps the refusal's event_key within its column
+
+
+@dataclass(frozen=True)
+class Click:
+    """One Approve / Reject click, or the modal submission that follows a click."""
+
+    approval_id: str
+    decision: str
+    user_id: str
+    action_ts: str
+    channel: str | None
+    ts: str | None
+    response_url: str | None
+    trigger_id: str | None = None
+    comment: str | None = None
+
+
+@router.post("/slack/interactions", include_in_schema=False)
+async def slack_interactions(
+    request: Request, state: StateDep, background: BackgroundTasks
+) -> Response:
+    if int(request.headers.get("content-length") or 0) > _MAX_BODY:
+        return JSONResponse({"error": "body too large"}, status_code=413)
+    raw = await request.body()
+    if not _verified(state, raw, request):
+        return JSONResponse({"error": "invalid Slack signature"}, status_code=401)
+    payload = _payload(raw)
+    if payload is None:
+        return JSONResponse({"error": "no interaction payload"}, status_code=400)
+    click = _click(payload)
+    if click is not None:
+        background.add_task(_handle_guarded, state, click)
+    # An empty 200 acknowledges a click and closes a submitted modal.
+    return Response(status_code=200)
+
+
+def _verified(state: AppState, raw: bytes, request: Request) -> bool:
+    secret = state.settings.slack_signing_secret
+    if secret is None or not secret.get_secret_value():
+        return False  # nothing can be verified: refuse everything
+    verifier = SignatureVerifier(secret.get_secret_value())
+    try:
+        return verifier.is_valid_request(raw, dict(request.headers))
+    except ValueError:  # a timestamp that is not a number
+        return False
+
+
+def _payload(raw: bytes) -> dict[str, Any] | None:
+    try:
+        form = parse_qs(raw.decode("utf-8"), strict_parsing=False)
+        data = json.loads(form["payload"][0])
+    except (UnicodeDecodeError, KeyError, IndexError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _click(p: dict[str, Any]) -> Click | None:
+    """The decision asked for, or None for interactions that are not ours."""
+    user_id = str((p.get("user") or {}).get("id") or "")
+    if not user_id:
+        return None
+    if p.get("type") == "block_actions":
+        action = next(
+            (a for a in p.get("actions") or [] if a.get("action_id") in blocks.DECISION_ACTIONS),
+            None,
+        )
+        if action is None or not 0 < len(str(action.get("value") or "")) <= _MAX_ID:
+            return None
+        container = p.get("container") or {}
+        return Click(
+            approval_id=str(action["value"]),
+            decision=blocks.DECISION_ACTIONS[action["action_id"]],
+            user_id=user_id,
+            action_ts=str(action.get("action_ts") or p.get("trigger_id") or ""),
+            channel=container.get("channel_id") or (p.get("channel") or {}).get("id"),
+            ts=container.get("message_ts") or (p.get("message") or {}).get("ts"),
+            response_url=p.get("response_url"),
+            trigger_id=p.get("trigger_id"),
+        )
+    view = p.get("view") or {}
+    if p.get("type") == "view_submission" and view.get("callback_id") == blocks.MODAL_CALLBACK_ID:
+        try:
+            ctx = blocks.ModalContext.load(str(view.get("private_metadata") or ""))
+        except (ValueError, KeyError):
+            return None
+        if ctx.decision not in blocks.DECISION_ACTIONS.values() or len(ctx.approval_id) > _MAX_ID:
+            return None
+        return Click(
+            approval_id=ctx.approval_id,
+            decision=ctx.decision,
+            user_id=user_id,
+            action_ts=ctx.action_ts,
+            channel=ctx.channel,
+            ts=ctx.ts,
+            response_url=ctx.response_url,
+            comment=blocks.submitted_comment(view),
+        )
+    return None
+
+
+# --- background: decide, report ---------------------------------------------------------------
+
+
+async def _handle_guarded(state: AppState, click: Click) -> None:
+    try:
+        await handle_click(state, click)
+    except Exception:  # a background task has no caller to report to
+        log.exception("Slack interaction on %s failed", click.approval_id)
+
+
+def notifier_of(state: AppState) -> SlackNotifier | None:
+    """One Slack client per API process, made on first use."""
+    if not state.settings.slack_enabled:
+        return None
+    found = state.extras.get("slack_notifier")
+    if not isinstance(found, SlackNotifier):
+        found = SlackNotifier(state.settings)
+        state.extras["slack_notifier"] = found
+    return found
+
+
+async def handle_click(state: AppState, click: Click) -> None:
+    async with state.factory() as session:
+        decider = await slack_decider(
+            session=session, settings=state.settings, slack_user_id=click.user_id
+        )
+        if decider is None:
+            await refuse(
+                state,
+                click,
+                "nothing changed: you are not allowed to decide "
+                "approvals (ask an admin to grant your Slack ID)",
+            )
+            return
+        row = await session.get(Approval, click.approval_id)
+        if row is None or row.status != "pending":
+            await refuse(state, click, _not_pending(click.approval_id, row))
+            return
+        if click.decision == "reject" and click.trigger_id and notifier_of(state) is not None:
+            brief = await load_approval_brief(
+                session=session, settings=state.settings, approval_id=click.approval_id
+            )
+            await _open_reason_modal(state, brief, click)
+            return
+    await decide(state, click, decider)
+
+
+def _not_pending(approval_id: str, row: Approval | None) -> str:
+    if row is None:
+        return f"approval {approval_id} does not exist"
+    by = f" by {row.decided_by}" if row.decided_by else ""
+    return f"nothing changed: approval {approval_id} is already {row.status}{by}"
+
+
+async def _open_reason_modal(state: AppState, brief: ApprovalBrief | None, click: Click) -> None:
+    notifier = notifier_of(state)
+    if notifier is None or brief is None or not click.trigger_id:
+        return
+    ctx = blocks.ModalContext(
+        approval_id=click.approval_id, decision=click.decision, channel=click.channel,
+        ts=click.ts, response_url=click.response_url, action_ts=click.action_ts,
+    )  # fmt: skip
+    try:
+        await asyncio.to_thread(
+            notifier.client.views_open,
+            trigger_id=click.trigger_id,
+            view=blocks.reason_modal(brief, ctx),
+        )
+    except SlackApiError as exc:
+        # The trigger is only valid for 3 seconds; say so instead of failing silently.
+        log.warning("could not open the reason modal for %s: %s", click.approval_id, exc)
+        await _ephemeral(state, click, "could not open the reason form; click Reject again "
+                                       "or decide in the web UI")  # fmt: skip
+
+
+async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
+    req = DecisionRequest(
+        approval_id=click.approval_id, decision=click.decision, actor=decider.actor,
+        role=decider.role, channel="slack", comment=click.comment,
+    )  # fmt: skip
+    async with state.factory() as session:
+        try:
+            result = await send_decision(state, session, click.approval_id, req)
+        except DecisionRefused as exc:
+            # Someone decided between our check and the update: say who, when we know.
+            row = await session.get(Approval, click.approval_id, populate_existing=True)
+            decided = row is not None and row.status != "pending"
+            await refuse(state, click, _not_pending(click.approval_id, row) if decided
+                         else f"nothing changed: {exc}")  # fmt: skip
+            return
+        except HTTPException as exc:  # Temporal not reachable: nothing was decided
+            await _ephemeral(state, click, f"could not record the decision ({exc.detail}); "
+                                           "try again in a minute")  # fmt: skip
+            return
+        brief = await load_approval_brief(
+            session=session, settings=state.settings, approval_id=click.approval_id
+        )
+    notifier = notifier_of(state)
+    if notifier is None or brief is None:
+        return
+    # The worker updates the message too, right after recording the decision; this update
+    # covers the message that was clicked and is the same content, so order does not matter.
+    try:
+        await asyncio.to_thread(
+            notifier.update_message, brief, click.channel or brief.slack_channel,
+            click.ts or brief.slack_ts, result.status, result.decided_by, result.decided_at,
+        )  # fmt: skip
+    except Exception as exc:  # the decision stands; the worker's update may still land
+        log.warning("could not update the Slack message of %s: %s", click.approval_id, exc)
+
+
+async def refuse(state: AppState, click: Click, reason: str) -> None:
+    """Nothing changes; the attempt is logged with the Slack user ID and the user is told."""
+    async with transaction(state.factory) as session:
+        base = await _log_base(session, click.approval_id)
+        await append(session, LogEvent(
+            event_key=f"{click.approval_id}:slack-refused:{click.user_id}:{click.action_ts}",
+            event="approval.refused", actor=f"slack:{click.user_id}", outcome="refused",
+            details={"approval_id": click.approval_id, "decision": click.decision,
+                     "channel": "slack", "slack_user_id": click.user_id, "reason": reason},
+            **base,
+        ))  # fmt: skip
+    await _ephemeral(state, click, reason[:1].upper() + reason[1:] + ".")
+
+
+async def _log_base(session: AsyncSession, approval_id: str) -> dict[str, Any]:
+    row = await session.get(Approval, approval_id)
+    if row is None:
+        return {}
+    inc = await session.get(Incident, row.incident_id)
+    action = await session.get(Action, row.action_id)
+    return {
+        "incident_id": row.incident_id,
+        "tenant": inc.tenant if inc else None,
+        "subject": inc.subject_key if inc else None,
+        "technique": inc.technique if inc else None,
+        "action": action.action_type if action else None,
+    }
+
+
+async def _ephemeral(state: AppState, click: Click, text: str) -> None:
+    """Only the clicking user sees it: through the response_url when there is one, else
+    chat.postEphemeral in the message's channel."""
+    message = blocks.refusal_message(text)
+    if click.response_url:
+        try:
+            status = await asyncio.to_thread(post_to_response_url, click.response_url, message)
+            if status == 200:
+                return
+        except Exception as exc:  # fall through to chat.postEphemeral
+            log.info("response_url failed for %s: %s", click.approval_id, type(exc).__name__)
+    notifier = notifier_of(state)
+    if notifier is None or not click.channel:
+        return
+    try:
+        await asyncio.to_thread(
+            notifier.client.chat_postEphemeral,
+            channel=click.channel, user=click.user_id, text=message["text"],
+        )  # fmt: skip
+    except Exception as exc:  # a lost ephemeral must not hide the logged refusal
+        log.warning("could not tell %s about %s: %s", click.user_id, click.approval_id, exc)
