@@ -269,11 +269,13 @@ class ActionLogEntry(Base):
 
     __table_args__ = (
         Index("ix_action_log_incident_seq", "incident_id", "seq"),
-        Index("ix_action_log_technique_at", "technique", "at"),
-        Index("ix_action_log_tactic_at", "tactic", "at"),
+        # Covering (INCLUDE seq): a time-window query collects its matches from the index
+        # alone, then pages by seq.
+        Index("ix_action_log_technique_at", "technique", "at", postgresql_include=["seq"]),
+        Index("ix_action_log_tactic_at", "tactic", "at", postgresql_include=["seq"]),
         Index("ix_action_log_actor_seq", "actor", "seq"),
         Index("ix_action_log_subject_seq", "subject", "seq"),
-        Index("ix_action_log_at", "at"),
+        Index("ix_action_log_at", "at", postgresql_include=["seq"]),
     )
 
 

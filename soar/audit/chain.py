@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,14 +87,33 @@ async def append(session: AsyncSession, ev: LogEvent) -> ActionLogEntry:
         "outcome": ev.outcome,
         "technique": ev.technique,
         "tactic": ev.tactic,
-        # Round-trip through JSON so that what we hash is what JSONB gives back.
-        "details": json.loads(json.dumps(ev.details, default=str)),
+        # Hash exactly what JSONB gives back (it renders 1e16 as an integer, -0.0 as 0).
+        "details": await _as_jsonb(session, ev.details),
         "prev_hash": prev,
     }
     entry = ActionLogEntry(**row, hash=row_hash(row))
     session.add(entry)
     await session.flush()
     return entry
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity; PostgreSQL refuses them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def _as_jsonb(session: AsyncSession, details: dict[str, Any]) -> dict[str, Any]:
+    raw = json.dumps(_finite(details), default=str, allow_nan=False)
+    normal: dict[str, Any] = (
+        await session.execute(text("SELECT CAST(:d AS jsonb)"), {"d": raw})
+    ).scalar_one()
+    return normal
 
 
 async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> None:

@@ -82,15 +82,16 @@ def check_batch(first_seq: int, prev_hash: str, rows: Batch) -> BatchResult:
     """Check rows that should start at `first_seq` and link to `prev_hash`. Module level so
     that a process pool can run it."""
     v = ChainVerifier(_expected_seq=first_seq, _prev=prev_hash)
-    head_seq, head_hash = first_seq - 1, prev_hash
-    names, di, loads = _NAMES, _DETAILS, json.loads
+    names, di, loads, feed = _NAMES, _DETAILS, json.loads, v.feed
     for values in rows:
-        row = dict(zip(names, values, strict=True))
+        row = dict(zip(names, values, strict=False))  # the select has exactly these
         row["details"] = loads(values[di])
-        if not v.feed(row):
+        if not feed(row):
             break
-        head_seq, head_hash = row["seq"], row["hash"]
-    return BatchResult(v.checked, v.problem, head_seq, head_hash)
+    if v.checked == 0:
+        return BatchResult(0, v.problem, first_seq - 1, prev_hash)
+    last = rows[v.checked - 1]  # the rows before a problem are all good
+    return BatchResult(v.checked, v.problem, int(last[0]), str(last[-1]))
 
 
 class _Walk:
@@ -103,8 +104,9 @@ class _Walk:
         self.head_seq, self.head_hash = 0, GENESIS
         self.problem: ChainProblem | None = None
 
-    def job(self, part: Sequence[Any]) -> tuple[int, str, Batch]:
-        rows: Batch = [tuple(r) for r in part]
+    def job(self, part: Sequence[Any], *, plain: bool = False) -> tuple[int, str, Batch]:
+        """The next batch's arguments; `plain` tuples when they go to another process."""
+        rows: Batch = [tuple(r) for r in part] if plain else list(part)
         args = (self.next_seq, self.prev, rows)
         # The next batch resumes after this one's last row as stored; if this batch is bad,
         # its own result stops the walk before the next one's counts.
@@ -161,7 +163,7 @@ def verify_chain(
         else:
             inflight: deque[Future[BatchResult]] = deque()
             for part in result.partitions():
-                inflight.append(pool.submit(check_batch, *walk.job(part)))
+                inflight.append(pool.submit(check_batch, *walk.job(part, plain=True)))
                 if len(inflight) > 2 * workers and not walk.fold(inflight.popleft().result()):
                     break
             while inflight and walk.fold(inflight.popleft().result()):

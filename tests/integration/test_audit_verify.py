@@ -122,11 +122,6 @@ async def test_rows_written_by_the_product_verify(db_url: str) -> None:
     assert (await verify_async(db_url)).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chain.append hashes floats JSONB does not give back "
-    "(1e16 comes back as an integer, -0.0 as 0): reported to the chain owner",
-)
 async def test_floats_jsonb_renders_without_exponent_verify(db_url: str) -> None:
     engine = make_async_engine(db_url, pool_size=1)
     try:
