@@ -116,6 +116,8 @@ class ContainmentActivities:
                     and (pa.action_type in ENFORCEMENT_ACTIONS)
                 ):
                     await apply_enforcement(s, row, det.technique, t, actor=SYSTEM, base=base)
+                if row.status == "planned" and (reason := self._unavailable(row.action_type)):
+                    await skip_action(s, row, reason, base=base)
                 # The workflow tracks actions by their key without the generation suffix.
                 ref = ref_of(row, det.technique, action_key=pa.key)
                 if row.status == "applied":
@@ -137,7 +139,16 @@ class ContainmentActivities:
             deferred=tuple(deferred),
             needs_approval=tuple(approval),
             rules_fired=plan.rules_fired,
+            ticketing=self.ctx.ticketing.enabled,
+            hooked=tuple(sorted(self.ctx.hooks.urls)),
         )
+
+    def _unavailable(self, action_type: str) -> str | None:
+        if action_type == "notify" and not self.ctx.notifier.enabled:
+            return "Slack is not configured"
+        if action_type == "open_ticket" and not self.ctx.ticketing.enabled:
+            return "Jira is not configured"
+        return None
 
     async def _upsert_action(
         self, s: AsyncSession, iid: str, det: DetectionFacts, pa: PlannedAction, gen: int
@@ -257,6 +268,22 @@ class ContainmentActivities:
                 details={"detections": inc.detection_count, "severity": inc.severity},
             ))  # fmt: skip
         return True
+
+
+async def skip_action(s: AsyncSession, row: Action, reason: str, *, base: dict[str, Any]) -> None:
+    at = now()
+    await s.execute(
+        update(Action)
+        .where(Action.id == row.id)
+        .values(status="skipped", finished_at=at, error=reason)
+    )
+    row.status = "skipped"
+    await append(s, LogEvent(
+        event_key=f"{row.id}:skipped", event="action.skipped", actor=SYSTEM,
+        action=row.action_type, outcome="skipped",
+        details={"action_id": row.id, "target": row.target, "reason": reason},
+        **base,
+    ))  # fmt: skip
 
 
 async def apply_enforcement(

@@ -44,6 +44,10 @@ class ContainResult:
     deferred: tuple[ActionRef, ...]  # low risk, run right after (notice, ticket)
     needs_approval: tuple[ActionRef, ...]
     rules_fired: tuple[str, ...] = ()
+    # What this worker has connectors for, so the workflow schedules no step that would
+    # only find out there is nothing to do.
+    ticketing: bool = True
+    hooked: tuple[str, ...] | None = None  # action types with an outbound hook; None: all
 
 
 @dataclass(frozen=True)

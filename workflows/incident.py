@@ -93,6 +93,8 @@ class IncidentWorkflow:
         # Ticket operations run one at a time, in the order they were asked for, so the
         # ticket exists before its first comment and the comments read in order.
         self._ticket_lock = asyncio.Lock()
+        self._ticketing = True
+        self._hooked: frozenset[str] | None = None
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -224,6 +226,8 @@ class IncidentWorkflow:
         )
         for ref in (*result.applied, *result.deferred, *result.needs_approval):
             st.active_keys.add(ref.action_key)
+        self._ticketing = result.ticketing
+        self._hooked = None if result.hooked is None else frozenset(result.hooked)
         # The ticket (a deferred action) is asked for first, so it takes the ticket lock
         # before the notes about the blocks just applied.
         for ref in result.deferred:
@@ -259,6 +263,8 @@ class IncidentWorkflow:
         )
 
     async def _deliver_hook(self, ref: ActionRef, event: str) -> None:
+        if self._hooked is not None and ref.action_type not in self._hooked:
+            return
         try:
             await workflow.execute_activity(
                 "deliver_hook",
@@ -293,6 +299,8 @@ class IncidentWorkflow:
 
     def _note(self, event_key: str, text: str) -> None:
         assert self._input is not None
+        if not self._ticketing:
+            return
         note = TicketNote(self._input.incident_id, event_key, text)
 
         async def write() -> None:
