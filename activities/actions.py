@@ -43,9 +43,10 @@ class ActionActivities:
                     raise ApplicationError(f"unknown action {ref.action_id}", non_retryable=True)
                 if row.status != "applied":
                     inc = await s.get(Incident, ref.incident_id)
-                    await apply_enforcement(
+                    event = await apply_enforcement(
                         s, row, ref.technique, now(), actor=SYSTEM, base=_base(ref, inc)
                     )
+                    await append(s, event)
             return ActionOutcome(ref.action_id, "applied")
         if ref.action_type == "notify":
             return await self._notify(ref)

@@ -17,7 +17,7 @@ from temporalio import activity
 
 from activities.context import ActivityContext, action_id_for, now, ref_of
 from soar.atlas.store import technique_info
-from soar.audit.chain import LogEvent, append
+from soar.audit.chain import LogEvent, append, append_many
 from soar.contracts import (
     ActionRef,
     CloseInput,
@@ -75,8 +75,9 @@ class ContainmentActivities:
                 row = await self._upsert_action(s, iid, det, pa, generations.get(pa.key, 1))
                 rows.append((pa, row))
 
-            # The log rows come last: the chain lock is held from the first until commit.
-            await append(s, LogEvent(
+            # The log rows are written last, in one batch: the chain lock is held from then
+            # until commit, as briefly as possible.
+            events = [LogEvent(
                 event_key=f"{iid}:{det.detection_id}:received", event="detection.received",
                 actor=f"source:{det.source}", details={
                     "detection_id": det.detection_id, "severity": det.severity,
@@ -84,8 +85,7 @@ class ContainmentActivities:
                     "excerpt": det.excerpt, "model": det.model, "observed_at": det.observed_at,
                     "repeat_count": inp.repeat_count,
                 }, **base,
-            ))  # fmt: skip
-            await append(s, LogEvent(
+            ), LogEvent(
                 event_key=f"{iid}:{det.detection_id}:enriched", event="incident.enriched",
                 actor=SYSTEM, details={
                     "technique_name": info.name if info else None,
@@ -95,8 +95,7 @@ class ContainmentActivities:
                         {"id": m, "name": n} for m, n in (info.mitigations if info else ())
                     ],
                 }, **base,
-            ))  # fmt: skip
-            await append(s, LogEvent(
+            ), LogEvent(
                 event_key=f"{iid}:{det.detection_id}:planned", event="response.planned",
                 actor=SYSTEM, details={
                     "rules_fired": list(plan.rules_fired),
@@ -107,7 +106,7 @@ class ContainmentActivities:
                     ],
                     "playbook": self.ctx.playbook.name,
                 }, **base,
-            ))  # fmt: skip
+            )]  # fmt: skip
             t = now()
             for pa, row in rows:
                 if (
@@ -115,9 +114,11 @@ class ContainmentActivities:
                     and pa.risk == "low"
                     and (pa.action_type in ENFORCEMENT_ACTIONS)
                 ):
-                    await apply_enforcement(s, row, det.technique, t, actor=SYSTEM, base=base)
+                    events.append(
+                        await apply_enforcement(s, row, det.technique, t, actor=SYSTEM, base=base)
+                    )
                 if row.status == "planned" and (reason := self._unavailable(row.action_type)):
-                    await skip_action(s, row, reason, base=base)
+                    events.append(await skip_action(s, row, reason, base=base))
                 # The workflow tracks actions by their key without the generation suffix.
                 ref = ref_of(row, det.technique, action_key=pa.key)
                 if row.status == "applied":
@@ -133,6 +134,7 @@ class ContainmentActivities:
                     "rules_fired": sorted(set((inc.plan or {}).get("rules_fired", []))
                                           | set(plan.rules_fired)),
                 }  # fmt: skip
+            await append_many(s, events)
         return ContainResult(
             tactic=tactic,
             applied=tuple(applied),
@@ -270,7 +272,10 @@ class ContainmentActivities:
         return True
 
 
-async def skip_action(s: AsyncSession, row: Action, reason: str, *, base: dict[str, Any]) -> None:
+async def skip_action(
+    s: AsyncSession, row: Action, reason: str, *, base: dict[str, Any]
+) -> LogEvent:
+    """Mark an action skipped; returns its log event for the caller to append."""
     at = now()
     await s.execute(
         update(Action)
@@ -278,12 +283,12 @@ async def skip_action(s: AsyncSession, row: Action, reason: str, *, base: dict[s
         .values(status="skipped", finished_at=at, error=reason)
     )
     row.status = "skipped"
-    await append(s, LogEvent(
+    return LogEvent(
         event_key=f"{row.id}:skipped", event="action.skipped", actor=SYSTEM,
         action=row.action_type, outcome="skipped",
         details={"action_id": row.id, "target": row.target, "reason": reason},
         **base,
-    ))  # fmt: skip
+    )  # fmt: skip
 
 
 async def apply_enforcement(
@@ -294,8 +299,9 @@ async def apply_enforcement(
     *,
     actor: str,
     base: dict[str, Any],
-) -> None:
-    """Make an enforcement action effective and log it; idempotent on the action id."""
+) -> LogEvent:
+    """Make an enforcement action effective (idempotent on the action id); returns its log
+    event for the caller to append."""
     until = at + timedelta(seconds=row.duration_seconds) if row.duration_seconds else None
     await add_block(
         s, action_id=row.id, kind=KIND_OF_ACTION[row.action_type], tenant=row.tenant,
@@ -307,13 +313,13 @@ async def apply_enforcement(
         .values(status="applied", applied_at=at, expires_at=until)
     )
     row.status, row.applied_at, row.expires_at = "applied", at, until
-    await append(s, LogEvent(
+    return LogEvent(
         event_key=f"{row.id}:applied", event="action.applied", actor=actor,
         action=row.action_type, outcome="applied",
         details={"action_id": row.id, "target": row.target, "risk": row.risk,
                  "until": until.isoformat() if until else None, "rule": row.rule},
         **base,
-    ))  # fmt: skip
+    )  # fmt: skip
 
 
 __all__ = ["SYSTEM", "ContainmentActivities", "Severity", "apply_enforcement"]

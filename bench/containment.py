@@ -137,11 +137,24 @@ async def contain(http: httpx.AsyncClient, db_url: str, n: int, rate: float,
     return Stats(label, lat, wall, n, len(rows))
 
 
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="detections per phase (default 200)")
     ap.add_argument("--rate", type=float, default=20.0, help="steady rate per second")
     ap.add_argument("--concurrency", type=int, default=50, help="requests in flight in a burst")
+    ap.add_argument("--no-sandbox", action="store_true",
+                    help="run the worker with SOAR_WORKFLOW_SANDBOX=false")  # fmt: skip
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="soar-bench-"))
@@ -162,7 +175,8 @@ async def main() -> None:
         port = free_port()
         env = dict(os.environ, SOAR_DATABASE_URL=db_url, SOAR_TEMPORAL_ADDRESS=address,
                    SOAR_WEBHOOK_SECRET=WEBHOOK_SECRET, SOAR_API_PORT=str(port),
-                   SOAR_LOG_LEVEL="WARNING")  # fmt: skip
+                   SOAR_LOG_LEVEL="WARNING",
+                   SOAR_WORKFLOW_SANDBOX="false" if args.no_sandbox else "true")  # fmt: skip
         for cmd in ("worker", "api"):
             procs.append(subprocess.Popen([sys.executable, "-m", "soar.cli", cmd], env=env))
         base = f"http://127.0.0.1:{port}"
@@ -189,6 +203,14 @@ async def main() -> None:
                 results.append(await contain(http, db_url, args.n, rate, conc,
                                              f"containment, {label}"))  # fmt: skip
         print()
+        cpu = {"worker": procs[0].pid, "api": procs[1].pid}
+        if tp and tp.proc:
+            cpu["temporal"] = tp.proc.pid
+        if pg and pg.proc:
+            cpu["postgres"] = pg.proc.pid
+        cpu["bench (load + bare worker)"] = os.getpid()
+        used = ", ".join(f"{name} {_cpu_seconds(pid):.1f}" for name, pid in cpu.items())
+        print(f"CPU seconds used: {used}")
         print(
             f"{'':<34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'per s':>8} {'lost':>5}"
         )

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     temporal_address: str | None = None
     temporal_namespace: str = "default"
     temporal_task_queue: str = "atlas-soar"
+    # Temporal's workflow sandbox guards determinism at a CPU cost per workflow run; our
+    # workflow code is deterministic without it, so it may be turned off for throughput.
+    workflow_sandbox: bool = True
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

@@ -9,7 +9,7 @@ import logging
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities import build_activities
 from activities.context import ActivityContext
@@ -58,12 +58,16 @@ def build_context(settings: Settings, database_url: str) -> ActivityContext:
 
 
 def make_worker(client: Client, ctx: ActivityContext, *, task_queue: str) -> Worker:
+    extra = (
+        {} if ctx.settings.workflow_sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}
+    )
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[IncidentWorkflow],
         activities=build_activities(ctx),
         max_concurrent_activities=64,
+        **extra,  # type: ignore[arg-type]
     )
 
 

@@ -64,37 +64,61 @@ def row_hash(row: dict[str, Any]) -> str:
 async def append(session: AsyncSession, ev: LogEvent) -> ActionLogEntry:
     """Append inside the caller's transaction; returns the existing row if the key is known.
     Call it last in a transaction: the chain lock is held until commit."""
+    return (await append_many(session, [ev]))[0]
+
+
+async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> list[ActionLogEntry]:
+    """Append several events in order with five statements in all, whatever their number;
+    events whose key is already logged are returned as they are, not written again."""
+    evs = list(events)
+    if not evs:
+        return []
+    # Outside the lock: hash exactly what JSONB gives back (1e16 comes back as an integer,
+    # -0.0 as 0), normalised for all events in one round trip.
+    details = await _as_jsonb(session, [ev.details for ev in evs])
     await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    existing = await session.scalar(
-        select(ActionLogEntry).where(ActionLogEntry.event_key == ev.event_key)
-    )
-    if existing is not None:
-        return existing
+    keys = [ev.event_key for ev in evs]
+    existing = {
+        e.event_key: e
+        for e in await session.scalars(
+            select(ActionLogEntry).where(ActionLogEntry.event_key.in_(keys))
+        )
+    }
     newest = select(ActionLogEntry.seq, ActionLogEntry.hash).order_by(ActionLogEntry.seq.desc())
     last = (await session.execute(newest.limit(1))).first()
-    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    seq, prev = (last[0], last[1]) if last else (0, GENESIS)
     now = datetime.now(UTC)
-    row: dict[str, Any] = {
-        "seq": seq,
-        "event_key": ev.event_key,
-        "at": now,
-        "incident_id": ev.incident_id,
-        "tenant": ev.tenant,
-        "subject": ev.subject,
-        "event": ev.event,
-        "action": ev.action,
-        "actor": ev.actor,
-        "outcome": ev.outcome,
-        "technique": ev.technique,
-        "tactic": ev.tactic,
-        # Hash exactly what JSONB gives back (it renders 1e16 as an integer, -0.0 as 0).
-        "details": await _as_jsonb(session, ev.details),
-        "prev_hash": prev,
-    }
-    entry = ActionLogEntry(**row, hash=row_hash(row))
-    session.add(entry)
+    out: list[ActionLogEntry] = []
+    added: list[ActionLogEntry] = []
+    for ev, detail in zip(evs, details, strict=True):
+        if ev.event_key in existing:
+            out.append(existing[ev.event_key])
+            continue
+        seq += 1
+        row: dict[str, Any] = {
+            "seq": seq,
+            "event_key": ev.event_key,
+            "at": now,
+            "incident_id": ev.incident_id,
+            "tenant": ev.tenant,
+            "subject": ev.subject,
+            "event": ev.event,
+            "action": ev.action,
+            "actor": ev.actor,
+            "outcome": ev.outcome,
+            "technique": ev.technique,
+            "tactic": ev.tactic,
+            "details": detail,
+            "prev_hash": prev,
+        }
+        entry = ActionLogEntry(**row, hash=row_hash(row))
+        prev = entry.hash
+        existing[ev.event_key] = entry  # the same key twice in one batch is written once
+        added.append(entry)
+        out.append(entry)
+    session.add_all(added)
     await session.flush()
-    return entry
+    return out
 
 
 def _finite(value: Any) -> Any:
@@ -108,17 +132,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
-async def _as_jsonb(session: AsyncSession, details: dict[str, Any]) -> dict[str, Any]:
-    raw = json.dumps(_finite(details), default=str, allow_nan=False)
-    normal: dict[str, Any] = (
+async def _as_jsonb(session: AsyncSession, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    raw = json.dumps(_finite(items), default=str, allow_nan=False)
+    normal: list[dict[str, Any]] = (
         await session.execute(text("SELECT CAST(:d AS jsonb)"), {"d": raw})
     ).scalar_one()
     return normal
-
-
-async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> None:
-    for ev in events:
-        await append(session, ev)
 
 
 @dataclass(frozen=True)
