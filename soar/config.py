@@ -45,9 +45,10 @@ class Settings(BaseSettings):
     temporal_address: str | None = None
     temporal_namespace: str = "default"
     temporal_task_queue: str = "atlas-soar"
-    # Temporal's workflow sandbox guards determinism at a CPU cost per workflow run; our
-    # workflow code is deterministic without it, so it may be turned off for throughput.
-    workflow_sandbox: bool = True
+    # Temporal's workflow sandbox guards determinism at a CPU cost per workflow run (about
+    # a third of the worker's CPU per incident). Off by default: the workflow tests run
+    # IncidentWorkflow inside the sandbox, so a non-deterministic import fails there.
+    workflow_sandbox: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

@@ -1,4 +1,5 @@
-"""IncidentWorkflow on Temporal's time-skipping test server, with the activities replaced by
+"""IncidentWorkflow on Temporal's time-skipping test server, inside Temporal's workflow
+sandbox (the production worker may run without it), with the activities replaced by
 fakes registered under the same names: 15-minute blocks and 4-hour approval timeouts run in
 milliseconds, and the workflow logic is checked without a database."""
 
