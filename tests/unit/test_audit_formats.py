@@ -16,7 +16,10 @@ from soar.audit.chain import GENESIS, row_hash
 from soar.audit.query import COLUMNS, CatalogNames, percentile
 from tests.conftest import REFERENCE
 
-OCSF = json.loads((REFERENCE / "ocsf" / "detection_finding_fields.json").read_text())
+_FIELDS = REFERENCE / "ocsf" / "detection_finding_fields.json"
+if not _FIELDS.exists():
+    pytest.skip(f"OCSF reference {_FIELDS} not present", allow_module_level=True)
+OCSF = json.loads(_FIELDS.read_text())
 
 NAMES = CatalogNames(
     version=BUILTIN_CATALOG.version,
