@@ -13,8 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.containment import SYSTEM
-from activities.context import ActivityContext, incident_brief, now
-from approvals.principals import approver_slack_ids
+from activities.context import ActivityContext, load_approval_brief, now
 from soar.audit.chain import LogEvent, append
 from soar.connectors import ApprovalBrief
 from soar.contracts import (
@@ -48,23 +47,9 @@ class ApprovalActivities:
 
     async def _brief(self, approval_id: str) -> ApprovalBrief | None:
         async with self.ctx.factory() as s:
-            row = await s.get(Approval, approval_id)
-            if row is None:
-                return None
-            action = await s.get(Action, row.action_id)
-            assert action is not None
-            incident = await incident_brief(s, row.incident_id, self.ctx.settings)
-            approvers = await approver_slack_ids(session=s, settings=self.ctx.settings)
-        return ApprovalBrief(
-            approval_id=row.id,
-            action_type=action.action_type,
-            target=action.target,
-            expires_at=row.expires_at.isoformat(),
-            incident=incident,
-            slack_channel=row.slack_channel,
-            slack_ts=row.slack_ts,
-            approvers=approvers,
-        )
+            return await load_approval_brief(
+                session=s, settings=self.ctx.settings, approval_id=approval_id
+            )
 
     @activity.defn(name="request_approval")
     async def request_approval(self, inp: ApprovalInput) -> ApprovalRef:

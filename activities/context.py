@@ -10,12 +10,20 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from approvals.principals import approver_slack_ids
 from soar.atlas.store import technique_info
 from soar.config import Settings
-from soar.connectors import IncidentBrief, Notifier, NullNotifier, NullTicketing, Ticketing
+from soar.connectors import (
+    ApprovalBrief,
+    IncidentBrief,
+    Notifier,
+    NullNotifier,
+    NullTicketing,
+    Ticketing,
+)
 from soar.contracts import ActionRef
 from soar.hooks import HookClient
-from soar.models import Action, Detection, Incident
+from soar.models import Action, Approval, Detection, Incident
 from soar.policy import Playbook
 
 
@@ -100,4 +108,27 @@ async def incident_brief(
         ticket_key=inc.ticket_key,
         ticket_url=inc.ticket_url,
         url=f"{settings.base_url}/ui/incidents/{inc.id}",
+    )
+
+
+async def load_approval_brief(
+    *, session: AsyncSession, settings: Settings, approval_id: str
+) -> ApprovalBrief | None:
+    """The brief for an approval row: what Slack and the UI show about it."""
+    row = await session.get(Approval, approval_id)
+    if row is None:
+        return None
+    action = await session.get(Action, row.action_id)
+    if action is None:
+        return None
+    incident = await incident_brief(session, row.incident_id, settings)
+    return ApprovalBrief(
+        approval_id=row.id,
+        action_type=action.action_type,
+        target=action.target,
+        expires_at=row.expires_at.isoformat(),
+        incident=incident,
+        slack_channel=row.slack_channel,
+        slack_ts=row.slack_ts,
+        approvers=await approver_slack_ids(session=session, settings=settings),
     )

@@ -27,15 +27,11 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.exceptions import ApplicationError
 
-from activities.context import incident_brief
 from approvals import slack_blocks as blocks
-from approvals.principals import approver_slack_ids
 from soar.config import Settings
 from soar.connectors import ApprovalBrief, IncidentBrief, PostedMessage
-from soar.models import Action, Approval
 
 # Each Web API call, retries included, must finish well inside the activities' 30 s
 # start-to-close timeout: 3 attempts x 5 s plus backoff, and at most _MAX_RATE_LIMIT_WAIT
@@ -174,29 +170,6 @@ class SlackNotifier:
             text=blocks.outcome_text(approval, status, by, at),
             blocks=blocks.outcome_blocks(approval, status, by, at),
         )
-
-
-async def load_approval_brief(
-    *, session: AsyncSession, settings: Settings, approval_id: str
-) -> ApprovalBrief | None:
-    """The brief for an approval row, read in the API process (the worker has its own)."""
-    row = await session.get(Approval, approval_id)
-    if row is None:
-        return None
-    action = await session.get(Action, row.action_id)
-    if action is None:
-        return None
-    incident = await incident_brief(session, row.incident_id, settings)
-    return ApprovalBrief(
-        approval_id=row.id,
-        action_type=action.action_type,
-        target=action.target,
-        expires_at=row.expires_at.isoformat(),
-        incident=incident,
-        slack_channel=row.slack_channel,
-        slack_ts=row.slack_ts,
-        approvers=await approver_slack_ids(session=session, settings=settings),
-    )
 
 
 def post_to_response_url(url: str, body: dict[str, object]) -> int:

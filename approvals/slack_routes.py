@@ -26,9 +26,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from activities.context import load_approval_brief
 from approvals import slack_blocks as blocks
 from approvals.principals import SlackDecider, slack_decider
-from approvals.slack import SlackNotifier, load_approval_brief, post_to_response_url
+from approvals.slack import SlackNotifier, post_to_response_url
 from soar.api.deps import AppState, StateDep
 from soar.api.response import DecisionRefused, send_decision
 from soar.audit.chain import LogEvent, append
