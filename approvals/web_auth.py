@@ -35,22 +35,19 @@ FLASH_COOKIE = "soar_ui_flash"
 COOKIE_PATH = "/ui"
 SESSION_SECONDS = 8 * 3600
 FLASH_SECONDS = 120
-_DERIVATION_LABEL = b"atlas-soar ui session"
 _process_key: bytes | None = None
 
 
 def session_key(settings: Settings) -> bytes:
-    """The signing key. A dedicated secret wins; otherwise one derived from the webhook secret
-    (every replica has it); otherwise a per-process key, so sessions do not outlive a restart."""
+    """The signing key: SOAR_SESSION_SECRET (every replica must share it; `soar up`
+    generates one into SOAR_HOME), otherwise a per-process key, so sessions do not outlive a
+    restart. Never derived from the webhook secret: every detection source holds that."""
     if settings.session_secret is not None and settings.session_secret.get_secret_value():
         return settings.session_secret.get_secret_value().encode()
-    if settings.webhook_secret is not None:
-        raw = settings.webhook_secret.get_secret_value().encode()
-        return hmac.new(raw, _DERIVATION_LABEL, hashlib.sha256).digest()
     global _process_key
     if _process_key is None:
-        log.warning("neither SOAR_SESSION_SECRET nor SOAR_WEBHOOK_SECRET is set: web UI "
-                    "sessions end when this process stops")  # fmt: skip
+        log.warning("SOAR_SESSION_SECRET is not set: web UI sessions end when this process "
+                    "stops and are not shared between API replicas")  # fmt: skip
         _process_key = secrets.token_bytes(32)
     return _process_key
 
@@ -245,6 +242,10 @@ async def _principal(session: SessionDep, ui: UiSession | None) -> Principal | N
         return None
     p = await session.scalar(select(Principal).where(Principal.name == ui.name))
     if p is None or p.disabled or p.role not in READERS:
+        return None
+    # A session is only as good as a credential the principal really has.
+    credential = {"token": p.token_hash, "password": p.password_hash}.get(ui.method)
+    if not credential:
         return None
     return p if secrets.compare_digest(credential_tag(p, ui.method), ui.tag) else None
 

@@ -37,6 +37,20 @@ def ensure_webhook_secret(settings: Settings) -> tuple[str, str]:
     return secret, str(path)
 
 
+def ensure_session_secret(settings: Settings) -> str:
+    """The web UI cookie key, generated once into SOAR_HOME when not configured."""
+    if settings.session_secret is not None and settings.session_secret.get_secret_value():
+        return settings.session_secret.get_secret_value()
+    path = settings.home / "session-secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
 def _ports(home: Path) -> dict[str, int]:
     """Reuse the embedded servers' ports of the last run so printed URLs stay stable."""
     path = home / "ports.json"
@@ -95,7 +109,8 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
 
             catalog = migrate_and_seed(db_url)
             env = dict(os.environ, SOAR_DATABASE_URL=db_url, SOAR_TEMPORAL_ADDRESS=address,
-                       SOAR_WEBHOOK_SECRET=secret)  # fmt: skip
+                       SOAR_WEBHOOK_SECRET=secret,
+                       SOAR_SESSION_SECRET=ensure_session_secret(settings))  # fmt: skip
             status.update("starting the worker and the API ...")
             for cmd in ("worker", "api"):
                 children.append(subprocess.Popen(

@@ -317,16 +317,46 @@ async def test_incident_list_filters_and_clear_errors(
             assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
 
 
-def test_session_key_shared_by_replicas() -> None:
+def test_session_key_shared_by_replicas_and_never_from_the_webhook_secret() -> None:
+    import hashlib
+    import hmac
+
     from approvals.web_auth import session_key, sign, unsign
 
-    a = make_settings("postgresql://x/db", "localhost:7233", "q")
-    b = make_settings("postgresql://x/db", "localhost:7233", "q")
-    assert session_key(a) == session_key(b)  # derived from the shared webhook secret
-    c = make_settings("postgresql://x/db", "localhost:7233", "q", session_secret="s" * 32)
-    assert session_key(c) == b"s" * 32
+    shared = {"session_secret": "s" * 32}
+    a = make_settings("postgresql://x/db", "localhost:7233", "q", **shared)
+    b = make_settings("postgresql://x/db", "localhost:7233", "q", **shared)
+    assert session_key(a) == session_key(b) == b"s" * 32
+    plain = make_settings("postgresql://x/db", "localhost:7233", "q")
+    assert plain.webhook_secret is not None
+    webhook = plain.webhook_secret.get_secret_value().encode()
+    # A detection source holds the webhook secret: the UI key must not follow from it.
+    assert (
+        session_key(plain) != hmac.new(webhook, b"atlas-soar ui session", hashlib.sha256).digest()
+    )
+    assert session_key(plain) not in (webhook, b"s" * 32)
     token = sign(session_key(a), "session", {"e": 2**40, "n": "x"})
     assert unsign(session_key(b), "session", token) == {"e": 2**40, "n": "x"}
-    assert unsign(session_key(c), "session", token) is None
+    assert unsign(session_key(plain), "session", token) is None
     assert unsign(session_key(a), "flash", token) is None  # not a flash cookie
     assert unsign(session_key(a), "session", sign(session_key(a), "session", {"e": 1})) is None
+
+
+async def test_a_session_for_a_credential_the_principal_lacks_is_refused(
+    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
+) -> None:
+    """admin-user signs in by token only: a cookie claiming a password sign-in (whose tag
+    would be the hash of an empty credential) must not open a session, even well signed."""
+    import hashlib
+    import time
+
+    from approvals.web_auth import SESSION_COOKIE, session_key, sign
+
+    settings = make_settings(db_url, temporal_address, task_queue, session_secret="k" * 32)
+    async with running_stack(settings, temporal_client, worker=False) as stack:
+        forged = sign(session_key(settings), "session", {
+            "c": "x", "e": int(time.time()) + 600, "n": "admin-user", "m": "password",
+            "t": hashlib.sha256(b"password:").hexdigest()[:16],
+        })  # fmt: skip
+        r = await stack.http.get("/ui/approvals", cookies={SESSION_COOKIE: forged})
+        assert r.status_code in (302, 303) and "/ui/login" in r.headers["location"]
