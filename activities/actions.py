@@ -105,7 +105,21 @@ class ActionActivities:
 
     @activity.defn(name="record_action_failure")
     async def record_action_failure(self, inp: FailureInput) -> None:
-        await self._finish(inp.action, "failed", {"reason": inp.reason})
+        if inp.hook_event is None:
+            await self._finish(inp.action, "failed", {"reason": inp.reason})
+            return
+        # The action itself is in force: only the notice to the outside failed.
+        ref = inp.action
+        async with transaction(self.ctx.factory) as s:
+            inc = await s.get(Incident, ref.incident_id)
+            await append(s, LogEvent(
+                event_key=f"{ref.action_id}:hook-{inp.hook_event}-failed",
+                event="action.hook_failed", actor=SYSTEM, action=ref.action_type,
+                outcome="failed",
+                details={"action_id": ref.action_id, "target": ref.target,
+                         "hook_event": inp.hook_event, "reason": inp.reason},
+                **_base(ref, inc),
+            ))  # fmt: skip
 
     @activity.defn(name="lift_block")
     async def lift_block(self, block: TimedBlock) -> bool:

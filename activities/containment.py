@@ -78,7 +78,7 @@ class ContainmentActivities:
             # The log rows are written last, in one batch: the chain lock is held from then
             # until commit, as briefly as possible.
             events = [LogEvent(
-                event_key=f"{iid}:{det.detection_id}:received", event="detection.received",
+                event_key=f"{iid}:{det.key}:received", event="detection.received",
                 actor=f"source:{det.source}", details={
                     "detection_id": det.detection_id, "severity": det.severity,
                     "confidence": det.confidence, "prompt_sha256": det.prompt_sha256,
@@ -86,7 +86,7 @@ class ContainmentActivities:
                     "repeat_count": inp.repeat_count,
                 }, **base,
             ), LogEvent(
-                event_key=f"{iid}:{det.detection_id}:enriched", event="incident.enriched",
+                event_key=f"{iid}:{det.key}:enriched", event="incident.enriched",
                 actor=SYSTEM, details={
                     "technique_name": info.name if info else None,
                     "parent": info.parent_id if info else None,
@@ -96,7 +96,7 @@ class ContainmentActivities:
                     ],
                 }, **base,
             ), LogEvent(
-                event_key=f"{iid}:{det.detection_id}:planned", event="response.planned",
+                event_key=f"{iid}:{det.key}:planned", event="response.planned",
                 actor=SYSTEM, details={
                     "rules_fired": list(plan.rules_fired),
                     "actions": [
@@ -123,7 +123,7 @@ class ContainmentActivities:
                 ref = ref_of(row, det.technique, action_key=pa.key)
                 if row.status == "applied":
                     applied.append(ref)
-                elif row.risk == "high":
+                elif row.status == "pending_approval":
                     approval.append(ref)
                 elif row.status == "planned":
                     deferred.append(ref)
@@ -233,7 +233,7 @@ class ContainmentActivities:
                     inc.risk_score = score
                 inc.enrichment = enrichment
             await append(s, LogEvent(
-                event_key=f"{inp.incident_id}:{det.detection_id}:assessed",
+                event_key=f"{inp.incident_id}:{det.key}:assessed",
                 event="incident.assessed", actor=SYSTEM,
                 details={"risk_score": score, "history_24h": history, "summary": summary},
                 **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),

@@ -131,6 +131,7 @@ class CloseInput:
 class FailureInput:
     action: ActionRef
     reason: str
+    hook_event: str | None = None  # set when only the outbound hook failed, not the action
 
 
 @dataclass(frozen=True)

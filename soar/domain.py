@@ -85,6 +85,11 @@ class DetectionFacts:
     model: str | None = None
     received_at: str = ""
 
+    @property
+    def key(self) -> str:
+        """Unique per source, as the intake deduplicates: (source, id)."""
+        return f"{self.source}/{self.detection_id}"
+
 
 @dataclass(frozen=True)
 class PlannedAction:
@@ -132,9 +137,16 @@ class IncidentInput:
 
 @dataclass(frozen=True)
 class TimedBlock:
+    """A temporary block and what its "lifted" hook needs, carried across continue-as-new."""
+
     action_id: str
     action_key: str
     expires_at: str  # ISO 8601
+    action_type: str = ""
+    incident_id: str = ""
+    tenant: str = ""
+    target: str = ""
+    technique: str = ""
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,11 @@ class IncidentWorkflow:
             )
             if closed:
                 break
+        # A detection signalled while the incident was closing (an outbox redelivery) is
+        # still contained, on this incident's record.
+        while self._queue:
+            await self._handle(self._queue.pop(0))
+        await workflow.wait_condition(lambda: not self._busy(timers=False))
         async with self._ticket_lock:
             await self._ticket_step("close_ticket", inp.incident_id)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -200,9 +205,9 @@ class IncidentWorkflow:
 
     async def _handle(self, det: DetectionFacts) -> None:
         st = self._state
-        if det.detection_id in st.recent_ids:
+        if det.key in st.recent_ids:
             return
-        st.recent_ids.append(det.detection_id)
+        st.recent_ids.append(det.key)
         st.detection_count += 1
         self._run_detections += 1
         st.first_technique = st.first_technique or det.technique
@@ -238,8 +243,9 @@ class IncidentWorkflow:
             self._spawn(self._deliver_hook(ref, "applied"))
             if ref.expires_at:
                 st.timed_blocks[ref.action_id] = TimedBlock(
-                    ref.action_id, ref.action_key, ref.expires_at
-                )
+                    ref.action_id, ref.action_key, ref.expires_at, ref.action_type,
+                    ref.incident_id, ref.tenant, ref.target, ref.technique,
+                )  # fmt: skip
                 self._spawn(self._lift_when_due(st.timed_blocks[ref.action_id], ref), timer=True)
         self._spawn(self._assess(det))
         for ref in result.needs_approval:
@@ -258,7 +264,7 @@ class IncidentWorkflow:
         )
         # The ticket usually opens before the assessment is ready: add it as a comment.
         self._note(
-            f"{det.detection_id}:assessed",
+            f"{det.key}:assessed",
             f"Assessment (risk {result.risk_score:g}/100): {result.summary}",
         )
 
@@ -273,7 +279,7 @@ class IncidentWorkflow:
                 retry_policy=_EXTERNAL,
             )
         except ActivityError as err:
-            await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}")
+            await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}", hook=event)
 
     async def _run_action(self, ref: ActionRef) -> None:
         if ref.action_type == "open_ticket":
@@ -319,10 +325,10 @@ class IncidentWorkflow:
         except ActivityError:
             workflow.logger.warning("ticket step %s gave up", name)
 
-    async def _record_failure(self, ref: ActionRef, reason: str) -> None:
+    async def _record_failure(self, ref: ActionRef, reason: str, hook: str | None = None) -> None:
         await workflow.execute_activity(
             "record_action_failure",
-            FailureInput(ref, reason),
+            FailureInput(ref, reason, hook),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_FAST,
         )
@@ -342,6 +348,13 @@ class IncidentWorkflow:
         st.timed_blocks.pop(block.action_id, None)
         st.active_keys.discard(block.action_key)
         st.generations[block.action_key] = st.generations.get(block.action_key, 1) + 1
+        if ref is None and block.action_type:  # restored after continue-as-new
+            ref = ActionRef(
+                action_id=block.action_id, incident_id=block.incident_id,
+                action_key=block.action_key, action_type=block.action_type, risk="low",
+                tenant=block.tenant, target=block.target, technique=block.technique,
+                expires_at=block.expires_at, status="applied",
+            )  # fmt: skip
         if ref is not None:
             await self._deliver_hook(ref, "lifted")
 
@@ -364,16 +377,20 @@ class IncidentWorkflow:
         approval.ref = ref
         self._spawn(self._announce(ref))
         half = timedelta(seconds=timeout / 2)
-        decided = await _wait(lambda: approval.status != "pending", half)
-        if not decided:
+        # Judge by the status, not by whether the wait timed out: a decision and the timer
+        # can land in the same activation, and the decision must win then.
+        await _wait(lambda: approval.status != "pending", half)
+        if approval.status == "pending":
             await workflow.execute_activity(
                 "escalate_approval",
                 ApprovalEvent(ref, "escalated"),
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=_FAST,
             )
-            decided = await _wait(lambda: approval.status != "pending", half)
-        if not decided:
+            # Judge by the status, not by whether the wait timed out: a decision and the timer
+        # can land in the same activation, and the decision must win then.
+        await _wait(lambda: approval.status != "pending", half)
+        if approval.status == "pending":
             approval.status = "expired"
             await workflow.execute_activity(
                 "expire_approval",
@@ -427,6 +444,8 @@ class IncidentWorkflow:
 
     async def _continue_as_new(self, inp: IncidentInput) -> None:
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._queue:
+            return  # arrived while handlers finished: handle them in this run first
         st = self._state
         carried = CarriedState(
             detection_count=st.detection_count,

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from standardwebhooks.webhooks import Webhook
 from temporalio.client import Client
 
@@ -69,6 +70,16 @@ def create_app(
             for e in exc.errors()
         ]  # fmt: skip
         return JSONResponse({"error": "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(DataError)
+    async def _bad_data(request: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL character in a path or query value: the input's fault, not ours.
+        return JSONResponse(
+            {"error": "invalid request", "errors": [
+                {"field": "request", "message": "contains characters that cannot be stored"}
+            ]},
+            status_code=422,
+        )  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -27,6 +27,10 @@ def _problem(status: int, message: str, errors: list[dict[str, str]] | None = No
     return JSONResponse(body, status_code=status)
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 @router.post("/v1/detections", status_code=202, tags=["intake"])
 async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
     started = time.perf_counter()
@@ -50,10 +54,13 @@ async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
     except WebhookVerificationError as exc:
         DETECTIONS.labels(outcome="unauthorized").inc()
         return _problem(401, f"signature rejected: {exc}")
+    except Exception:  # malformed headers or body make the library raise anything
+        DETECTIONS.labels(outcome="unauthorized").inc()
+        return _problem(401, "signature rejected: malformed webhook headers or body")
 
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = json.loads(body, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
             exc, json.JSONDecodeError) else ""  # fmt: skip
         return _problem(422, "invalid JSON", [{"field": "body", "message": f"invalid JSON{where}"}])

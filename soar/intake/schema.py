@@ -119,6 +119,22 @@ def _ocsf_to_native(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string holding NUL (PostgreSQL text cannot store it)."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if "\x00" in str(k) or (found := _nul_path(v, sub)):
+                return sub if "\x00" in str(k) else found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            if found := _nul_path(v, f"{path}[{i}]"):
+                return found
+    return None
+
+
 def is_ocsf(body: dict[str, Any]) -> bool:
     return "class_uid" in body
 
@@ -127,6 +143,8 @@ def parse_detection(body: Any) -> tuple[NativeDetection, str]:
     """Returns the detection and its format ("native" or "ocsf"); raises DetectionInvalid."""
     if not isinstance(body, dict):
         raise DetectionInvalid([{"field": "body", "message": "must be a JSON object"}])
+    if bad := _nul_path(body, ""):
+        raise DetectionInvalid([{"field": bad, "message": "must not contain NUL characters"}])
     fmt = "native"
     if is_ocsf(body):
         if body.get("class_uid") != 2004:
@@ -139,7 +157,13 @@ def parse_detection(body: Any) -> tuple[NativeDetection, str]:
                 ]
             )
         fmt = "ocsf"
-        body = _ocsf_to_native(body)
+        try:
+            body = _ocsf_to_native(body)
+        except (TypeError, ValueError, OverflowError, AttributeError, OSError):
+            raise DetectionInvalid([{
+                "field": "body",
+                "message": "malformed OCSF Detection Finding (a field has the wrong type)",
+            }]) from None  # fmt: skip
     try:
         return NativeDetection.model_validate(body), fmt
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio.client import Client
 
-from tests.support import detection, make_settings, running_stack, sign
+from tests.support import detection, eventually, make_settings, running_stack, sign
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,3 +135,62 @@ async def test_raw_prompt_is_never_stored(
         dump = json.dumps(conn.execute("SELECT row_to_json(d) FROM detections d").fetchall())
     assert "sk-proj-abcdefghijklmnop0123456789" not in dump
     assert "Ignore previous instructions" in dump  # the redacted excerpt keeps the gist
+
+
+async def test_same_id_from_two_sources_is_two_detections_both_contained(
+    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
+) -> None:
+    settings = make_settings(db_url, temporal_address, task_queue)
+    async with running_stack(settings, temporal_client) as stack:
+        a = await stack.post_detection(
+            detection(id="1", source="guard-model", subject={"tenant": "acme", "session": "s-a"})
+        )
+        b = await stack.post_detection(
+            detection(id="1", source="siem", subject={"tenant": "acme", "session": "s-b"})
+        )
+        assert (a.status_code, b.status_code) == (202, 202)
+        for session in ("s-a", "s-b"):
+            await eventually(lambda s=session: _blocked(stack, s), timeout=10)
+
+
+async def _blocked(stack: object, session: str) -> bool:
+    return bool((await stack.enforcement("sessions", session))["blocked"])  # type: ignore[attr-defined]
+
+
+async def test_malformed_signature_headers_and_odd_bodies_are_4xx_not_5xx(
+    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
+) -> None:
+    settings = make_settings(db_url, temporal_address, task_queue)
+    async with running_stack(settings, temporal_client, worker=False) as stack:
+        http = stack.http
+        raw = json.dumps(detection()).encode()
+        for sig in ("garbage", "v1,!!!x", "v1"):
+            r = await http.post(
+                "/v1/detections", content=raw, headers={**sign(raw), "webhook-signature": sig}
+            )
+            assert r.status_code == 401, (sig, r.text)
+        latin = '{"id": "\xe9"}'.encode("latin-1")
+        r = await http.post(
+            "/v1/detections", content=latin, headers=sign(latin.decode("latin-1").encode())
+        )
+        assert r.status_code in (401, 422)
+        for body in (
+            detection(id="nul\u0000id"),
+            detection(subject={"tenant": "acme", "session": "s\u0000"}),
+            {"class_uid": 2004, "severity_id": [1], "finding_info": {"attacks": 7}},
+            {
+                "class_uid": 2004,
+                "time": 1e300,
+                "evidences": 5,
+                "finding_info": {"uid": "x", "attacks": [{"technique": {"uid": "AML.T0051"}}]},
+            },
+        ):
+            r = await stack.post_detection(body)
+            assert r.status_code == 422, (body, r.text)
+        raw = b'{"id": "x", "confidence": NaN}'
+        r = await http.post("/v1/detections", content=raw, headers=sign(raw))
+        assert r.status_code == 422
+        r = await http.get("/v1/enforcement/sessions/a%00b")
+        assert r.status_code == 422
+        r = await http.get("/v1/enforcement/sessions/a", params={"tenant": "\u0000"})
+        assert r.status_code == 422
