@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -76,6 +76,10 @@ class ActionActivities:
             ))  # fmt: skip
 
     async def _notify(self, ref: ActionRef) -> ActionOutcome:
+        async with self.ctx.factory() as s:
+            done = await s.scalar(select(Action.status).where(Action.id == ref.action_id))
+        if done in ("applied", "skipped"):  # a retry after the notice went out
+            return ActionOutcome(ref.action_id, done)
         notifier = self.ctx.notifier
         if not notifier.enabled:
             await self._finish(ref, "skipped", {"reason": "Slack is not configured"})

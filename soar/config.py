@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     public_url: str | None = None  # used in links (Slack, Jira); default http://host:port
 
     webhook_secret: SecretStr | None = None
-    webhook_tolerance_seconds: int = Field(default=300, ge=1)
     max_body_bytes: int = 256 * 1024
 
     policy_file: Path | None = None

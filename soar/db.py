@@ -31,13 +31,22 @@ def safe_url(url: str) -> str:
     return make_url(sqlalchemy_url(url)).render_as_string(hide_password=True)
 
 
+# The action-log chain reads its newest row after taking its advisory lock: that read must
+# see rows committed meanwhile, whatever the server's default isolation is.
+ISOLATION = "READ COMMITTED"
+
+
 def make_sync_engine(url: str) -> Engine:
-    return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+    return create_engine(sqlalchemy_url(url), pool_pre_ping=True, isolation_level=ISOLATION)
 
 
 def make_async_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
-        sqlalchemy_url(url), pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size
+        sqlalchemy_url(url),
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        isolation_level=ISOLATION,
     )
 
 

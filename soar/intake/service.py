@@ -32,6 +32,7 @@ from soar.models import Detection, Incident
 from soar.redact import prompt_digest, redact
 
 log = logging.getLogger("soar.intake")
+REDACT_WINDOW = 4096
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ def to_facts(d: NativeDetection, received_at: datetime) -> DetectionFacts:
             api_key=d.subject.api_key,
         ),
         prompt_sha256=prompt_digest(prompt) if prompt else None,
-        excerpt=redact(prompt) if prompt else None,
+        # Only the head is ever shown; masking a bounded prefix keeps a huge prompt from
+        # stalling the API (the digest still covers the whole prompt).
+        excerpt=redact(prompt[:REDACT_WINDOW]) if prompt else None,
         model=d.evidence.model if d.evidence else None,
         received_at=received_at.isoformat(),
     )
