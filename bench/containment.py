@@ -2,7 +2,7 @@
 stack, side by side with a bare Temporal baseline measured in the same run on the same
 server (a minimal workflow with one no-op activity, started from this process).
 
-    .venv/bin/python bench/containment.py [--n 200] [--rate 20] [--concurrency 50]
+    .venv/bin/python bench/containment.py [--n 200] [--rate 5] [--concurrency 50]
 
 Starts an embedded PostgreSQL and Temporal dev server in a temporary folder (or uses
 SOAR_DATABASE_URL / SOAR_TEMPORAL_ADDRESS), the worker and the API as separate processes,
@@ -166,7 +166,7 @@ def _cpu_seconds(pid: int) -> float:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="detections per phase (default 200)")
-    ap.add_argument("--rate", type=float, default=20.0, help="steady rate per second")
+    ap.add_argument("--rate", type=float, default=5.0, help="steady rate per second")
     ap.add_argument("--concurrency", type=int, default=50, help="requests in flight in a burst")
     ap.add_argument("--sandbox", action="store_true",
                     help="run the worker with SOAR_WORKFLOW_SANDBOX=true")  # fmt: skip
