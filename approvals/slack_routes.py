@@ -30,6 +30,7 @@ from activities.context import load_approval_brief
 from approvals import slack_blocks as blocks
 from approvals.principals import SlackDecider, slack_decider
 from approvals.slack import SlackNotifier, post_to_response_url
+from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import AppState, StateDep
 from soar.api.response import DecisionRefused, send_decision
 from soar.audit.chain import LogEvent, append
@@ -64,9 +65,10 @@ class Click:
 async def slack_interactions(
     request: Request, state: StateDep, background: BackgroundTasks
 ) -> Response:
-    if int(request.headers.get("content-length") or 0) > _MAX_BODY:
+    try:
+        raw = await read_capped(request, _MAX_BODY)
+    except BodyTooLarge:
         return JSONResponse({"error": "body too large"}, status_code=413)
-    raw = await request.body()
     if not _verified(state, raw, request):
         return JSONResponse({"error": "invalid Slack signature"}, status_code=401)
     payload = _payload(raw)

@@ -17,12 +17,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request, Response
 from sqlalchemy import select
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS
 from soar.config import Settings
@@ -269,12 +269,19 @@ async def current_viewer(request: Request, viewer: OptionalViewerDep) -> Viewer:
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]
 
 
+FORM_LIMIT = 64 * 1024
+
+
 async def read_form(request: Request) -> dict[str, str]:
+    """Our forms are small and URL-encoded: read at most FORM_LIMIT, then parse."""
     try:
-        form = await request.form()
-    except StarletteHTTPException:
+        raw = await read_capped(request, FORM_LIMIT)
+        text = raw.decode("utf-8")
+    except BodyTooLarge:
+        raise UiError(413, "Form too large", "The form is larger than this site accepts.") from None
+    except UnicodeDecodeError:
         raise UiError(400, "Bad request", "The form could not be read.") from None
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return dict(parse_qsl(text, keep_blank_values=True))
 
 
 def check_csrf(ui: UiSession | None, form: dict[str, str]) -> None:

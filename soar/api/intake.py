@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import StateDep
 from soar.atlas.store import technique_exists
 from soar.intake.schema import DetectionInvalid, parse_detection
@@ -36,14 +37,10 @@ async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
     started = time.perf_counter()
     settings = state.settings
     limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return _problem(413, f"body over {limit // 1024} KiB")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return _problem(413, f"body over {limit // 1024} KiB")
+    try:
+        body = await read_capped(request, limit)
+    except BodyTooLarge as exc:
+        return _problem(413, str(exc))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         return _problem(415, "content-type must be application/json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -194,3 +195,22 @@ async def test_malformed_signature_headers_and_odd_bodies_are_4xx_not_5xx(
         assert r.status_code == 422
         r = await http.get("/v1/enforcement/sessions/a", params={"tenant": "\u0000"})
         assert r.status_code == 422
+
+
+async def test_chunked_uploads_without_length_are_capped_everywhere(
+    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
+) -> None:
+    settings = make_settings(db_url, temporal_address, task_queue, slack_signing_secret="s" * 32)
+
+    async def chunks() -> Any:
+        for _ in range(40):
+            yield b"x" * 32 * 1024  # 1.25 MiB in all, no Content-Length
+
+    async with running_stack(settings, temporal_client, worker=False) as stack:
+        for path, headers in (
+            ("/v1/detections", {"content-type": "application/json"}),
+            ("/slack/interactions", {"content-type": "application/x-www-form-urlencoded"}),
+            ("/ui/login", {"content-type": "application/x-www-form-urlencoded"}),
+        ):
+            r = await stack.http.post(path, content=chunks(), headers=headers)
+            assert r.status_code == 413, (path, r.status_code)
