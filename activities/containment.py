@@ -107,6 +107,16 @@ class ContainmentActivities:
                     "playbook": self.ctx.playbook.name,
                 }, **base,
             )]  # fmt: skip
+            events += [
+                LogEvent(
+                    event_key=f"{row.id}:requested", event="action.requested", actor=SYSTEM,
+                    action=row.action_type, outcome="requested",
+                    details={"action_id": row.id, "target": row.target, "risk": row.risk,
+                             "rule": row.rule, "duration_seconds": row.duration_seconds},
+                    **base,
+                )
+                for _, row in rows
+            ]  # fmt: skip
             t = now()
             for pa, row in rows:
                 if (

@@ -59,7 +59,7 @@ async def test_prompt_injection_blocks_session_then_lifts_itself(
         )
         names = [e for e, _ in events]
         order = ["detection.received", "incident.enriched", "response.planned",
-                 "action.applied", "action.rolled_back"]  # fmt: skip
+                 "action.requested", "action.applied", "action.rolled_back"]  # fmt: skip
         positions = [names.index(e) for e in order]
         assert positions == sorted(positions), names
         assert ("action.rolled_back", "expired") in events
