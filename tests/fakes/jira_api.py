@@ -70,9 +70,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.fakes.base import LocalServer
 
 __all__ = ["FakeJira", "JiraCall", "JqlError"]
 
@@ -352,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class FakeJira:
+class FakeJira(LocalServer):
     """In-memory Jira Server/Data Center REST API v2. Thread-safe; use ``with`` or start/stop.
 
     Args:
@@ -386,6 +387,8 @@ class FakeJira:
     result is ``key DESC``.
     """
 
+    thread_name = "fake-jira"
+
     def __init__(
         self,
         *,
@@ -396,6 +399,7 @@ class FakeJira:
         version: tuple[int, int, int] = (9, 12, 0),
         deployment_type: str = "Server",
     ) -> None:
+        super().__init__()
         self.basic_auth = basic_auth
         self.token = token
         self.username = username
@@ -412,51 +416,11 @@ class FakeJira:
         self._issue_numbers: dict[str, itertools.count[int]] = {}
         for key, name in projects:
             self.add_project(key, name)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> FakeJira:
-        if self._server is not None:
-            return self
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-jira",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakeJira:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>`` - pass it as ``JIRA(server=...)``."""
-        if self._server is None:
-            raise RuntimeError("FakeJira is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _new_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def _base(self) -> str:

@@ -49,9 +49,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.fakes.base import LocalServer
 
 __all__ = ["FakeSlack", "SlackCall"]
 
@@ -216,7 +217,7 @@ def _parse_params(query: str, headers: dict[str, str], body: bytes) -> tuple[dic
     return _decode_json_fields(params), content_type
 
 
-class FakeSlack:
+class FakeSlack(LocalServer):
     """In-memory Slack Web API. Thread-safe; start with :meth:`start` or ``with``.
 
     Args:
@@ -225,6 +226,8 @@ class FakeSlack:
             (``"not_authed"`` when there is no token at all). ``None`` accepts any token.
         team_id, bot_user_id, bot_id: identities reported by ``auth.test`` and in messages.
     """
+
+    thread_name = "fake-slack"
 
     def __init__(
         self,
@@ -236,6 +239,7 @@ class FakeSlack:
         bot_id: str = "B0BOT00001",
         bot_name: str = "atlas-soar",
     ) -> None:
+        super().__init__()
         self.token = token
         self.team_id = team_id
         self.team = team
@@ -251,51 +255,11 @@ class FakeSlack:
         self._views: dict[str, dict[str, Any]] = {}
         self._ts_counter = itertools.count(1)
         self._view_counter = itertools.count(1)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> FakeSlack:
-        if self._server is not None:
-            return self
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-slack",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>`` (use ``f"{url}/api/"`` as the SDK's ``base_url``)."""
-        if self._server is None:
-            raise RuntimeError("FakeSlack is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _new_server(self) -> _Server:
+        return _Server(self)
 
     @property
     def api_url(self) -> str:
