@@ -358,5 +358,6 @@ async def test_a_session_for_a_credential_the_principal_lacks_is_refused(
             "c": "x", "e": int(time.time()) + 600, "n": "admin-user", "m": "password",
             "t": hashlib.sha256(b"password:").hexdigest()[:16],
         })  # fmt: skip
-        r = await stack.http.get("/ui/approvals", cookies={SESSION_COOKIE: forged})
+        stack.http.cookies.set(SESSION_COOKIE, forged, path="/ui")
+        r = await stack.http.get("/ui/approvals")
         assert r.status_code in (302, 303) and "/ui/login" in r.headers["location"]
