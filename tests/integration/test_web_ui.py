@@ -361,3 +361,15 @@ async def test_a_session_for_a_credential_the_principal_lacks_is_refused(
         stack.http.cookies.set(SESSION_COOKIE, forged, path="/ui")
         r = await stack.http.get("/ui/approvals")
         assert r.status_code in (302, 303) and "/ui/login" in r.headers["location"]
+
+        # Control: the same cookie for the credential admin-user does have is accepted, so
+        # the refusal above is about the credential, not about the cookie not arriving.
+        token_hash = hashlib.sha256(TOKENS["admin"].encode()).hexdigest()
+        genuine = sign(session_key(settings), "session", {
+            "c": "x", "e": int(time.time()) + 600, "n": "admin-user", "m": "token",
+            "t": hashlib.sha256(f"token:{token_hash}".encode()).hexdigest()[:16],
+        })  # fmt: skip
+        stack.http.cookies.clear()
+        stack.http.cookies.set(SESSION_COOKIE, genuine, path="/ui")
+        r = await stack.http.get("/ui/approvals")
+        assert r.status_code == 200 and "admin-user" in r.text
