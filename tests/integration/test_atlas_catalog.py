@@ -76,3 +76,24 @@ def test_load_official_release_twice_then_refuse_a_broken_file(db_url: str, tmp_
 
     code, out = soar(db_url, "atlas", "show", "AML.T9999")
     assert code == 1 and "not in the loaded ATLAS catalog" in out
+
+
+@pytest.mark.skipif(not ATLAS_YAML.exists(), reason="reference ATLAS.yaml not present")
+def test_load_from_a_url(db_url: str) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(ATLAS_YAML.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        code, out = soar(db_url, "atlas", "load", f"{base}/ATLAS.yaml")
+        assert code == 0, out
+        assert counts(db_url)[:3] == (16, 170, 35)
+        code, out = soar(db_url, "atlas", "load", f"{base}/missing.yaml")
+        assert code == 1 and "could not fetch" in out
+        assert counts(db_url)[:3] == (16, 170, 35)
+    finally:
+        server.shutdown()
