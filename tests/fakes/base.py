@@ -3,21 +3,79 @@ stopped with the test (also as a context manager)."""
 
 from __future__ import annotations
 
+import json
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+Answer = tuple[int, Any, dict[str, str]]  # status, JSON payload (None: empty body), headers
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, fake: LocalServer) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.fake = fake
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without TCP_NODELAY a keep-alive client
+    # (requests) stalls ~40 ms per request on Nagle + delayed ACK.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        fake = self.server.fake
+        status, payload, extra = fake._dispatch(
+            self.command, self.path, dict(self.headers.items()), body
+        )
+        data = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("Content-Type", fake.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in extra.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
 
 
 class LocalServer:
+    """Subclasses answer requests in `_dispatch`; the server and its threads live here."""
+
     thread_name = "fake-server"
+    content_type = "application/json; charset=utf-8"
 
     def __init__(self) -> None:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def _new_server(self) -> ThreadingHTTPServer:
+    def _dispatch(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
         raise NotImplementedError
+
+    def _new_server(self) -> ThreadingHTTPServer:
+        return _Server(self)
 
     def start(self) -> Self:
         if self._server is not None:

@@ -69,7 +69,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -305,54 +304,6 @@ class _Issue:
     comments: list[_Comment] = field(default_factory=list)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeJira) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; without TCP_NODELAY a keep-alive client
-    # (requests) stalls ~40 ms per request on Nagle + delayed ACK.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        status, payload, extra = self.server.fake._dispatch(
-            self.command, self.path, dict(self.headers.items()), body
-        )
-        data = b"" if payload is None else json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        if payload is not None:
-            self.send_header("Content-Type", "application/json;charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in extra.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-
 class FakeJira(LocalServer):
     """In-memory Jira Server/Data Center REST API v2. Thread-safe; use ``with`` or start/stop.
 
@@ -388,6 +339,7 @@ class FakeJira(LocalServer):
     """
 
     thread_name = "fake-jira"
+    content_type = "application/json;charset=UTF-8"
 
     def __init__(
         self,
@@ -418,9 +370,6 @@ class FakeJira(LocalServer):
             self.add_project(key, name)
 
     # ---------------------------------------------------------------------------- lifecycle
-
-    def _new_server(self) -> _Server:
-        return _Server(self)
 
     @property
     def _base(self) -> str:

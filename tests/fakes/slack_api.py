@@ -48,7 +48,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -131,47 +130,6 @@ class _Failure:
     retry_after: int | None
     error: str
     remaining: int
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, fake: FakeSlack) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.fake = fake
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; without TCP_NODELAY a keep-alive client
-    # (requests) stalls ~40 ms per request on Nagle + delayed ACK.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        status, payload, extra = self.server.fake._dispatch(
-            self.command, self.path, dict(self.headers.items()), body
-        )
-        data = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in extra.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _decode_json_fields(params: dict[str, Any]) -> dict[str, Any]:
@@ -257,9 +215,6 @@ class FakeSlack(LocalServer):
         self._view_counter = itertools.count(1)
 
     # ---------------------------------------------------------------------------- lifecycle
-
-    def _new_server(self) -> _Server:
-        return _Server(self)
 
     @property
     def api_url(self) -> str:
