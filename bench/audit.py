@@ -40,7 +40,7 @@ import psycopg
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soar.audit.chain import GENESIS, row_hash
+from soar.audit.chain import GENESIS, HASHED_FIELDS, row_hash
 
 # Techniques with their first tactic, as the product logs them (tactic = the first one).
 TECHNIQUES: tuple[tuple[str, str], ...] = (
@@ -60,23 +60,7 @@ TECHNIQUES: tuple[tuple[str, str], ...] = (
 SOURCES = ("source:llm-gateway", "source:prompt-shield", "source:waf")
 APPROVERS = ("alice", "bob", "slack:U024BE7LH", "slack:U0G9QF9C6")
 SYSTEM = "system:atlas-soar"
-LOG_COLUMNS = (
-    "seq",
-    "event_key",
-    "at",
-    "incident_id",
-    "tenant",
-    "subject",
-    "event",
-    "action",
-    "actor",
-    "outcome",
-    "technique",
-    "tactic",
-    "details",
-    "prev_hash",
-    "hash",
-)
+LOG_COLUMNS = (*HASHED_FIELDS, "hash")  # the table, in the order the chain hashes it
 
 
 def _incident_steps(rng: random.Random, n_incident: int) -> list[dict[str, Any]]:
