@@ -156,8 +156,6 @@ class CarriedState:
     active_keys: tuple[str, ...]
     generations: tuple[tuple[str, int], ...]
     timed_blocks: tuple[TimedBlock, ...]
-    first_technique: str
-    last_detection: DetectionFacts | None
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,6 @@ class _State:
     active_keys: set[str] = field(default_factory=set)
     generations: dict[str, int] = field(default_factory=dict)
     timed_blocks: dict[str, TimedBlock] = field(default_factory=dict)
-    first_technique: str = ""
-    last_detection: DetectionFacts | None = None
 
 
 @workflow.defn(name="IncidentWorkflow")
@@ -210,8 +208,6 @@ class IncidentWorkflow:
         st.recent_ids.append(det.key)
         st.detection_count += 1
         self._run_detections += 1
-        st.first_technique = st.first_technique or det.technique
-        st.last_detection = det
         assert self._input is not None
         # A local activity: containment runs in the same workflow task, without a round trip
         # through the server's activity queue. It is short and idempotent, so re-running it
@@ -453,8 +449,6 @@ class IncidentWorkflow:
             active_keys=tuple(sorted(st.active_keys)),
             generations=tuple(sorted(st.generations.items())),
             timed_blocks=tuple(st.timed_blocks.values()),
-            first_technique=st.first_technique,
-            last_detection=st.last_detection,
         )
         workflow.continue_as_new(
             IncidentInput(
@@ -473,8 +467,6 @@ class IncidentWorkflow:
         st.recent_ids.extend(c.recent_detection_ids)
         st.active_keys = set(c.active_keys)
         st.generations = dict(c.generations)
-        st.first_technique = c.first_technique
-        st.last_detection = c.last_detection
         for block in c.timed_blocks:
             st.timed_blocks[block.action_id] = block
             self._spawn(self._lift_when_due(block), timer=True)

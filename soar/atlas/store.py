@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -170,7 +170,3 @@ async def technique_info(session: AsyncSession, technique_id: str) -> TechniqueI
         tactics=tuple((r[0], r[1]) for r in tactics),
         mitigations=tuple((r[0], r[1]) for r in mitigations),
     )
-
-
-async def count_techniques(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(AtlasTechnique)) or 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -191,8 +191,3 @@ def verify_rows(rows: Iterable[dict[str, Any]]) -> ChainVerifier:
         if not v.feed(row):
             break
     return v
-
-
-def iter_row_dicts(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
-    for r in rows:
-        yield dict(r._mapping)
