@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,22 +32,27 @@ def test_up_with_existing_servers_then_ctrl_c(
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)  # fmt: skip
+    reader.start()
     try:
+        # Ready as soar up itself says it, not merely /readyz: a Ctrl-C before that is an
+        # interrupted start (exit 130).
         deadline = time.monotonic() + 60
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert ready, "soar up did not become ready"
+        while time.monotonic() < deadline and not any("is ready" in ln for ln in lines):
+            time.sleep(0.1)
+        assert any("is ready" in ln for ln in lines), "".join(lines)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) == 2  # the worker and the API, nothing embedded
         assert not (home / "pgdata").exists() and not (home / "temporal.db").exists()
         assert (home / "webhook-secret").read_text().startswith("whsec_")
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
     assert "atlas-soar is ready" in out and "stopped." in out
     assert str(home) in out and "webhook secret" in out
