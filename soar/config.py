@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     temporal_address: str | None = None
     temporal_namespace: str = "default"
     temporal_task_queue: str = "atlas-soar"
+    # Bulkheads: containment, decisions, block lifts and the log run on the main task queue;
+    # Slack, Jira, e-mail, outbound hooks and model calls on this one (default
+    # "<task queue>-external"), each with its own bounded concurrency.
+    temporal_external_task_queue: str | None = None
+    core_max_concurrent_activities: int = Field(default=64, ge=1)
+    external_max_concurrent_activities: int = Field(default=16, ge=1)
+    # An external step (Slack, Jira, hook) is retried with growing backoff for at most this
+    # long, then given up and logged as failed.
+    external_max_age_seconds: int = Field(default=3600, ge=1)
     # Temporal's workflow sandbox guards determinism at a CPU cost per workflow run (about
     # a third of the worker's CPU per incident). Off by default: the workflow tests run
     # IncidentWorkflow inside the sandbox, so a non-deterministic import fails there.
@@ -56,6 +65,18 @@ class Settings(BaseSettings):
 
     webhook_secret: SecretStr | None = None
     max_body_bytes: int = 256 * 1024
+    # Encrypts the per-source webhook secrets at rest (any string; a key is derived from it).
+    # `soar up` generates one into SOAR_HOME; unset elsewhere: stored unencrypted.
+    secrets_key: SecretStr | None = None
+    # A rotated source secret stays valid this long beside the new one.
+    source_rotation_grace_seconds: int = Field(default=24 * 3600, ge=0)
+
+    # Token buckets at intake: sustained rate per second and burst, per source and per
+    # subject (tenant + user / api key / session). Over the limit: 429 with Retry-After.
+    source_rate_per_second: float = Field(default=200.0, gt=0)
+    source_burst: int = Field(default=400, ge=1)
+    subject_rate_per_second: float = Field(default=5.0, gt=0)
+    subject_burst: int = Field(default=50, ge=1)
 
     policy_file: Path | None = None
     correlation_window_seconds: int = Field(default=3600, ge=1)
@@ -171,6 +192,10 @@ class Settings(BaseSettings):
     @property
     def jira_enabled(self) -> bool:
         return bool(self.jira_url and self.jira_project and self.jira_token)
+
+    @property
+    def external_task_queue(self) -> str:
+        return self.temporal_external_task_queue or f"{self.temporal_task_queue}-external"
 
     @property
     def correlation_window(self) -> timedelta:

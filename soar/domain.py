@@ -50,6 +50,7 @@ class Role(StrEnum):
     approver = "approver"
     auditor = "auditor"
     admin = "admin"
+    gateway = "gateway"  # read-only, enforcement checks and the block stream only
 
 
 @dataclass(frozen=True)
