@@ -101,6 +101,12 @@ BEGIN
         GRANT SELECT (id, name, role, slack_user_id, disabled, created_at)
             ON public.principals TO soar_auditor;
     END IF;
+    -- Source credentials (secrets, encrypted when SOAR_SECRETS_KEY is set): not for auditors.
+    IF to_regclass('public.source_credentials') IS NOT NULL THEN
+        REVOKE SELECT ON public.source_credentials FROM soar_auditor;
+        GRANT SELECT (id, source, kind, created_at, not_after)
+            ON public.source_credentials TO soar_auditor;
+    END IF;
 END
 $$;
 

@@ -231,7 +231,11 @@ def _register_optional_commands() -> None:
     """Command groups of features that live in their own modules."""
     import importlib
 
-    for module, name in (("soar.audit.cli", "audit"), ("approvals.cli", "users")):
+    for module, name in (
+        ("soar.audit.cli", "audit"),
+        ("approvals.cli", "users"),
+        ("soar.sources_cli", "sources"),
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError:

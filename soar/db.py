@@ -47,6 +47,9 @@ def make_async_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         isolation_level=ISOLATION,
+        # A database that is down must answer quickly (503), not hang the request.
+        pool_timeout=5,
+        connect_args={"connect_timeout": 5},
     )
 
 

@@ -134,6 +134,15 @@ class IncidentInput:
     correlation_window_seconds: int = 3600
     approval_timeout_seconds: int = 4 * 3600
     carried: CarriedState | None = None  # set on continue-as-new
+    # The task queue of the external steps (Slack, Jira, outbound hooks), a bulkhead apart
+    # from containment and decisions. "": the worker's setting as reported by containment,
+    # else the workflow's own queue (what histories started before this field saw).
+    external_task_queue: str = ""
+    # How long an external step is retried (growing backoff) before it is given up and
+    # logged as failed. 0: the worker's setting, else 3600.
+    external_max_age_seconds: int = 0
+    # Detections handled per run before continue-as-new. 0: the workflow's default.
+    max_detections_per_run: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,59 @@ class CarriedState:
     active_keys: tuple[str, ...]
     generations: tuple[tuple[str, int], ...]
     timed_blocks: tuple[TimedBlock, ...]
+    approvals: tuple[CarriedApproval, ...] = ()  # pending approvals, still being waited for
+    steps: tuple[CarriedStep, ...] = ()  # external steps not finished yet, in start order
+    ticketing: bool = True
+    hooked: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CarriedAction:
+    """An action (the fields of `soar.contracts.ActionRef`) carried across continue-as-new."""
+
+    action_id: str
+    incident_id: str
+    action_key: str
+    action_type: str
+    risk: str
+    tenant: str
+    target: str
+    technique: str
+    duration_seconds: int | None = None
+    expires_at: str | None = None
+    status: str = "planned"
+    rule: str = ""
+
+
+@dataclass(frozen=True)
+class CarriedApproval:
+    """A pending approval the next run keeps waiting for: its deadlines (workflow time,
+    ISO 8601) and whether the escalation already went out."""
+
+    approval_id: str
+    action: CarriedAction
+    expires_at: str  # the approval row's expiry
+    escalate_at: str
+    expire_at: str
+    escalated: bool = False
+
+
+@dataclass(frozen=True)
+class CarriedStep:
+    """An external step (Slack, Jira, outbound hook) still being retried; the next run
+    starts it again with what is left of its retry budget (counted from `started_at`)."""
+
+    kind: str  # action | hook | announce | remind | outcome | note
+    started_at: str
+    action: CarriedAction | None = None  # action, hook, and the approval's action
+    approval_id: str = ""
+    approval_expires_at: str = ""
+    event: str = ""  # hook: applied | lifted; outcome: the status shown
+    by: str | None = None
+    at: str = ""
+    incident_id: str = ""
+    event_key: str = ""
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,3 +237,6 @@ class DecisionResult:
     status: str  # approved | rejected
     decided_by: str
     decided_at: str
+    # False when the workflow accepted the decision but had not recorded it by the API's
+    # deadline: it will be (the recording is retried until it lands); poll the approval.
+    confirmed: bool = True

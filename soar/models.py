@@ -292,3 +292,32 @@ class Principal(Base):
     slack_user_id: Mapped[str | None] = mapped_column(String(32), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+# --- detection sources -----------------------------------------------------------------------
+
+
+class Source(Base):
+    """A detection source with credentials of its own. Detections are attributed to the
+    source whose credential verified the signature, never to a name in the body."""
+
+    __tablename__ = "sources"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Tenants the source may report for; NULL: any tenant.
+    tenants: Mapped[list[str] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class SourceCredential(Base):
+    """A source's verification material: a `whsec_` secret (encrypted at rest when a key is
+    configured) or an Ed25519 public key (`whpk_`, Standard Webhooks `v1a`). Rotation adds a
+    credential and gives the old one a `not_after`."""
+
+    __tablename__ = "source_credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(ForeignKey("sources.name"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # whsec | ed25519
+    material: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    not_after: Mapped[datetime | None] = mapped_column()

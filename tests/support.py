@@ -29,6 +29,7 @@ TOKENS = {
     "approver": "approver-token-0123456789",
     "analyst": "analyst-token-0123456789",
     "auditor": "auditor-token-0123456789",
+    "gateway": "gateway-token-0123456789",
 }
 
 
@@ -132,7 +133,9 @@ class Stack:
         return await self.http.post("/v1/detections", content=raw, headers=sign(raw, **sign_kw))
 
     async def enforcement(self, kind: str, target: str, tenant: str = "acme") -> dict[str, Any]:
-        r = await self.http.get(f"/v1/enforcement/{kind}/{target}", params={"tenant": tenant})
+        r = await self.http.get(
+            f"/v1/enforcement/{kind}/{target}", params={"tenant": tenant}, headers=bearer("gateway")
+        )
         assert r.status_code == 200, r.text
         data: dict[str, Any] = r.json()
         return data
@@ -142,6 +145,24 @@ class Stack:
         assert r.status_code == 200, r.text
         data: dict[str, Any] = r.json()
         return data
+
+
+def add_source(
+    db_url: str, name: str, *, tenants: tuple[str, ...] = (), public_key: str | None = None,
+    secrets_key: str | None = None,
+) -> str:  # fmt: skip
+    """Registers a detection source as `soar sources add` does; returns its secret."""
+    from sqlalchemy.orm import Session as OrmSession
+
+    from soar.db import make_sync_engine
+    from soar.sources import add_source as _add
+
+    engine = make_sync_engine(db_url)
+    try:
+        with OrmSession(engine) as s, s.begin():
+            return _add(s, name, tenants=tenants, public_key=public_key, key=secrets_key)
+    finally:
+        engine.dispose()
 
 
 async def eventually(check: Callable[[], Any], *, timeout: float = 10.0,

@@ -10,16 +10,29 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
-from standardwebhooks.webhooks import Webhook
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from soar.api import health, intake, response
 from soar.api.deps import AppState
 from soar.auth import sync_bootstrap_tokens
 from soar.config import Settings
 from soar.db import make_async_engine, session_factory
+from soar.sources import SourceRegistry
 from soar.temporal_client import connect
+
+RETRY_AFTER = "5"
+_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)
+
+
+def _unavailable(what: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": f"{what} is unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": RETRY_AFTER},
+    )
 
 
 def create_app(
@@ -32,7 +45,10 @@ def create_app(
 ) -> FastAPI:
     engine = make_async_engine(database_url)
     state = AppState(settings=settings, factory=session_factory(engine), temporal=temporal)
-    state.extras["webhook"] = Webhook(webhook_secret)
+    secrets_key = settings.secrets_key.get_secret_value() if settings.secrets_key else None
+    state.extras["sources"] = SourceRegistry(
+        state.factory, default_secret=webhook_secret or None, secrets_key=secrets_key
+    )
 
     async def _connect_temporal() -> None:
         while state.temporal is None:
@@ -80,6 +96,20 @@ def create_app(
             ]},
             status_code=422,
         )  # fmt: skip
+
+    for exc_type in _UNAVAILABLE:
+
+        @app.exception_handler(exc_type)
+        async def _down(request: Request, exc: Exception) -> JSONResponse:
+            # PostgreSQL down, the pool exhausted, a dependency timing out: the caller may
+            # retry, and nothing it was told was accepted is lost.
+            return _unavailable("the database")
+
+    @app.exception_handler(RPCError)
+    async def _temporal(request: Request, exc: RPCError) -> JSONResponse:
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            return _unavailable("Temporal")
+        return JSONResponse({"error": "the workflow service refused the request"}, 409)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

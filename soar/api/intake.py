@@ -1,82 +1,161 @@
-"""POST /v1/detections: signed, validated, deduplicated, durable before the 202."""
+"""POST /v1/detections: signed, attributed, limited, validated, deduplicated, durable
+before the 202.
+
+The order is cheapest refusal first: size and content type, the signature (which names the
+source), the source's rate, the JSON (depth-limited, large bodies off the event loop), the
+fields, the source's tenants, the subject's rate, then the database.
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import time
+from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from soar.api.body import BodyTooLarge, read_capped
-from soar.api.deps import StateDep
+from soar.api.deps import AppState, StateDep
+from soar.api.jsonsafe import OFF_LOOP_BYTES, JSONRefused, parse_json
 from soar.atlas.store import technique_exists
-from soar.intake.schema import DetectionInvalid, parse_detection
-from soar.intake.service import dispatch, mark_dispatched, record_detection
+from soar.audit.chain import LogEvent, append
+from soar.intake.schema import DetectionInvalid, NativeDetection, parse_detection
+from soar.intake.service import Prepared, dispatch, mark_dispatched, prepare, record_detection
 from soar.metrics import DETECTIONS, INTAKE_SECONDS
+from soar.ratelimit import TokenBuckets, retry_after
+from soar.sources import Credential, SourceRegistry, Unverified, verify
 
 router = APIRouter()
 log = logging.getLogger("soar.intake")
 
 
-def _problem(status: int, message: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
+def _problem(
+    status: int,
+    message: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, object] = {"error": message}
     if errors is not None:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not valid JSON")
+def _limited(what: str, wait: float) -> JSONResponse:
+    DETECTIONS.labels(outcome="limited").inc()
+    return _problem(
+        429,
+        f"rate limit of this {what} exceeded; retry later",
+        headers={"Retry-After": retry_after(wait)},
+    )
+
+
+def _buckets(state: AppState, name: str) -> TokenBuckets:
+    found = state.extras.get(name)
+    if not isinstance(found, TokenBuckets):
+        s = state.settings
+        rate, burst = (
+            (s.source_rate_per_second, s.source_burst)
+            if name == "source_buckets"
+            else (s.subject_rate_per_second, s.subject_burst)
+        )
+        found = TokenBuckets(rate, burst)
+        state.extras[name] = found
+    return found
+
+
+def _parse(payload: Any, source: str) -> tuple[NativeDetection, str, Prepared]:
+    detection, fmt = parse_detection(payload)
+    detection = detection.model_copy(update={"source": source})
+    return detection, fmt, prepare(detection)
+
+
+async def _refuse_tenant(state: AppState, cred: Credential, d: NativeDetection) -> JSONResponse:
+    reason = f"source {cred.source} may not report for tenant {d.subject.tenant}"
+    digest = hashlib.sha256(f"{cred.source}\x1f{d.id}\x1f{d.subject.tenant}".encode()).hexdigest()
+    async with state.factory() as session, session.begin():
+        await append(
+            session,
+            LogEvent(
+                event_key=f"intake-refused:{digest[:40]}",
+                event="intake.refused",
+                actor=f"source:{cred.source}",
+                outcome="refused",
+                tenant=d.subject.tenant,
+                technique=d.technique,
+                details={"source": cred.source, "detection_id": d.id, "reason": reason},
+            ),
+        )
+    DETECTIONS.labels(outcome="forbidden").inc()
+    return _problem(403, reason)
 
 
 @router.post("/v1/detections", status_code=202, tags=["intake"])
 async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
     started = time.perf_counter()
     settings = state.settings
-    limit = settings.max_body_bytes
     try:
-        body = await read_capped(request, limit)
+        body = await read_capped(request, settings.max_body_bytes)
     except BodyTooLarge as exc:
         return _problem(413, str(exc))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         return _problem(415, "content-type must be application/json")
 
-    verifier: Webhook = state.extras["webhook"]  # type: ignore[assignment]
+    registry: SourceRegistry = state.extras["sources"]  # type: ignore[assignment]
     try:
-        verifier.verify(body, dict(request.headers), json_parse=False)
-    except WebhookVerificationError as exc:
+        cred = verify(await registry.credentials(), body, request.headers)
+    except Unverified as exc:
         DETECTIONS.labels(outcome="unauthorized").inc()
         return _problem(401, f"signature rejected: {exc}")
-    except Exception:  # malformed headers or body make the library raise anything
-        DETECTIONS.labels(outcome="unauthorized").inc()
-        return _problem(401, "signature rejected: malformed webhook headers or body")
+
+    if wait := _buckets(state, "source_buckets").take(cred.source):
+        return _limited("source", wait)
 
     try:
-        payload = json.loads(body, parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(
-            exc, json.JSONDecodeError) else ""  # fmt: skip
-        return _problem(422, "invalid JSON", [{"field": "body", "message": f"invalid JSON{where}"}])
+        payload = await parse_json(body)
+    except JSONRefused as exc:
+        DETECTIONS.labels(outcome="invalid").inc()
+        return _problem(422, "invalid JSON", [{"field": "body", "message": exc.message}])
     try:
-        detection, fmt = parse_detection(payload)
+        if len(body) > OFF_LOOP_BYTES:
+            detection, fmt, prepared = await anyio.to_thread.run_sync(_parse, payload, cred.source)
+        else:
+            detection, fmt, prepared = _parse(payload, cred.source)
     except DetectionInvalid as exc:
         DETECTIONS.labels(outcome="invalid").inc()
         return _problem(422, "invalid detection", exc.errors)
 
+    if cred.tenants is not None and detection.subject.tenant not in cred.tenants:
+        return await _refuse_tenant(state, cred, detection)
+
+    subject_key = f"{detection.subject.tenant}\x1f{prepared.subject.key}"
+    if wait := _buckets(state, "subject_buckets").take(subject_key):
+        return _limited("subject", wait)
+
     async with state.factory() as session, session.begin():
         known = await technique_exists(session, detection.technique)
-        recorded = await record_detection(session, detection, fmt=fmt) if known else None
+        recorded = (
+            await record_detection(session, detection, fmt=fmt, prepared=prepared)
+            if known
+            else None
+        )
     if recorded is None:
         DETECTIONS.labels(outcome="invalid").inc()
-        return _problem(422, "invalid detection", [{
-            "field": "technique",
-            "message": f"unknown ATLAS technique {detection.technique} "
-            "(not in the loaded catalog; see `soar atlas load`)",
-        }])  # fmt: skip
+        return _problem(
+            422,
+            "invalid detection",
+            [
+                {
+                    "field": "technique",
+                    "message": f"unknown ATLAS technique {detection.technique} "
+                    "(not in the loaded catalog; see `soar atlas load`)",
+                }
+            ],
+        )
 
     answer = {
         "incident_id": recorded.incident_id,
@@ -103,8 +182,11 @@ async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
             async with state.factory() as session, session.begin():
                 await mark_dispatched(session, source=detection.source, external_id=detection.id)
         except Exception as exc:
-            log.warning("signal for %s deferred to the outbox sweeper: %s", recorded.incident_id,
-                        type(exc).__name__)  # fmt: skip
+            log.warning(
+                "signal for %s deferred to the outbox sweeper: %s",
+                recorded.incident_id,
+                type(exc).__name__,
+            )
     DETECTIONS.labels(outcome="accepted").inc()
     INTAKE_SECONDS.observe(time.perf_counter() - started)
     return JSONResponse(answer, status_code=202)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.service import RPCError
 
 from soar import enforcement
 from soar.api.deps import IdentityDep, SessionDep, StateDep, require_roles, temporal_or_503
 from soar.auth import Identity
+from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
 from soar.domain import UPDATE_DECIDE, DecisionRequest, DecisionResult
 from soar.metrics import DECISIONS
 from soar.models import Action as ActionRow
@@ -22,6 +29,9 @@ from soar.models import ActionLogEntry, Approval, Detection, Incident
 router = APIRouter()
 _KINDS = {"sessions": "session", "api-keys": "api_key", "users": "user"}
 READERS = ("analyst", "approver", "auditor", "admin")
+# Who may ask whether something is blocked: LLM gateways (role gateway, which may do nothing
+# else) and the people who run the response. Auditors read the log, not the live state.
+ENFORCEMENT_READERS = ("gateway", "analyst", "approver", "admin")
 
 
 @router.get("/v1/enforcement/{kind}/{target}", tags=["enforcement"])
@@ -29,6 +39,7 @@ async def enforcement_check(
     kind: Literal["sessions", "api-keys", "users"],
     target: str,
     session: SessionDep,
+    _: Identity = require_roles(*ENFORCEMENT_READERS),
     tenant: str = "default",
 ) -> dict[str, object]:
     status = await enforcement.check(session, kind=_KINDS[kind], target=target, tenant=tenant)
@@ -118,9 +129,9 @@ async def list_incidents(
     if status:
         q = q.where(Incident.status == status)
     if technique:
-        q = q.where(Incident.technique.startswith(technique.upper()))
+        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
     if subject:
-        q = q.where(Incident.subject_key.contains(subject))
+        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
     rows = (await session.scalars(q)).all()
     return {"incidents": [
         {"incident_id": i.id, "status": i.status, "subject": i.subject_key,
@@ -162,11 +173,25 @@ class DecisionRefused(Exception):
         self.status = status
 
 
+DECISION_DEADLINE_SECONDS = 2.0  # waiting for the decision to be recorded
+ACCEPT_SECONDS = 10.0  # waiting for a worker to validate it (none running: 503)
+
+
 async def send_decision(
-    state: StateDep, session: SessionDep, approval_id: str, req: DecisionRequest
+    state: StateDep,
+    session: SessionDep,
+    approval_id: str,
+    req: DecisionRequest,
+    *,
+    deadline: float = DECISION_DEADLINE_SECONDS,
 ) -> DecisionResult:
     """The one gate every channel (API, Slack, web UI) goes through: a Temporal update whose
-    validator refuses unknown, already-decided or unauthorized decisions."""
+    validator refuses unknown, already-decided or unauthorized decisions.
+
+    Never holds the caller for long: once the workflow has accepted the decision (the
+    validator passed, so it is settled and first-decision-wins holds), the answer waits at
+    most `deadline` seconds for it to be recorded, then says it is accepted but unconfirmed.
+    """
     approval = await session.get(Approval, approval_id)
     if approval is None:
         raise DecisionRefused(404, f"approval {approval_id} not found")
@@ -175,9 +200,25 @@ async def send_decision(
     client = temporal_or_503(state)
     handle = client.get_workflow_handle(approval.workflow_id)
     try:
-        result: DecisionResult = await handle.execute_update(
-            UPDATE_DECIDE, req, result_type=DecisionResult
+        update = await handle.start_update(
+            UPDATE_DECIDE,
+            req,
+            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            result_type=DecisionResult,
+            rpc_timeout=timedelta(seconds=ACCEPT_SECONDS),
         )
+        try:
+            result: DecisionResult = await asyncio.wait_for(
+                asyncio.shield(update.result()), timeout=deadline
+            )
+        except TimeoutError:
+            status = "approved" if req.decision == "approve" else "rejected"
+            result = DecisionResult(approval_id, status, req.actor, "", confirmed=False)
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        # No worker took the decision in time (all down or restarting): not decided.
+        raise DecisionRefused(
+            503, "the incident workflow did not answer in time; nothing was decided, retry"
+        ) from None
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         message = getattr(cause, "message", None) or str(cause or exc)
@@ -193,7 +234,7 @@ async def send_decision(
 async def decide(
     approval_id: str, body: DecisionIn, state: StateDep, session: SessionDep,
     identity: IdentityDep,
-) -> dict[str, Any]:  # fmt: skip
+) -> Any:  # fmt: skip
     if identity.role not in ("approver", "admin"):
         raise HTTPException(403, f"role {identity.role!r} may not decide approvals")
     req = DecisionRequest(
@@ -203,6 +244,27 @@ async def decide(
     try:
         result = await send_decision(state, session, approval_id, req)
     except DecisionRefused as exc:
-        raise HTTPException(exc.status, str(exc)) from None
-    return {"approval_id": result.approval_id, "status": result.status,
-            "decided_by": result.decided_by, "decided_at": result.decided_at}  # fmt: skip
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        raise HTTPException(exc.status, str(exc), headers=headers) from None
+    answer = {
+        "approval_id": result.approval_id,
+        "status": result.status,
+        "decided_by": result.decided_by,
+        "decided_at": result.decided_at or None,
+    }
+    if not result.confirmed:
+        # Accepted and settled, not yet recorded: say where to look instead of waiting.
+        answer["state"] = "accepted"
+        answer["poll"] = f"/v1/approvals/{approval_id}"
+        return JSONResponse(answer, status_code=202)
+    return answer
+
+
+@router.get("/v1/approvals/{approval_id}", tags=["approvals"])
+async def get_approval(
+    approval_id: str, session: SessionDep, _: Identity = require_roles(*READERS)
+) -> dict[str, Any]:
+    row = await session.get(Approval, approval_id)
+    if row is None:
+        raise HTTPException(404, f"approval {approval_id} not found")
+    return approval_json(row)

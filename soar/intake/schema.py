@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from soar.bounds import check_observed_at, has_unsafe_chars
 from soar.domain import Severity
 
 TECHNIQUE_RE = re.compile(r"^AML\.T\d{4}(\.\d{3})?$")
@@ -24,6 +25,11 @@ class SubjectIn(BaseModel):
     session: str | None = Field(default=None, min_length=1, max_length=256)
     api_key: str | None = Field(default=None, min_length=1, max_length=256)
 
+    @field_validator("tenant", "user", "session", "api_key")
+    @classmethod
+    def _safe(cls, v: str | None) -> str | None:
+        return _identifier(v)
+
     @model_validator(mode="after")
     def _one_identity(self) -> SubjectIn:
         if not (self.user or self.session or self.api_key):
@@ -35,6 +41,11 @@ class EvidenceIn(BaseModel):
     model_config = ConfigDict(extra="allow")
     prompt: str | None = Field(default=None, max_length=200_000)
     model: str | None = Field(default=None, max_length=256)
+
+    @field_validator("model")
+    @classmethod
+    def _safe(cls, v: str | None) -> str | None:
+        return _identifier(v)
 
 
 class NativeDetection(BaseModel):
@@ -56,12 +67,27 @@ class NativeDetection(BaseModel):
             raise ValueError("must be an ATLAS technique ID such as AML.T0051 or AML.T0051.000")
         return v
 
+    @field_validator("id", "source")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        return _identifier(v) or v
+
     @field_validator("observed_at")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
-            return v.replace(tzinfo=UTC)
-        return v
+        if v is None:
+            return None
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=UTC)
+        if problem := check_observed_at(v):
+            raise ValueError(problem)
+        return v.astimezone(UTC)
+
+
+def _identifier(v: str | None) -> str | None:
+    if v is not None and has_unsafe_chars(v):
+        raise ValueError("must not contain control or bidirectional-override characters")
+    return v
 
 
 def _obj(value: Any) -> dict[str, Any]:

@@ -45,15 +45,19 @@ class Recorded:
     new_incident: bool = False
 
 
-def to_facts(d: NativeDetection, received_at: datetime) -> DetectionFacts:
+@dataclass(frozen=True)
+class Prepared:
+    """What the intake computes before it opens a transaction: the CPU-heavy part (the
+    prompt's digest and redacted excerpt), so it can run off the event loop."""
+
+    subject: Subject
+    prompt_sha256: str | None
+    excerpt: str | None
+
+
+def prepare(d: NativeDetection) -> Prepared:
     prompt = d.evidence.prompt if d.evidence else None
-    return DetectionFacts(
-        detection_id=d.id,
-        technique=d.technique,
-        severity=d.severity.value,
-        confidence=d.confidence,
-        source=d.source,
-        observed_at=(d.observed_at or received_at).isoformat(),
+    return Prepared(
         subject=Subject(
             tenant=d.subject.tenant,
             user=d.subject.user,
@@ -64,6 +68,23 @@ def to_facts(d: NativeDetection, received_at: datetime) -> DetectionFacts:
         # Only the head is ever shown; masking a bounded prefix keeps a huge prompt from
         # stalling the API (the digest still covers the whole prompt).
         excerpt=redact(prompt[:REDACT_WINDOW]) if prompt else None,
+    )
+
+
+def to_facts(
+    d: NativeDetection, received_at: datetime, prepared: Prepared | None = None
+) -> DetectionFacts:
+    p = prepared or prepare(d)
+    return DetectionFacts(
+        detection_id=d.id,
+        technique=d.technique,
+        severity=d.severity.value,
+        confidence=d.confidence,
+        source=d.source,
+        observed_at=(d.observed_at or received_at).isoformat(),
+        subject=p.subject,
+        prompt_sha256=p.prompt_sha256,
+        excerpt=p.excerpt,
         model=d.evidence.model if d.evidence else None,
         received_at=received_at.isoformat(),
     )
@@ -75,7 +96,11 @@ def _lock_id(*parts: str) -> int:
 
 
 async def record_detection(
-    session: AsyncSession, d: NativeDetection, *, fmt: str = "native"
+    session: AsyncSession,
+    d: NativeDetection,
+    *,
+    fmt: str = "native",
+    prepared: Prepared | None = None,
 ) -> Recorded:
     """Insert the detection and attach it to the open incident of its subject, creating one
     if none is open. Runs in the caller's transaction."""
@@ -95,7 +120,7 @@ async def record_detection(
         return Recorded(iid, workflow_id_for(iid), d.id, duplicate=True)
 
     now = datetime.now(UTC)
-    facts = to_facts(d, now)
+    facts = to_facts(d, now, prepared)
     subject = facts.subject
     incident, created = await _open_incident(session, subject, facts, now)
     session.add(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,33 @@ def ensure_session_secret(settings: Settings) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
     return secret
+
+
+def _home_secret(path: Path, make: Callable[[], str]) -> str:
+    """A secret kept in SOAR_HOME (mode 0600), generated on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def ensure_secrets_key(settings: Settings) -> str:
+    """The key that encrypts source secrets at rest (SOAR_SECRETS_KEY, else SOAR_HOME)."""
+    if settings.secrets_key is not None and settings.secrets_key.get_secret_value():
+        return settings.secrets_key.get_secret_value()
+    return _home_secret(settings.home / "secrets-key", lambda: secrets.token_urlsafe(32))
+
+
+GATEWAY_PRINCIPAL = "local-gateway"
+
+
+def ensure_gateway_token(settings: Settings) -> str:
+    """A bearer token of role gateway for trying the enforcement checks, in SOAR_HOME."""
+    return _home_secret(settings.home / "gateway-token", lambda: secrets.token_urlsafe(32))
 
 
 def _ports(home: Path) -> dict[str, int]:
@@ -108,9 +136,17 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             from soar.stack.bootstrap import migrate_and_seed
 
             catalog = migrate_and_seed(db_url)
-            env = dict(os.environ, SOAR_DATABASE_URL=db_url, SOAR_TEMPORAL_ADDRESS=address,
-                       SOAR_WEBHOOK_SECRET=secret,
-                       SOAR_SESSION_SECRET=ensure_session_secret(settings))  # fmt: skip
+            gateway = f"{GATEWAY_PRINCIPAL}:gateway:{ensure_gateway_token(settings)}"
+            tokens = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
+            env = dict(
+                os.environ,
+                SOAR_DATABASE_URL=db_url,
+                SOAR_TEMPORAL_ADDRESS=address,
+                SOAR_WEBHOOK_SECRET=secret,
+                SOAR_SESSION_SECRET=ensure_session_secret(settings),
+                SOAR_SECRETS_KEY=ensure_secrets_key(settings),
+                SOAR_API_TOKENS=",".join(t for t in (tokens, gateway) if t),
+            )
             status.update("starting the worker and the API ...")
             for cmd in ("worker", "api"):
                 children.append(subprocess.Popen(
@@ -139,6 +175,10 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             console.print(f"  Temporal UI    {tp.ui_url}")
         console.print(f"  data folder    {home}")
         console.print(f"  webhook secret {secret_source}")
+        console.print(
+            f"  gateway token  {home / 'gateway-token'}  (enforcement checks: "
+            "Authorization: Bearer <its content>)"
+        )
         console.print(f"  ATLAS catalog  {catalog}")
         console.print("Press Ctrl-C to stop.")
         while not stopping:

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from tests.support import detection, eventually, make_settings, running_stack, sign
+from tests.support import (
+    add_source,
+    bearer,
+    detection,
+    eventually,
+    make_settings,
+    running_stack,
+    sign,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -142,14 +150,21 @@ async def test_same_id_from_two_sources_is_two_detections_both_contained(
     db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
 ) -> None:
     settings = make_settings(db_url, temporal_address, task_queue)
+    guard, siem = add_source(db_url, "guard-model"), add_source(db_url, "siem")
     async with running_stack(settings, temporal_client) as stack:
         a = await stack.post_detection(
-            detection(id="1", source="guard-model", subject={"tenant": "acme", "session": "s-a"})
+            detection(id="1", subject={"tenant": "acme", "session": "s-a"}), secret=guard
         )
         b = await stack.post_detection(
-            detection(id="1", source="siem", subject={"tenant": "acme", "session": "s-b"})
+            detection(id="1", subject={"tenant": "acme", "session": "s-b"}), secret=siem
         )
         assert (a.status_code, b.status_code) == (202, 202)
+        # The same id from one source is a repeat, whatever source the body names.
+        c = await stack.post_detection(
+            detection(id="1", source="guard-model", subject={"tenant": "acme", "session": "s-c"}),
+            secret=siem,
+        )
+        assert c.status_code == 200 and c.json()["duplicate"] is True
         for session in ("s-a", "s-b"):
             await eventually(lambda s=session: _blocked(stack, s), timeout=10)
 
@@ -191,9 +206,11 @@ async def test_malformed_signature_headers_and_odd_bodies_are_4xx_not_5xx(
         raw = b'{"id": "x", "confidence": NaN}'
         r = await http.post("/v1/detections", content=raw, headers=sign(raw))
         assert r.status_code == 422
-        r = await http.get("/v1/enforcement/sessions/a%00b")
+        r = await http.get("/v1/enforcement/sessions/a%00b", headers=bearer("gateway"))
         assert r.status_code == 422
-        r = await http.get("/v1/enforcement/sessions/a", params={"tenant": "\u0000"})
+        r = await http.get(
+            "/v1/enforcement/sessions/a", params={"tenant": "\u0000"}, headers=bearer("gateway")
+        )
         assert r.status_code == 422
 
 

@@ -159,11 +159,9 @@ async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothin
             worker = start_worker(settings, urls)
 
             for a in approvals:
-                ok = await stack.http.post(
-                    f"/v1/approvals/{a['approval_id']}/decision",
-                    json={"decision": "approve"}, headers=bearer("approver"), timeout=60,
-                )  # fmt: skip
-                assert ok.status_code == 200, ok.text
+                # While the new worker starts, the API answers 503 (nothing decided): retry.
+                ok = await eventually(lambda a=a: _decide_unless_503(stack, a), timeout=60)
+                assert ok.status_code in (200, 202), ok.text
             await eventually(lambda: _blocked(stack, "api-keys", "k-k"), timeout=30)
             await eventually(lambda: _blocked(stack, "users", "u-k"), timeout=30)
             await eventually(lambda: len(hooks.calls) == 3, timeout=30)
@@ -186,6 +184,19 @@ async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothin
     assert blocks == (3,)
     verdict = verify_rows(rows)
     assert verdict.problem is None and verdict.checked == len(rows)
+
+
+async def _decide_unless_503(stack: Any, a: dict[str, Any]) -> Any:
+    r = await stack.http.post(
+        f"/v1/approvals/{a['approval_id']}/decision",
+        json={"decision": "approve"},
+        headers=bearer("approver"),
+        timeout=30,
+    )
+    if r.status_code == 503:
+        assert r.headers["retry-after"]
+        return None
+    return r
 
 
 async def _blocked(stack: Any, kind: str, target: str) -> bool:
