@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,11 +32,8 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from soar.stack.bootstrap import migrate_and_seed
-from soar.stack.postgres import EmbeddedPostgres
-from soar.stack.proc import free_port
-from soar.stack.temporal import EmbeddedTemporal
-from tests.support import WEBHOOK_SECRET, detection, sign
+from bench.stack import bench_stack, cpu_seconds
+from tests.support import detection, sign
 
 
 @activity.defn(name="bench_noop")
@@ -149,20 +143,6 @@ async def contain(http: httpx.AsyncClient, db_url: str, n: int, rate: float,
     return Stats(label, lat, wall, n, len(rows))
 
 
-def _cpu_seconds(pid: int) -> float:
-    import psutil
-
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:  # a backend that just ended
-            continue
-        total += t.user + t.system
-    return total
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="detections per phase (default 200)")
@@ -172,37 +152,10 @@ async def main() -> None:
                     help="run the worker with SOAR_WORKFLOW_SANDBOX=true")  # fmt: skip
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="soar-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    pg = tp = None
-    try:
-        db_url = os.environ.get("SOAR_DATABASE_URL")
-        if not db_url:
-            pg = EmbeddedPostgres(tmp / "pgdata")
-            pg.start()
-            db_url = pg.url
-        address = os.environ.get("SOAR_TEMPORAL_ADDRESS")
-        if not address:
-            tp = EmbeddedTemporal(tmp / "temporal.db")
-            tp.start()
-            address = tp.address
-        migrate_and_seed(db_url)
-        port = free_port()
-        env = dict(os.environ, SOAR_DATABASE_URL=db_url, SOAR_TEMPORAL_ADDRESS=address,
-                   SOAR_WEBHOOK_SECRET=WEBHOOK_SECRET, SOAR_API_PORT=str(port),
-                   SOAR_LOG_LEVEL="WARNING",
-                   SOAR_WORKFLOW_SANDBOX="true" if args.sandbox else "false")  # fmt: skip
-        for cmd in ("worker", "api"):
-            procs.append(subprocess.Popen([sys.executable, "-m", "soar.cli", cmd], env=env))
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        client = await Client.connect(address)
+    env = {"SOAR_WORKFLOW_SANDBOX": "true" if args.sandbox else "false"}
+    with bench_stack(**env) as stack:
+        db_url, base = stack.db_url, stack.base
+        client = await Client.connect(stack.address)
         results: list[Stats] = []
         # Unsandboxed: this script is __main__, which the sandbox cannot re-import.
         async with Worker(client, task_queue="bench-bare", workflows=[BareWorkflow],
@@ -218,13 +171,8 @@ async def main() -> None:
                 results.append(await contain(http, db_url, args.n, rate, conc,
                                              f"containment, {label}"))  # fmt: skip
         print()
-        cpu = {"worker": procs[0].pid, "api": procs[1].pid}
-        if tp and tp.proc:
-            cpu["temporal"] = tp.proc.pid
-        if pg and pg.proc:
-            cpu["postgres"] = pg.proc.pid
-        cpu["bench (load + bare worker)"] = os.getpid()
-        used = ", ".join(f"{name} {_cpu_seconds(pid):.1f}" for name, pid in cpu.items())
+        cpu = {**stack.pids, "bench (load + bare worker)": os.getpid()}
+        used = ", ".join(f"{name} {cpu_seconds(pid):.1f}" for name, pid in cpu.items())
         print(f"CPU seconds used: {used}")
         print(
             f"{'':<34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'per s':>8} {'lost':>5}"
@@ -236,16 +184,6 @@ async def main() -> None:
             ratio = statistics.median(c.latencies) / statistics.median(b.latencies)
             phase = b.name.split(", ")[1]
             print(f"p50 ratio containment/bare ({phase}): {ratio:.2f}x (target <= 1.5x)")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=20)
-        if tp:
-            tp.stop()
-        if pg:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
