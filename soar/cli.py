@@ -134,6 +134,71 @@ def api() -> None:
     )
 
 
+@app.command()
+def send(
+    technique: Annotated[str, typer.Option(help="ATLAS technique, e.g. AML.T0051")],
+    session: Annotated[str | None, typer.Option(help="subject: session id")] = None,
+    user: Annotated[str | None, typer.Option(help="subject: user id")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="subject: API key id")] = None,
+    tenant: Annotated[str, typer.Option(help="tenant of the subject")] = "default",
+    severity: Annotated[str, typer.Option(help="info|low|medium|high|critical")] = "high",
+    confidence: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.9,
+    prompt: Annotated[str | None, typer.Option(help="evidence prompt (stored redacted)")] = None,
+    detection_id: Annotated[
+        str | None, typer.Option("--id", help="the detection's id (default: a new one)")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="API base URL (default SOAR_PUBLIC_URL or host:port)")
+    ] = None,
+) -> None:
+    """Sign and post one detection with the configured webhook secret (SOAR_WEBHOOK_SECRET,
+    or the one `soar up` keeps in SOAR_HOME), for trying it out and for scripts."""
+    import base64
+    import uuid
+    from datetime import UTC, datetime
+
+    import httpx
+    from standardwebhooks.webhooks import Webhook
+
+    settings = settings_or_exit()
+    if not (session or user or api_key):
+        raise fail("give at least one of --session, --user, --api-key")
+    if settings.webhook_secret is not None:
+        secret = settings.webhook_secret.get_secret_value()
+    elif settings.webhook_secret_file.exists():
+        secret = settings.webhook_secret_file.read_text().strip()
+    else:
+        raise fail("no webhook secret: set SOAR_WEBHOOK_SECRET or run `soar up` first")
+    subject = {"tenant": tenant, "session": session, "user": user, "api_key": api_key}
+    body = {
+        "id": detection_id or "cli-" + uuid.uuid4().hex[:12],
+        "technique": technique,
+        "severity": severity,
+        "confidence": confidence,
+        "observed_at": datetime.now(UTC).isoformat(),
+        "subject": {k: v for k, v in subject.items() if v is not None},
+    }
+    if prompt:
+        body["evidence"] = {"prompt": prompt}
+    raw = json.dumps(body)
+    msg_id = "msg_" + base64.b32encode(uuid.uuid4().bytes).decode().rstrip("=").lower()
+    now = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, raw),
+    }
+    base = (url or settings.base_url).rstrip("/")
+    try:
+        r = httpx.post(f"{base}/v1/detections", content=raw.encode(), headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {base}: {type(exc).__name__}", 1) from None
+    out.print(f"{r.status_code} {r.text}", highlight=False, markup=False)
+    if r.status_code >= 400:
+        raise typer.Exit(1)
+
+
 @atlas_app.command("load")
 def atlas_load(
     source: Annotated[str, typer.Argument(help="ATLAS.yaml file or http(s) URL")],

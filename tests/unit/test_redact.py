@@ -317,3 +317,122 @@ def test_default_excerpt_of_a_long_prompt() -> None:
     assert len(out) <= 160
     assert out.endswith(ELLIPSIS)
     _assert_nothing_leaks(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Broader coverage
+# --------------------------------------------------------------------------------------------
+
+ZW = "\u200b"
+
+
+def _fullwidth(s: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in s)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("key sk-proj-abcdefghijklmnop1234_-XYZ end", "key [SECRET] end"),
+        ("aws ASIAIOSFODNN7EXAMPLE end", "aws [SECRET] end"),
+        ("oauth gho_16C7e42F292c6912E7710c838347Ae178B4a end", "oauth [SECRET] end"),
+        (
+            "pat github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz end",
+            "pat [SECRET] end",
+        ),
+        ("slack xoxa-2-abcdefghij1234 xoxr-1234567890-abcdef", "slack [SECRET] [SECRET]"),
+        ("sign whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw end", "sign [SECRET] end"),
+        ("my api key: abc123XYZ thanks", "my api key: [SECRET] thanks"),
+        ("the secret key = 'x y z'", "the secret key = [SECRET]"),
+        ("token: 'unterminated secret value", "token: [SECRET]"),
+        ("ssn 123-45-6789 on file", "ssn [SSN] on file"),
+        ("iban DE89 3704 0044 0532 0130 00 please", "iban [IBAN] please"),
+        ("iban GB82WEST12345698765432.", "iban [IBAN]."),
+        ("v6 2001:db8:85a3::8a2e:370:7334 and fe80::1", "v6 [IP] and [IP]"),
+        ("full 2001:0db8:0000:0000:0000:ff00:0042:8329 end", "full [IP] end"),
+        ("phone +1(415)5552671 end", "phone [PHONE] end"),
+    ],
+)
+def test_masks_more_kinds(text: str, expected: str) -> None:
+    assert redact(text, max_len=1000) == expected
+
+
+def test_api_key_phrasing_with_value_is_masked() -> None:
+    # "api key: …" with a space is prose-like; the underscore/dash forms are assignments.
+    for text in ("api_key: abc123XYZ", "api-key=abc123XYZ", "API_KEY = 'abc123XYZ'"):
+        out = redact(text, max_len=1000)
+        assert "abc123XYZ" not in out and out.endswith("[SECRET]"), out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "std::vector<int> v; a[::2] and Foo::Bar",
+        "meeting at 10:30:00, MAC aa:bb:cc:dd:ee:ff",
+        "SSN-like 000-12-3456 and 666-12-3456 are invalid",
+        "not an iban: AB12 CDEF GHIJ KLMN",
+        "ratio 3:2 and section 4.2.1",
+        "Dear team, please summarise the attached report in three bullet points.",
+    ],
+)
+def test_leaves_more_harmless_text_alone(text: str) -> None:
+    assert redact(text, max_len=1000) == text
+
+
+@pytest.mark.parametrize(
+    "sep", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u200b\u2060"]
+)
+def test_zero_width_split_secrets_are_caught(sep: str) -> None:
+    for secret in (OPENAI_KEY, GITHUB_PAT, AWS_KEY_ID, EMAIL):
+        text = "use " + sep.join(secret) + " now"
+        out = redact(text, max_len=1000)
+        assert out in ("use [SECRET] now", "use [EMAIL] now"), out
+
+
+def test_fullwidth_secrets_are_caught() -> None:
+    for secret, tag in ((OPENAI_KEY, SECRET_TAG), (EMAIL, "[EMAIL]"), (CARD_VISA, "[CARD]")):
+        out = redact("x " + _fullwidth(secret) + " y", max_len=1000)
+        assert out == f"x {tag} y", out
+
+
+SECRET_TAG = "[SECRET]"
+
+
+def test_fullwidth_and_zero_width_together() -> None:
+    text = "key=" + ZW.join(_fullwidth("hunter2-pass"))
+    assert redact(text, max_len=1000) == "key=hunter2-pass"  # "key" alone is no key name
+    text = "password=" + ZW.join(_fullwidth("hunter2"))
+    assert redact(text, max_len=1000) == "password=[SECRET]"
+
+
+def test_output_is_normalised_text() -> None:
+    assert redact(_fullwidth("hello") + "\u200b \u3000" + _fullwidth("world")) == "hello world"
+
+
+def test_card_followed_by_decimal_is_still_masked() -> None:
+    assert redact("4111 1111 1111 1111 2.5", max_len=100) == "[CARD] 2.5"
+
+
+def test_long_text_is_windowed_without_leaking_a_cut_secret() -> None:
+    # A private key masked to one tag shrinks the head, so whatever straddles the end of the
+    # examined window would be visible in the excerpt if the window's tail were not dropped.
+    pem = "-----BEGIN PRIVATE KEY----- " + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC " * 259
+    pem += "-----END PRIVATE KEY----- "
+    window = 8192 + 512  # characters examined for max_len=256
+    assert window - 110 < len(pem) < window - 100
+    for shift in range(-100, 120, 3):
+        text = pem + "x" * (window - len(pem) + shift) + " " + OPENAI_KEY + " tail " * 100
+        out = redact(text, max_len=256)
+        assert len(out) <= 256
+        for fragment in _fragments(OPENAI_KEY, 6):
+            assert fragment not in out, (shift, out)
+    # The head is still there and masked.
+    out = redact(f"mail {EMAIL} " + "lorem ipsum " * 20_000)
+    assert out.startswith("mail [EMAIL] lorem ipsum")
+    assert len(out) == 160 and out.endswith(ELLIPSIS)
+
+
+def test_huge_inputs_complete() -> None:
+    text = ("+1" * 5000 + " 4111 1111 1111 1111 " + "a@" * 5000) * 10
+    out = redact(text, max_len=500)
+    assert len(out) <= 500
