@@ -16,6 +16,17 @@ from soar.domain import Severity
 
 TECHNIQUE_RE = re.compile(r"^AML\.T\d{4}(\.\d{3})?$")
 _OCSF_SEVERITY = {1: "info", 2: "low", 3: "medium", 4: "high", 5: "critical", 6: "critical"}
+# OCSF confidence_id (1 Low, 2 Medium, 3 High) when the finding has no confidence_score.
+_OCSF_CONFIDENCE = {1: 0.3, 2: 0.6, 3: 0.9}
+UNKNOWN_CONFIDENCE = 0.5  # neither a score nor a known confidence_id
+UNKNOWN_SEVERITY = "medium"  # severity_id 0 (Unknown) or 99 (Other) without a known label
+# Required by the OCSF 1.8 Detection Finding class (base event + finding + class).
+OCSF_REQUIRED = (
+    "activity_id", "category_uid", "class_uid", "finding_info", "metadata", "severity_id",
+    "time", "type_uid",
+)  # fmt: skip
+# Required only when the finding says it applies the profile (metadata.profiles[]).
+OCSF_PROFILE_REQUIRED = {"cloud": "cloud", "osint": "osint"}
 
 
 class SubjectIn(BaseModel):
@@ -110,22 +121,16 @@ def _ocsf_to_native(body: dict[str, Any]) -> dict[str, Any]:
         if technique:
             break
     out: dict[str, Any] = {"id": info.get("uid"), "technique": technique}
-    sev = body.get("severity")
-    out["severity"] = (
-        sev.lower() if isinstance(sev, str) and sev.lower() in Severity.__members__
-        else _OCSF_SEVERITY.get(body.get("severity_id"))  # type: ignore[arg-type]
-    )  # fmt: skip
-    conf = body.get("confidence_score")
-    if isinstance(conf, int | float) and not isinstance(conf, bool):
-        out["confidence"] = conf / 100 if conf > 1 else conf
-    elif body.get("confidence") is not None:
-        out["confidence"] = body.get("confidence")
+    out["severity"] = _ocsf_severity(body)
+    out["confidence"] = _ocsf_confidence(body)
     metadata = _obj(body.get("metadata"))
     product = _obj(metadata.get("product"))
     out["source"] = product.get("name") or "ocsf"
-    t = body.get("time")
-    if isinstance(t, int | float):
-        out["observed_at"] = datetime.fromtimestamp(t / 1000 if t > 1e11 else t, UTC)
+    t = body.get("time")  # timestamp_t: milliseconds since the epoch
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        out["observed_at"] = datetime.fromtimestamp(t / 1000, UTC)
+    elif t is not None:
+        out["observed_at"] = t  # validation names `time` unless it is an RFC 3339 string
     actor = _obj(body.get("actor"))
     user = _obj(actor.get("user"))
     session = _obj(actor.get("session"))
@@ -145,6 +150,50 @@ def _ocsf_to_native(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _ocsf_severity(body: dict[str, Any]) -> Any:
+    sid = body.get("severity_id")
+    if isinstance(sid, int) and not isinstance(sid, bool) and sid in _OCSF_SEVERITY:
+        return _OCSF_SEVERITY[sid]
+    label = body.get("severity")
+    if isinstance(label, str) and label.strip().lower() in Severity.__members__:
+        return label.strip().lower()
+    if sid in (0, 99):  # Unknown / Other with no label we know
+        return UNKNOWN_SEVERITY
+    return sid  # a wrong type or value: validation names severity_id
+
+
+def _ocsf_confidence(body: dict[str, Any]) -> Any:
+    """`confidence_score` is 0-100 (OCSF); else `confidence_id`; else unknown (0.5)."""
+    score = body.get("confidence_score")
+    if score is not None:
+        if isinstance(score, int | float) and not isinstance(score, bool):
+            return score / 100
+        return score  # validation names confidence_score
+    cid = body.get("confidence_id")
+    if isinstance(cid, int) and not isinstance(cid, bool) and cid in _OCSF_CONFIDENCE:
+        return _OCSF_CONFIDENCE[cid]
+    return UNKNOWN_CONFIDENCE
+
+
+def ocsf_missing(body: dict[str, Any]) -> list[dict[str, str]]:
+    """Every field the OCSF 1.8 Detection Finding requires that this finding lacks."""
+    missing = [f for f in OCSF_REQUIRED if body.get(f) is None]
+    metadata = _obj(body.get("metadata"))
+    if "metadata" not in missing:
+        missing += [f"metadata.{f}" for f in ("product", "version") if metadata.get(f) is None]
+    if "finding_info" not in missing and _obj(body.get("finding_info")).get("uid") is None:
+        missing.append("finding_info.uid")
+    profiles = metadata.get("profiles")
+    if isinstance(profiles, list):
+        for profile, attr in OCSF_PROFILE_REQUIRED.items():
+            if profile in profiles and body.get(attr) is None:
+                missing.append(attr)
+    return [
+        {"field": f, "message": "required by the OCSF Detection Finding (2004) schema"}
+        for f in missing
+    ]
+
+
 def _nul_path(value: Any, path: str) -> str | None:
     """The path of the first string holding NUL (PostgreSQL text cannot store it)."""
     if isinstance(value, str):
@@ -162,7 +211,8 @@ def _nul_path(value: Any, path: str) -> str | None:
 
 
 def is_ocsf(body: dict[str, Any]) -> bool:
-    return "class_uid" in body
+    """An OCSF finding names its class; one that forgot it still looks like one."""
+    return "class_uid" in body or ("finding_info" in body and "technique" not in body)
 
 
 def parse_detection(body: Any) -> tuple[NativeDetection, str]:
@@ -173,15 +223,11 @@ def parse_detection(body: Any) -> tuple[NativeDetection, str]:
         raise DetectionInvalid([{"field": bad, "message": "must not contain NUL characters"}])
     fmt = "native"
     if is_ocsf(body):
-        if body.get("class_uid") != 2004:
-            raise DetectionInvalid(
-                [
-                    {
-                        "field": "class_uid",
-                        "message": "only OCSF Detection Finding (2004) is accepted",
-                    }
-                ]
-            )
+        if body.get("class_uid", 2004) != 2004:
+            only = "only OCSF Detection Finding (2004) is accepted"
+            raise DetectionInvalid([{"field": "class_uid", "message": only}])
+        if missing := ocsf_missing(body):
+            raise DetectionInvalid(missing)
         fmt = "ocsf"
         try:
             body = _ocsf_to_native(body)
@@ -201,6 +247,7 @@ _OCSF_FIELD = {
     "technique": "finding_info.attacks[].technique.uid",
     "severity": "severity_id",
     "confidence": "confidence_score",
+    "observed_at": "time",
     "subject": "actor",
 }
 
