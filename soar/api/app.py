@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from soar.api import health, intake, response
 from soar.api.deps import AppState
+from soar.api.jsonsafe import printable
 from soar.auth import sync_bootstrap_tokens
 from soar.config import Settings
 from soar.db import make_async_engine, session_factory
@@ -81,8 +82,8 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
-             "message": str(e["msg"]).removeprefix("Value error, ")}
+            {"field": printable(".".join(str(p) for p in e["loc"] if p != "body") or "body"),
+             "message": printable(str(e["msg"]).removeprefix("Value error, "))}
             for e in exc.errors()
         ]  # fmt: skip
         return JSONResponse({"error": "invalid request", "errors": errors}, status_code=422)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import AppState, StateDep
-from soar.api.jsonsafe import OFF_LOOP_BYTES, JSONRefused, parse_json
+from soar.api.jsonsafe import OFF_LOOP_BYTES, JSONRefused, parse_json, printable
 from soar.atlas.store import technique_exists
 from soar.audit.chain import LogEvent, append
 from soar.intake.schema import DetectionInvalid, NativeDetection, parse_detection
@@ -38,9 +38,9 @@ def _problem(
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, object] = {"error": message}
+    body: dict[str, object] = {"error": printable(message)}
     if errors is not None:
-        body["errors"] = errors
+        body["errors"] = [{k: printable(v) for k, v in e.items()} for e in errors]
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -62,6 +62,14 @@ def parse_json_sync(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise JSONRefused("invalid JSON: not UTF-8") from None
     except RecursionError:  # pragma: no cover - the depth check comes first
         raise JSONRefused(f"nested deeper than {max_depth} levels") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise JSONRefused(f"invalid JSON: {str(exc)[:100]}") from None
+
+
+def printable(value: str) -> str:
+    """`value` safe to put in a JSON answer: lone surrogates (which cannot be encoded as
+    UTF-8) written as escapes, and cut to a sane length."""
+    return value[:300].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def parse_json(raw: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
