@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from soar.api.jsonsafe import parse_json_sync
 from soar.connectors import ApprovalBrief, IncidentBrief
 
 Block = dict[str, Any]
@@ -255,16 +256,23 @@ class ModalContext:
 
     @classmethod
     def load(cls, raw: str) -> ModalContext:
-        data = json.loads(raw)
+        """What `dump` wrote; ValueError for anything else (it comes back through Slack)."""
+        data = parse_json_sync(raw.encode())  # depth-limited: JSONRefused is a ValueError
         if not isinstance(data, dict):
             raise ValueError("private_metadata is not an object")
+        for key in ("approval_id", "decision", "action_ts"):
+            if not isinstance(data.get(key, ""), str):
+                raise ValueError(f"private_metadata: {key} is not a string")
+        for key in ("channel", "ts", "response_url"):
+            if not isinstance(data.get(key), str | None):
+                raise ValueError(f"private_metadata: {key} is not a string")
         return cls(
-            approval_id=str(data["approval_id"]),
-            decision=str(data["decision"]),
+            approval_id=data["approval_id"],
+            decision=data["decision"],
             channel=data.get("channel"),
             ts=data.get("ts"),
             response_url=data.get("response_url"),
-            action_ts=str(data.get("action_ts", "")),
+            action_ts=data.get("action_ts", ""),
         )
 
 

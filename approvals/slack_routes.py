@@ -14,14 +14,14 @@ audit log with the decision.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,8 +32,10 @@ from approvals.principals import SlackDecider, slack_decider
 from approvals.slack import SlackNotifier, post_to_response_url
 from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import AppState, StateDep
+from soar.api.jsonsafe import JSONRefused, parse_json
 from soar.api.response import DecisionRefused, send_decision
 from soar.audit.chain import LogEvent, append
+from soar.bounds import has_unsafe_chars
 from soar.connectors import ApprovalBrief
 from soar.db import transaction
 from soar.domain import DecisionRequest
@@ -71,78 +73,228 @@ async def slack_interactions(
         return JSONResponse({"error": "body too large"}, status_code=413)
     if not _verified(state, raw, request):
         return JSONResponse({"error": "invalid Slack signature"}, status_code=401)
-    payload = _payload(raw)
-    if payload is None:
-        return JSONResponse({"error": "no interaction payload"}, status_code=400)
-    click = _click(payload)
+    try:
+        payload = await _payload(raw)
+    except NotSlack as exc:
+        return JSONResponse({"error": exc.message}, status_code=400)
+    click = _click(payload) if payload is not None else None
     if click is not None:
         background.add_task(_handle_guarded, state, click)
     # An empty 200 acknowledges a click and closes a submitted modal.
     return Response(status_code=200)
 
 
+_MAX_HEADER = 256  # a v0 signature is 67 characters, a timestamp 10
+
+
 def _verified(state: AppState, raw: bytes, request: Request) -> bool:
     secret = state.settings.slack_signing_secret
     if secret is None or not secret.get_secret_value():
         return False  # nothing can be verified: refuse everything
+    # Header bytes reach us decoded as latin-1: anything outside ASCII cannot be Slack's, and
+    # hmac.compare_digest raises TypeError on a non-ASCII str instead of answering False.
+    timestamp = request.headers.get("x-slack-request-timestamp")
+    signature = request.headers.get("x-slack-signature")
+    if not (_plain(timestamp) and _plain(signature)):
+        return False
+    assert timestamp is not None and signature is not None
+    if not timestamp.isdigit():
+        return False
     verifier = SignatureVerifier(secret.get_secret_value())
     try:
-        return verifier.is_valid_request(raw, dict(request.headers))
-    except ValueError:  # a timestamp that is not a number
+        return verifier.is_valid(raw, timestamp, signature)
+    except (ValueError, TypeError):  # a body that is not UTF-8, or anything else odd
         return False
 
 
-def _payload(raw: bytes) -> dict[str, Any] | None:
+def _plain(header: str | None) -> bool:
+    return header is not None and header.isascii() and 0 < len(header) <= _MAX_HEADER
+
+
+# --- Slack's payloads, typed ------------------------------------------------------------------
+# Only the fields we read; everything else Slack sends is ignored. A field of the wrong type
+# is not Slack's: the request is refused with a 400 instead of failing deeper down.
+
+
+def _identifier(value: str) -> str:
+    if has_unsafe_chars(value):
+        raise ValueError("contains control characters")
+    return value
+
+
+def _prose(value: str) -> str:
+    if has_unsafe_chars(value, text=True, bidi=False):
+        raise ValueError("contains control characters")
+    return value
+
+
+SlackId = Annotated[str, Field(max_length=255), AfterValidator(_identifier)]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SlackUser(_Part):
+    id: SlackId
+
+
+class SlackAction(_Part):
+    action_id: SlackId | None = None
+    # Slack's button value limit; ours carry an approval id
+    value: Annotated[str, Field(max_length=2000), AfterValidator(_identifier)] | None = None
+    action_ts: SlackId | None = None
+
+
+class SlackContainer(_Part):
+    channel_id: SlackId | None = None
+    message_ts: SlackId | None = None
+
+
+class SlackChannel(_Part):
+    id: SlackId | None = None
+
+
+class SlackMessage(_Part):
+    ts: SlackId | None = None
+
+
+Url = Annotated[str, Field(max_length=2000), AfterValidator(_identifier)]
+
+
+class BlockActions(_Part):
+    type: Literal["block_actions"]
+    user: SlackUser
+    actions: Annotated[list[SlackAction], Field(max_length=100)] = []
+    container: SlackContainer | None = None
+    channel: SlackChannel | None = None
+    message: SlackMessage | None = None
+    response_url: Url | None = None
+    trigger_id: SlackId | None = None
+
+
+class InputValue(_Part):
+    # plain_text_input (our reason field allows 2000); other elements carry other keys
+    value: Annotated[str, Field(max_length=10_000), AfterValidator(_prose)] | None = None
+
+
+class ViewState(_Part):
+    values: dict[str, dict[str, InputValue]] = {}
+
+
+class SlackView(_Part):
+    callback_id: SlackId | None = None
+    private_metadata: Annotated[str, Field(max_length=3000)] = ""  # Slack's limit; JSON
+    state: ViewState | None = None
+
+
+class ViewSubmission(_Part):
+    type: Literal["view_submission"]
+    user: SlackUser
+    view: SlackView
+
+
+class OtherInteraction(_Part):
+    """Shortcuts, closed modals and the like: acknowledged, nothing else."""
+
+    type: SlackId
+
+
+Interaction = BlockActions | ViewSubmission
+
+
+class NotSlack(ValueError):
+    """The payload is not shaped like Slack's; `message` says what is wrong, briefly."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in e["loc"]) or "payload"
+    return f"not a Slack interaction payload: {where}: {e['msg']}"[:200]
+
+
+async def _payload(raw: bytes) -> Interaction | None:
+    """The interaction in the form body's `payload` field; None for interactions of a type
+    we do not handle. NotSlack for anything that is not Slack's shape."""
     try:
-        form = parse_qs(raw.decode("utf-8"), strict_parsing=False)
-        data = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, KeyError, IndexError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        form = parse_qs(raw.decode("utf-8"), strict_parsing=False, max_num_fields=20)
+        values = form["payload"]
+    except (UnicodeDecodeError, KeyError, ValueError):
+        raise NotSlack("no interaction payload") from None
+    if len(values) != 1:
+        raise NotSlack("no interaction payload")
+    try:
+        data = await parse_json(values[0].encode())
+    except JSONRefused as exc:
+        raise NotSlack(f"payload: {exc.message}") from None
+    if not isinstance(data, dict):
+        raise NotSlack("not a Slack interaction payload: payload: must be an object")
+    try:
+        kind = OtherInteraction.model_validate(data).type
+        if kind == "block_actions":
+            return BlockActions.model_validate(data)
+        if kind == "view_submission":
+            return ViewSubmission.model_validate(data)
+    except ValidationError as exc:
+        raise NotSlack(_first_error(exc)) from None
+    return None
 
 
-def _click(p: dict[str, Any]) -> Click | None:
+def _click(p: Interaction) -> Click | None:
     """The decision asked for, or None for interactions that are not ours."""
-    user_id = str((p.get("user") or {}).get("id") or "")
+    user_id = p.user.id
     if not user_id:
         return None
-    if p.get("type") == "block_actions":
-        action = next(
-            (a for a in p.get("actions") or [] if a.get("action_id") in blocks.DECISION_ACTIONS),
-            None,
-        )
-        if action is None or not 0 < len(str(action.get("value") or "")) <= _MAX_ID:
+    if isinstance(p, BlockActions):
+        action = next((a for a in p.actions if a.action_id in blocks.DECISION_ACTIONS), None)
+        if action is None or action.action_id is None:
             return None
-        container = p.get("container") or {}
+        if not action.value or len(action.value) > _MAX_ID:
+            return None
+        container = p.container or SlackContainer()
         return Click(
-            approval_id=str(action["value"]),
-            decision=blocks.DECISION_ACTIONS[action["action_id"]],
+            approval_id=action.value,
+            decision=blocks.DECISION_ACTIONS[action.action_id],
             user_id=user_id,
-            action_ts=str(action.get("action_ts") or p.get("trigger_id") or ""),
-            channel=container.get("channel_id") or (p.get("channel") or {}).get("id"),
-            ts=container.get("message_ts") or (p.get("message") or {}).get("ts"),
-            response_url=p.get("response_url"),
-            trigger_id=p.get("trigger_id"),
+            action_ts=action.action_ts or p.trigger_id or "",
+            channel=container.channel_id or (p.channel.id if p.channel else None),
+            ts=container.message_ts or (p.message.ts if p.message else None),
+            response_url=p.response_url,
+            trigger_id=p.trigger_id,
         )
-    view = p.get("view") or {}
-    if p.get("type") == "view_submission" and view.get("callback_id") == blocks.MODAL_CALLBACK_ID:
-        try:
-            ctx = blocks.ModalContext.load(str(view.get("private_metadata") or ""))
-        except (ValueError, KeyError):
-            return None
-        if ctx.decision not in blocks.DECISION_ACTIONS.values() or len(ctx.approval_id) > _MAX_ID:
-            return None
-        return Click(
-            approval_id=ctx.approval_id,
-            decision=ctx.decision,
-            user_id=user_id,
-            action_ts=ctx.action_ts,
-            channel=ctx.channel,
-            ts=ctx.ts,
-            response_url=ctx.response_url,
-            comment=blocks.submitted_comment(view),
-        )
-    return None
+    view = p.view
+    if view.callback_id != blocks.MODAL_CALLBACK_ID:
+        return None
+    try:
+        ctx = blocks.ModalContext.load(view.private_metadata)
+    except (ValueError, KeyError):
+        return None
+    if ctx.decision not in blocks.DECISION_ACTIONS.values() or len(ctx.approval_id) > _MAX_ID:
+        return None
+    return Click(
+        approval_id=ctx.approval_id,
+        decision=ctx.decision,
+        user_id=user_id,
+        action_ts=ctx.action_ts,
+        channel=ctx.channel,
+        ts=ctx.ts,
+        response_url=ctx.response_url,
+        comment=_comment(view),
+    )
+
+
+def _comment(view: SlackView) -> str | None:
+    """The reason typed into the modal (see `blocks.reason_modal`)."""
+    values = view.state.values if view.state else {}
+    entered = values.get(blocks.REASON_BLOCK_ID, {}).get(blocks.REASON_ACTION_ID)
+    value = entered.value if entered else None
+    if value is None or not value.strip():
+        return None
+    return value.strip()[: blocks.COMMENT_MAX]
 
 
 # --- background: decide, report ---------------------------------------------------------------

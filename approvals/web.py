@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +48,7 @@ from approvals.web_auth import (
 from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS, DecisionRefused, incident_json, send_decision
 from soar.auth import identity_for_password, identity_for_token
+from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix, to_utc
 from soar.connectors import IncidentBrief
 from soar.domain import DecisionRequest
 from soar.models import Action, Approval, AtlasTechnique, Incident, Principal
@@ -108,9 +109,8 @@ def _when(value: datetime | str | None) -> str:
             return value
     else:
         at = value
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    utc = to_utc(at)  # None for the edges of the calendar, where the offset overflows
+    return utc.strftime("%Y-%m-%d %H:%M:%S UTC") if utc is not None else at.isoformat()
 
 
 def _iso(value: datetime | str | None) -> str:
@@ -358,9 +358,9 @@ async def incidents_page(
     if status:
         q = q.where(Incident.status == status)
     if technique:
-        q = q.where(Incident.technique.startswith(technique, autoescape=True))
+        q = q.where(Incident.technique.like(like_prefix(technique), escape=LIKE_ESCAPE))
     if subject:
-        q = q.where(Incident.subject_key.contains(subject, autoescape=True))
+        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
     incidents = (await session.scalars(q)).all()
     ids = [i.id for i in incidents]
     pending = dict((await session.execute(

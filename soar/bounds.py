@@ -63,7 +63,10 @@ def check_observed_at(value: datetime, *, now: datetime | None = None) -> str | 
     or None: not before `EARLIEST`, not more than `OBSERVED_FUTURE` ahead of `now` (default:
     the current time). A value without an offset is UTC."""
     at = to_utc(value)
-    if at is None or at < EARLIEST:
+    window = f"must be between {_day(EARLIEST)} and 1 day from now"
+    if at is None:
+        return window
+    if at < EARLIEST:
         return f"must not be before {_day(EARLIEST)}"
     latest = (now or datetime.now(UTC)) + OBSERVED_FUTURE
     if at > latest:
@@ -128,8 +131,9 @@ BIDI_CONTROLS = frozenset(
 something else than it is (`session-evil` shown as `session-live`)."""
 
 _BIDI = "".join(sorted(BIDI_CONTROLS))
-_C0_C1 = "\x00-\x1f\x7f-\x9f"
-_C0_C1_BUT_WHITESPACE = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # keeps \t \n \r
+# C0 and C1 controls, and lone surrogates (text that cannot be stored or sent as UTF-8).
+_C0_C1 = "\x00-\x1f\x7f-\x9f\ud800-\udfff"
+_C0_C1_BUT_WHITESPACE = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff"  # keeps \t \n \r
 _PATTERNS = {
     (False, True): re.compile(f"[{_C0_C1}{_BIDI}]"),
     (True, True): re.compile(f"[{_C0_C1_BUT_WHITESPACE}{_BIDI}]"),
@@ -139,7 +143,8 @@ _PATTERNS = {
 
 
 def has_unsafe_chars(value: str, *, text: bool = False, bidi: bool = True) -> bool:
-    """True when `value` holds a C0 or C1 control character (NUL, ESC, DEL, ...) or, unless
+    """True when `value` holds a C0 or C1 control character (NUL, ESC, DEL, ...), a lone
+    surrogate, or, unless
     `bidi=False`, a bidirectional control (`BIDI_CONTROLS`).
 
     `text=True` is for free text (comments): tab, line feed and carriage return are allowed

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from soar.api.deps import SessionDep, StateDep, require_roles
 from soar.audit import formats, query
 from soar.audit.verify import averify_chain
+from soar.bounds import check_query_datetime, invalid
 
 router = APIRouter(tags=["audit"])
 _READ = require_roles("auditor", "admin")
@@ -24,12 +24,6 @@ DEFAULT_REPORT_DAYS = 30
 
 Format = Literal["json", "jsonl", "csv", "ocsf"]
 Text = Annotated[str | None, Query(max_length=300)]
-
-
-def invalid(field: str, message: str) -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("query", field), "msg": message, "input": None}]
-    )
 
 
 def _filters(**values: Any) -> query.AuditFilter:
@@ -69,8 +63,8 @@ async def audit_log(
         action=action,
         outcome=outcome,
         event=event,
-        since=since,
-        until=until,
+        since=check_query_datetime(since, "since"),
+        until=check_query_datetime(until, "until"),
     )
     names = await query.catalog_names(session) if fmt == "ocsf" else None
     try:
@@ -119,14 +113,11 @@ async def audit_verify(state: StateDep) -> JSONResponse:
     return JSONResponse(result.as_dict(), status_code=200 if result.ok else 409)
 
 
-def _utc(at: datetime) -> datetime:
-    """A time without an offset is UTC."""
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    end = _utc(until or datetime.now(UTC))
-    start = _utc(since or end - timedelta(days=DEFAULT_REPORT_DAYS))
+    """The report's [start, end) in UTC; both bounds inside the query window, so neither the
+    default period nor the conversion to UTC can overflow."""
+    end = check_query_datetime(until, "until") or datetime.now(UTC)
+    start = check_query_datetime(since, "since") or end - timedelta(days=DEFAULT_REPORT_DAYS)
     if start >= end:
         raise invalid("until", "must be later than since")
     return start, end

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from soar.bounds import LIKE_ESCAPE, like_prefix, query_datetime_error, to_utc
 from soar.models import ActionLogEntry, AtlasTactic, AtlasTechnique, AtlasTechniqueTactic
 
 DEFAULT_LIMIT = 100
@@ -99,8 +100,13 @@ class AuditFilter:
                 object.__setattr__(self, name, value.strip().upper() or None)
         for name in ("since", "until"):
             value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                object.__setattr__(self, name, value.replace(tzinfo=UTC))
+            if value is None:
+                continue
+            # Out of the window, converting to UTC (the fingerprint, the SQL) could overflow.
+            message = query_datetime_error(value)
+            if message is not None:
+                raise AuditQueryError(name, message)
+            object.__setattr__(self, name, to_utc(value))
         if self.since and self.until and self.since >= self.until:
             raise AuditQueryError("until", "must be later than since")
 
@@ -121,10 +127,6 @@ class AuditFilter:
         return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _escape_like(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def conditions(f: AuditFilter, *, family: Sequence[str] | None = None) -> list[ColumnElement[bool]]:
     """WHERE clauses for `f`. `family`, when given, is the technique and every sub-technique
     of it present in the log (see `technique_family`): the same rows as the LIKE, but the
@@ -137,7 +139,7 @@ def conditions(f: AuditFilter, *, family: Sequence[str] | None = None) -> list[C
     if f.technique is not None and family is not None:
         where.append(_T.technique.in_(family) if family else false())
     elif f.technique is not None:
-        sub = _T.technique.like(_escape_like(f.technique) + ".%", escape="\\")
+        sub = _T.technique.like(like_prefix(f.technique + "."), escape=LIKE_ESCAPE)
         where.append(or_(_T.technique == f.technique, sub))
     if f.since is not None:
         where.append(_T.at >= f.since)
