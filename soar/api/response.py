@@ -173,8 +173,9 @@ class DecisionRefused(Exception):
         self.status = status
 
 
-DECISION_DEADLINE_SECONDS = 2.0  # waiting for the decision to be recorded
-ACCEPT_SECONDS = 10.0  # waiting for a worker to validate it (none running: 503)
+# The decision endpoint answers within about 2 s whatever the workers are doing.
+ACCEPT_SECONDS = 1.5  # waiting for a worker to validate the decision
+DECISION_DEADLINE_SECONDS = 0.5  # then waiting for it to be recorded
 
 
 async def send_decision(
@@ -215,10 +216,9 @@ async def send_decision(
             status = "approved" if req.decision == "approve" else "rejected"
             result = DecisionResult(approval_id, status, req.actor, "", confirmed=False)
     except WorkflowUpdateRPCTimeoutOrCancelledError:
-        # No worker took the decision in time (all down or restarting): not decided.
-        raise DecisionRefused(
-            503, "the incident workflow did not answer in time; nothing was decided, retry"
-        ) from None
+        # No worker validated it in time (busy, or restarting). The server keeps the request
+        # and delivers it when a worker polls: submitted, not refused. Poll the approval.
+        return DecisionResult(approval_id, "submitted", req.actor, "", confirmed=False)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         message = getattr(cause, "message", None) or str(cause or exc)
@@ -253,8 +253,12 @@ async def decide(
         "decided_at": result.decided_at or None,
     }
     if not result.confirmed:
-        # Accepted and settled, not yet recorded: say where to look instead of waiting.
-        answer["state"] = "accepted"
+        # Not recorded yet: say where to look instead of holding the caller. "accepted": the
+        # workflow validated it (first decision wins holds) and records it; "submitted": no
+        # worker has validated it yet, it may still be refused.
+        answer["state"] = "accepted" if result.status != "submitted" else "submitted"
+        if result.status == "submitted":
+            answer["status"] = "pending"
         answer["poll"] = f"/v1/approvals/{approval_id}"
         return JSONResponse(answer, status_code=202)
     return answer
