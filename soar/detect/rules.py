@@ -1,0 +1,347 @@
+"""Rule packs: YAML files of ATLAS-tagged detection rules, validated with line and reason.
+
+A pack::
+
+    pack: prompt-injection          # required, unique among the loaded packs
+    description: "..."              # optional
+    rules:                          # required, at least one
+      - id: pi.ignore-previous      # required, unique among all loaded rules
+        technique: AML.T0051.000    # required, an ATLAS technique or sub-technique ID known
+                                    #   to the catalog the packs are checked against
+        kind: prompt                # prompt | output | both (default prompt)
+        score: 0.9                  # required, 0 < score <= 1
+        why: "..."                  # required, the explanation shown with a finding
+        keywords: [ignore, forget]  # optional: lower-case words (letters and digits, matched
+                                    #   as whole words) or phrases (anything else, matched
+                                    #   as substrings), one of which must occur in the
+                                    #   normalised text before the pattern runs
+        pattern: '...'              # a regular expression run on the normalised (lower-case)
+                                    #   text, or
+        detector: secrets           # a built-in detector: secrets | pii | invisible |
+                                    #   mixed-script | encoded (exactly one of pattern/detector)
+
+Patterns must run in linear time: every quantifier is bounded (``{0,40}``) or possessive
+(``*+``, ``++``, ``?+``), bounds are at most 2000 and a bounded quantifier inside another one
+may not multiply to more than 4000; backreferences and conditional groups are refused. A
+pattern that breaks a rule is an error at load time, like any other mistake; the message names
+the file, the line and the path, e.g.
+``prompt.yaml line 12: rules[3].pattern: unbounded quantifier '*': bound it ({0,N}) or make
+it possessive (*+)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = [
+    "DETECTORS",
+    "Rule",
+    "RulePack",
+    "RulePackError",
+    "builtin_packs",
+    "load_pack",
+    "load_pack_text",
+]
+
+Kind = Literal["prompt", "output", "both"]
+DETECTORS: Final = ("secrets", "pii", "invisible", "mixed-script", "encoded")
+
+_TOP_KEYS = ("pack", "description", "rules")
+_RULE_KEYS = ("id", "technique", "kind", "score", "why", "keywords", "pattern", "detector")
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_TECHNIQUE_RE = re.compile(r"AML\.T\d{4}(?:\.\d{3})?")
+_MAX_BOUND: Final = 2000
+_MAX_NESTED: Final = 4000
+_MAX_PATTERN: Final = 4000
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+class RulePackError(ValueError):
+    """An invalid rule pack. ``line`` is 1-based (None when the file could not be read)."""
+
+    def __init__(self, source: str, line: int | None, path: str, reason: str) -> None:
+        self.source = source
+        self.line = line
+        self.path = path
+        self.reason = reason
+        where = source if line is None else f"{source} line {line}"
+        super().__init__(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    technique: str
+    kind: Kind
+    score: float
+    why: str
+    keywords: tuple[str, ...] = ()
+    # keywords split for the prefilter: whole words (UTF-8 bytes) and substrings
+    words: frozenset[bytes] = frozenset()
+    phrases: tuple[str, ...] = ()
+    pattern: re.Pattern[str] | None = None
+    detector: str | None = None
+    pack: str = ""
+    line: int = 0
+
+    def applies_to(self, kind: str) -> bool:
+        return self.kind == "both" or self.kind == kind
+
+
+@dataclass(frozen=True)
+class RulePack:
+    name: str
+    rules: tuple[Rule, ...]
+    source: str
+    description: str = ""
+
+
+def load_pack(path: str | Path, known_techniques: Iterable[str] | None = None) -> RulePack:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulePackError(source, None, "", f"cannot read the rule pack: {exc}") from exc
+    return load_pack_text(text, source, known_techniques)
+
+
+def load_pack_text(
+    text: str, source: str = "<rules>", known_techniques: Iterable[str] | None = None
+) -> RulePack:
+    """Parse and validate one pack. ``known_techniques``: the IDs a rule may name (None: any
+    well-formed ID)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise RulePackError(source, line, "", f"invalid YAML: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise RulePackError(source, None, "", f"invalid YAML: {exc}") from exc
+    if root is None:
+        raise RulePackError(source, 1, "", "the rule pack is empty")
+    known = frozenset(known_techniques) if known_techniques is not None else None
+    return _Parser(source, known).pack(root)
+
+
+def builtin_packs(known_techniques: Iterable[str] | None = None) -> tuple[RulePack, ...]:
+    """The packs shipped in ``soar/detect/packs/*.yaml``, in file name order."""
+    known = tuple(known_techniques) if known_techniques is not None else None
+    folder = resources.files("soar.detect.packs")
+    packs = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            packs.append(load_pack_text(entry.read_text("utf-8"), entry.name, known))
+    return tuple(packs)
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def check_linear(pattern: str) -> str | None:
+    """Why ``pattern`` could backtrack super-linearly, or None when it is safe."""
+    try:  # CPython's own regex parser (private, hence looked up at run time)
+        sre_parse: Any = importlib.import_module("re._parser")
+        const: Any = importlib.import_module("re._constants")
+    except ImportError:  # pragma: no cover - other interpreters
+        return None
+    try:
+        tree = sre_parse.parse(pattern)
+    except re.error as exc:
+        return f"invalid regular expression: {exc}"
+    return _walk(tree, 1, const)
+
+
+def _walk(items: Any, outer: int, const: Any) -> str | None:
+    for op, av in items:
+        if op in (const.MAX_REPEAT, const.MIN_REPEAT):
+            lo, hi, sub = av
+            if hi == const.MAXREPEAT:
+                sign = "*" if lo == 0 else "+"
+                return (
+                    f"unbounded quantifier {sign!r}: bound it ({{0,N}}) or make it possessive "
+                    f"({sign}+)"
+                )
+            if hi > _MAX_BOUND:
+                return f"quantifier bound {hi} is over {_MAX_BOUND}"
+            factor = outer * max(hi, 1)
+            if factor > _MAX_NESTED:
+                return f"nested quantifiers multiply to {factor}, over {_MAX_NESTED}"
+            why = _walk(sub, factor, const)
+            if why:
+                return why
+        elif op == const.POSSESSIVE_REPEAT:
+            why = _walk(av[2], outer, const)
+            if why:
+                return why
+        elif op in (const.GROUPREF, const.GROUPREF_EXISTS):
+            return "backreferences and conditional groups are not allowed"
+        elif op == const.SUBPATTERN:
+            why = _walk(av[-1], outer, const)
+            if why:
+                return why
+        elif op == const.ATOMIC_GROUP:
+            why = _walk(av, outer, const)
+            if why:
+                return why
+        elif op in (const.ASSERT, const.ASSERT_NOT):
+            why = _walk(av[1], outer, const)
+            if why:
+                return why
+        elif op == const.BRANCH:
+            for branch in av[1]:
+                why = _walk(branch, outer, const)
+                if why:
+                    return why
+    return None
+
+
+class _Parser:
+    def __init__(self, source: str, known: frozenset[str] | None) -> None:
+        self.source = source
+        self.known = known
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node: Node, path: str, reason: str) -> RulePackError:
+        return RulePackError(self.source, _line(node), path, reason)
+
+    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
+        if not isinstance(node, MappingNode):
+            raise self.error(node, path, f"expected a mapping with keys {', '.join(allowed)}")
+        out: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                raise self.error(key_node, path, "keys must be strings")
+            key = str(key_node.value)
+            where = f"{path}.{key}" if path else key
+            if key not in allowed:
+                raise self.error(
+                    key_node, where, f"unknown key {key!r} (allowed: {', '.join(allowed)})"
+                )
+            if key in out:
+                raise self.error(key_node, where, "duplicate key")
+            out[key] = value_node
+        return out
+
+    def require(self, fields: dict[str, Node], key: str, parent: Node, path: str) -> Node:
+        if key not in fields:
+            where = f"{path}.{key}" if path else key
+            raise self.error(parent, where, "required key is missing")
+        return fields[key]
+
+    def scalar(self, node: Node, path: str) -> object:
+        if not isinstance(node, ScalarNode):
+            raise self.error(node, path, "expected a single value")
+        return self._constructor.construct_object(node)
+
+    def string(self, node: Node, path: str) -> str:
+        value = self.scalar(node, path)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(node, path, "expected a non-empty string")
+        return value
+
+    def pack(self, root: Node) -> RulePack:
+        fields = self.mapping(root, "", _TOP_KEYS)
+        name = self.string(self.require(fields, "pack", root, ""), "pack")
+        description = (
+            self.string(fields["description"], "description") if "description" in fields else ""
+        )
+        rules_node = self.require(fields, "rules", root, "")
+        if not isinstance(rules_node, SequenceNode) or not rules_node.value:
+            raise self.error(rules_node, "rules", "expected a non-empty list of rules")
+        rules: list[Rule] = []
+        seen: set[str] = set()
+        for i, item in enumerate(rules_node.value):
+            rule = self.rule(item, f"rules[{i}]", name)
+            if rule.id in seen:
+                raise self.error(item, f"rules[{i}].id", f"duplicate rule id {rule.id!r}")
+            seen.add(rule.id)
+            rules.append(rule)
+        return RulePack(name, tuple(rules), self.source, description)
+
+    def rule(self, node: Node, path: str, pack: str) -> Rule:
+        fields = self.mapping(node, path, _RULE_KEYS)
+        id_node = self.require(fields, "id", node, path)
+        rule_id = self.string(id_node, f"{path}.id")
+        if not _ID_RE.fullmatch(rule_id):
+            raise self.error(id_node, f"{path}.id", "use lower-case letters, digits, '.', '_', '-'")
+        tech_node = self.require(fields, "technique", node, path)
+        technique = self.string(tech_node, f"{path}.technique")
+        if not _TECHNIQUE_RE.fullmatch(technique):
+            raise self.error(tech_node, f"{path}.technique", f"{technique!r} is not an ATLAS ID")
+        if self.known is not None and technique not in self.known:
+            raise self.error(
+                tech_node, f"{path}.technique", f"{technique!r} is not in the ATLAS catalog"
+            )
+        kind = "prompt"
+        if "kind" in fields:
+            kind = self.string(fields["kind"], f"{path}.kind")
+            if kind not in ("prompt", "output", "both"):
+                raise self.error(
+                    fields["kind"], f"{path}.kind", f"{kind!r} is not one of prompt, output, both"
+                )
+        score_node = self.require(fields, "score", node, path)
+        score = self.scalar(score_node, f"{path}.score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0 < score <= 1:
+            raise self.error(score_node, f"{path}.score", "expected a number in (0, 1]")
+        why = self.string(self.require(fields, "why", node, path), f"{path}.why")
+        keywords: tuple[str, ...] = ()
+        if "keywords" in fields:
+            kw_node = fields["keywords"]
+            if not isinstance(kw_node, SequenceNode) or not kw_node.value:
+                raise self.error(kw_node, f"{path}.keywords", "expected a non-empty list")
+            words = []
+            for j, w in enumerate(kw_node.value):
+                word = self.string(w, f"{path}.keywords[{j}]")
+                if word != word.lower():
+                    raise self.error(w, f"{path}.keywords[{j}]", "keywords must be lower case")
+                words.append(word)
+            keywords = tuple(words)
+        if ("pattern" in fields) == ("detector" in fields):
+            raise self.error(node, path, "give exactly one of 'pattern' and 'detector'")
+        pattern: re.Pattern[str] | None = None
+        detector: str | None = None
+        if "pattern" in fields:
+            p_node = fields["pattern"]
+            source = self.string(p_node, f"{path}.pattern")
+            if len(source) > _MAX_PATTERN:
+                raise self.error(p_node, f"{path}.pattern", f"longer than {_MAX_PATTERN} chars")
+            why_not = check_linear(source)
+            if why_not:
+                raise self.error(p_node, f"{path}.pattern", why_not)
+            try:
+                pattern = re.compile(source)
+            except re.error as exc:  # pragma: no cover - check_linear parsed it already
+                raise self.error(p_node, f"{path}.pattern", f"invalid regex: {exc}") from exc
+        else:
+            d_node = fields["detector"]
+            detector = self.string(d_node, f"{path}.detector")
+            if detector not in DETECTORS:
+                raise self.error(
+                    d_node, f"{path}.detector", f"{detector!r} is not one of {', '.join(DETECTORS)}"
+                )
+        return Rule(
+            id=rule_id,
+            technique=technique,
+            kind=kind,  # type: ignore[arg-type]
+            score=float(score),
+            why=why,
+            keywords=keywords,
+            words=frozenset(k.encode() for k in keywords if _WORD_RE.fullmatch(k)),
+            phrases=tuple(k for k in keywords if not _WORD_RE.fullmatch(k)),
+            pattern=pattern,
+            detector=detector,
+            pack=pack,
+            line=_line(node),
+        )
