@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from soar.config import Settings, SettingsError, load_settings
+from soar.detect.cli import detect as detect_command
 
 app = typer.Typer(
     help="atlas-soar: response orchestration for attacks on AI systems (MITRE ATLAS).",
@@ -131,6 +132,8 @@ def api() -> None:
         port=settings.api_port,
         log_level="warning",
         access_log=False,
+        # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
+        timeout_graceful_shutdown=2,
     )
 
 
@@ -311,6 +314,7 @@ def _register_optional_commands() -> None:
 
 
 _register_optional_commands()
+app.command("detect")(detect_command)
 
 
 def main() -> None:

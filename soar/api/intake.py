@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from soar.api.body import BodyTooLarge, read_capped
@@ -22,7 +22,12 @@ from soar.api.deps import AppState, StateDep
 from soar.api.jsonsafe import OFF_LOOP_BYTES, JSONRefused, parse_json, printable
 from soar.atlas.store import technique_exists
 from soar.audit.chain import LogEvent, append
-from soar.intake.schema import DetectionInvalid, NativeDetection, parse_detection
+from soar.intake.schema import (
+    DetectionInvalid,
+    NativeDetection,
+    NothingDetected,
+    parse_detection,
+)
 from soar.intake.service import Prepared, dispatch, mark_dispatched, prepare, record_detection
 from soar.metrics import DETECTIONS, INTAKE_SECONDS
 from soar.ratelimit import TokenBuckets, retry_after
@@ -94,7 +99,7 @@ async def _refuse_tenant(state: AppState, cred: Credential, d: NativeDetection) 
 
 
 @router.post("/v1/detections", status_code=202, tags=["intake"])
-async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
+async def receive_detection(request: Request, state: StateDep) -> Response:
     started = time.perf_counter()
     settings = state.settings
     try:
@@ -128,6 +133,9 @@ async def receive_detection(request: Request, state: StateDep) -> JSONResponse:
     except DetectionInvalid as exc:
         DETECTIONS.labels(outcome="invalid").inc()
         return _problem(422, "invalid detection", exc.errors)
+    except NothingDetected:
+        DETECTIONS.labels(outcome="clean").inc()
+        return Response(status_code=204)
 
     if cred.tenants is not None and detection.subject.tenant not in cred.tenants:
         return await _refuse_tenant(state, cred, detection)

@@ -58,6 +58,7 @@ _TECHNIQUES = (
     Technique("AML.T0048.002", "Societal Harm", "AML.T0048", ("AML.TA0011",)),
     Technique("AML.T0048.003", "User Harm", "AML.T0048", ("AML.TA0011",)),
     Technique("AML.T0048.004", "AI Intellectual Property Theft", "AML.T0048", ("AML.TA0011",)),
+    Technique("AML.T0050", "Command and Scripting Interpreter", None, ("AML.TA0005",)),
     Technique("AML.T0051", "LLM Prompt Injection", None, ("AML.TA0005",)),
     Technique("AML.T0051.000", "Direct", "AML.T0051", ("AML.TA0005",)),
     Technique("AML.T0051.001", "Indirect", "AML.T0051", ("AML.TA0005",)),
@@ -67,7 +68,9 @@ _TECHNIQUES = (
     Technique("AML.T0055", "Unsecured Credentials", None, ("AML.TA0013",)),
     Technique("AML.T0056", "Extract LLM System Prompt", None, ("AML.TA0010",)),
     Technique("AML.T0057", "LLM Data Leakage", None, ("AML.TA0010",)),
+    Technique("AML.T0068", "LLM Prompt Obfuscation", None, ("AML.TA0007",)),
     Technique("AML.T0070", "RAG Poisoning", None, ("AML.TA0006",)),
+    Technique("AML.T0077", "LLM Response Rendering", None, ("AML.TA0010",)),
     Technique("AML.T0086", "Exfiltration via AI Agent Tool Invocation", None, ("AML.TA0010",)),
 )
 
@@ -163,7 +166,7 @@ _MITIGATIONS = (
 )
 
 BUILTIN_CATALOG: Catalog = Catalog(
-    version="builtin-1",
+    version="builtin-2",
     tactics=_TACTICS,
     techniques=_TECHNIQUES,
     mitigations=_MITIGATIONS,

@@ -210,6 +210,37 @@ def _nul_path(value: Any, path: str) -> str | None:
     return None
 
 
+# Detection.format holds at most 16 characters.
+_FINDING_FORMAT = {"azure-prompt-shields": "azure-shields", "bedrock-guardrails": "bedrock"}
+
+
+class NothingDetected(Exception):
+    """A detector's finding that reports nothing: answered 204, recorded nowhere."""
+
+
+def _from_finding(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A finding envelope (`"finding": {"format", "result"}`) as native fields."""
+    from soar.detect.adapters import FindingInvalid, map_finding
+
+    finding = body.get("finding")
+    if not isinstance(finding, dict):
+        raise DetectionInvalid([{"field": "finding", "message": "must be an object"}])
+    fmt = finding.get("format")
+    if "result" not in finding:
+        raise DetectionInvalid([{"field": "finding.result", "message": "is required"}])
+    try:
+        mapped = map_finding(fmt, finding["result"])  # type: ignore[arg-type]
+    except FindingInvalid as exc:
+        raise DetectionInvalid([{"field": exc.field, "message": exc.message}]) from None
+    if mapped is None:
+        raise NothingDetected()
+    native = {k: v for k, v in body.items() if k != "finding"}
+    native.update(
+        technique=mapped.technique, severity=str(mapped.severity), confidence=mapped.confidence
+    )
+    return native, _FINDING_FORMAT.get(str(fmt), str(fmt))
+
+
 def is_ocsf(body: dict[str, Any]) -> bool:
     """An OCSF finding names its class; one that forgot it still looks like one."""
     return "class_uid" in body or ("finding_info" in body and "technique" not in body)
@@ -222,7 +253,19 @@ def parse_detection(body: Any) -> tuple[NativeDetection, str]:
     if bad := _nul_path(body, ""):
         raise DetectionInvalid([{"field": bad, "message": "must not contain NUL characters"}])
     fmt = "native"
-    if is_ocsf(body):
+    if "finding" in body and not is_ocsf(body):
+        for conflicting in ("technique", "severity", "confidence"):
+            if conflicting in body:
+                raise DetectionInvalid(
+                    [
+                        {
+                            "field": conflicting,
+                            "message": "give either a finding or technique/severity/confidence",
+                        }
+                    ]
+                )
+        body, fmt = _from_finding(body)
+    elif is_ocsf(body):
         if body.get("class_uid", 2004) != 2004:
             only = "only OCSF Detection Finding (2004) is accepted"
             raise DetectionInvalid([{"field": "class_uid", "message": only}])

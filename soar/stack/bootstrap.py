@@ -17,7 +17,9 @@ def migrate_and_seed(url: str) -> str:
     try:
         with Session(engine) as session, session.begin():
             current = current_version(session)
-            if current is not None:
+            # A loaded official release stays; an older built-in catalog is brought up to
+            # date (load_catalog does nothing when the content is the same).
+            if current is not None and current.source != "built-in":
                 return current.version
             load_catalog(session, BUILTIN_CATALOG, source="built-in")
             return BUILTIN_CATALOG.version

@@ -374,7 +374,7 @@ BUILTIN_MUST_COVER = (
 
 
 def test_builtin_covers_the_common_techniques() -> None:
-    assert BUILTIN_CATALOG.version == "builtin-1"
+    assert BUILTIN_CATALOG.version == "builtin-2"
     for technique_id in BUILTIN_MUST_COVER:
         assert BUILTIN_CATALOG.technique(technique_id) is not None, technique_id
     assert BUILTIN_CATALOG.mitigations
