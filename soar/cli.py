@@ -35,16 +35,33 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(*, find_stack: bool = True) -> Settings:
+    """The settings; with SOAR_DATABASE_URL / SOAR_TEMPORAL_ADDRESS unset, those of the
+    `soar up` stack running under SOAR_HOME, if any."""
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    if find_stack and not (settings.database_url and settings.temporal_address):
+        from soar.stack.up import running_stack
+
+        found = running_stack(settings.home)
+        if found is not None:
+            update = {
+                k: v
+                for k, v in found.items()
+                if k in ("database_url", "temporal_address") and not getattr(settings, k)
+            }
+            settings = settings.model_copy(update=update)
+    return settings
 
 
 def database_url_or_exit(settings: Settings) -> str:
     if not settings.database_url:
-        raise fail("SOAR_DATABASE_URL is not set (only `soar up` starts an embedded database)")
+        raise fail(
+            "SOAR_DATABASE_URL is not set and no `soar up` stack is running under "
+            f"{settings.home} (start one with `make run`)"
+        )
     return settings.database_url
 
 
@@ -61,7 +78,7 @@ def up() -> None:
     the HTTP API. Ctrl-C stops all of it."""
     from soar.stack.up import run_stack
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(find_stack=False)
     raise typer.Exit(run_stack(settings, console=out, err=console))
 
 

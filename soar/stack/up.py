@@ -79,6 +79,18 @@ def ensure_gateway_token(settings: Settings) -> str:
     return _home_secret(settings.home / "gateway-token", lambda: secrets.token_urlsafe(32))
 
 
+def running_stack(home: Path) -> dict[str, str] | None:
+    """What a running `soar up` under `home` recorded (database_url, temporal_address,
+    api_url), or None when none is running."""
+    path = home / "stack.json"
+    try:
+        found = json.loads(path.read_text())
+        os.kill(int(found["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {k: str(v) for k, v in found.items() if k != "pid"}
+
+
 def _ports(home: Path) -> dict[str, int]:
     """Reuse the embedded servers' ports of the last run so printed URLs stay stable."""
     path = home / "ports.json"
@@ -165,6 +177,11 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
                 time.sleep(0.2)
         if stopping:
             return 130
+        stack_file = home / "stack.json"
+        fd = os.open(stack_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            record = {"pid": os.getpid(), "database_url": db_url, "api_url": base}
+            json.dump({**record, "temporal_address": address}, fh)
         console.print(f"[bold green]atlas-soar is ready[/bold green] in "
                       f"{time.monotonic() - started:.1f}s")  # fmt: skip
         console.print(f"  API            {base}  (docs {base}/docs)")
@@ -195,6 +212,7 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
         err.print(f"[red]error:[/red] {type(exc).__name__}: {first}")
         return 1
     finally:
+        (home / "stack.json").unlink(missing_ok=True)
         console.print("stopping ...")
         for c in children:
             if c.poll() is None:

@@ -25,16 +25,23 @@ def test_up_with_existing_servers_then_ctrl_c(
 ) -> None:
     port = free_port()
     home = tmp_path / "home"
-    env = {**os.environ, "SOAR_DATABASE_URL": db_url, "SOAR_TEMPORAL_ADDRESS": temporal_address,
-           "SOAR_HOME": str(home), "SOAR_API_PORT": str(port),
-           "SOAR_TEMPORAL_TASK_QUEUE": "tq-up-test"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SOAR_DATABASE_URL": db_url,
+        "SOAR_TEMPORAL_ADDRESS": temporal_address,
+        "SOAR_HOME": str(home),
+        "SOAR_API_PORT": str(port),
+        "SOAR_TEMPORAL_TASK_QUEUE": "tq-up-test",
+    }
     cmd = [sys.executable, "-m", "soar.cli", "up"]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
-                              daemon=True)  # fmt: skip
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
     reader.start()
     try:
         # Ready as soar up itself says it, not merely /readyz: a Ctrl-C before that is an
@@ -48,6 +55,7 @@ def test_up_with_existing_servers_then_ctrl_c(
         assert len(children) == 2  # the worker and the API, nothing embedded
         assert not (home / "pgdata").exists() and not (home / "temporal.db").exists()
         assert (home / "webhook-secret").read_text().startswith("whsec_")
+        _try_it_as_the_readme_says(home, port)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -58,3 +66,44 @@ def test_up_with_existing_servers_then_ctrl_c(
     assert str(home) in out and "webhook secret" in out
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert not (home / "stack.json").exists()
+
+
+def _try_it_as_the_readme_says(home: Path, port: int) -> None:
+    """With only SOAR_HOME set, the CLI finds the running stack: `soar send` posts a signed
+    detection, the gateway token in SOAR_HOME reads enforcement, `soar sources` works."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SOAR_DATABASE_URL", "SOAR_TEMPORAL_ADDRESS")
+    }
+    env.update(SOAR_HOME=str(home), SOAR_API_PORT=str(port))
+    soar = [sys.executable, "-m", "soar.cli"]
+    sent = subprocess.run(
+        [*soar, "send", "--technique", "AML.T0051", "--session", "s-try", "--tenant", "acme"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sent.returncode == 0 and sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+    token = (home / "gateway-token").read_text().strip()
+    url = f"http://127.0.0.1:{port}/v1/enforcement/sessions/s-try?tenant=acme"
+    assert httpx.get(url, timeout=5).status_code == 401
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert r.status_code == 200, r.text
+        if r.json()["blocked"]:
+            break
+        time.sleep(0.2)
+    assert r.json()["blocked"] and r.json()["reason"]["technique"] == "AML.T0051"
+    added = subprocess.run(
+        [*soar, "sources", "add", "try-gw", "--tenant", "acme"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "whsec_" in added.stdout
+    listed = subprocess.run([*soar, "sources", "list"], env=env, capture_output=True, text=True)
+    assert "try-gw" in listed.stdout and "whsec_" not in listed.stdout
