@@ -474,7 +474,7 @@ class TicketActivities:
             if inc is None or not inc.ticket_key:
                 return None
             done = await s.scalar(
-                select(ActionLogEntry.seq).where(ActionLogEntry.event_key == done_key)
+                select(ActionLogEntry.id).where(ActionLogEntry.event_key == done_key)
             )
             if done is not None:
                 return None

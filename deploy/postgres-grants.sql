@@ -7,7 +7,9 @@
 --                 operational tables; on action_log it may only SELECT and INSERT, so even a
 --                 compromised app cannot rewrite history (the append-only triggers are a
 --                 second wall, and the hash chain makes any change visible to
---                 `soar audit verify`).
+--                 `soar audit verify`). It may EXECUTE soar_seal(), the SECURITY DEFINER
+--                 function (owned by soar_owner) that gives rows their seq and hashes; it
+--                 cannot choose either itself.
 --   soar_auditor  read-only, for auditors and BI tools querying the database directly:
 --                 everything except the credential columns of principals.
 --
@@ -76,9 +78,15 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    -- The action log: append and read only.
+    -- The action log: append and read only. Order, time and hashes are the database's:
+    -- the app may run the sealer (it runs as soar_owner, SECURITY DEFINER) but not change
+    -- it, and whatever seq / at / hash an INSERT sets is thrown away by a trigger.
     IF to_regclass('public.action_log') IS NOT NULL THEN
         REVOKE UPDATE ON public.action_log FROM soar_app;
+    END IF;
+    IF to_regprocedure('public.soar_seal(integer)') IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION public.soar_seal(integer) FROM PUBLIC, soar_auditor;
+        GRANT EXECUTE ON FUNCTION public.soar_seal(integer) TO soar_app;
     END IF;
     -- The ATLAS catalog and the migration bookkeeping belong to soar_owner.
     FOR t IN

@@ -109,6 +109,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # Enforcement at gateway speed (soar/replica.py, GET /v1/enforcement/stream): each API
+    # process answers checks from an in-memory replica fed by LISTEN/NOTIFY. A feed older than
+    # max_staleness is reported on /readyz and checks fall back to the database.
+    enforcement_max_staleness_seconds: float = Field(default=5.0, gt=0)
+    enforcement_poll_seconds: float = Field(default=1.0, gt=0)  # feed probe without NOTIFY
+    enforcement_reconcile_seconds: float = Field(default=60.0, gt=0)  # full compare, repairs
+    enforcement_change_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    enforcement_stream_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    enforcement_stream_queue: int = Field(default=1000, ge=10)  # per client; full: dropped
+    enforcement_stream_max_clients: int = Field(default=1000, ge=1)
+    # A gateway token's identity is remembered this long on the hot path (0: every request
+    # asks the database); a disabled token stops working after at most this delay.
+    enforcement_token_cache_seconds: float = Field(default=5.0, ge=0)
+
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, v: str | None) -> str | None:

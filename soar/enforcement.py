@@ -1,4 +1,9 @@
-"""The enforcement store: blocks in PostgreSQL that LLM gateways check on their hot path."""
+"""The enforcement store: blocks in PostgreSQL that LLM gateways check on their hot path.
+
+The rows are the truth; every committed block or lift is also numbered in commit order in
+`enforcement_changes` (migration 0005), which feeds the in-memory replica each API process
+answers checks from (soar/replica.py) and `GET /v1/enforcement/stream` (soar/api/stream.py).
+`check` (the database) is the fallback when a replica's feed is stale."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from soar.gateway.table import Block
 from soar.models import EnforcementBlock
 
 KIND_OF_ACTION = {
@@ -34,6 +40,13 @@ class BlockStatus:
             "reason": {"incident_id": self.incident_id, "technique": self.technique}
             if self.blocked else None,
         }  # fmt: skip
+
+
+def status_of(block: Block | None) -> BlockStatus:
+    """The answer of a check from a replica's lookup (the longest-lasting active block)."""
+    if block is None:
+        return BlockStatus(False, None, None, None)
+    return BlockStatus(True, block.until, block.incident_id, block.technique)
 
 
 async def add_block(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -247,11 +248,14 @@ class Approval(Base):
 
 
 class ActionLogEntry(Base):
-    """Append-only, hash-chained. `seq` is gapless (assigned under an advisory lock) so a
-    removed row shows as a hole; the database refuses UPDATE, DELETE and TRUNCATE."""
+    """Append-only, hash-chained, sealed by the database (migration 0004, soar.audit.chain).
+    Writers insert with `seq`/`prev_hash`/`hash` NULL and `at` taken from the database clock;
+    `soar_seal()` gives each row its gapless `seq` and chain link moments later. `id` is the
+    insertion order only. The database refuses UPDATE (but sealing), DELETE and TRUNCATE."""
 
     __tablename__ = "action_log"
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     event_key: Mapped[str] = mapped_column(String(300), unique=True)
     at: Mapped[datetime] = mapped_column()
     incident_id: Mapped[str | None] = mapped_column(String(40))
@@ -264,8 +268,9 @@ class ActionLogEntry(Base):
     technique: Mapped[str | None] = mapped_column(String(32))
     tactic: Mapped[str | None] = mapped_column(String(32))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+    sealed_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (
         Index("ix_action_log_incident_seq", "incident_id", "seq"),
@@ -276,6 +281,8 @@ class ActionLogEntry(Base):
         Index("ix_action_log_actor_seq", "actor", "seq"),
         Index("ix_action_log_subject_seq", "subject", "seq"),
         Index("ix_action_log_at", "at", postgresql_include=["seq"]),
+        # What the sealer reads: the unsealed rows, in insertion order.
+        Index("ix_action_log_unsealed", "id", postgresql_where=text("seq IS NULL")),
     )
 
 
@@ -321,3 +328,20 @@ class SourceCredential(Base):
     material: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     not_after: Mapped[datetime | None] = mapped_column()
+
+
+class EnforcementChange(Base):
+    """Every committed block and lift, numbered in commit order by a deferred trigger on
+    enforcement_blocks (migration 0005): the event ids of the enforcement stream."""
+
+    __tablename__ = "enforcement_changes"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    op: Mapped[str] = mapped_column(String(8))  # block | lift
+    action_id: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(256))
+    until: Mapped[datetime | None] = mapped_column()
+    incident_id: Mapped[str] = mapped_column(String(40))
+    technique: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column()

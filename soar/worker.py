@@ -13,6 +13,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities import build_activities
 from activities.context import ActivityContext
+from soar.audit.seal import seal_forever
 from soar.config import Settings
 from soar.connectors import Notifier, NullNotifier, NullTicketing, Ticketing
 from soar.db import make_async_engine, session_factory
@@ -90,7 +91,13 @@ async def run_worker(settings: Settings, database_url: str, client: Client) -> N
     ctx = build_context(settings, database_url)
     worker = make_worker(client, ctx, task_queue=settings.temporal_task_queue)
     sweeper = asyncio.create_task(sweep_outbox(client, ctx))
+    # The database seals the action log (orders and hashes it); this loop only asks it to.
+    seal_stop = asyncio.Event()
+    sealer = asyncio.create_task(seal_forever(ctx.factory, 0.2, stop=seal_stop))
     try:
         await worker.run()
     finally:
         sweeper.cancel()
+        seal_stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sealer, timeout=5)  # seals once more on the way out

@@ -184,6 +184,7 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 10.0,
 async def running_stack(
     settings: Settings, client: Client, *, worker: bool = True, **ctx_over: Any
 ) -> AsyncIterator[Stack]:
+    from soar.audit.seal import seal_forever
     from soar.worker import build_context, make_worker
 
     assert settings.database_url
@@ -193,6 +194,9 @@ async def running_stack(
     for k, v in ctx_over.items():
         setattr(ctx, k, v)
     w = make_worker(client, ctx, task_queue=settings.temporal_task_queue)
+    # The worker process seals the action log; so does this stack.
+    seal_stop = asyncio.Event()
+    sealer = asyncio.create_task(seal_forever(ctx.factory, 0.1, stop=seal_stop))
     try:
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
             if worker:
@@ -201,4 +205,6 @@ async def running_stack(
             else:
                 yield Stack(settings, api, http, client)
     finally:
+        seal_stop.set()
+        await asyncio.wait_for(sealer, timeout=10)
         await asyncio.to_thread(api.stop)

@@ -15,12 +15,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from soar.api import health, intake, response
+from soar.api import health, intake, response, stream
 from soar.api.deps import AppState
 from soar.api.jsonsafe import printable
 from soar.auth import sync_bootstrap_tokens
 from soar.config import Settings
 from soar.db import make_async_engine, session_factory
+from soar.replica import EnforcementReplica
 from soar.sources import SourceRegistry
 from soar.temporal_client import connect
 
@@ -66,10 +67,17 @@ def create_app(
         async with state.factory() as session, session.begin():
             await sync_bootstrap_tokens(session, settings.bootstrap_tokens)
         task = asyncio.create_task(_connect_temporal())
+        # Enforcement checks from memory (soar/replica.py); until the first load they, and
+        # /readyz, fall back to / report the database.
+        replica = EnforcementReplica.from_settings(database_url, settings)
+        state.extras["replica"] = replica
+        replica.start()
+        await replica.wait_loaded(within=5.0)
         try:
             yield
         finally:
             task.cancel()
+            await replica.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -117,10 +125,11 @@ def create_app(
         # Never a stack trace to the caller; the detail is in the server log.
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    for router in (health.router, intake.router, response.router):
+    for router in (health.router, intake.router, stream.router, response.router):
         app.include_router(router)
     for extra in _optional_routers():
         app.include_router(extra)
+    app.add_middleware(response.EnforcementFastPath, state=state)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -10,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from soar.api.deps import StateDep
+from soar.audit.seal import refresh_seal_gauges
+from soar.replica import EnforcementReplica
 
 router = APIRouter(tags=["operations"])
 
@@ -36,10 +39,27 @@ async def readyz(state: StateDep) -> JSONResponse:
             checks["temporal"] = "ok"
         except Exception as exc:
             checks["temporal"] = f"unreachable: {type(exc).__name__}"
+    replica = state.extras.get("replica")
+    if isinstance(replica, EnforcementReplica):
+        # Checks still answer when the feed is stale (from the database), but this process
+        # is behind: a load balancer should prefer one whose replica is current.
+        if replica.fresh:
+            checks["enforcement"] = "ok"
+        elif not replica.loaded:
+            checks["enforcement"] = "loading; checks answered from the database"
+        else:
+            checks["enforcement"] = (
+                f"stale: feed {replica.staleness:.1f}s old (limit {replica.max_staleness:g}s); "
+                "checks answered from the database"
+            )
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(state: StateDep) -> Response:
+    # The action log's unsealed backlog, read here so any process's /metrics shows it.
+    with contextlib.suppress(Exception):
+        async with state.factory() as session:
+            await asyncio.wait_for(refresh_seal_gauges(session), 2)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

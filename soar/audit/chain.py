@@ -1,8 +1,32 @@
-"""The hash-chained action log: canonical row form, append (exactly once), verify.
+"""The action log: writers append, the database seals; the hashed forms, and verify.
 
-Every row's hash is SHA-256 over the canonical JSON of its content, which includes the
-previous row's hash; `seq` is gapless. Writers take one transaction-scoped advisory lock, so
-the chain has one global order however many workers append at once.
+Design (migration 0004, deploy/postgres-grants.sql, README "For auditors"):
+
+- **Writers never wait on each other.** `append_many` is one `INSERT ... ON CONFLICT
+  (event_key) DO NOTHING` of unsealed rows (`seq`, `prev_hash`, `hash` NULL), plus one SELECT
+  only when a key was already there: no lock beyond the row's unique index, so the same key
+  appended twice at once is still written once (the second insert waits for the first's
+  transaction, then finds the row).
+- **The database decides time and order.** A BEFORE INSERT trigger sets `at` from the
+  database clock and drops any `seq`/`hash`/`prev_hash`/`sealed_at`/`at` an INSERT tried to
+  set (only the table's owner, who could switch the trigger off anyway, may import hashed
+  rows). `soar_seal(max_rows)` is a SECURITY DEFINER function owned by the table's owner: it
+  takes the unsealed rows in insertion order (`id`), gives them the next gapless `seq`s and
+  chains them. The app role may call it but not change it, and its UPDATE is the only one the
+  trigger lets through. One sealer at a time (a try-lock inside the function); the worker
+  calls it every 200 ms (`soar.audit.seal.seal_forever`), so the delay until a row is sealed
+  is bounded by that period plus the batch time; `/metrics` and `soar audit verify` show it.
+- **Hashes.** A sealed row's `hash = SHA-256(prev_hash || SHA-256(content))` in hex, where
+  content is `sealed_content`: a tag then the fields NUL-separated, each `n` (NULL) or `v`
+  and its UTF-8 text; `at` as UTC ISO 8601 with microseconds, `details` as PostgreSQL's own
+  `jsonb` text. The per-row content hashes are computed set-based in SQL; only the 64-byte
+  link is sequential. Rows from before migration 0004 keep their application-made hashes
+  (`row_hash`: SHA-256 of canonical JSON including prev_hash); the first row the database
+  seals (`MARKER`) records the last of them in `details.legacy_until_seq`, and the chain
+  continues from that row's hash.
+- **Verify** (soar.audit.verify) recomputes every hash in Python from the stored values,
+  checks seq is gapless and every link, reports every problem (not only the first), and with
+  signed checkpoints (soar.audit.checkpoint) also truncation and consistent re-hashing.
 """
 
 from __future__ import annotations
@@ -10,9 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, text
@@ -21,12 +46,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from soar.models import ActionLogEntry
 
 GENESIS = "0" * 64
-_LOCK_KEY = 0x41544C4153  # "ATLAS": the one advisory lock that orders the chain
+MARKER = "atlas-soar:log-sealing-started"  # the first row the database sealed
+SEAL_TAG = b"atlas-soar/log/v2"
 
 HASHED_FIELDS = (
     "seq", "event_key", "at", "incident_id", "tenant", "subject", "event", "action",
     "actor", "outcome", "technique", "tactic", "details", "prev_hash",
 )  # fmt: skip
+SEALED_FIELDS = HASHED_FIELDS[:-1]  # the content of a sealed row; prev_hash is in the link
+
+_INSERTED = (
+    "event_key", "incident_id", "tenant", "subject", "event", "action", "actor", "outcome",
+    "technique", "tactic", "details",
+)  # fmt: skip
+_RETURNED = ("id", "seq", "at", *_INSERTED, "prev_hash", "hash", "sealed_at")
+_INSERT = text(
+    f"INSERT INTO action_log ({', '.join(_INSERTED)}) "
+    "SELECT "
+    + ", ".join(f"e.j -> '{c}'" if c == "details" else f"e.j ->> '{c}'" for c in _INSERTED)
+    + " FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(j, n) "
+    "ORDER BY e.n "
+    "ON CONFLICT (event_key) DO NOTHING "
+    f"RETURNING {', '.join(_RETURNED)}"
+)
 
 
 @dataclass(frozen=True)
@@ -47,78 +89,133 @@ class LogEvent:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# --- the hashed forms ----------------------------------------------------------------------
+
+
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def canonical(row: dict[str, Any]) -> bytes:
+    """The application-hashed form (rows sealed before migration 0004)."""
     content = {k: row[k] for k in HASHED_FIELDS}
     content["at"] = _iso(content["at"]) if isinstance(content["at"], datetime) else content["at"]
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def row_hash(row: dict[str, Any]) -> str:
+    """The hash of a row of the application-hashed chain (before migration 0004)."""
     return hashlib.sha256(canonical(row)).hexdigest()
+
+
+def sealed_content(values: Sequence[str | None]) -> bytes:
+    """What the database hashes for a sealed row: `values` are SEALED_FIELDS as text (seq in
+    decimal, `at` in `_iso` form, `details` as PostgreSQL renders jsonb)."""
+    return b"\x00".join([SEAL_TAG, *(b"n" if v is None else b"v" + v.encode() for v in values)])
+
+
+def sealed_link(prev_hash: str, content: bytes) -> str:
+    inner = hashlib.sha256(content).hexdigest()
+    return hashlib.sha256((prev_hash + inner).encode()).hexdigest()
+
+
+def sealed_hash(row: dict[str, Any]) -> str:
+    """The hash of a sealed row given as a dict (an export, a query result): `details` as
+    parsed JSON or as jsonb text, `at` as a datetime or ISO text."""
+    at = row["at"]
+    details = row["details"]
+    values = [
+        str(row["seq"]),
+        row["event_key"],
+        _iso(at) if isinstance(at, datetime) else at,
+        *(row[k] for k in SEALED_FIELDS[3:-1]),
+        details if isinstance(details, str) else jsonb_text(details),
+    ]
+    return sealed_link(row["prev_hash"], sealed_content(values))
+
+
+def _jsonb_string(s: str) -> str:
+    # PostgreSQL escapes ", \ and the C0 controls exactly as json.dumps(ensure_ascii=False).
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _jsonb_number(value: int | float | Decimal) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    # jsonb keeps numbers as `numeric`, printed without an exponent; a float from a JSON
+    # text is the shortest form of what was stored, which is what json.dumps wrote.
+    d = value if isinstance(value, Decimal) else Decimal(repr(value))
+    out = format(d, "f")
+    return "0" + out[1:] if out.startswith("-0") and d.is_zero() else out
+
+
+def jsonb_text(value: Any) -> str:
+    """`value` (parsed JSON) as PostgreSQL prints it as jsonb: object keys shortest first,
+    then by bytes; `", "` and `": "` separators; numbers as `numeric`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _jsonb_string(value)
+    if isinstance(value, int | float | Decimal):
+        return _jsonb_number(value)
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        return "{" + ", ".join(f"{_jsonb_string(k)}: {jsonb_text(value[k])}" for k in keys) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+# --- appending -----------------------------------------------------------------------------
 
 
 async def append(session: AsyncSession, ev: LogEvent) -> ActionLogEntry:
     """Append inside the caller's transaction; returns the existing row if the key is known.
-    Call it last in a transaction: the chain lock is held until commit."""
+    The row is unsealed (`seq` None) until the sealer has run after the commit."""
     return (await append_many(session, [ev]))[0]
 
 
 async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> list[ActionLogEntry]:
-    """Append several events in order with five statements in all, whatever their number;
-    events whose key is already logged are returned as they are, not written again."""
+    """Append several events in order with one statement (two when some key is already
+    logged); events whose key is already logged are returned as they are, not written again.
+    No lock is taken: concurrent writers do not wait for each other."""
     evs = list(events)
     if not evs:
         return []
-    # Outside the lock: hash exactly what JSONB gives back (1e16 comes back as an integer,
-    # -0.0 as 0), normalised for all events in one round trip.
-    details = await _as_jsonb(session, [ev.details for ev in evs])
-    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    keys = [ev.event_key for ev in evs]
-    existing = {
-        e.event_key: e
+    payload = json.dumps(
+        [
+            {
+                "event_key": ev.event_key,
+                "incident_id": ev.incident_id,
+                "tenant": ev.tenant,
+                "subject": ev.subject,
+                "event": ev.event,
+                "action": ev.action,
+                "actor": ev.actor,
+                "outcome": ev.outcome,
+                "technique": ev.technique,
+                "tactic": ev.tactic,
+                "details": _finite(ev.details),
+            }
+            for ev in evs
+        ],
+        default=str,
+        allow_nan=False,
+    )
+    got: dict[str, ActionLogEntry] = {}
+    for r in await session.execute(_INSERT, {"rows": payload}):
+        got[r.event_key] = ActionLogEntry(**dict(r._mapping))
+    missing = {ev.event_key for ev in evs} - got.keys()
+    if missing:
         for e in await session.scalars(
-            select(ActionLogEntry).where(ActionLogEntry.event_key.in_(keys))
-        )
-    }
-    newest = select(ActionLogEntry.seq, ActionLogEntry.hash).order_by(ActionLogEntry.seq.desc())
-    last = (await session.execute(newest.limit(1))).first()
-    seq, prev = (last[0], last[1]) if last else (0, GENESIS)
-    now = datetime.now(UTC)
-    out: list[ActionLogEntry] = []
-    added: list[ActionLogEntry] = []
-    for ev, detail in zip(evs, details, strict=True):
-        if ev.event_key in existing:
-            out.append(existing[ev.event_key])
-            continue
-        seq += 1
-        row: dict[str, Any] = {
-            "seq": seq,
-            "event_key": ev.event_key,
-            "at": now,
-            "incident_id": ev.incident_id,
-            "tenant": ev.tenant,
-            "subject": ev.subject,
-            "event": ev.event,
-            "action": ev.action,
-            "actor": ev.actor,
-            "outcome": ev.outcome,
-            "technique": ev.technique,
-            "tactic": ev.tactic,
-            "details": detail,
-            "prev_hash": prev,
-        }
-        entry = ActionLogEntry(**row, hash=row_hash(row))
-        prev = entry.hash
-        existing[ev.event_key] = entry  # the same key twice in one batch is written once
-        added.append(entry)
-        out.append(entry)
-    session.add_all(added)
-    await session.flush()
-    return out
+            select(ActionLogEntry).where(ActionLogEntry.event_key.in_(missing))
+        ):
+            got[e.event_key] = e
+    return [got[ev.event_key] for ev in evs]
 
 
 def _finite(value: Any) -> Any:
@@ -132,12 +229,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-async def _as_jsonb(session: AsyncSession, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    raw = json.dumps(_finite(items), default=str, allow_nan=False)
-    normal: list[dict[str, Any]] = (
-        await session.execute(text("SELECT CAST(:d AS jsonb)"), {"d": raw})
-    ).scalar_one()
-    return normal
+# --- checking rows in seq order ------------------------------------------------------------
+
+MAX_KEPT = 1000  # problems kept in full; the rest are only counted
 
 
 @dataclass(frozen=True)
@@ -148,46 +242,87 @@ class ChainProblem:
 
 @dataclass
 class ChainVerifier:
-    """Feed rows in seq order; the first problem found is kept."""
+    """Feed rows (dicts with HASHED_FIELDS and `hash`) in seq order; every problem is kept
+    (up to MAX_KEPT, the rest counted) and checking goes on after each.
 
+    Rows with seq <= `legacy_until` are checked as application-hashed rows, later ones as
+    sealed rows; `legacy_until=None` (an export, say) means: application-hashed until the
+    first row that is a correct sealed row. `checked` counts rows before the first problem."""
+
+    legacy_until: int | None = None
     checked: int = 0
-    problem: ChainProblem | None = None
+    problems: list[ChainProblem] = field(default_factory=list)
+    problem_count: int = 0
+    unsealed: int = 0
     _expected_seq: int = 1
     _prev: str = GENESIS
+    _auto: bool = True
+
+    def __post_init__(self) -> None:
+        self._auto = self.legacy_until is None
+
+    @property
+    def problem(self) -> ChainProblem | None:
+        return self.problems[0] if self.problems else None
+
+    def _flag(self, seq: int, reason: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_KEPT:
+            self.problems.append(ChainProblem(seq, reason))
+
+    def _sealed(self, seq: int) -> bool:
+        return self.legacy_until is not None and seq > self.legacy_until
 
     def feed(self, row: dict[str, Any]) -> bool:
-        """Returns False once a problem is found."""
-        if self.problem is not None:
-            return False
+        """Check one row; False when it (or a gap before it) is a problem. An unsealed row
+        (no seq yet) is not part of the chain: it is counted in `unsealed` and skipped."""
+        if row["seq"] is None:
+            self.unsealed += 1
+            return True
         seq = int(row["seq"])
+        before = self.problem_count
+        after_gap = False
         if seq != self._expected_seq:
             if seq > self._expected_seq:
                 gap = (
                     f"{self._expected_seq}"
                     if seq == self._expected_seq + 1
-                    else (f"{self._expected_seq}..{seq - 1}")
+                    else f"{self._expected_seq}..{seq - 1}"
                 )
-                self.problem = ChainProblem(self._expected_seq, f"row(s) {gap} missing")
+                self._flag(self._expected_seq, f"row(s) {gap} missing")
+                after_gap = True
             else:
-                self.problem = ChainProblem(seq, f"row {seq} out of order")
+                self._flag(seq, f"row {seq} out of order")
+        if not after_gap and row["prev_hash"] != self._prev:
+            self._flag(seq, f"row {seq}: link broken (prev_hash does not match row {seq - 1})")
+        if not self._hash_ok(seq, row):
+            self._flag(seq, f"row {seq}: content changed (hash mismatch)")
+        self._prev = str(row["hash"])
+        self._expected_seq = seq + 1
+        if self.problem_count == before and not self.problems:
+            self.checked += 1
+        return self.problem_count == before
+
+    def _hash_ok(self, seq: int, row: dict[str, Any]) -> bool:
+        stored = row["hash"]
+        if stored is None or row["prev_hash"] is None:
             return False
-        if row["prev_hash"] != self._prev:
-            self.problem = ChainProblem(
-                seq, f"row {seq}: link broken (prev_hash does not match row {seq - 1})"
-            )
-            return False
-        if row_hash(row) != row["hash"]:
-            self.problem = ChainProblem(seq, f"row {seq}: content changed (hash mismatch)")
-            return False
-        self._prev = row["hash"]
-        self._expected_seq += 1
-        self.checked += 1
-        return True
+        if self._auto and self.legacy_until is None:
+            try:
+                if sealed_hash(row) == stored:
+                    self.legacy_until = seq - 1  # the sealed part starts here
+                    return True
+            except (TypeError, KeyError):
+                pass
+            return bool(row_hash(row) == stored)
+        if self._sealed(seq):
+            return bool(sealed_hash(row) == stored)
+        return bool(row_hash(row) == stored)
 
 
 def verify_rows(rows: Iterable[dict[str, Any]]) -> ChainVerifier:
+    """Check rows (an export, say) from seq 1; every problem is collected."""
     v = ChainVerifier()
     for row in rows:
-        if not v.feed(row):
-            break
+        v.feed(row)
     return v

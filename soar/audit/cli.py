@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +16,7 @@ from rich.console import Console
 from soar.audit import formats, query
 
 audit_app = typer.Typer(
-    help="The hash-chained action log: verify the chain, export it, search it.",
+    help="The hash-chained action log: verify it, sign checkpoints of it, export it, search it.",
     no_args_is_help=True,
 )
 
@@ -98,18 +99,48 @@ def _run_async(fn: Callable[[Any], Any]) -> Any:
     return asyncio.run(main())
 
 
+MAX_PRINTED = 20  # problems printed by `soar audit verify`; the count covers all
+
+
 @audit_app.command("verify")
 def verify(
     workers: Annotated[
-        int | None, typer.Option(min=1, help="processes to hash in; default: CPUs, up to 4")
+        int | None, typer.Option(min=1, max=64, help="processes to hash in; default: CPUs, up to 4")
     ] = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="directory or bucket URL of signed checkpoints to prove the log against"),
+    ] = None,
+    public_key: Annotated[
+        list[Path] | None,
+        typer.Option(help="public key (PEM) the checkpoints are signed with; repeat for rotation"),
+    ] = None,
+    max_problems: Annotated[
+        int, typer.Option(min=1, max=100_000, help="problems to print (all are counted)")
+    ] = MAX_PRINTED,
 ) -> None:
-    """Check the whole chain; exit 0 when intact, 1 naming the first bad row."""
+    """Check the whole log; exit 0 when intact, 1 naming every problem found (and, with
+    --checkpoints, truncation and rewritten history)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from soar.audit import checkpoint as cp
     from soar.audit.verify import chain_length, default_workers, verify_chain
     from soar.db import make_sync_engine
 
+    signed: list[Any] = []
+    bad: list[Any] = []
+    if checkpoints is not None:
+        if not public_key:
+            raise _fail("--public-key: needed with --checkpoints")
+        try:
+            keys = cp.load_public(public_key)
+            signed, bad = cp.load_all(cp.sink(checkpoints), keys)
+        except cp.CheckpointError as exc:
+            raise _fail(f"--checkpoints: {exc}") from None
+        if not signed and not bad:
+            raise _fail(f"--checkpoints: no checkpoint found in {checkpoints}")
+    elif public_key:
+        raise _fail("--checkpoints: needed with --public-key")
     engine = make_sync_engine(_database_url())
     try:
         with engine.connect() as conn:
@@ -130,20 +161,90 @@ def verify(
                 result = verify_chain(
                     conn,
                     workers=workers,
+                    checkpoints=signed,
                     progress=lambda n: bar.update(task, completed=n, refresh=True),
                 )
     finally:
         engine.dispose()
-    if result.problem is not None:
+    out = _out()
+    problems = sorted([*result.problems, *bad], key=lambda p: p.seq)
+    count = result.problem_count + len(bad)
+    backlog = (
+        f"; {result.unsealed} rows not sealed yet, the oldest {result.oldest_unsealed:.1f}s old"
+        if result.unsealed and result.oldest_unsealed is not None
+        else "; every row sealed"
+    )
+    against = f", {result.checkpoints} checkpoints" if checkpoints is not None else ""
+    if problems:
+        for p in problems[:max_problems]:
+            out.print(f"problem: {p.reason}", highlight=False, soft_wrap=True)
+        if count > max_problems:
+            out.print(f"... and {count - max_problems} more problems", highlight=False)
+        first = problems[0]
         raise _fail(
-            f"action log chain broken at row {result.problem.seq}: {result.problem.reason} "
-            f"({result.rows} rows intact before it)",
+            f"action log verification failed: {count} problem(s), the first at row {first.seq}: "
+            f"{first.reason} ({result.rows} rows intact before it, {result.rows_read} read"
+            f"{against}{backlog})",
             1,
         )
-    _out().print(
-        f"action log intact: {result.rows} rows, head {result.head_seq} {result.head_hash}",
+    out.print(
+        f"action log intact: {result.rows} rows, head {result.head_seq} {result.head_hash}"
+        f"{against}{backlog}",
         highlight=False,
     )
+
+
+@audit_app.command("keygen")
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="directory to write the key pair to")],
+) -> None:
+    """Make an Ed25519 key pair for checkpoints: KID.key.pem (keep it away from the API and
+    workers) and KID.pub.pem (give it to auditors). Rotate by making a new pair."""
+    from soar.audit import checkpoint as cp
+
+    try:
+        key, pub = cp.keygen(out)
+    except OSError as exc:
+        raise _fail(f"--out: cannot write there ({type(exc).__name__})") from None
+    _out().print(f"private key {key}\npublic key  {pub}", highlight=False)
+
+
+@audit_app.command("checkpoint")
+def checkpoint(
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM)")],
+    out: Annotated[str, typer.Option("--out", help="directory, or bucket URL (s3://, https://)")],
+    every: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="keep running: a checkpoint every this many seconds"),
+    ] = None,
+) -> None:
+    """Sign the log's head (seq, hash, database time) and write it to --out, after checking
+    the rows since the newest checkpoint still link to it."""
+    import time
+
+    from soar.audit import checkpoint as cp
+    from soar.db import make_sync_engine
+
+    try:
+        private = cp.load_private(key)
+        target = cp.sink(out)
+    except cp.CheckpointError as exc:
+        raise _fail(str(exc)) from None
+    engine = make_sync_engine(_database_url())
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    made = cp.make(conn, private, target, skip_unchanged=every is not None)
+            except cp.CheckpointError as exc:
+                raise _fail(str(exc), 1) from None
+            if made.written:
+                _out().print(f"checkpoint {made.name}: row {made.seq} {made.hash}", highlight=False)
+            if every is None:
+                return
+            time.sleep(every)
+    finally:
+        engine.dispose()
 
 
 def _json_array(chunks: Iterator[str]) -> Iterator[str]:

@@ -175,6 +175,7 @@ def log_select(
 ) -> Select[Any]:
     """The query for rows matching `f` after `after_seq`, in seq order."""
     where = conditions(f, family=family)
+    where.append(_T.seq.is_not(None))  # sealed rows only: seq is the order auditors page by
     if after_seq is not None:
         where.append(_T.seq > after_seq)
     if limit is not None and f.incident_id is None and (f.since or f.until):

@@ -60,6 +60,13 @@ async def verify_async(url: str) -> VerifyResult:
         await engine.dispose()
 
 
+def seal(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        while conn.execute("SELECT sealed FROM soar_seal(1000)").fetchone() != (0,):
+            conn.commit()
+        conn.commit()
+
+
 def stored_hash(url: str, seq: int) -> str:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT hash FROM action_log WHERE seq = %s", (seq,)).fetchone()
@@ -79,6 +86,9 @@ async def test_an_intact_chain_passes_in_every_mode(log_url: str) -> None:
         "rows": ROWS,
         "head_seq": ROWS,
         "head_hash": result.head_hash,
+        "checkpoints": 0,
+        "unsealed_rows": 0,
+        "oldest_unsealed_seconds": None,
     }
     assert await verify_async(log_url) == result
     assert verify_sync(log_url, batch=400, workers=2) == result
@@ -116,9 +126,12 @@ async def test_rows_written_by_the_product_verify(db_url: str) -> None:
                 )
     finally:
         await engine.dispose()
+    unsealed = verify_sync(db_url)
+    assert unsealed.ok and unsealed.rows == 0 and unsealed.unsealed == len(details)
+    seal(db_url)
     result = verify_sync(db_url)
     assert result.ok, result.problem
-    assert result.rows == len(details)
+    assert result.rows == len(details) + 1  # and the sealing-start row
     assert (await verify_async(db_url)).ok
 
 
@@ -137,6 +150,7 @@ async def test_floats_jsonb_renders_without_exponent_verify(db_url: str) -> None
             )
     finally:
         await engine.dispose()
+    seal(db_url)
     assert verify_sync(db_url).ok
 
 
@@ -305,9 +319,43 @@ async def test_production_grants_let_the_app_append_but_never_rewrite(pg_server:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(sql)
                 conn.rollback()
+            # The app cannot choose order, time or hashes: what it sets is not kept.
+            conn.execute(
+                "INSERT INTO action_log (seq, event_key, at, event, actor, outcome, details,"
+                " prev_hash, hash, sealed_at) VALUES (1, 'forged', '2000-01-01', 'e', 'a', 'ok',"
+                " '{}', repeat('0', 64), repeat('f', 64), '2000-01-01')"
+            )
+            assert conn.execute(
+                "SELECT seq, prev_hash, hash, sealed_at, at > now() - interval '1 hour'"
+                " FROM action_log WHERE event_key = 'forged'"
+            ).fetchone() == (None, None, None, None, True)
+            conn.commit()
+            # Nor can it seal by hand: the flag the sealer sets is no key without its owner.
+            conn.execute("SELECT set_config('soar.sealing', 'on', false)")
+            for sql in (
+                "UPDATE action_log SET seq = 1, prev_hash = repeat('0', 64), hash = 'x'"
+                " WHERE event_key = 'forged'",
+                "CREATE OR REPLACE FUNCTION soar_seal(max_rows integer DEFAULT 5000) RETURNS"
+                " TABLE (sealed integer, head_seq bigint, oldest_delay_seconds double precision)"
+                " LANGUAGE sql AS 'SELECT 0, 0::bigint, 0::float8'",
+                "ALTER FUNCTION soar_seal(integer) OWNER TO soar_app",
+                "DROP TRIGGER action_log_db_fields ON action_log",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql)
+                conn.rollback()
+            # It may run the sealer, which works under the owner's rights.
+            sealed = conn.execute("SELECT sealed, head_seq FROM soar_seal(100)").fetchone()
+            conn.commit()
+            assert sealed == (5, 5)  # the sealing-start row, k0..k2, forged
         auditor_url = _as(admin, "soar_auditor")
+        with (
+            psycopg.connect(auditor_url) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            conn.execute("SELECT soar_seal(1)")
         result = verify_sync(auditor_url)
-        assert result.ok and result.rows == 3
+        assert result.ok and result.rows == 5 and result.unsealed == 0
         with psycopg.connect(auditor_url) as conn:
             assert conn.execute("SELECT count(*) FROM incidents").fetchone() == (0,)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -20,7 +20,7 @@ async def test_health_ready_metrics(
         assert (await stack.http.get("/healthz")).json() == {"status": "ok"}
         ready = await stack.http.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok", "temporal": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "temporal": "ok", "enforcement": "ok"}
         metrics = await stack.http.get("/metrics")
         assert "soar_detections_total" in metrics.text
 

@@ -1,0 +1,229 @@
+"""EnforcementMiddleware: an ASGI middleware for FastAPI / Starlette LLM apps.
+
+    app.add_middleware(EnforcementMiddleware, client=client, extract=subject_of,
+                       reporter=reporter, detector=detector)
+
+For each HTTP request, `extract(request)` (sync or async) returns the Subject (tenant,
+session, user, api key) or None (not enforced, e.g. /healthz). A subject the local replica
+has blocked gets `403` with a JSON body naming the block and `Retry-After` (seconds until it
+ends; none for a permanent block); with `fail_mode="closed"` and a stale feed, `503` with
+`Retry-After`. No request leaves the process for this decision.
+
+`detector(text)` (sync or async, optional) scans the prompt, which `prompt_of(body)`
+extracts from the request's JSON body (default: `prompt`, or the `content` of every
+`messages[]` item). Each finding, an object with `technique` and a `score` or
+`confidence` (the built-in `soar.detect` Finding, or a dict such as LLM Guard adapters
+produce), is reported through the DetectionReporter; the request then goes on: the block
+that the playbook decides arrives through the stream.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from soar.gateway.client import Decision, EnforcementClient
+from soar.gateway.reporter import DetectionReporter, make_detection
+
+log = logging.getLogger("soar.gateway")
+MAX_SCAN_BODY = 1024 * 1024
+MAX_PROMPT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Subject:
+    tenant: str = "default"
+    session: str | None = None
+    user: str | None = None
+    api_key: str | None = None
+
+
+Extractor = Callable[[Request], "Subject | Awaitable[Subject | None] | None"]
+Detector = Callable[[str], "Iterable[Any] | Awaitable[Iterable[Any]]"]
+
+
+def default_prompt_of(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("prompt"), str):
+        return str(body["prompt"])[:MAX_PROMPT]
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = [
+            m["content"]
+            for m in messages[:200]
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        ]
+        return "\n".join(parts)[:MAX_PROMPT] if parts else None
+    return None
+
+
+def _finding(f: Any) -> tuple[str, float] | None:
+    get = f.get if isinstance(f, dict) else (lambda k, d=None: getattr(f, k, d))
+    technique = get("technique")
+    score = get("confidence", None)
+    if score is None:
+        score = get("score", 0.9)
+    if not isinstance(technique, str):
+        return None
+    try:
+        return technique, min(max(float(score), 0.0), 1.0)
+    except (TypeError, ValueError):
+        return technique, 0.9
+
+
+def _severity(score: float) -> str:
+    return "critical" if score >= 0.95 else "high" if score >= 0.75 else "medium"
+
+
+def refusal(decision: Decision) -> tuple[int, dict[str, object], dict[str, str]]:
+    """Status, JSON body and headers of the answer to a blocked subject."""
+    if decision.reason == "stale":
+        body: dict[str, object] = {
+            "error": "enforcement_unavailable",
+            "message": "the enforcement feed is not current; retry",
+        }
+        return 503, body, {"Retry-After": "5"}
+    headers: dict[str, str] = {}
+    if decision.until is not None:
+        left = max(1, math.ceil(decision.until.timestamp() - time.time()))
+        headers["Retry-After"] = str(left)
+    body = {
+        "error": "blocked",
+        "message": "this subject is blocked by the security response",
+        "kind": decision.kind,
+        "until": decision.until.isoformat() if decision.until else None,
+        "incident_id": decision.incident_id,
+        "technique": decision.technique,
+    }
+    return 403, body, headers
+
+
+class EnforcementMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        client: EnforcementClient,
+        extract: Extractor,
+        reporter: DetectionReporter | None = None,
+        detector: Detector | None = None,
+        prompt_of: Callable[[Any], str | None] = default_prompt_of,
+        source: str = "llm-gateway",
+        min_confidence: float = 0.5,
+    ) -> None:
+        self.app = app
+        self.client = client
+        self.extract = extract
+        self.reporter = reporter
+        self.detector = detector
+        self.prompt_of = prompt_of
+        self.source = source
+        self.min_confidence = min_confidence
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        got = self.extract(request)
+        subject = await got if inspect.isawaitable(got) else got
+        if subject is None:
+            await self.app(scope, receive, send)
+            return
+        decision = self.client.check_subject(
+            subject.tenant, session=subject.session, user=subject.user, api_key=subject.api_key
+        )
+        if decision.blocked:
+            self.refused += 1
+            await _answer(send, *refusal(decision))
+            return
+        if self.detector is not None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            receive = await self._scan(scope, receive, subject)
+        await self.app(scope, receive, send)
+
+    async def _scan(self, scope: Scope, receive: Receive, subject: Subject) -> Receive:
+        """Reads the body (bounded), scans its prompt, and gives the app a replay of it."""
+        chunks: list[bytes] = []
+        size, more = 0, True
+        messages: list[Message] = []
+        while more:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= MAX_SCAN_BODY:
+                chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        if size <= MAX_SCAN_BODY:
+            await self._detect(b"".join(chunks), subject)
+
+        replay = iter(messages)
+
+        async def replayed() -> Message:
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()
+
+        return replayed
+
+    async def _detect(self, raw: bytes, subject: Subject) -> None:
+        try:
+            text = self.prompt_of(json.loads(raw)) if raw else None
+        except ValueError:
+            return
+        if not text or self.detector is None:
+            return
+        try:
+            found = self.detector(text)
+            findings = list(await found if inspect.isawaitable(found) else found)
+        except Exception as exc:  # a detector's failure must not fail the request
+            log.warning("detector failed: %s", type(exc).__name__)
+            return
+        best: dict[str, float] = {}
+        for f in findings:
+            parsed = _finding(f)
+            if parsed and parsed[1] >= self.min_confidence:
+                best[parsed[0]] = max(best.get(parsed[0], 0.0), parsed[1])
+        if self.reporter is None:
+            return
+        for technique, score in best.items():
+            await self.reporter.report(
+                make_detection(
+                    technique,
+                    tenant=subject.tenant,
+                    session=subject.session,
+                    user=subject.user,
+                    api_key=subject.api_key,
+                    severity=_severity(score),
+                    confidence=score,
+                    source=self.source,
+                    prompt=text,
+                )
+            )
+
+
+async def _answer(
+    send: Send, status: int, body: dict[str, object], headers: dict[str, str]
+) -> None:
+    raw = json.dumps(body).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    head += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": raw})
+
+
+__all__ = ["Detector", "EnforcementMiddleware", "Extractor", "Subject", "default_prompt_of"]

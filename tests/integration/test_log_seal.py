@@ -1,0 +1,240 @@
+"""The database seals the log: concurrent writers without a lock, one gapless order after
+sealing, the boundary with the application-hashed rows of before, exports verifiable offline.
+Also on the system PostgreSQL 15 (127.0.0.1:5432) when it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from bench.audit import copy_rows, synthetic_rows
+from soar.audit import query
+from soar.audit.chain import MARKER, LogEvent, append, append_many, jsonb_text, verify_rows
+from soar.audit.seal import backlog, seal_forever, seal_once
+from soar.audit.verify import VerifyResult, averify_chain, verify_chain
+from soar.db import make_async_engine, make_sync_engine, session_factory
+
+pytestmark = pytest.mark.timeout(180)
+
+SYSTEM_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def ev(key: str, **details: Any) -> LogEvent:
+    return LogEvent(event_key=key, event="test.event", actor="tester", details=details)
+
+
+def log_rows(url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url) as c:
+        cur = c.execute("SELECT * FROM action_log ORDER BY seq NULLS LAST, id")
+        cols = [d.name for d in cur.description or ()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def verify_sync(url: str, **kw: Any) -> VerifyResult:
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            return verify_chain(conn, **kw)
+    finally:
+        engine.dispose()
+
+
+async def seal_all(url: str) -> int:
+    engine = make_async_engine(url, pool_size=1)
+    total = 0
+    try:
+        while True:
+            async with session_factory(engine)() as s, s.begin():
+                r = await seal_once(s, 1000)
+            total += r.sealed
+            if r.sealed == 0:
+                return total
+    finally:
+        await engine.dispose()
+
+
+async def test_32_writers_one_gapless_order_after_sealing(db_url: str) -> None:
+    engine = make_async_engine(db_url, pool_size=32)
+    factory = session_factory(engine)
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        for i in range(15):
+            async with factory() as s, s.begin():
+                batch = [ev(f"w{w}-{i}-{j}", w=w, i=i) for j in range(4)]
+                # Writers w and w^1 append the same shared event at the same moment.
+                batch.append(ev(f"shared-{w // 2}-{i}", by=w))
+                out = await append_many(s, batch)
+                assert [e.event_key for e in out] == [e.event_key for e in batch]
+
+    try:
+        sealer = asyncio.create_task(seal_forever(factory, 0.05, stop=stop))
+        await asyncio.gather(*(writer(w) for w in range(32)))
+        stop.set()
+        await sealer
+    finally:
+        await engine.dispose()
+    await seal_all(db_url)
+    rows = log_rows(db_url)
+    keys = [r["event_key"] for r in rows if r["event_key"] != MARKER]
+    expected = {f"w{w}-{i}-{j}" for w in range(32) for i in range(15) for j in range(4)}
+    expected |= {f"shared-{p}-{i}" for p in range(16) for i in range(15)}
+    assert len(keys) == len(set(keys)) == len(expected)  # none lost, none twice
+    assert set(keys) == expected
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r["hash"] and r["sealed_at"] and r["sealed_at"] >= r["at"] for r in rows)
+    # A writer's batch keeps its order in the sealed order.
+    seq_of = {r["event_key"]: r["seq"] for r in rows}
+    for w in range(32):
+        for i in range(15):
+            seqs = [seq_of[f"w{w}-{i}-{j}"] for j in range(4)]
+            assert seqs == sorted(seqs)
+    result = verify_sync(db_url)
+    assert result.ok, result.problems[:5]
+    assert result.rows == len(rows) and result.unsealed == 0
+    assert result.legacy_until == 0  # a new log: every row sealed by the database
+    assert verify_sync(db_url, workers=2, batch=100) == result
+
+
+async def test_the_same_event_appended_twice_at_once_is_written_once(db_url: str) -> None:
+    engine = make_async_engine(db_url, pool_size=2)
+    factory = session_factory(engine)
+    first_in = asyncio.Event()
+
+    async def one(n: int) -> Any:
+        async with factory() as s, s.begin():
+            if n == 1:
+                await first_in.wait()
+            entry = await append(s, ev("same", n=n))
+            if n == 0:
+                first_in.set()
+                await asyncio.sleep(0.3)  # the other insert waits on this transaction
+            return entry
+
+    try:
+        a, b = await asyncio.gather(one(0), one(1))
+    finally:
+        await engine.dispose()
+    assert a.details == {"n": 0} and b.details == {"n": 0}  # the second got the first's row
+    assert [r["event_key"] for r in log_rows(db_url)] == ["same"]
+
+
+async def test_rows_are_unsealed_until_the_sealer_runs_then_verify(db_url: str) -> None:
+    await check_sealed_rows_verify(db_url)
+
+
+async def check_sealed_rows_verify(db_url: str) -> None:
+    """Python rebuilds exactly the bytes the SQL sealer hashed, for hard details too."""
+    engine = make_async_engine(db_url, pool_size=1)
+    details: list[dict[str, Any]] = [
+        {"confidence": 0.92, "n": 3, "big": 2**53 + 1, "neg": -0.0001, "none": None, "z": -0.0},
+        {"excerpt": 'Ignore previous instructions — «ünïcödé» 漢字 \u2028 "q" \\ \x01\x1f\t'},
+        {"nested": {"z": [1, {"bb": True, "a": False}], "a": [], "ü": {}}, "at": datetime.now(UTC)},
+        {"decimal": Decimal("1.50"), "tiny": 1e-07, "float": 12345.678, "one": 1.0, "e": 1e16},
+        {"big": 1e22, "small": 5e-324, "neg": -1.5e-10, "i": -7, "f": 0.1 + 0.2},
+        {},
+    ]
+    try:
+        async with session_factory(engine)() as s, s.begin():
+            entry = await append(s, ev("k0", **details[0]))
+            assert entry.seq is None and entry.hash is None and entry.at is not None
+        async with session_factory(engine)() as s:
+            b = await backlog(s)
+        assert b.unsealed == 1 and b.oldest_age is not None and b.oldest_age < 60
+        unsealed = verify_sync(db_url)
+        assert unsealed.ok and unsealed.rows == 0 and unsealed.unsealed == 1
+        for i, d in enumerate(details[1:], start=1):
+            async with session_factory(engine)() as s, s.begin():
+                await append(s, ev(f"k{i}", **d))
+        assert await seal_all(db_url) == len(details) + 1  # and the sealing-start row
+        async with engine.connect() as conn:
+            assert (await averify_chain(conn, batch=2)).ok
+    finally:
+        await engine.dispose()
+    result = verify_sync(db_url)
+    assert result.ok, result.problems
+    assert result.rows == len(details) + 1 and result.unsealed == 0
+    rows = log_rows(db_url)
+    assert rows[0]["event_key"] == MARKER and rows[0]["details"] == {"legacy_until_seq": 0}
+    # The export alone is enough to re-check sealed rows too (details re-rendered as jsonb).
+    sync = make_sync_engine(db_url)
+    try:
+        with sync.connect() as conn:
+            exported = list(query.stream_sync(conn, filters=query.AuditFilter()))
+            texts = [
+                t
+                for (t,) in conn.exec_driver_sql(
+                    "SELECT details::text FROM action_log ORDER BY seq"
+                )
+            ]
+    finally:
+        sync.dispose()
+    assert [jsonb_text(r["details"]) for r in exported] == texts
+    verdict = verify_rows(exported)
+    assert verdict.problem is None and verdict.checked == len(rows)
+    exported[3]["actor"] = "mallory"
+    assert [p.seq for p in verify_rows(exported).problems] == [4]
+
+
+async def test_old_rows_verify_as_before_and_the_boundary_is_recorded(db_url: str) -> None:
+    copy_rows(db_url, synthetic_rows(500, seed=3))  # the application-hashed chain of before
+    engine = make_async_engine(db_url, pool_size=1)
+    try:
+        for i in range(20):
+            async with session_factory(engine)() as s, s.begin():
+                await append(s, ev(f"new-{i}", i=i))
+    finally:
+        await engine.dispose()
+    assert await seal_all(db_url) == 21
+    rows = log_rows(db_url)
+    assert rows[500]["event_key"] == MARKER and rows[500]["seq"] == 501
+    assert rows[500]["details"] == {"legacy_until_seq": 500}
+    assert rows[500]["prev_hash"] == rows[499]["hash"]  # one chain across the boundary
+    result = verify_sync(db_url, batch=97)
+    assert result.ok and result.rows == 521 and result.legacy_until == 500
+    assert verify_rows(rows).problem is None  # offline: the boundary is found by itself
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE action_log SET outcome = 'x' WHERE seq IN (250, 510)")
+        conn.commit()
+    bad = verify_sync(db_url, batch=97)
+    assert [p.seq for p in bad.problems] == [250, 510]
+    assert all("content changed" in p.reason for p in bad.problems)
+    assert bad.rows == 249 and bad.problem_count == 2
+
+
+# --- the same on the system PostgreSQL 15 --------------------------------------------------
+
+
+@pytest.fixture
+def pg15_url() -> Iterator[str]:
+    from soar.stack.bootstrap import migrate_and_seed
+
+    try:
+        conn = psycopg.connect(SYSTEM_PG, autocommit=True, connect_timeout=2)
+    except psycopg.OperationalError:
+        pytest.skip("no PostgreSQL answers on 127.0.0.1:5432")
+    name = "soar_seal_" + uuid.uuid4().hex[:8]
+    with conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        migrate_and_seed(url)
+        yield url
+    finally:
+        with psycopg.connect(SYSTEM_PG, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.mark.pg15
+async def test_sealing_and_verify_agree_on_postgresql_15(pg15_url: str) -> None:
+    with psycopg.connect(pg15_url) as c:
+        assert c.info.server_version >= 110000
+    await check_sealed_rows_verify(pg15_url)
