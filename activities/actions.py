@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from activities.containment import SYSTEM, apply_enforcement
 from activities.context import ActivityContext, incident_brief, now
 from soar.audit.chain import LogEvent, append
-from soar.contracts import ActionOutcome, ActionRef, FailureInput, HookInput
+from soar.contracts import ActionOutcome, ActionRef, FailureInput, HookInput, StepFailure
 from soar.db import transaction
 from soar.domain import TimedBlock
 from soar.enforcement import ENFORCEMENT_ACTIONS, lift_block
@@ -123,6 +123,26 @@ class ActionActivities:
                 details={"action_id": ref.action_id, "target": ref.target,
                          "hook_event": inp.hook_event, "reason": inp.reason},
                 **_base(ref, inc),
+            ))  # fmt: skip
+
+    @activity.defn(name="record_step_failure")
+    async def record_step_failure(self, inp: StepFailure) -> None:
+        """An external step (Slack post, Jira comment, ...) the workflow gave up on after its
+        retry budget: one log row, so nothing is dropped silently. Core queue."""
+        async with transaction(self.ctx.factory) as s:
+            inc = await s.get(Incident, inp.incident_id)
+            ref = inp.action
+            await append(s, LogEvent(
+                event_key=inp.event_key, event=inp.event, actor=SYSTEM,
+                action=ref.action_type if ref else inp.step, outcome="failed",
+                incident_id=inp.incident_id,
+                tenant=ref.tenant if ref else (inc.tenant if inc else None),
+                subject=inc.subject_key if inc else None,
+                technique=ref.technique if ref else (inc.technique if inc else None),
+                details={"step": inp.step, "reason": inp.reason[:500],
+                         "approval_id": inp.approval_id,
+                         "action_id": ref.action_id if ref else None,
+                         "ticket_key": inc.ticket_key if inc else None},
             ))  # fmt: skip
 
     @activity.defn(name="lift_block")

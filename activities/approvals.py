@@ -134,10 +134,14 @@ class ApprovalActivities:
     @activity.defn(name="show_approval_outcome")
     async def show_approval_outcome(self, out: ApprovalOutcome) -> None:
         """Separate from record_decision so that a slow Slack never delays the answer to
-        the person deciding (the update returns once the decision is recorded)."""
-        await self._show(out.approval.approval_id, out.status, out.by, out.at)
+        the person deciding (the update returns once the decision is recorded). Runs on the
+        external queue; a Slack error is raised, so the step is retried with backoff until
+        the workflow gives it up and logs that."""
+        await self._show(out.approval.approval_id, out.status, out.by, out.at, swallow=False)
 
-    async def _show(self, approval_id: str, status: str, by: str | None, at: str) -> None:
+    async def _show(
+        self, approval_id: str, status: str, by: str | None, at: str, *, swallow: bool = True
+    ) -> None:
         """Update the Slack message; a Slack outage must not undo or delay the decision."""
         if not self.ctx.notifier.enabled:
             return
@@ -147,6 +151,8 @@ class ApprovalActivities:
         try:
             await asyncio.to_thread(self.ctx.notifier.show_outcome, brief, status, by, at)
         except Exception as exc:
+            if not swallow:
+                raise
             log.warning("could not update the Slack message of %s: %s", approval_id, exc)
 
     @activity.defn(name="escalate_approval")
@@ -159,7 +165,7 @@ class ApprovalActivities:
                 details={"approval_id": ref.approval_id, "expires_at": ref.expires_at},
                 **await _base(s, ref),
             ))  # fmt: skip
-        if self.ctx.notifier.enabled:
+        if ev.notify and self.ctx.notifier.enabled:  # older runs: no separate reminder step
             brief = await self._brief(ref.approval_id)
             if brief is not None and brief.slack_ts:
                 try:
@@ -185,4 +191,16 @@ class ApprovalActivities:
                          "action_taken": False},
                 **base,
             ))  # fmt: skip
-        await self._show(ref.approval_id, "expired", None, now().isoformat())
+        if ev.notify:  # older runs: no separate show_approval_outcome step
+            await self._show(ref.approval_id, "expired", None, now().isoformat())
+
+    @activity.defn(name="remind_approval")
+    async def remind_approval(self, ref: ApprovalRef) -> None:
+        """The Slack half of an escalation (external queue); escalate_approval, on the core
+        queue, has logged it already. Raises on a Slack error so it is retried."""
+        if not self.ctx.notifier.enabled:
+            return
+        brief = await self._brief(ref.approval_id)
+        if brief is None or not brief.slack_ts:
+            return  # never announced: nothing to reply to
+        await asyncio.to_thread(self.ctx.notifier.remind, brief)

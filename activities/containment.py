@@ -153,6 +153,8 @@ class ContainmentActivities:
             rules_fired=plan.rules_fired,
             ticketing=self.ctx.ticketing.enabled,
             hooked=tuple(sorted(self.ctx.hooks.urls)),
+            external_task_queue=self.ctx.settings.external_task_queue,
+            external_max_age_seconds=self.ctx.settings.external_max_age_seconds,
         )
 
     def _unavailable(self, action_type: str) -> str | None:

@@ -97,7 +97,15 @@ def migrate() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="which bulkheads to run: core (containment, decisions, block lifts, the "
+            "log, the workflow), external (Slack, Jira, hooks, notices), or both"
+        ),
+    ] = "core,external",
+) -> None:
     """Run a Temporal worker (the incident workflow and its activities)."""
     settings = settings_or_exit()
     url = database_url_or_exit(settings)
@@ -105,12 +113,17 @@ def worker() -> None:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")
     _logging(settings)
     from soar.temporal_client import connect
-    from soar.worker import run_worker
+    from soar.worker import parse_queues, run_worker
+
+    try:
+        kinds = parse_queues(queues)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
     async def main() -> None:
         assert settings.temporal_address
         client = await connect(settings.temporal_address, settings.temporal_namespace)
-        await run_worker(settings, url, client)
+        await run_worker(settings, url, client, queues=kinds)
 
     try:
         asyncio.run(main())

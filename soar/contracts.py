@@ -48,6 +48,10 @@ class ContainResult:
     # only find out there is nothing to do.
     ticketing: bool = True
     hooked: tuple[str, ...] | None = None  # action types with an outbound hook; None: all
+    # Where this worker deployment runs external steps, and their retry budget; the
+    # workflow uses them unless its input names its own. "" / 0: not said.
+    external_task_queue: str = ""
+    external_max_age_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,9 @@ class ApprovalOutcome:
 class ApprovalEvent:
     approval: ApprovalRef
     event: str  # escalated | expired
+    # True (what older workflow runs send): the activity also posts to Slack itself. The
+    # current workflow sends False and posts through a separate step on the external queue.
+    notify: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,3 +148,16 @@ class TicketNote:
     incident_id: str
     event_key: str
     text: str
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """An external step given up after its retry budget: logged once, under `event_key`."""
+
+    incident_id: str
+    step: str  # announce_approval | remind_approval | show_approval_outcome | note_ticket ...
+    event: str  # the log row's event, e.g. approval.announce_failed, ticket.failed
+    event_key: str
+    reason: str
+    action: ActionRef | None = None
+    approval_id: str | None = None

@@ -170,6 +170,7 @@ class CarriedState:
     steps: tuple[CarriedStep, ...] = ()  # external steps not finished yet, in start order
     ticketing: bool = True
     hooked: tuple[str, ...] | None = None
+    queued: tuple[DetectionFacts, ...] = ()  # signalled, not yet handled: handled first
 
 
 @dataclass(frozen=True)

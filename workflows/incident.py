@@ -5,14 +5,29 @@ activity), then everything else in the background: assessment (history, risk, su
 outbound hooks, notices, tickets, approvals for high-risk actions, and a durable timer per
 temporary block that lifts it when its time is up. The incident closes once it has been
 quiet for the correlation window and nothing is pending.
+
+Bulkheads: containment, decisions, approvals, lifting, failure records and closing run on
+the workflow's own (core) task queue; every step that talks to Slack, Jira or an outbound
+hook runs on the external queue, retried with growing backoff for at most
+`external_max_age_seconds`, then given up and logged as failed (core).
+
+Bounded history: after `MAX_DETECTIONS_PER_RUN` detections (or when the server suggests it)
+the run continues as new, carrying its state: dedup ids, active keys, block timers, pending
+approvals (with their deadlines and whether they were escalated) and the external steps
+still being retried. A repeat of a technique and severity assessed within the last minute
+is contained but not assessed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -33,13 +48,17 @@ with workflow.unsafe.imports_passed_through():
         EnrichResult,
         FailureInput,
         HookInput,
+        StepFailure,
         TicketNote,
         approval_id_for,
     )
     from soar.domain import (
         SIGNAL_DETECTION,
         UPDATE_DECIDE,
+        CarriedAction,
+        CarriedApproval,
         CarriedState,
+        CarriedStep,
         DecisionRequest,
         DecisionResult,
         DetectionFacts,
@@ -48,13 +67,33 @@ with workflow.unsafe.imports_passed_through():
     )
 
 DECIDER_ROLES = frozenset({"approver", "admin"})
-MAX_DETECTIONS_PER_RUN = 500  # keeps history bounded for a subject that floods us
+# Keeps every run's history well under Temporal's limits for a subject that floods us: a
+# detection costs about 5-25 events (signal, containment marker, task, a ticket note and a
+# hook for a new block, its timer and lift), so 250 stay far below 10,000.
+MAX_DETECTIONS_PER_RUN = 250
 RECENT_IDS = 1000
+MAX_CARRIED_STEPS = 1000  # more than this still retrying: finish some before handing over
+MAX_CARRIED_QUEUE = 1000  # detections queued at the hand-over, carried (~0.5 MB at most)
+MAX_MERGED = 50  # ticket notes merged into one comment while Jira is slow or busy
+MAX_NOTE_TEXT = 20_000
+HANDOVER_WAIT = timedelta(seconds=2)  # for core steps in flight, before containing more
+ASSESS_COALESCE = timedelta(minutes=1)
+DEFAULT_EXTERNAL_MAX_AGE = 3600
+PATCH_BULKHEADS = "bulkheads-v1"
+ENFORCEMENT = frozenset({"block_session", "block_api_key", "revoke_api_key", "disable_user"})
 
 _FAST = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
 )
+# Slack, Jira, hooks: growing backoff, no attempt limit; the schedule-to-close timeout (the
+# external retry budget) decides when a step is given up.
 _EXTERNAL = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+)
+# What runs started before the bulkheads used (kept for their replay).
+_EXTERNAL_V0 = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=8,
@@ -67,6 +106,25 @@ class _Approval:
     status: str = "pending"  # pending | approved | rejected | expired
     decision: DecisionRequest | None = None
     recorded: bool = False
+    escalated: bool = False
+    # True while only its timers are running: the approval can then be carried across
+    # continue-as-new (anything else, e.g. a decision being applied, is finished first).
+    waiting: bool = False
+    escalate_at: datetime | None = None
+    expire_at: datetime | None = None
+
+
+@dataclass
+class _Step:
+    """An external step; `open` while it may be handed to the next run (waiting for the
+    ticket lock or in its Slack / Jira / hook activity)."""
+
+    carried: CarriedStep
+    open: bool = True
+    handed: bool = False  # cancelled for the hand-over: the next run starts it again
+    started: bool = False  # a note: holds the ticket lock, no more notes merged into it
+    merged: int = 1  # a note: how many notes it carries
+    keys: tuple[str, ...] = ()  # a note: the event keys merged into it
 
 
 @dataclass
@@ -80,19 +138,41 @@ class _State:
 
 @workflow.defn(name="IncidentWorkflow")
 class IncidentWorkflow:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, inp: IncidentInput) -> None:
         self._queue: list[DetectionFacts] = []
         self._state = _State()
         self._approvals: dict[str, _Approval] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.Task[None]] = set()
-        self._input: IncidentInput | None = None
+        # Tasks that may be handed over at continue-as-new, while their predicate holds.
+        self._carriable: dict[asyncio.Task[None], Callable[[], bool]] = {}
+        self._steps: dict[asyncio.Task[None], _Step] = {}  # in start order
+        self._input = inp
         self._run_detections = 0
         # Ticket operations run one at a time, in the order they were asked for, so the
         # ticket exists before its first comment and the comments read in order.
         self._ticket_lock = asyncio.Lock()
         self._ticketing = True
         self._hooked: frozenset[str] | None = None
+        self._ext_queue = inp.external_task_queue
+        self._ext_age = inp.external_max_age_seconds
+        self._assessed: dict[tuple[str, str], datetime] = {}
+        self._v1 = False  # set in run(): the bulkhead behaviour (not for older histories)
+        self._handed: list[CarriedStep] = []
+        self._last_note: _Step | None = None
+        self._sleeping: set[str] = set()  # block timers waiting (not lifting): carriable
+        # Restored here, not in run(): a decision sent to the new run must find its approval
+        # even when it is delivered in the run's very first activation.
+        if inp.carried is not None:
+            for c in inp.carried.approvals:
+                self._approvals[c.approval_id] = _Approval(
+                    ApprovalRef(c.approval_id, _action(c.action), c.expires_at),
+                    escalated=c.escalated,
+                    waiting=True,
+                    escalate_at=datetime.fromisoformat(c.escalate_at),
+                    expire_at=datetime.fromisoformat(c.expire_at),
+                )
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -121,8 +201,11 @@ class IncidentWorkflow:
             retry_policy=_FAST,
         )
         approval.recorded = True
-        self._spawn(self._show_outcome(
-            ApprovalOutcome(approval.ref, approval.status, req.actor, decided_at)
+        outcome = ApprovalOutcome(approval.ref, approval.status, req.actor, decided_at)
+        self._step(CarriedStep(
+            "outcome", self._now_iso(), action=_carry(approval.ref.action),
+            approval_id=approval.ref.approval_id, approval_expires_at=approval.ref.expires_at,
+            event=outcome.status, by=outcome.by, at=outcome.at,
         ))  # fmt: skip
         self._note(
             f"{approval.ref.approval_id}:decided",
@@ -151,22 +234,52 @@ class IncidentWorkflow:
 
     @workflow.run
     async def run(self, inp: IncidentInput) -> str:
-        self._input = inp
+        self._v1 = workflow.patched(PATCH_BULKHEADS)
         if inp.carried is not None:
             self._restore(inp.carried)
         window = timedelta(seconds=inp.correlation_window_seconds)
         while True:
-            await _wait(lambda: bool(self._queue), window)
+            if not (self._v1 and self._queue):  # (no timer needed for a queue already there)
+                await _wait(lambda: bool(self._queue), window)
             if self._queue:
                 while self._queue:
                     await self._handle(self._queue.pop(0))
+                    if self._v1 and self._should_continue_as_new():
+                        break  # a sustained flood never empties the queue: hand over now
                 if self._should_continue_as_new():
+                    if self._v1:
+                        # Containment never waits long for the hand-over: only core steps
+                        # are waited for (they are quick); approvals, external steps and
+                        # what is queued (a sustained flood never leaves the queue empty, up
+                        # to MAX_CARRIED_QUEUE) are carried to the next run.
+                        ready = (
+                            len(self._queue) > MAX_CARRIED_QUEUE
+                            or (not self._busy(handover=True) and workflow.all_handlers_finished())
+                        ) or await _wait(
+                            lambda: (
+                                len(self._queue) > MAX_CARRIED_QUEUE
+                                or (
+                                    not self._busy(handover=True)
+                                    and workflow.all_handlers_finished()
+                                )
+                            ),
+                            HANDOVER_WAIT,
+                        )
+                        if (
+                            ready
+                            and len(self._queue) <= MAX_CARRIED_QUEUE
+                            and await self._hand_over_steps()
+                        ):
+                            self._continue_as_new(inp)
+                        continue
                     # Signals still queued would be lost by continue-as-new: only go once
                     # every in-flight step (other than block timers, which are carried) is
                     # done and the queue is empty.
                     await workflow.wait_condition(lambda: not self._busy(timers=False))
                     if not self._queue:
-                        await self._continue_as_new(inp)
+                        await workflow.wait_condition(workflow.all_handlers_finished)
+                        if not self._queue:
+                            self._continue_as_new(inp)
                 continue
             # Quiet for a whole window: wait for what is still pending, then try to close.
             if self._busy():
@@ -186,20 +299,63 @@ class IncidentWorkflow:
             await self._handle(self._queue.pop(0))
         await workflow.wait_condition(lambda: not self._busy(timers=False))
         async with self._ticket_lock:
-            await self._ticket_step("close_ticket", inp.incident_id)
+            await self._external(
+                "close_ticket", inp.incident_id,
+                CarriedStep("close_ticket", self._now_iso(), incident_id=inp.incident_id),
+                start_to_close=timedelta(seconds=60),
+            )  # fmt: skip
         await workflow.wait_condition(workflow.all_handlers_finished)
         return "closed"
 
-    def _busy(self, *, timers: bool = True) -> bool:
-        return any(not t.done() for t in self._tasks if timers or t not in self._timers)
+    def _busy(self, *, timers: bool = True, handover: bool = False) -> bool:
+        for t in self._tasks:
+            if t.done() or (not timers and not handover and t in self._timers):
+                continue
+            if handover and self._carriable.get(t, _never)():
+                continue
+            return True
+        return False
 
-    def _spawn(self, coro: object, *, timer: bool = False) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+    async def _hand_over_steps(self) -> bool:
+        """Cancel the external steps still open (their activities must not outlive the run)
+        and keep them for the next run. False, with the steps started again here, when
+        something arrived meanwhile."""
+        open_steps = [(t, s) for t, s in self._steps.items() if s.open and not t.done()]
+        for t, s in open_steps:
+            s.handed = True
+            t.cancel()
+        await workflow.wait_condition(lambda: all(t.done() for t, _ in open_steps))
+        if (
+            len(self._queue) > MAX_CARRIED_QUEUE
+            or self._busy(handover=True)
+            or not workflow.all_handlers_finished()
+        ):
+            for _, s in open_steps:
+                self._step(s.carried)
+            return False
+        self._handed = [s.carried for _, s in open_steps]
+        return True
+
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        *,
+        timer: bool = False,
+        carriable: Callable[[], bool] | None = None,
+    ) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if timer:
             self._timers.add(task)
             task.add_done_callback(self._timers.discard)
+        if carriable is not None:
+            self._carriable[task] = carriable
+            task.add_done_callback(lambda t: self._carriable.pop(t, None))
+        return task
+
+    def _now_iso(self) -> str:
+        return workflow.now().isoformat()
 
     async def _handle(self, det: DetectionFacts) -> None:
         st = self._state
@@ -208,14 +364,14 @@ class IncidentWorkflow:
         st.recent_ids.append(det.key)
         st.detection_count += 1
         self._run_detections += 1
-        assert self._input is not None
+        inp = self._input
         # A local activity: containment runs in the same workflow task, without a round trip
         # through the server's activity queue. It is short and idempotent, so re-running it
         # after a worker crash is safe.
         result: ContainResult = await workflow.execute_local_activity(
             "contain_detection",
             ContainInput(
-                incident_id=self._input.incident_id,
+                incident_id=inp.incident_id,
                 detection=det,
                 repeat_count=st.detection_count,
                 active_keys=tuple(sorted(st.active_keys)),
@@ -229,28 +385,47 @@ class IncidentWorkflow:
             st.active_keys.add(ref.action_key)
         self._ticketing = result.ticketing
         self._hooked = None if result.hooked is None else frozenset(result.hooked)
+        if not inp.external_task_queue and result.external_task_queue:
+            self._ext_queue = result.external_task_queue
+        if not inp.external_max_age_seconds and result.external_max_age_seconds:
+            self._ext_age = result.external_max_age_seconds
         # The ticket (a deferred action) is asked for first, so it takes the ticket lock
         # before the notes about the blocks just applied.
         for ref in result.deferred:
-            self._spawn(self._run_action(ref))
+            if self._v1 and ref.action_type not in ENFORCEMENT:
+                self._step(CarriedStep("action", self._now_iso(), action=_carry(ref)))
+            else:
+                self._spawn(self._run_action(ref))
         for ref in result.applied:
             self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}"
                        + (f" until {ref.expires_at}" if ref.expires_at else ""))  # fmt: skip
-            self._spawn(self._deliver_hook(ref, "applied"))
+            self._hook(ref, "applied")
             if ref.expires_at:
                 st.timed_blocks[ref.action_id] = TimedBlock(
                     ref.action_id, ref.action_key, ref.expires_at, ref.action_type,
                     ref.incident_id, ref.tenant, ref.target, ref.technique,
                 )  # fmt: skip
-                self._spawn(self._lift_when_due(st.timed_blocks[ref.action_id], ref), timer=True)
-        self._spawn(self._assess(det))
+                self._lift_timer(st.timed_blocks[ref.action_id], ref)
+        if self._should_assess(det):
+            self._spawn(self._assess(det))
         for ref in result.needs_approval:
-            self._spawn(self._approval_flow(ref))
+            self._start_approval(ref)
+
+    def _should_assess(self, det: DetectionFacts) -> bool:
+        """A flood of one technique is assessed once a minute, not once per detection: the
+        assessment (history, risk, summary) would say the same, and it costs history."""
+        if not self._v1:
+            return True
+        key, at = (det.technique, det.severity), workflow.now()
+        last = self._assessed.get(key)
+        if last is not None and at - last < ASSESS_COALESCE:
+            return False
+        self._assessed[key] = at
+        return True
 
     # --- background steps -------------------------------------------------------------------
 
     async def _assess(self, det: DetectionFacts) -> None:
-        assert self._input is not None
         result: EnrichResult = await workflow.execute_activity(
             "enrich_incident",
             EnrichInput(self._input.incident_id, det),
@@ -264,15 +439,142 @@ class IncidentWorkflow:
             f"Assessment (risk {result.risk_score:g}/100): {result.summary}",
         )
 
+    # External steps: each one a task that may be carried to the next run.
+
+    def _step(self, carried: CarriedStep) -> _Step:
+        step = _Step(carried)
+        task = self._spawn(
+            self._run_step(step),
+            carriable=lambda: step.open and len(self._steps) <= MAX_CARRIED_STEPS,
+        )
+        self._steps[task] = step
+        task.add_done_callback(lambda t: self._steps.pop(t, None))
+        return step
+
+    async def _run_step(self, step: _Step) -> None:
+        c = step.carried
+        if c.kind == "action" and c.action is not None:
+            ref = _action(c.action)
+            if ref.action_type == "open_ticket":
+                async with self._ticket_lock:
+                    await self._execute_action(ref, step)
+            else:
+                await self._execute_action(ref, step)
+        elif c.kind == "hook" and c.action is not None:
+            await self._external_hook(_action(c.action), c.event, step)
+        elif c.kind in ("announce", "remind", "outcome") and c.action is not None:
+            aref = ApprovalRef(c.approval_id, _action(c.action), c.approval_expires_at)
+            name, arg = {
+                "announce": ("announce_approval", aref),
+                "remind": ("remind_approval", aref),
+                "outcome": ("show_approval_outcome", ApprovalOutcome(aref, c.event, c.by, c.at)),
+            }[c.kind]
+            await self._external(name, arg, c, step=step)
+        elif c.kind == "note":
+            async with self._ticket_lock:
+                step.started = True
+                c = step.carried  # notes asked for meanwhile were merged into it
+                note = TicketNote(c.incident_id, c.event_key, c.text)
+                await self._external("note_ticket", note, c, step=step,
+                                     start_to_close=timedelta(seconds=60))  # fmt: skip
+        step.open = False
+
+    async def _external(
+        self,
+        name: str,
+        arg: object,
+        c: CarriedStep,
+        *,
+        step: _Step | None = None,
+        start_to_close: timedelta = timedelta(seconds=30),
+    ) -> bool:
+        """One external step: on the external queue, retried with growing backoff until the
+        retry budget (counted from when it was first asked for, across runs) is spent; then
+        logged as failed. Returns whether it succeeded."""
+        if not self._v1:
+            try:
+                await workflow.execute_activity(
+                    name, arg, start_to_close_timeout=start_to_close, retry_policy=_EXTERNAL_V0
+                )
+            except ActivityError:
+                workflow.logger.warning("external step %s gave up", name)
+                return False
+            return True
+        budget = timedelta(seconds=self._ext_age or DEFAULT_EXTERNAL_MAX_AGE)
+        left = budget - (workflow.now() - datetime.fromisoformat(c.started_at))
+        reason = f"gave up after {int(budget.total_seconds())} s of retries"
+        if left > timedelta(seconds=1):
+            try:
+                await workflow.execute_activity(
+                    name,
+                    arg,
+                    task_queue=self._ext_queue or None,
+                    start_to_close_timeout=min(start_to_close, left),
+                    schedule_to_close_timeout=left,
+                    retry_policy=_EXTERNAL,
+                )
+            except ActivityError as err:
+                if step is not None and step.handed:
+                    return False  # cancelled for the hand-over, not given up
+                reason = f"{reason}: {_cause(err)}"
+            else:
+                if step is not None:
+                    step.open = False
+                return True
+        if step is not None:
+            step.open = False
+        await self._step_failed(name, c, reason)
+        return False
+
+    async def _step_failed(self, name: str, c: CarriedStep, reason: str) -> None:
+        """The failure row of a given-up step (core queue); hooks and actions have theirs."""
+        action = _action(c.action) if c.action is not None else None
+        if c.kind == "action" and action is not None:
+            await self._record_failure(action, reason)
+            return
+        if c.kind == "hook" and action is not None:
+            await self._record_failure(action, f"hook ({c.event}) failed: {reason}", hook=c.event)
+            return
+        incident = action.incident_id if action is not None else c.incident_id
+        if c.kind in ("note", "close_ticket"):
+            key = (f"{c.event_key}:ticket-failed" if c.kind == "note"
+                   else f"{incident}:ticket-close-failed")  # fmt: skip
+            event = "ticket.failed"
+        else:
+            key, event = f"{c.approval_id}:{c.kind}-failed", f"approval.{c.kind}_failed"
+        await workflow.execute_activity(
+            "record_step_failure",
+            StepFailure(incident, name, event, key, reason[:500], action, c.approval_id or None),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_FAST,
+        )
+
+    def _hook(self, ref: ActionRef, event: str) -> None:
+        if self._hooked is not None and ref.action_type not in self._hooked:
+            return
+        if self._v1:
+            self._step(CarriedStep("hook", self._now_iso(), action=_carry(ref), event=event))
+        else:
+            self._spawn(self._deliver_hook(ref, event))
+
     async def _deliver_hook(self, ref: ActionRef, event: str) -> None:
         if self._hooked is not None and ref.action_type not in self._hooked:
+            return
+        await self._external_hook(ref, event, None)
+
+    async def _external_hook(self, ref: ActionRef, event: str, step: _Step | None) -> None:
+        c = CarriedStep("hook", self._now_iso(), action=_carry(ref), event=event)
+        if step is not None:
+            c = step.carried
+        if self._v1:
+            await self._external("deliver_hook", HookInput(ref, event), c, step=step)
             return
         try:
             await workflow.execute_activity(
                 "deliver_hook",
                 HookInput(ref, event),
                 start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_EXTERNAL,
+                retry_policy=_EXTERNAL_V0,
             )
         except ActivityError as err:
             await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}", hook=event)
@@ -284,15 +586,23 @@ class IncidentWorkflow:
             return
         if await self._execute_action(ref) and ref.action_type != "notify":
             self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}")
-            await self._deliver_hook(ref, "applied")
+            if self._v1:
+                self._hook(ref, "applied")
+            else:
+                await self._deliver_hook(ref, "applied")
 
-    async def _execute_action(self, ref: ActionRef) -> bool:
+    async def _execute_action(self, ref: ActionRef, step: _Step | None = None) -> bool:
+        if self._v1 and ref.action_type not in ENFORCEMENT:  # a notice or a ticket: external
+            c = step.carried if step is not None else CarriedStep(
+                "action", self._now_iso(), action=_carry(ref))  # fmt: skip
+            return await self._external("run_action", ref, c, step=step,
+                                        start_to_close=timedelta(seconds=60))  # fmt: skip
         try:
             await workflow.execute_activity(
                 "run_action",
                 ref,
                 start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_EXTERNAL,
+                retry_policy=_FAST if self._v1 else _EXTERNAL_V0,
             )
         except ActivityError as err:
             await self._record_failure(ref, _cause(err))
@@ -300,26 +610,36 @@ class IncidentWorkflow:
         return True
 
     def _note(self, event_key: str, text: str) -> None:
-        assert self._input is not None
         if not self._ticketing:
+            return
+        if self._v1:
+            text = text[:4000]
+            last = self._last_note
+            if last is not None and last.open and not last.started and last.merged < MAX_MERGED:
+                # Still waiting for the ticket lock: one comment for both (a flood gives one
+                # comment per round, not one per detection). Deterministic batch key.
+                c = last.carried
+                keys = (*(last.keys or (c.event_key,)), event_key)
+                last.keys = keys
+                digest = hashlib.sha256("|".join(keys).encode()).hexdigest()[:32]
+                last.carried = dataclasses.replace(
+                    c, event_key=f"notes-{digest}", text=f"{c.text}\n{text}"[:MAX_NOTE_TEXT]
+                )
+                last.merged += 1
+                return
+            self._last_note = self._step(CarriedStep(
+                "note", self._now_iso(), incident_id=self._input.incident_id,
+                event_key=event_key, text=text,
+            ))  # fmt: skip
             return
         note = TicketNote(self._input.incident_id, event_key, text)
 
         async def write() -> None:
             async with self._ticket_lock:
-                await self._ticket_step("note_ticket", note)
+                await self._external("note_ticket", note, CarriedStep("note", ""),
+                                     start_to_close=timedelta(seconds=60))  # fmt: skip
 
         self._spawn(write())
-
-    async def _ticket_step(self, name: str, arg: object) -> None:
-        """Jira trouble never holds up the response: retried with backoff, then given up
-        (the activity logs the failure)."""
-        try:
-            await workflow.execute_activity(
-                name, arg, start_to_close_timeout=timedelta(seconds=60), retry_policy=_EXTERNAL
-            )
-        except ActivityError:
-            workflow.logger.warning("ticket step %s gave up", name)
 
     async def _record_failure(self, ref: ActionRef, reason: str, hook: str | None = None) -> None:
         await workflow.execute_activity(
@@ -329,10 +649,23 @@ class IncidentWorkflow:
             retry_policy=_FAST,
         )
 
+    def _lift_timer(self, block: TimedBlock, ref: ActionRef | None = None) -> None:
+        # Carried across continue-as-new (as a timed block) while it sleeps, not while its
+        # lift_block activity runs.
+        self._spawn(
+            self._lift_when_due(block, ref),
+            timer=True,
+            carriable=lambda: block.action_id in self._sleeping,
+        )
+
     async def _lift_when_due(self, block: TimedBlock, ref: ActionRef | None = None) -> None:
         due = datetime.fromisoformat(block.expires_at) - workflow.now()
         if due.total_seconds() > 0:
-            await asyncio.sleep(due.total_seconds())
+            self._sleeping.add(block.action_id)
+            try:
+                await asyncio.sleep(due.total_seconds())
+            finally:
+                self._sleeping.discard(block.action_id)
         await workflow.execute_activity(
             "lift_block",
             block,
@@ -352,17 +685,28 @@ class IncidentWorkflow:
                 expires_at=block.expires_at, status="applied",
             )  # fmt: skip
         if ref is not None:
-            await self._deliver_hook(ref, "lifted")
+            if self._v1:
+                self._hook(ref, "lifted")
+            else:
+                await self._deliver_hook(ref, "lifted")
 
-    async def _approval_flow(self, action: ActionRef) -> None:
-        assert self._input is not None
-        timeout = self._input.approval_timeout_seconds
+    # --- approvals --------------------------------------------------------------------------
+
+    def _start_approval(self, action: ActionRef) -> None:
         # Known (and decidable) before its row is reported back: the row may be committed
         # and visible to people while the worker that wrote it dies.
         approval = self._approvals.setdefault(
             approval_id_for(action.action_id),
             _Approval(ApprovalRef(approval_id_for(action.action_id), action, "")),
         )
+        self._spawn(
+            self._approval_flow(approval),
+            carriable=lambda: approval.waiting and approval.status == "pending",
+        )
+
+    async def _approval_flow(self, approval: _Approval) -> None:
+        timeout = self._input.approval_timeout_seconds
+        action = approval.ref.action
         ref: ApprovalRef = await workflow.execute_activity(
             "request_approval",
             ApprovalInput(action, timeout),
@@ -371,29 +715,63 @@ class IncidentWorkflow:
             retry_policy=_FAST,
         )
         approval.ref = ref
-        self._spawn(self._announce(ref))
-        half = timedelta(seconds=timeout / 2)
+        # Deadlines in workflow time (the row's expires_at is the same instant, give or take
+        # the activity's latency, on the database's clock).
+        approval.expire_at = workflow.now() + timedelta(seconds=timeout)
+        approval.escalate_at = approval.expire_at - timedelta(seconds=timeout / 2)
+        if self._v1:
+            self._step(CarriedStep(
+                "announce", self._now_iso(), action=_carry(action), approval_id=ref.approval_id,
+                approval_expires_at=ref.expires_at,
+            ))  # fmt: skip
+        else:
+            self._spawn(self._announce_v0(ref))
+        await self._await_decision(approval)
+
+    async def _announce_v0(self, ref: ApprovalRef) -> None:
+        await self._external("announce_approval", ref, CarriedStep("announce", ""))
+
+    async def _await_decision(self, approval: _Approval) -> None:
+        """Escalate at half time (unless done already), expire at the end, or apply the
+        decision: the same in the run that asked and in a run the approval was carried to."""
+        assert approval.escalate_at is not None and approval.expire_at is not None
+        ref, action = approval.ref, approval.ref.action
+        approval.waiting = True
         # Judge by the status, not by whether the wait timed out: a decision and the timer
         # can land in the same activation, and the decision must win then.
-        await _wait(lambda: approval.status != "pending", half)
-        if approval.status == "pending":
-            await workflow.execute_activity(
-                "escalate_approval",
-                ApprovalEvent(ref, "escalated"),
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_FAST,
-            )
-            # Judge by the status, not by whether the wait timed out: a decision and the timer
-        # can land in the same activation, and the decision must win then.
-        await _wait(lambda: approval.status != "pending", half)
+        if not approval.escalated:
+            await _wait_until(lambda: approval.status != "pending", approval.escalate_at)
+            if approval.status == "pending":
+                approval.waiting = False
+                await workflow.execute_activity(
+                    "escalate_approval",
+                    ApprovalEvent(ref, "escalated", notify=not self._v1),
+                    start_to_close_timeout=timedelta(seconds=60),
+                    retry_policy=_FAST,
+                )
+                approval.escalated = True
+                if self._v1:
+                    self._step(CarriedStep(
+                        "remind", self._now_iso(), action=_carry(action),
+                        approval_id=ref.approval_id, approval_expires_at=ref.expires_at,
+                    ))  # fmt: skip
+                approval.waiting = True
+        await _wait_until(lambda: approval.status != "pending", approval.expire_at)
+        approval.waiting = False
         if approval.status == "pending":
             approval.status = "expired"
             await workflow.execute_activity(
                 "expire_approval",
-                ApprovalEvent(ref, "expired"),
+                ApprovalEvent(ref, "expired", notify=not self._v1),
                 start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=_FAST,
             )
+            if self._v1:
+                self._step(CarriedStep(
+                    "outcome", self._now_iso(), action=_carry(action),
+                    approval_id=ref.approval_id, approval_expires_at=ref.expires_at,
+                    event="expired", at=self._now_iso(),
+                ))  # fmt: skip
             self._state.active_keys.discard(action.action_key)
             self._note(
                 f"{ref.approval_id}:expired",
@@ -406,58 +784,48 @@ class IncidentWorkflow:
         else:
             self._state.active_keys.discard(action.action_key)
 
-    async def _show_outcome(self, outcome: ApprovalOutcome) -> None:
-        try:
-            await workflow.execute_activity(
-                "show_approval_outcome",
-                outcome,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_EXTERNAL,
-            )
-        except ActivityError:
-            workflow.logger.warning("outcome of %s not shown", outcome.approval.approval_id)
-
-    async def _announce(self, ref: ApprovalRef) -> None:
-        """Tell the humans (Slack when configured). Never blocks the decision: the approval
-        stays decidable through the API and web UI if Slack is down."""
-        try:
-            await workflow.execute_activity(
-                "announce_approval",
-                ref,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_EXTERNAL,
-            )
-        except ActivityError:
-            workflow.logger.warning("approval %s could not be announced", ref.approval_id)
-
     # --- bounded history --------------------------------------------------------------------
 
     def _should_continue_as_new(self) -> bool:
-        if any(a.status == "pending" for a in self._approvals.values()):
-            return False  # a pending approval lives in this run's state
+        if not self._v1 and any(a.status == "pending" for a in self._approvals.values()):
+            return False  # older runs: a pending approval lived in the run's state only
+        limit = self._input.max_detections_per_run or MAX_DETECTIONS_PER_RUN
         info = workflow.info()
-        return self._run_detections >= MAX_DETECTIONS_PER_RUN or info.is_continue_as_new_suggested()
+        return self._run_detections >= limit or info.is_continue_as_new_suggested()
 
-    async def _continue_as_new(self, inp: IncidentInput) -> None:
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        if self._queue:
-            return  # arrived while handlers finished: handle them in this run first
+    def _continue_as_new(self, inp: IncidentInput) -> None:
+        """Called in the activation that found nothing in flight but timers, waiting
+        approvals and external steps (handed over), and no unfinished handler; no await in
+        between, so nothing can slip in. Queued detections are carried."""
         st = self._state
+        approvals = tuple(
+            CarriedApproval(
+                approval_id=a.ref.approval_id, action=_carry(a.ref.action),
+                expires_at=a.ref.expires_at, escalate_at=a.escalate_at.isoformat(),
+                expire_at=a.expire_at.isoformat(), escalated=a.escalated,
+            )
+            for a in self._approvals.values()
+            if a.status == "pending" and a.escalate_at is not None and a.expire_at is not None
+        )  # fmt: skip
+        steps = tuple(self._handed)
         carried = CarriedState(
             detection_count=st.detection_count,
             recent_detection_ids=tuple(st.recent_ids),
             active_keys=tuple(sorted(st.active_keys)),
             generations=tuple(sorted(st.generations.items())),
             timed_blocks=tuple(st.timed_blocks.values()),
+            approvals=approvals,
+            steps=steps,
+            ticketing=self._ticketing,
+            hooked=None if self._hooked is None else tuple(sorted(self._hooked)),
+            queued=tuple(self._queue),
         )
         workflow.continue_as_new(
-            IncidentInput(
-                incident_id=inp.incident_id,
-                tenant=inp.tenant,
-                subject_key=inp.subject_key,
-                correlation_window_seconds=inp.correlation_window_seconds,
-                approval_timeout_seconds=inp.approval_timeout_seconds,
+            dataclasses.replace(
+                inp,
                 carried=carried,
+                external_task_queue=self._ext_queue,
+                external_max_age_seconds=self._ext_age,
             )
         )
 
@@ -467,17 +835,48 @@ class IncidentWorkflow:
         st.recent_ids.extend(c.recent_detection_ids)
         st.active_keys = set(c.active_keys)
         st.generations = dict(c.generations)
+        self._ticketing = c.ticketing
+        self._hooked = None if c.hooked is None else frozenset(c.hooked)
+        self._queue[:0] = c.queued  # before anything signalled to this run
         for block in c.timed_blocks:
             st.timed_blocks[block.action_id] = block
-            self._spawn(self._lift_when_due(block), timer=True)
+            self._lift_timer(block)
+        for step in c.steps:
+            self._step(step)
+        for approval in list(self._approvals.values()):  # restored in __init__
+            self._spawn(
+                self._await_decision(approval),
+                carriable=lambda a=approval: a.waiting and a.status == "pending",  # type: ignore[misc]
+            )
 
 
-async def _wait(condition: object, within: timedelta) -> bool:
+def _carry(ref: ActionRef) -> CarriedAction:
+    return CarriedAction(**dataclasses.asdict(ref))
+
+
+def _action(c: CarriedAction) -> ActionRef:
+    return ActionRef(**dataclasses.asdict(c))
+
+
+def _never() -> bool:
+    return False
+
+
+async def _wait(condition: Callable[[], bool], within: timedelta) -> bool:
     try:
-        await workflow.wait_condition(condition, timeout=within)  # type: ignore[arg-type]
+        await workflow.wait_condition(condition, timeout=within)
     except TimeoutError:
         return False
     return True
+
+
+async def _wait_until(condition: Callable[[], bool], deadline: datetime) -> bool:
+    left = deadline - workflow.now()
+    if condition():
+        return True
+    if left <= timedelta(0):
+        return False
+    return await _wait(condition, left)
 
 
 def _cause(err: ActivityError) -> str:

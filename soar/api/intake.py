@@ -186,6 +186,8 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
                 facts=recorded.facts,
                 correlation_window_seconds=settings.correlation_window_seconds,
                 approval_timeout_seconds=settings.approval_timeout_seconds,
+                external_task_queue=settings.external_task_queue,
+                external_max_age_seconds=settings.external_max_age_seconds,
             )
             async with state.factory() as session, session.begin():
                 await mark_dispatched(session, source=detection.source, external_id=detection.id)

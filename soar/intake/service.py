@@ -200,6 +200,8 @@ async def dispatch(
     facts: DetectionFacts,
     correlation_window_seconds: int,
     approval_timeout_seconds: int,
+    external_task_queue: str = "",
+    external_max_age_seconds: int = 0,
 ) -> None:
     """Signal-with-start: the first detection starts the incident's workflow, later ones
     join it."""
@@ -211,6 +213,8 @@ async def dispatch(
             subject_key=facts.subject.key,
             correlation_window_seconds=correlation_window_seconds,
             approval_timeout_seconds=approval_timeout_seconds,
+            external_task_queue=external_task_queue,
+            external_max_age_seconds=external_max_age_seconds,
         ),
         id=workflow_id_for(incident_id),
         task_queue=task_queue,

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import psycopg
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from soar.intake.service import redeliver_undispatched
 from soar.stack.proc import free_port
@@ -43,7 +42,7 @@ async def test_detection_accepted_while_temporal_is_down_is_contained_later(
 
     settings = make_settings(db_url, temporal_address, task_queue)
     ctx = build_context(settings, db_url)
-    worker: Worker = make_worker(temporal_client, ctx, task_queue=task_queue)
+    worker = make_worker(temporal_client, ctx, task_queue=task_queue)
     async with worker:
         sent = await redeliver_undispatched(
             ctx.factory, temporal_client, task_queue=task_queue, older_than=timedelta(0),

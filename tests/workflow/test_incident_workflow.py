@@ -5,12 +5,14 @@ milliseconds, and the workflow logic is checked without a database."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -22,6 +24,7 @@ from soar.contracts import (
     ActionRef,
     ApprovalEvent,
     ApprovalInput,
+    ApprovalOutcome,
     ApprovalRef,
     CloseInput,
     ContainInput,
@@ -31,11 +34,13 @@ from soar.contracts import (
     EnrichResult,
     FailureInput,
     HookInput,
+    StepFailure,
     TicketNote,
     approval_id_for,
 )
 from soar.domain import (
     DecisionRequest,
+    DecisionResult,
     DetectionFacts,
     IncidentInput,
     Subject,
@@ -44,7 +49,7 @@ from soar.domain import (
 )
 from workflows.incident import IncidentWorkflow
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(60)
 
 
 def _test_server() -> str:
@@ -57,22 +62,35 @@ def _test_server() -> str:
     return which
 
 
+_CLOCK: list[WorkflowEnvironment] = []
+
+
 @pytest.fixture(scope="module")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_test_server()
     )
+    _CLOCK[:] = [environment]
     yield environment
+    _CLOCK.clear()
     await environment.shutdown()
 
 
 class Fakes:
     """Records what the workflow asked for, in order."""
 
-    def __init__(self, *, high_risk: bool = False) -> None:
+    def __init__(self, *, high_risk: bool = False, failing: frozenset[str] = frozenset()) -> None:
         self.high_risk = high_risk
+        self.failing = failing  # activity names that always fail (an outage)
         self.log: list[str] = []
         self.approvals: dict[str, ApprovalRef] = {}
+        self.queues: dict[str, set[str]] = {}  # activity name -> task queues it ran on
+        self.failures: list[StepFailure] = []
+
+    def _seen(self, name: str) -> None:
+        self.queues.setdefault(name, set()).add(activity.info().task_queue)
+        if name in self.failing:
+            raise RuntimeError(f"{name}: connection refused")
 
     def _ref(self, inp: ContainInput, kind: str, risk: str, target: str) -> ActionRef:
         n = dict(inp.generations).get(f"{kind}:{target}", 1)
@@ -93,7 +111,10 @@ class Fakes:
             key = f"block_session:{inp.detection.subject.session}"
             if key not in inp.active_keys:
                 ref = fakes._ref(inp, "block_session", "low", inp.detection.subject.session or "")
-                expires = datetime.now(UTC) + timedelta(minutes=15)
+                # The test server's time (skipped ahead by earlier tests), as the workflow
+                # sees it.
+                now = await _CLOCK[0].get_current_time() if _CLOCK else datetime.now(UTC)
+                expires = now + timedelta(minutes=15)
                 applied.append(ActionRef(**{**ref.__dict__, "expires_at": expires.isoformat(),
                                             "status": "applied"}))  # fmt: skip
             if fakes.high_risk and "revoke_api_key:k-1" not in inp.active_keys:
@@ -111,10 +132,12 @@ class Fakes:
 
         @activity.defn(name="deliver_hook")
         async def hook(inp: HookInput) -> None:
+            fakes._seen("deliver_hook")
             fakes.log.append(f"hook {inp.event} {inp.action.action_key}")
 
         @activity.defn(name="run_action")
         async def run(ref: ActionRef) -> None:
+            fakes._seen(f"run_action {ref.action_type}")
             fakes.log.append(f"run {ref.action_key}")
 
         @activity.defn(name="record_action_failure")
@@ -123,6 +146,7 @@ class Fakes:
 
         @activity.defn(name="request_approval")
         async def request(inp: ApprovalInput) -> ApprovalRef:
+            fakes._seen("request_approval")
             ref = ApprovalRef(approval_id_for(inp.action.action_id), inp.action, "later")
             fakes.approvals[ref.approval_id] = ref
             fakes.log.append(f"approval requested {inp.timeout_seconds}")
@@ -130,10 +154,23 @@ class Fakes:
 
         @activity.defn(name="announce_approval")
         async def announce(ref: ApprovalRef) -> None:
+            fakes._seen("announce_approval")
             fakes.log.append("announced")
+
+        @activity.defn(name="remind_approval")
+        async def remind(ref: ApprovalRef) -> None:
+            fakes._seen("remind_approval")
+            fakes.log.append("reminded")
+
+        @activity.defn(name="record_step_failure")
+        async def step_failure(inp: StepFailure) -> None:
+            fakes._seen("record_step_failure")
+            fakes.failures.append(inp)
+            fakes.log.append(f"step failed {inp.event}")
 
         @activity.defn(name="record_decision")
         async def decided(rec: DecisionRecord) -> None:
+            fakes._seen("record_decision")
             fakes.log.append(f"decided {rec.decision} by {rec.actor}")
 
         @activity.defn(name="escalate_approval")
@@ -154,15 +191,17 @@ class Fakes:
             return None
 
         @activity.defn(name="show_approval_outcome")
-        async def show(out: object) -> None:
-            fakes.log.append("shown")
+        async def show(out: ApprovalOutcome) -> None:
+            fakes._seen("show_approval_outcome")
+            fakes.log.append(f"shown {out.status}")
 
         @activity.defn(name="close_ticket")
         async def close_ticket(incident_id: str) -> None:
             return None
 
         return [contain, enrich, lift, hook, run, failure, request, announce, decided,
-                escalate, expire, close, note, close_ticket, show]  # fmt: skip
+                escalate, expire, close, note, close_ticket, show, remind,
+                step_failure]  # fmt: skip
 
 
 async def refused(handle: object, req: DecisionRequest, reason: str) -> None:
@@ -179,12 +218,12 @@ def det(n: int, session: str = "s-9") -> DetectionFacts:
     )  # fmt: skip
 
 
-async def start(env: WorkflowEnvironment, tq: str, first: DetectionFacts) -> object:
+async def start(env: WorkflowEnvironment, tq: str, first: DetectionFacts, **inp: Any) -> Any:
     iid = "inc-" + uuid.uuid4().hex[:8]
     return await env.client.start_workflow(
         IncidentWorkflow.run,
         IncidentInput(iid, "acme", "user:u-1", correlation_window_seconds=3600,
-                      approval_timeout_seconds=4 * 3600),
+                      approval_timeout_seconds=4 * 3600, **inp),
         id=workflow_id_for(iid), task_queue=tq,
         start_signal="add_detection", start_signal_args=[first],
     )  # fmt: skip
@@ -244,25 +283,184 @@ async def test_first_decision_wins_and_bad_decisions_are_refused(
     assert "escalated" not in fakes.log and "expired" not in fakes.log
 
 
+async def runs_of(env: WorkflowEnvironment, handle: Any) -> list[tuple[str, int]]:
+    """Every run of the workflow, first to last: (run id, history length), following the
+    real histories back from the latest run (each started event names the run it
+    continued)."""
+    runs: list[tuple[str, int]] = []
+    run_id: str | None = (await env.client.get_workflow_handle(handle.id).describe()).run_id
+    while run_id:
+        history = await env.client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        runs.append((run_id, len(history.events)))
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id or None
+    return runs[::-1]
+
+
+async def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
+    """Poll in real time (no time skipping: approvals must not escalate meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
+
+
 async def test_a_flood_of_detections_continues_as_new_and_loses_none(
     env: WorkflowEnvironment,
 ) -> None:
     fakes, tq = Fakes(), "tq-" + uuid.uuid4().hex[:6]
-    import workflows.incident as wf
+    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
+                      activities=fakes.activities()):  # fmt: skip
+        handle = await start(env, tq, det(0), max_detections_per_run=20)
+        first = (await handle.describe()).run_id
+        for n in range(1, 60):
+            await handle.signal("add_detection", det(n))
+        await handle.signal("add_detection", det(5))  # a repeat is ignored
+        assert await handle.result() == "closed"
+        latest = await env.client.get_workflow_handle(handle.id).describe()
+        runs = await runs_of(env, handle)
+    # Every detection contained with the right repeat count: the count survives
+    # continue-as-new. (A set: the test server's time skipping can time out a workflow task
+    # mid-way, and its local activities then run again, as Temporal allows.)
+    contained = {e for e in fakes.log if e.startswith("contain")}
+    assert contained == {f"contain d-{n} x{n + 1}" for n in range(60)}
+    assert first and latest.run_id and latest.run_id != first
+    assert len(runs) >= 2, runs  # 60 detections, at most 20 a run unless they keep coming
+    assert runs[0][0] == first and runs[-1][0] == latest.run_id
+    assert max(n for _, n in runs) < 600, runs
+    # One block (one session), lifted once, even though the timer crossed runs.
+    assert fakes.log.count("lift block_session:s-9") == 1
 
-    old, wf.MAX_DETECTIONS_PER_RUN = wf.MAX_DETECTIONS_PER_RUN, 20
-    try:
-        async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                          activities=fakes.activities()):  # fmt: skip
-            handle = await start(env, tq, det(0))
-            for n in range(1, 60):
-                await handle.signal("add_detection", det(n))  # type: ignore[attr-defined]
-            await handle.signal("add_detection", det(5))  # a repeat is ignored  # type: ignore[attr-defined]
-            assert await handle.result() == "closed"  # type: ignore[attr-defined]
-            latest = await env.client.get_workflow_handle(handle.id).describe()  # type: ignore[attr-defined]
-    finally:
-        wf.MAX_DETECTIONS_PER_RUN = old
-    contained = [e for e in fakes.log if e.startswith("contain")]
-    assert len(contained) == 60
-    assert contained[-1] == "contain d-59 x60"  # the count survives continue-as-new
-    assert latest.run_id != handle.first_execution_run_id  # type: ignore[attr-defined]
+
+async def test_continue_as_new_with_an_approval_pending_keeps_it_decidable(
+    env: WorkflowEnvironment,
+) -> None:
+    """A subject rotating sessions while a 4 h approval waits: the run hands over (it used to
+    refuse while an approval was pending), the approval is carried, and a decision sent by
+    workflow id to the new run is recorded and applied."""
+    fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
+                      activities=fakes.activities()):  # fmt: skip
+        handle = await start(env, tq, det(0), max_detections_per_run=10)
+        first = (await handle.describe()).run_id
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
+
+        async def requested() -> bool:
+            return apr in fakes.approvals
+
+        await wait_for(requested, "approval requested")
+        for n in range(1, 35):  # a new session each time: a new block each time
+            await handle.signal("add_detection", det(n, session=f"s-{n}"))
+
+        async def handed_over() -> bool:
+            d = await env.client.get_workflow_handle(handle.id).describe()
+            return bool(d.run_id != first and fakes.log.count("contain d-34 x35"))
+
+        await wait_for(handed_over, "continue-as-new and every detection contained")
+        latest = await env.client.get_workflow_handle(handle.id).describe()
+        assert first and latest.run_id and latest.run_id != first
+        # The decision goes by workflow id only, as the API sends it.
+        by_id = env.client.get_workflow_handle(handle.id)
+        assert apr in await by_id.query("pending_approvals")
+        result = await by_id.execute_update(
+            "decide", DecisionRequest(apr, "approve", "bob", "approver"), result_type=DecisionResult
+        )
+        assert result.status == "approved" and result.decided_by == "bob"
+        await refused(by_id, DecisionRequest(apr, "reject", "carol", "admin"), "already approved")
+        assert await handle.result() == "closed"  # (the handle that skips time)
+        runs = await runs_of(env, handle)
+    assert len(runs) >= 2, runs
+    assert runs[0][0] == first
+    # 35 blocks, each with its timer, lift, note and hook, plus the approval: bounded.
+    assert max(n for _, n in runs) < 1500, runs
+    assert fakes.log.count("approval requested 14400") == 1  # carried, not asked again
+    assert fakes.log.count("decided approve by bob") == 1
+    assert fakes.log.count("run revoke_api_key:k-1") == 1
+    assert "escalated" not in fakes.log and "expired" not in fakes.log
+    assert fakes.log.count("announced") == 1
+    assert {e for e in fakes.log if e.startswith("contain")} == {
+        f"contain d-{n} x{n + 1}" for n in range(35)
+    }
+    # s-9 (the first detection's) and s-1..s-34: each session blocked, then lifted, once.
+    assert {e for e in fakes.log if e.startswith("lift")} == {
+        f"lift block_session:s-{n}" for n in range(1, 35)
+    }
+
+
+async def test_a_carried_approval_escalates_and_expires_in_a_later_run(
+    env: WorkflowEnvironment,
+) -> None:
+    fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
+                      activities=fakes.activities()):  # fmt: skip
+        handle = await start(env, tq, det(0), max_detections_per_run=5)
+        first = (await handle.describe()).run_id
+        for n in range(1, 12):
+            await handle.signal("add_detection", det(n, session=f"s-{n}"))
+
+        async def handed_over() -> bool:
+            d = await env.client.get_workflow_handle(handle.id).describe()
+            return bool(d.run_id != first and fakes.log.count("contain d-11 x12"))
+
+        await wait_for(handed_over, "continue-as-new")
+        assert "escalated" not in fakes.log
+        assert await handle.result() == "closed"  # time skips: 2 h, 4 h, the window
+        runs = await runs_of(env, handle)
+    seq = [e for e in fakes.log if e.startswith(("approval", "escalated", "expired", "run"))]
+    assert seq == ["approval requested 14400", "escalated", "expired"]
+    assert "reminded" in fakes.log and "shown expired" in fakes.log
+    assert len(runs) >= 2, runs
+
+
+async def test_external_steps_use_their_own_queue_and_core_steps_do_not(
+    env: WorkflowEnvironment,
+) -> None:
+    fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
+    ext = tq + "-external"
+    external = {"announce_approval", "remind_approval", "show_approval_outcome",
+                "deliver_hook", "run_action", "note_ticket", "close_ticket"}  # fmt: skip
+    every = fakes.activities()
+    names = {a: activity._Definition.from_callable(a).name for a in every}  # type: ignore[arg-type, union-attr]
+    async with (
+        # run_action on both, as in production: approved enforcement is a core step.
+        Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
+               activities=[a for a in every
+                           if names[a] not in external or names[a] == "run_action"]),
+        Worker(env.client, task_queue=ext,
+               activities=[a for a in every if names[a] in external]),
+    ):  # fmt: skip
+        handle = await start(env, tq, det(0), external_task_queue=ext)
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
+
+        async def announced() -> bool:
+            return "announced" in fakes.log
+
+        await wait_for(announced, "announced")
+        await handle.execute_update("decide", DecisionRequest(apr, "approve", "bob", "approver"))
+        assert await handle.result() == "closed"
+    assert fakes.queues["announce_approval"] == {ext}
+    assert fakes.queues["show_approval_outcome"] == {ext}
+    assert fakes.queues["deliver_hook"] == {ext}
+    assert fakes.queues["request_approval"] == {tq}
+    assert fakes.queues["record_decision"] == {tq}
+    assert fakes.queues["run_action revoke_api_key"] == {tq}  # approved enforcement: core
+    assert fakes.log.count("run revoke_api_key:k-1") == 1
+
+
+async def test_an_external_step_given_up_after_its_budget_is_logged_as_failed(
+    env: WorkflowEnvironment,
+) -> None:
+    """Slack down for longer than the retry budget: the announcement is given up and a log
+    row says so (never dropped silently); the approval still works without it."""
+    fakes = Fakes(high_risk=True, failing=frozenset({"announce_approval", "deliver_hook"}))
+    tq = "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
+                      activities=fakes.activities()):  # fmt: skip
+        handle = await start(env, tq, det(0), external_max_age_seconds=120)
+        assert await handle.result() == "closed"
+    events = {f.event for f in fakes.failures}
+    assert "approval.announce_failed" in events
+    assert fakes.queues["record_step_failure"] == {tq}
+    assert "failed block_session:s-9" in fakes.log  # the hook's give-up: record_action_failure
+    assert fakes.log.count("expired") == 1
