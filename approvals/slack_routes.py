@@ -319,28 +319,34 @@ def notifier_of(state: AppState) -> SlackNotifier | None:
 
 
 async def handle_click(state: AppState, click: Click) -> None:
+    # Everything that talks to Slack happens after the session is closed: a slow or
+    # unreachable Slack must never hold a database connection.
+    refusal: str | None = None
+    brief: ApprovalBrief | None = None
     async with state.factory() as session:
         decider = await slack_decider(
             session=session, settings=state.settings, slack_user_id=click.user_id
         )
         if decider is None:
-            await refuse(
-                state,
-                click,
+            refusal = (
                 "nothing changed: you are not allowed to decide "
-                "approvals (ask an admin to grant your Slack ID)",
+                "approvals (ask an admin to grant your Slack ID)"
             )
-            return
-        row = await session.get(Approval, click.approval_id)
-        if row is None or row.status != "pending":
-            await refuse(state, click, _not_pending(click.approval_id, row))
-            return
-        if click.decision == "reject" and click.trigger_id and notifier_of(state) is not None:
-            brief = await load_approval_brief(
-                session=session, settings=state.settings, approval_id=click.approval_id
-            )
-            await _open_reason_modal(state, brief, click)
-            return
+        else:
+            row = await session.get(Approval, click.approval_id)
+            if row is None or row.status != "pending":
+                refusal = _not_pending(click.approval_id, row)
+            elif click.decision == "reject" and click.trigger_id and notifier_of(state) is not None:
+                brief = await load_approval_brief(
+                    session=session, settings=state.settings, approval_id=click.approval_id
+                )
+    if refusal is not None:
+        await refuse(state, click, refusal)
+        return
+    assert decider is not None
+    if brief is not None:
+        await _open_reason_modal(state, brief, click)
+        return
     await decide(state, click, decider)
 
 
@@ -377,6 +383,8 @@ async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
         approval_id=click.approval_id, decision=click.decision, actor=decider.actor,
         role=decider.role, channel="slack", comment=click.comment,
     )  # fmt: skip
+    refusal: str | None = None
+    unreachable: str | None = None
     async with state.factory() as session:
         try:
             result = await send_decision(state, session, click.approval_id, req)
@@ -384,16 +392,20 @@ async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
             # Someone decided between our check and the update: say who, when we know.
             row = await session.get(Approval, click.approval_id, populate_existing=True)
             decided = row is not None and row.status != "pending"
-            await refuse(state, click, _not_pending(click.approval_id, row) if decided
-                         else f"nothing changed: {exc}")  # fmt: skip
-            return
+            refusal = _not_pending(click.approval_id, row) if decided else f"nothing changed: {exc}"
         except HTTPException as exc:  # Temporal not reachable: nothing was decided
-            await _ephemeral(state, click, f"could not record the decision ({exc.detail}); "
-                                           "try again in a minute")  # fmt: skip
-            return
-        brief = await load_approval_brief(
-            session=session, settings=state.settings, approval_id=click.approval_id
-        )
+            unreachable = f"could not record the decision ({exc.detail}); try again in a minute"
+        else:
+            brief = await load_approval_brief(
+                session=session, settings=state.settings, approval_id=click.approval_id
+            )
+    # Slack is told after the session is closed (a slow Slack holds no connection).
+    if refusal is not None:
+        await refuse(state, click, refusal)
+        return
+    if unreachable is not None:
+        await _ephemeral(state, click, unreachable)
+        return
     notifier = notifier_of(state)
     if notifier is None or brief is None:
         return
@@ -437,11 +449,23 @@ async def _log_base(session: AsyncSession, approval_id: str) -> dict[str, Any]:
     }
 
 
+def _slack_url(state: AppState, url: str) -> bool:
+    """A response_url we may post to: Slack's own hooks host, or the host of the configured
+    Slack API (a local fake in tests). Anything else in a payload is not followed."""
+    from urllib.parse import urlsplit
+
+    target = urlsplit(url)
+    api = urlsplit(state.settings.slack_api_url)
+    if target.scheme == "https" and target.hostname == "hooks.slack.com":
+        return True
+    return (target.scheme, target.netloc) == (api.scheme, api.netloc)
+
+
 async def _ephemeral(state: AppState, click: Click, text: str) -> None:
     """Only the clicking user sees it: through the response_url when there is one, else
     chat.postEphemeral in the message's channel."""
     message = blocks.refusal_message(text)
-    if click.response_url:
+    if click.response_url and _slack_url(state, click.response_url):
         try:
             status = await asyncio.to_thread(post_to_response_url, click.response_url, message)
             if status == 200:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -112,6 +113,8 @@ def create_app(
         async def _down(request: Request, exc: Exception) -> JSONResponse:
             # PostgreSQL down, the pool exhausted, a dependency timing out: the caller may
             # retry, and nothing it was told was accepted is lost.
+            first = (str(exc).splitlines() or [""])[0][:200]
+            logging.getLogger("soar.api").warning("unavailable: %s: %s", type(exc).__name__, first)
             return _unavailable("the database")
 
     @app.exception_handler(RPCError)

@@ -171,7 +171,10 @@ def _schema() -> schemathesis.BaseSchema:
             "warnings": False,
         }
     )
-    return schemathesis.openapi.from_dict(with_intake_body(app.openapi()), config=config)
+    document = with_intake_body(app.openapi())
+    # The block stream never ends by design (Server-Sent Events): its own tests cover it.
+    document["paths"].pop("/v1/enforcement/stream", None)
+    return schemathesis.openapi.from_dict(document, config=config)
 
 
 schema = _schema()
