@@ -7,8 +7,9 @@ as processes) with Slack configured: once pointed at a local fake Slack that ans
 at a closed port. Then:
 1. --flood critical detections, each a new incident with two approvals whose Slack
    messages are posted (healthy) or retried in the background (unreachable);
-2. containment latency (webhook to block in the enforcement store) for --n detections at
-   --rate per second while that backlog is there;
+2. once the flood is contained (its approvals exist; with Slack unreachable their messages
+   are still retrying), containment latency (webhook to block in the enforcement store) for
+   --n detections at --rate per second;
 3. one more critical detection: time until its approval appears in `GET /v1/approvals`, the
    decision's answer time through the API, and the time until the approved revoke is in
    force (checked with a gateway token).
@@ -88,6 +89,19 @@ async def containment(http: httpx.AsyncClient, db_url: str, n: int, rate: float)
     return [float(ts) - sent[t] for t, ts in rows]
 
 
+async def absorbed(db_url: str, approvals: int, limit: float = 300.0) -> float:
+    """Seconds until the flood's approvals all exist (its containment is done); its Slack
+    messages may still be retrying. The measurements start after that."""
+    t0 = time.time()
+    with psycopg.connect(db_url) as conn:
+        while time.time() - t0 < limit:
+            row = conn.execute("SELECT count(*) FROM approvals").fetchone()
+            if row and row[0] >= approvals:
+                break
+            time.sleep(0.5)
+    return time.time() - t0
+
+
 async def decision(http: httpx.AsyncClient, run: str) -> dict[str, float]:
     body = critical(run, "final")
     t0 = time.perf_counter()
@@ -137,11 +151,20 @@ async def one_case(label: str, slack_url: str, args: argparse.Namespace) -> dict
         async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
             run = uuid.uuid4().hex[:6]
             accepted = await flood(http, run, args.flood)
+            settled = await absorbed(stack.db_url, 2 * accepted)
             lat = await containment(http, stack.db_url, args.n, args.rate)
             dec = await decision(http, run)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p95 = sorted(lat)[int(len(lat) * 0.95) - 1] * 1000 if lat else float("nan")
-    return {"case": label, "flood": accepted, "n": len(lat), "p50": p50, "p95": p95, **dec}
+    return {
+        "case": label,
+        "flood": accepted,
+        "settled": settled,
+        "n": len(lat),
+        "p50": p50,
+        "p95": p95,
+        **dec,
+    }
 
 
 async def main() -> None:
@@ -157,13 +180,14 @@ async def main() -> None:
     rows.append(await one_case("Slack unreachable", dead, args))
     print()
     head = (
-        f"{'case':<18} {'flood 202':>9} {'contain p50 ms':>15} {'p95 ms':>8}"
+        f"{'case':<18} {'flood 202':>9} {'absorbed s':>10} {'contain p50 ms':>15} {'p95 ms':>8}"
         f" {'approval shown s':>17} {'decision s':>11} {'applied s':>10}"
     )
     print(head + "\n" + "-" * len(head))
     for r in rows:
         print(
-            f"{r['case']:<18} {r['flood']:>9} {r['p50']:>15.1f} {r['p95']:>8.1f}"
+            f"{r['case']:<18} {r['flood']:>9} {r['settled']:>10.1f} {r['p50']:>15.1f}"
+            f" {r['p95']:>8.1f}"
             f" {r.get('approval_appears_s', float('nan')):>17.2f}"
             f" {r.get('decision_answer_s', float('nan')):>11.2f}"
             f" {r.get('applied_s', float('nan')):>10.2f}"
