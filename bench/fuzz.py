@@ -98,7 +98,7 @@ async def run(args: argparse.Namespace) -> int:
                 accepted = 200 <= r.status_code < 300 or r.status_code == 429
                 if req.expect_2xx and not accepted and len(results.unexpected) < 20:
                     results.unexpected.append(f"{outcome} {req.describe(300)}")
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: never sent
                 outcome = f"error:{type(exc).__name__}"
             results.record(req, outcome, time.perf_counter() - started)
 
