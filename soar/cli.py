@@ -186,12 +186,12 @@ def send(
 ) -> None:
     """Sign and post one detection with the configured webhook secret (SOAR_WEBHOOK_SECRET,
     or the one `soar up` keeps in SOAR_HOME), for trying it out and for scripts."""
-    import base64
+    import time
     import uuid
-    from datetime import UTC, datetime
 
     import httpx
-    from standardwebhooks.webhooks import Webhook
+
+    from soar.gateway.reporter import make_detection, sign
 
     settings = settings_or_exit()
     if not (session or user or api_key):
@@ -202,29 +202,28 @@ def send(
         secret = settings.webhook_secret_file.read_text().strip()
     else:
         raise fail("no webhook secret: set SOAR_WEBHOOK_SECRET or run `soar up` first")
-    subject = {"tenant": tenant, "session": session, "user": user, "api_key": api_key}
-    body = {
-        "id": detection_id or "cli-" + uuid.uuid4().hex[:12],
-        "technique": technique,
-        "severity": severity,
-        "confidence": confidence,
-        "observed_at": datetime.now(UTC).isoformat(),
-        "subject": {k: v for k, v in subject.items() if v is not None},
-    }
-    if prompt:
-        body["evidence"] = {"prompt": prompt}
-    raw = json.dumps(body)
-    msg_id = "msg_" + base64.b32encode(uuid.uuid4().bytes).decode().rstrip("=").lower()
-    now = datetime.now(UTC)
+    body = make_detection(
+        technique,
+        tenant=tenant,
+        session=session,
+        user=user,
+        api_key=api_key,
+        severity=severity,
+        confidence=confidence,
+        prompt=prompt or None,
+        detection_id=detection_id or "cli-" + uuid.uuid4().hex[:12],
+    )
+    raw = json.dumps(body).encode()
+    msg_id, stamp = "msg_" + uuid.uuid4().hex, int(time.time())
     headers = {
         "content-type": "application/json",
         "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, now, raw),
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(secret, msg_id, stamp, raw),
     }
     base = (url or settings.base_url).rstrip("/")
     try:
-        r = httpx.post(f"{base}/v1/detections", content=raw.encode(), headers=headers, timeout=30)
+        r = httpx.post(f"{base}/v1/detections", content=raw, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {base}: {type(exc).__name__}", 1) from None
     out.print(f"{r.status_code} {r.text}", highlight=False, markup=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -18,6 +17,7 @@ from rich.console import Console
 
 from soar.config import Settings
 from soar.db import safe_url
+from soar.sources import new_secret
 from soar.stack.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from soar.stack.proc import free_port, port_in_use
 from soar.stack.temporal import EmbeddedTemporal, EmbeddedTemporalError
@@ -28,28 +28,14 @@ def ensure_webhook_secret(settings: Settings) -> tuple[str, str]:
     if settings.webhook_secret is not None:
         return settings.webhook_secret.get_secret_value(), "SOAR_WEBHOOK_SECRET"
     path = settings.webhook_secret_file
-    if path.exists():
-        return path.read_text().strip(), str(path)
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
-    return secret, str(path)
+    return _home_secret(path, new_secret), str(path)
 
 
 def ensure_session_secret(settings: Settings) -> str:
     """The web UI cookie key, generated once into SOAR_HOME when not configured."""
     if settings.session_secret is not None and settings.session_secret.get_secret_value():
         return settings.session_secret.get_secret_value()
-    path = settings.home / "session-secret"
-    if path.exists():
-        return path.read_text().strip()
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
-    return secret
+    return _home_secret(settings.home / "session-secret", lambda: secrets.token_urlsafe(48))
 
 
 def _home_secret(path: Path, make: Callable[[], str]) -> str:
