@@ -21,10 +21,17 @@ from activities.tickets import TicketActivities
 
 # run_action is on both: the workflow sends approved enforcement (revoke_api_key, ...) to the
 # core queue and notices / ticket creation (notify, open_ticket) to the external one.
-EXTERNAL_ACTIVITIES = frozenset({
-    "announce_approval", "remind_approval", "show_approval_outcome", "deliver_hook",
-    "run_action", "note_ticket", "close_ticket",
-})  # fmt: skip
+EXTERNAL_ACTIVITIES = frozenset(
+    {
+        "announce_approval",
+        "remind_approval",
+        "show_approval_outcome",
+        "deliver_hook",
+        "run_action",
+        "note_ticket",
+        "close_ticket",
+    }
+)
 
 
 def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
@@ -33,13 +40,24 @@ def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
     c, a, p = ContainmentActivities(ctx), ActionActivities(ctx), ApprovalActivities(ctx)
     t = TicketActivities(ctx)
     return [
-        c.contain_detection, c.enrich_incident, c.close_incident,
-        a.run_action, a.record_action_failure, a.record_step_failure, a.lift_block,
+        c.contain_detection,
+        c.enrich_incident,
+        c.close_incident,
+        a.run_action,
+        a.record_action_failure,
+        a.record_step_failure,
+        a.lift_block,
         a.deliver_hook,
-        p.request_approval, p.announce_approval, p.record_decision,
-        p.escalate_approval, p.remind_approval, p.show_approval_outcome, p.expire_approval,
-        t.note_ticket, t.close_ticket,
-    ]  # fmt: skip
+        p.request_approval,
+        p.announce_approval,
+        p.record_decision,
+        p.escalate_approval,
+        p.remind_approval,
+        p.show_approval_outcome,
+        p.expire_approval,
+        t.note_ticket,
+        t.close_ticket,
+    ]
 
 
 def build_external_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:

@@ -59,21 +59,31 @@ class ActionActivities:
             await s.execute(
                 update(Action)
                 .where(Action.id == ref.action_id)
-                .values(status=status, applied_at=now() if status == "applied" else None,
-                        finished_at=now(), error=detail.get("reason"))
-            )  # fmt: skip
+                .values(
+                    status=status,
+                    applied_at=now() if status == "applied" else None,
+                    finished_at=now(),
+                    error=detail.get("reason"),
+                )
+            )
             inc = await s.get(Incident, ref.incident_id)
             if status == "applied" and ref.action_type == "open_ticket" and inc is not None:
                 inc.ticket_key = detail.get("ticket_key")
                 inc.ticket_url = detail.get("ticket_url")
-            await append(s, LogEvent(
-                event_key=f"{ref.action_id}:{status}",
-                event="ticket.created" if ref.action_type == "open_ticket" and status == "applied"
-                else f"action.{status}",
-                actor=SYSTEM, action=ref.action_type, outcome=status,
-                details={"action_id": ref.action_id, "target": ref.target, **detail},
-                **_base(ref, inc),
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{ref.action_id}:{status}",
+                    event="ticket.created"
+                    if ref.action_type == "open_ticket" and status == "applied"
+                    else f"action.{status}",
+                    actor=SYSTEM,
+                    action=ref.action_type,
+                    outcome=status,
+                    details={"action_id": ref.action_id, "target": ref.target, **detail},
+                    **_base(ref, inc),
+                ),
+            )
 
     async def _notify(self, ref: ActionRef) -> ActionOutcome:
         async with self.ctx.factory() as s:
@@ -116,14 +126,23 @@ class ActionActivities:
         ref = inp.action
         async with transaction(self.ctx.factory) as s:
             inc = await s.get(Incident, ref.incident_id)
-            await append(s, LogEvent(
-                event_key=f"{ref.action_id}:hook-{inp.hook_event}-failed",
-                event="action.hook_failed", actor=SYSTEM, action=ref.action_type,
-                outcome="failed",
-                details={"action_id": ref.action_id, "target": ref.target,
-                         "hook_event": inp.hook_event, "reason": inp.reason},
-                **_base(ref, inc),
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{ref.action_id}:hook-{inp.hook_event}-failed",
+                    event="action.hook_failed",
+                    actor=SYSTEM,
+                    action=ref.action_type,
+                    outcome="failed",
+                    details={
+                        "action_id": ref.action_id,
+                        "target": ref.target,
+                        "hook_event": inp.hook_event,
+                        "reason": inp.reason,
+                    },
+                    **_base(ref, inc),
+                ),
+            )
 
     @activity.defn(name="record_step_failure")
     async def record_step_failure(self, inp: StepFailure) -> None:
@@ -132,18 +151,27 @@ class ActionActivities:
         async with transaction(self.ctx.factory) as s:
             inc = await s.get(Incident, inp.incident_id)
             ref = inp.action
-            await append(s, LogEvent(
-                event_key=inp.event_key, event=inp.event, actor=SYSTEM,
-                action=ref.action_type if ref else inp.step, outcome="failed",
-                incident_id=inp.incident_id,
-                tenant=ref.tenant if ref else (inc.tenant if inc else None),
-                subject=inc.subject_key if inc else None,
-                technique=ref.technique if ref else (inc.technique if inc else None),
-                details={"step": inp.step, "reason": inp.reason[:500],
-                         "approval_id": inp.approval_id,
-                         "action_id": ref.action_id if ref else None,
-                         "ticket_key": inc.ticket_key if inc else None},
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=inp.event_key,
+                    event=inp.event,
+                    actor=SYSTEM,
+                    action=ref.action_type if ref else inp.step,
+                    outcome="failed",
+                    incident_id=inp.incident_id,
+                    tenant=ref.tenant if ref else (inc.tenant if inc else None),
+                    subject=inc.subject_key if inc else None,
+                    technique=ref.technique if ref else (inc.technique if inc else None),
+                    details={
+                        "step": inp.step,
+                        "reason": inp.reason[:500],
+                        "approval_id": inp.approval_id,
+                        "action_id": ref.action_id if ref else None,
+                        "ticket_key": inc.ticket_key if inc else None,
+                    },
+                ),
+            )
 
     @activity.defn(name="lift_block")
     async def lift_block(self, block: TimedBlock) -> bool:
@@ -155,15 +183,27 @@ class ActionActivities:
             row.status = "expired"
             row.finished_at = row.finished_at or now()
             inc = await s.get(Incident, row.incident_id)
-            await append(s, LogEvent(
-                event_key=f"{row.id}:lifted", event="action.rolled_back",
-                actor=SYSTEM, action=row.action_type, outcome="expired",
-                incident_id=row.incident_id, tenant=row.tenant,
-                subject=inc.subject_key if inc else None,
-                technique=inc.technique if inc else None,
-                details={"action_id": row.id, "target": row.target, "unblocked": True,
-                         "was_active": lifted, "expired_at": block.expires_at},
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{row.id}:lifted",
+                    event="action.rolled_back",
+                    actor=SYSTEM,
+                    action=row.action_type,
+                    outcome="expired",
+                    incident_id=row.incident_id,
+                    tenant=row.tenant,
+                    subject=inc.subject_key if inc else None,
+                    technique=inc.technique if inc else None,
+                    details={
+                        "action_id": row.id,
+                        "target": row.target,
+                        "unblocked": True,
+                        "was_active": lifted,
+                        "expired_at": block.expires_at,
+                    },
+                ),
+            )
         return True
 
     @activity.defn(name="deliver_hook")

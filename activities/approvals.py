@@ -71,14 +71,23 @@ class ApprovalActivities:
                 s.add(row)
                 await s.flush()
             ref = ApprovalRef(approval_id, action, row.expires_at.isoformat())
-            await append(s, LogEvent(
-                event_key=f"{approval_id}:requested", event="approval.requested",
-                actor=SYSTEM, outcome="pending",
-                details={"approval_id": approval_id, "action_id": action.action_id,
-                         "target": action.target, "expires_at": ref.expires_at,
-                         "rule": action.rule},
-                **await _base(s, ref),
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{approval_id}:requested",
+                    event="approval.requested",
+                    actor=SYSTEM,
+                    outcome="pending",
+                    details={
+                        "approval_id": approval_id,
+                        "action_id": action.action_id,
+                        "target": action.target,
+                        "expires_at": ref.expires_at,
+                        "rule": action.rule,
+                    },
+                    **await _base(s, ref),
+                ),
+            )
         return ref
 
     @activity.defn(name="announce_approval")
@@ -95,13 +104,21 @@ class ApprovalActivities:
             row = await s.get(Approval, ref.approval_id, with_for_update=True)
             if row is not None:
                 row.slack_channel, row.slack_ts = posted.channel, posted.ts
-            await append(s, LogEvent(
-                event_key=f"{ref.approval_id}:announced", event="approval.announced",
-                actor=SYSTEM, outcome="posted",
-                details={"approval_id": ref.approval_id, "channel": posted.channel,
-                         "ts": posted.ts},
-                **await _base(s, ref),
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{ref.approval_id}:announced",
+                    event="approval.announced",
+                    actor=SYSTEM,
+                    outcome="posted",
+                    details={
+                        "approval_id": ref.approval_id,
+                        "channel": posted.channel,
+                        "ts": posted.ts,
+                    },
+                    **await _base(s, ref),
+                ),
+            )
 
     @activity.defn(name="record_decision")
     async def record_decision(self, rec: DecisionRecord) -> None:
@@ -122,14 +139,23 @@ class ApprovalActivities:
                     action.status, action.finished_at = "rejected", now()
                 elif action is not None:
                     action.status = "approved"
-            await append(s, LogEvent(
-                event_key=f"{ref.approval_id}:decided", event="approval.decided",
-                actor=rec.actor, outcome=status,
-                details={"approval_id": ref.approval_id, "action_id": ref.action.action_id,
-                         "decision": rec.decision, "channel": rec.channel,
-                         "comment": rec.comment},
-                **await _base(s, ref),
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{ref.approval_id}:decided",
+                    event="approval.decided",
+                    actor=rec.actor,
+                    outcome=status,
+                    details={
+                        "approval_id": ref.approval_id,
+                        "action_id": ref.action.action_id,
+                        "decision": rec.decision,
+                        "channel": rec.channel,
+                        "comment": rec.comment,
+                    },
+                    **await _base(s, ref),
+                ),
+            )
 
     @activity.defn(name="show_approval_outcome")
     async def show_approval_outcome(self, out: ApprovalOutcome) -> None:
@@ -159,12 +185,17 @@ class ApprovalActivities:
     async def escalate_approval(self, ev: ApprovalEvent) -> None:
         ref = ev.approval
         async with transaction(self.ctx.factory) as s:
-            await append(s, LogEvent(
-                event_key=f"{ref.approval_id}:escalated", event="approval.escalated",
-                actor=SYSTEM, outcome="pending",
-                details={"approval_id": ref.approval_id, "expires_at": ref.expires_at},
-                **await _base(s, ref),
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{ref.approval_id}:escalated",
+                    event="approval.escalated",
+                    actor=SYSTEM,
+                    outcome="pending",
+                    details={"approval_id": ref.approval_id, "expires_at": ref.expires_at},
+                    **await _base(s, ref),
+                ),
+            )
         if ev.notify and self.ctx.notifier.enabled:  # older runs: no separate reminder step
             brief = await self._brief(ref.approval_id)
             if brief is not None and brief.slack_ts:
@@ -184,13 +215,21 @@ class ApprovalActivities:
                 if action is not None:
                     action.status, action.finished_at = "expired", now()
             base = await _base(s, ref)
-            await append(s, LogEvent(
-                event_key=f"{ref.approval_id}:expired", event="approval.expired",
-                actor=SYSTEM, outcome="expired",
-                details={"approval_id": ref.approval_id, "action_id": ref.action.action_id,
-                         "action_taken": False},
-                **base,
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{ref.approval_id}:expired",
+                    event="approval.expired",
+                    actor=SYSTEM,
+                    outcome="expired",
+                    details={
+                        "approval_id": ref.approval_id,
+                        "action_id": ref.action.action_id,
+                        "action_taken": False,
+                    },
+                    **base,
+                ),
+            )
         if ev.notify:  # older runs: no separate show_approval_outcome step
             await self._show(ref.approval_id, "expired", None, now().isoformat())
 

@@ -77,46 +77,78 @@ class ContainmentActivities:
 
             # The log rows are written last, in one batch: the chain lock is held from then
             # until commit, as briefly as possible.
-            events = [LogEvent(
-                event_key=f"{iid}:{det.key}:received", event="detection.received",
-                actor=f"source:{det.source}", details={
-                    "detection_id": det.detection_id, "severity": det.severity,
-                    "confidence": det.confidence, "prompt_sha256": det.prompt_sha256,
-                    "excerpt": det.excerpt, "model": det.model, "observed_at": det.observed_at,
-                    "repeat_count": inp.repeat_count,
-                }, **base,
-            ), LogEvent(
-                event_key=f"{iid}:{det.key}:enriched", event="incident.enriched",
-                actor=SYSTEM, details={
-                    "technique_name": info.name if info else None,
-                    "parent": info.parent_id if info else None,
-                    "tactics": [{"id": t, "name": n} for t, n in (info.tactics if info else ())],
-                    "mitigations": [
-                        {"id": m, "name": n} for m, n in (info.mitigations if info else ())
-                    ],
-                }, **base,
-            ), LogEvent(
-                event_key=f"{iid}:{det.key}:planned", event="response.planned",
-                actor=SYSTEM, details={
-                    "rules_fired": list(plan.rules_fired),
-                    "actions": [
-                        {"action_id": r.id, "type": r.action_type, "risk": r.risk,
-                         "target": r.target, "duration_seconds": r.duration_seconds}
-                        for _, r in rows
-                    ],
-                    "playbook": self.ctx.playbook.name,
-                }, **base,
-            )]  # fmt: skip
+            events = [
+                LogEvent(
+                    event_key=f"{iid}:{det.key}:received",
+                    event="detection.received",
+                    actor=f"source:{det.source}",
+                    details={
+                        "detection_id": det.detection_id,
+                        "severity": det.severity,
+                        "confidence": det.confidence,
+                        "prompt_sha256": det.prompt_sha256,
+                        "excerpt": det.excerpt,
+                        "model": det.model,
+                        "observed_at": det.observed_at,
+                        "repeat_count": inp.repeat_count,
+                    },
+                    **base,
+                ),
+                LogEvent(
+                    event_key=f"{iid}:{det.key}:enriched",
+                    event="incident.enriched",
+                    actor=SYSTEM,
+                    details={
+                        "technique_name": info.name if info else None,
+                        "parent": info.parent_id if info else None,
+                        "tactics": [
+                            {"id": t, "name": n} for t, n in (info.tactics if info else ())
+                        ],
+                        "mitigations": [
+                            {"id": m, "name": n} for m, n in (info.mitigations if info else ())
+                        ],
+                    },
+                    **base,
+                ),
+                LogEvent(
+                    event_key=f"{iid}:{det.key}:planned",
+                    event="response.planned",
+                    actor=SYSTEM,
+                    details={
+                        "rules_fired": list(plan.rules_fired),
+                        "actions": [
+                            {
+                                "action_id": r.id,
+                                "type": r.action_type,
+                                "risk": r.risk,
+                                "target": r.target,
+                                "duration_seconds": r.duration_seconds,
+                            }
+                            for _, r in rows
+                        ],
+                        "playbook": self.ctx.playbook.name,
+                    },
+                    **base,
+                ),
+            ]
             events += [
                 LogEvent(
-                    event_key=f"{row.id}:requested", event="action.requested", actor=SYSTEM,
-                    action=row.action_type, outcome="requested",
-                    details={"action_id": row.id, "target": row.target, "risk": row.risk,
-                             "rule": row.rule, "duration_seconds": row.duration_seconds},
+                    event_key=f"{row.id}:requested",
+                    event="action.requested",
+                    actor=SYSTEM,
+                    action=row.action_type,
+                    outcome="requested",
+                    details={
+                        "action_id": row.id,
+                        "target": row.target,
+                        "risk": row.risk,
+                        "rule": row.rule,
+                        "duration_seconds": row.duration_seconds,
+                    },
                     **base,
                 )
                 for _, row in rows
-            ]  # fmt: skip
+            ]
             t = now()
             for pa, row in rows:
                 if (
@@ -141,9 +173,10 @@ class ContainmentActivities:
             if inc is not None:
                 inc.plan = {
                     "playbook": self.ctx.playbook.name,
-                    "rules_fired": sorted(set((inc.plan or {}).get("rules_fired", []))
-                                          | set(plan.rules_fired)),
-                }  # fmt: skip
+                    "rules_fired": sorted(
+                        set((inc.plan or {}).get("rules_fired", [])) | set(plan.rules_fired)
+                    ),
+                }
             await append_many(s, events)
         return ContainResult(
             tactic=tactic,
@@ -172,13 +205,20 @@ class ContainmentActivities:
         await s.execute(
             pg_insert(Action)
             .values(
-                id=action_id, incident_id=iid, action_key=key, action_type=pa.action_type,
-                risk=pa.risk, tenant=det.subject.tenant, target=pa.target,
+                id=action_id,
+                incident_id=iid,
+                action_key=key,
+                action_type=pa.action_type,
+                risk=pa.risk,
+                tenant=det.subject.tenant,
+                target=pa.target,
                 status="pending_approval" if pa.risk == "high" else "planned",
-                rule=pa.rule, params=dict(pa.params), duration_seconds=pa.duration_seconds,
+                rule=pa.rule,
+                params=dict(pa.params),
+                duration_seconds=pa.duration_seconds,
             )
             .on_conflict_do_nothing(index_elements=["id"])
-        )  # fmt: skip
+        )
         row = await s.get(Action, action_id, populate_existing=True)
         assert row is not None
         return row
@@ -231,27 +271,35 @@ class ContainmentActivities:
                 + (f"; excerpt: {det.excerpt}" if det.excerpt else "")
             )
             enrichment = {
-                "technique": {"id": det.technique, "name": info.name if info else None,
-                              "parent": info.parent_id if info else None},
+                "technique": {
+                    "id": det.technique,
+                    "name": info.name if info else None,
+                    "parent": info.parent_id if info else None,
+                },
                 "tactics": [{"id": t, "name": n} for t, n in (info.tactics if info else ())],
                 "mitigations": [{"id": m, "name": n} for m, n in mitigations],
                 "history_24h": {"detections": history, "actions_other_incidents": prior_actions},
                 "risk_score": score,
                 "summary": summary,
-            }  # fmt: skip
+            }
             inc = await s.get(Incident, inp.incident_id)
             if inc is not None:
                 if inc.risk_score is None or score >= inc.risk_score:
                     inc.risk_score = score
                 inc.enrichment = enrichment
-            await append(s, LogEvent(
-                event_key=f"{inp.incident_id}:{det.key}:assessed",
-                event="incident.assessed", actor=SYSTEM,
-                details={"risk_score": score, "history_24h": history, "summary": summary},
-                **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
-            ))  # fmt: skip
-        return EnrichResult(risk_score=score, tactic=tactic_ids[0] if tactic_ids else None,
-                            summary=summary)  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{inp.incident_id}:{det.key}:assessed",
+                    event="incident.assessed",
+                    actor=SYSTEM,
+                    details={"risk_score": score, "history_24h": history, "summary": summary},
+                    **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
+                ),
+            )
+        return EnrichResult(
+            risk_score=score, tactic=tactic_ids[0] if tactic_ids else None, summary=summary
+        )
 
     @activity.defn(name="close_incident")
     async def close_incident(self, inp: CloseInput) -> bool:
@@ -275,12 +323,19 @@ class ContainmentActivities:
                 .where(Incident.id == inc.id)
                 .values(status="closed", closed_at=text("now()"))
             )
-            await append(s, LogEvent(
-                event_key=f"{inc.id}:closed", event="incident.closed", actor=SYSTEM,
-                incident_id=inc.id, tenant=inc.tenant, subject=inc.subject_key,
-                technique=inc.technique,
-                details={"detections": inc.detection_count, "severity": inc.severity},
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{inc.id}:closed",
+                    event="incident.closed",
+                    actor=SYSTEM,
+                    incident_id=inc.id,
+                    tenant=inc.tenant,
+                    subject=inc.subject_key,
+                    technique=inc.technique,
+                    details={"detections": inc.detection_count, "severity": inc.severity},
+                ),
+            )
         return True
 
 
@@ -296,11 +351,14 @@ async def skip_action(
     )
     row.status = "skipped"
     return LogEvent(
-        event_key=f"{row.id}:skipped", event="action.skipped", actor=SYSTEM,
-        action=row.action_type, outcome="skipped",
+        event_key=f"{row.id}:skipped",
+        event="action.skipped",
+        actor=SYSTEM,
+        action=row.action_type,
+        outcome="skipped",
         details={"action_id": row.id, "target": row.target, "reason": reason},
         **base,
-    )  # fmt: skip
+    )
 
 
 async def apply_enforcement(
@@ -316,9 +374,16 @@ async def apply_enforcement(
     event for the caller to append."""
     until = at + timedelta(seconds=row.duration_seconds) if row.duration_seconds else None
     await add_block(
-        s, action_id=row.id, kind=KIND_OF_ACTION[row.action_type], tenant=row.tenant,
-        target=row.target, incident_id=row.incident_id, technique=technique, now=at, until=until,
-    )  # fmt: skip
+        s,
+        action_id=row.id,
+        kind=KIND_OF_ACTION[row.action_type],
+        tenant=row.tenant,
+        target=row.target,
+        incident_id=row.incident_id,
+        technique=technique,
+        now=at,
+        until=until,
+    )
     await s.execute(
         update(Action)
         .where(Action.id == row.id)
@@ -326,12 +391,20 @@ async def apply_enforcement(
     )
     row.status, row.applied_at, row.expires_at = "applied", at, until
     return LogEvent(
-        event_key=f"{row.id}:applied", event="action.applied", actor=actor,
-        action=row.action_type, outcome="applied",
-        details={"action_id": row.id, "target": row.target, "risk": row.risk,
-                 "until": until.isoformat() if until else None, "rule": row.rule},
+        event_key=f"{row.id}:applied",
+        event="action.applied",
+        actor=actor,
+        action=row.action_type,
+        outcome="applied",
+        details={
+            "action_id": row.id,
+            "target": row.target,
+            "risk": row.risk,
+            "until": until.isoformat() if until else None,
+            "rule": row.rule,
+        },
         **base,
-    )  # fmt: skip
+    )
 
 
 __all__ = ["SYSTEM", "ContainmentActivities", "Severity", "apply_enforcement"]

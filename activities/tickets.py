@@ -54,9 +54,17 @@ EXCERPT_MAX = 2000
 REASON_MAX = 300
 TIMEOUT = (5.0, 15.0)  # connect, read: a step of three requests fits the 60 s start-to-close
 PLACEHOLDERS = (
-    "incident_id", "tenant", "subject", "technique", "technique_name", "tactic",
-    "tactic_name", "severity", "risk_score", "url",
-)  # fmt: skip
+    "incident_id",
+    "tenant",
+    "subject",
+    "technique",
+    "technique_name",
+    "tactic",
+    "tactic_name",
+    "severity",
+    "risk_score",
+    "url",
+)
 
 
 # --- mapping failures -------------------------------------------------------------------------
@@ -443,11 +451,21 @@ class TicketActivities:
                 self.ctx.ticketing.comment, target.ticket_key, note.text, dedupe_key=note.event_key
             )
         except Exception as exc:
-            await self._failed(target, exc, step="comment", key=f"{note.event_key}:ticket-failed",
-                               details={"note": note.event_key})  # fmt: skip
+            await self._failed(
+                target,
+                exc,
+                step="comment",
+                key=f"{note.event_key}:ticket-failed",
+                details={"note": note.event_key},
+            )
             raise
-        await self._log(target, done_key, "ticket.commented", "comment_ticket",
-                        {"note": note.event_key, "text": note.text[:1000]})  # fmt: skip
+        await self._log(
+            target,
+            done_key,
+            "ticket.commented",
+            "comment_ticket",
+            {"note": note.event_key, "text": note.text[:1000]},
+        )
 
     @activity.defn(name="close_ticket")
     async def close_ticket(self, incident_id: str) -> None:
@@ -458,11 +476,17 @@ class TicketActivities:
         try:
             await asyncio.to_thread(self.ctx.ticketing.close, target.ticket_key)
         except Exception as exc:
-            await self._failed(target, exc, step="close", key=f"{incident_id}:ticket-close-failed",
-                               details={})  # fmt: skip
+            await self._failed(
+                target, exc, step="close", key=f"{incident_id}:ticket-close-failed", details={}
+            )
             raise
-        await self._log(target, done_key, "ticket.closed", "close_ticket",
-                        {"transition": self.ctx.settings.jira_done_transition})  # fmt: skip
+        await self._log(
+            target,
+            done_key,
+            "ticket.closed",
+            "close_ticket",
+            {"transition": self.ctx.settings.jira_done_transition},
+        )
 
     async def _ticketed(self, incident_id: str, done_key: str) -> _Ticketed | None:
         """The incident's ticket, or None when there is nothing to do: Jira off, no ticket
@@ -497,12 +521,22 @@ class TicketActivities:
         policy = info.retry_policy
         last = bool(policy and policy.maximum_attempts and info.attempt >= policy.maximum_attempts)
         if not (last or (isinstance(exc, ApplicationError) and exc.non_retryable)):
-            log.warning("jira %s on %s failed (attempt %d): %s", step, t.ticket_key,
-                        info.attempt, _reason(exc))  # fmt: skip
+            log.warning(
+                "jira %s on %s failed (attempt %d): %s",
+                step,
+                t.ticket_key,
+                info.attempt,
+                _reason(exc),
+            )
             return
-        await self._log(t, key, "ticket.failed", f"{step}_ticket",
-                        {**details, "reason": _reason(exc), "attempts": info.attempt},
-                        outcome="failed")  # fmt: skip
+        await self._log(
+            t,
+            key,
+            "ticket.failed",
+            f"{step}_ticket",
+            {**details, "reason": _reason(exc), "attempts": info.attempt},
+            outcome="failed",
+        )
 
     async def _log(
         self,
@@ -515,12 +549,22 @@ class TicketActivities:
         outcome: str = "ok",
     ) -> None:
         async with transaction(self.ctx.factory) as s:
-            await append(s, LogEvent(
-                event_key=key, event=event, actor=SYSTEM, outcome=outcome, action=action,
-                incident_id=t.incident_id, tenant=t.tenant, subject=t.subject,
-                technique=t.technique, tactic=t.tactic,
-                details={"ticket_key": t.ticket_key, **details},
-            ))  # fmt: skip
+            await append(
+                s,
+                LogEvent(
+                    event_key=key,
+                    event=event,
+                    actor=SYSTEM,
+                    outcome=outcome,
+                    action=action,
+                    incident_id=t.incident_id,
+                    tenant=t.tenant,
+                    subject=t.subject,
+                    technique=t.technique,
+                    tactic=t.tactic,
+                    details={"ticket_key": t.ticket_key, **details},
+                ),
+            )
 
 
 def _reason(exc: Exception) -> str:

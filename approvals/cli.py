@@ -95,8 +95,11 @@ def add(
     password = _read_password(password_stdin)
     with _session() as s:
         if s.scalar(select(Principal).where(Principal.name == name)) is not None:
-            raise cli.fail(f"a user named {name!r} exists; change its password with "
-                           f"`soar users passwd {name}`", 1)  # fmt: skip
+            raise cli.fail(
+                f"a user named {name!r} exists; change its password with "
+                f"`soar users passwd {name}`",
+                1,
+            )
         s.add(Principal(name=name, role=role.value, password_hash=hash_password(password)))
     cli.out.print(f"user {name} added with role {role.value}", highlight=False)
 
@@ -121,9 +124,13 @@ def list_users() -> None:
         for p in rows:
             ways = [w for w, h in (("password", p.password_hash), ("token", p.token_hash)) if h]
             table.add_row(
-                p.name, p.role, ", ".join(ways) or "-", p.slack_user_id or "-",
-                "disabled" if p.disabled else "active", p.created_at.strftime("%Y-%m-%d %H:%M"),
-            )  # fmt: skip
+                p.name,
+                p.role,
+                ", ".join(ways) or "-",
+                p.slack_user_id or "-",
+                "disabled" if p.disabled else "active",
+                p.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
     if not rows:
         _cli().out.print("no users yet: `soar users add NAME --role approver`")
         return
@@ -155,8 +162,10 @@ def set_slack(
     cli = _cli()
     slack_user_id = slack_user_id.strip().upper()
     if not _SLACK_ID.match(slack_user_id):
-        raise cli.fail(f"{slack_user_id!r} is not a Slack member ID (like U024BE7LH; in Slack: "
-                       "profile, More, Copy member ID)")  # fmt: skip
+        raise cli.fail(
+            f"{slack_user_id!r} is not a Slack member ID (like U024BE7LH; in Slack: "
+            "profile, More, Copy member ID)"
+        )
     with _session() as s:
         other = s.scalar(select(Principal).where(Principal.slack_user_id == slack_user_id))
         if other is not None and other.name != name:

@@ -84,9 +84,11 @@ def retry_handlers() -> list[RetryHandler]:
 
 def make_web_client(settings: Settings) -> WebClient:
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    base_url = settings.slack_api_url if settings.slack_api_url.endswith("/") else (
-        settings.slack_api_url + "/"
-    )  # fmt: skip
+    base_url = (
+        settings.slack_api_url
+        if settings.slack_api_url.endswith("/")
+        else (settings.slack_api_url + "/")
+    )
     return WebClient(
         token=token,
         base_url=base_url,

@@ -84,8 +84,10 @@ def _incident_fields(inc: IncidentBrief) -> list[Block]:
     ticket = (
         f"<{inc.ticket_url}|{escape(inc.ticket_key or 'ticket')}>"
         if inc.ticket_url
-        else escape(inc.ticket_key) if inc.ticket_key else "none"
-    )  # fmt: skip
+        else escape(inc.ticket_key)
+        if inc.ticket_key
+        else "none"
+    )
     fields = [
         f"*Technique*\n{_code(inc.technique)} {escape(inc.technique_name)}",
         f"*Tactic*\n{tactic}",
@@ -104,17 +106,27 @@ def incident_blocks(inc: IncidentBrief) -> list[Block]:
     done = "\n".join(f"\u2022 {escape(a)}" for a in inc.auto_actions) or "none"
     excerpt = _clip(inc.excerpt, _EXCERPT_MAX) if inc.excerpt else None
     blocks: list[Block] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Incident* {link}"},
-         "fields": _incident_fields(inc)},
-        {"type": "section", "text": {"type": "mrkdwn",
-                                     "text": _clip(f"*Already done automatically*\n{done}", 2900)}},
-    ]  # fmt: skip
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*Incident* {link}"},
+            "fields": _incident_fields(inc),
+        },
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": _clip(f"*Already done automatically*\n{done}", 2900),
+            },
+        },
+    ]
     if excerpt:
         quoted = escape(excerpt).replace("```", "\u02cb\u02cb\u02cb")
         blocks.append(
-            {"type": "section",
-             "text": {"type": "mrkdwn", "text": f"*Excerpt (redacted)*\n```{quoted}```"}}
-        )  # fmt: skip
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"*Excerpt (redacted)*\n```{quoted}```"},
+            }
+        )
     return blocks
 
 
@@ -128,39 +140,58 @@ def approval_text(a: ApprovalBrief) -> str:
 
 
 def _header(text: str) -> Block:
-    return {"type": "header", "text": {"type": "plain_text", "text": _clip(text, _HEADER_MAX),
-                                       "emoji": True}}  # fmt: skip
+    return {
+        "type": "header",
+        "text": {"type": "plain_text", "text": _clip(text, _HEADER_MAX), "emoji": True},
+    }
 
 
 def _what(a: ApprovalBrief) -> Block:
     return {
         "type": "section",
-        "text": {"type": "mrkdwn",
-                 "text": f"*{escape(action_label(a.action_type))}* {_code(a.target)}"},
-    }  # fmt: skip
+        "text": {
+            "type": "mrkdwn",
+            "text": f"*{escape(action_label(a.action_type))}* {_code(a.target)}",
+        },
+    }
 
 
 def decision_buttons(a: ApprovalBrief) -> Block:
     """Both buttons carry the approval id: the interactivity route needs nothing else."""
     confirm = {
         "title": {"type": "plain_text", "text": "Approve?"},
-        "text": {"type": "mrkdwn",
-                 "text": _clip(f"{escape(action_label(a.action_type))} {_code(a.target)} "
-                               "now. This cannot be undone from Slack.", 300)},
+        "text": {
+            "type": "mrkdwn",
+            "text": _clip(
+                f"{escape(action_label(a.action_type))} {_code(a.target)} "
+                "now. This cannot be undone from Slack.",
+                300,
+            ),
+        },
         "confirm": {"type": "plain_text", "text": "Approve"},
         "deny": {"type": "plain_text", "text": "Cancel"},
-    }  # fmt: skip
+    }
     return {
         "type": "actions",
         "block_id": ACTIONS_BLOCK_ID,
         "elements": [
-            {"type": "button", "action_id": ACTION_APPROVE, "style": "primary",
-             "text": {"type": "plain_text", "text": "Approve"}, "value": a.approval_id,
-             "confirm": confirm},
-            {"type": "button", "action_id": ACTION_REJECT, "style": "danger",
-             "text": {"type": "plain_text", "text": "Reject\u2026"}, "value": a.approval_id},
+            {
+                "type": "button",
+                "action_id": ACTION_APPROVE,
+                "style": "primary",
+                "text": {"type": "plain_text", "text": "Approve"},
+                "value": a.approval_id,
+                "confirm": confirm,
+            },
+            {
+                "type": "button",
+                "action_id": ACTION_REJECT,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": "Reject\u2026"},
+                "value": a.approval_id,
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def _footer(a: ApprovalBrief, extra: str = "") -> Block:
@@ -287,16 +318,29 @@ def reason_modal(a: ApprovalBrief, ctx: ModalContext) -> dict[str, Any]:
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
             _what(a),
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": (
-                f"Incident {escape(a.incident.incident_id)}: {_code(a.incident.technique)} "
-                f"{escape(a.incident.technique_name)}, severity {escape(a.incident.severity)}"
-            )}]},
-            {"type": "input", "block_id": REASON_BLOCK_ID, "optional": True,
-             "label": {"type": "plain_text", "text": "Reason (written to the audit log)"},
-             "element": {"type": "plain_text_input", "action_id": REASON_ACTION_ID,
-                         "multiline": True, "max_length": COMMENT_MAX}},
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": _incident_line(a),
+                    }
+                ],
+            },
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK_ID,
+                "optional": True,
+                "label": {"type": "plain_text", "text": "Reason (written to the audit log)"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_ACTION_ID,
+                    "multiline": True,
+                    "max_length": COMMENT_MAX,
+                },
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def submitted_comment(view: dict[str, Any]) -> str | None:
@@ -305,3 +349,11 @@ def submitted_comment(view: dict[str, Any]) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     return value.strip()[:COMMENT_MAX]
+
+
+def _incident_line(a: ApprovalBrief) -> str:
+    inc = a.incident
+    return (
+        f"Incident {escape(inc.incident_id)}: {_code(inc.technique)} "
+        f"{escape(inc.technique_name)}, severity {escape(inc.severity)}"
+    )

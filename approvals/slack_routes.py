@@ -362,9 +362,13 @@ async def _open_reason_modal(state: AppState, brief: ApprovalBrief | None, click
     if notifier is None or brief is None or not click.trigger_id:
         return
     ctx = blocks.ModalContext(
-        approval_id=click.approval_id, decision=click.decision, channel=click.channel,
-        ts=click.ts, response_url=click.response_url, action_ts=click.action_ts,
-    )  # fmt: skip
+        approval_id=click.approval_id,
+        decision=click.decision,
+        channel=click.channel,
+        ts=click.ts,
+        response_url=click.response_url,
+        action_ts=click.action_ts,
+    )
     try:
         await asyncio.to_thread(
             notifier.client.views_open,
@@ -374,15 +378,22 @@ async def _open_reason_modal(state: AppState, brief: ApprovalBrief | None, click
     except SlackApiError as exc:
         # The trigger is only valid for 3 seconds; say so instead of failing silently.
         log.warning("could not open the reason modal for %s: %s", click.approval_id, exc)
-        await _ephemeral(state, click, "could not open the reason form; click Reject again "
-                                       "or decide in the web UI")  # fmt: skip
+        await _ephemeral(
+            state,
+            click,
+            "could not open the reason form; click Reject again or decide in the web UI",
+        )
 
 
 async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
     req = DecisionRequest(
-        approval_id=click.approval_id, decision=click.decision, actor=decider.actor,
-        role=decider.role, channel="slack", comment=click.comment,
-    )  # fmt: skip
+        approval_id=click.approval_id,
+        decision=click.decision,
+        actor=decider.actor,
+        role=decider.role,
+        channel="slack",
+        comment=click.comment,
+    )
     refusal: str | None = None
     unreachable: str | None = None
     async with state.factory() as session:
@@ -413,9 +424,14 @@ async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
     # covers the message that was clicked and is the same content, so order does not matter.
     try:
         await asyncio.to_thread(
-            notifier.update_message, brief, click.channel or brief.slack_channel,
-            click.ts or brief.slack_ts, result.status, result.decided_by, result.decided_at,
-        )  # fmt: skip
+            notifier.update_message,
+            brief,
+            click.channel or brief.slack_channel,
+            click.ts or brief.slack_ts,
+            result.status,
+            result.decided_by,
+            result.decided_at,
+        )
     except Exception as exc:  # the decision stands; the worker's update may still land
         log.warning("could not update the Slack message of %s: %s", click.approval_id, exc)
 
@@ -424,13 +440,23 @@ async def refuse(state: AppState, click: Click, reason: str) -> None:
     """Nothing changes; the attempt is logged with the Slack user ID and the user is told."""
     async with transaction(state.factory) as session:
         base = await _log_base(session, click.approval_id)
-        await append(session, LogEvent(
-            event_key=f"{click.approval_id}:slack-refused:{click.user_id}:{click.action_ts}",
-            event="approval.refused", actor=f"slack:{click.user_id}", outcome="refused",
-            details={"approval_id": click.approval_id, "decision": click.decision,
-                     "channel": "slack", "slack_user_id": click.user_id, "reason": reason},
-            **base,
-        ))  # fmt: skip
+        await append(
+            session,
+            LogEvent(
+                event_key=f"{click.approval_id}:slack-refused:{click.user_id}:{click.action_ts}",
+                event="approval.refused",
+                actor=f"slack:{click.user_id}",
+                outcome="refused",
+                details={
+                    "approval_id": click.approval_id,
+                    "decision": click.decision,
+                    "channel": "slack",
+                    "slack_user_id": click.user_id,
+                    "reason": reason,
+                },
+                **base,
+            ),
+        )
     await _ephemeral(state, click, reason[:1].upper() + reason[1:] + ".")
 
 
@@ -478,7 +504,9 @@ async def _ephemeral(state: AppState, click: Click, text: str) -> None:
     try:
         await asyncio.to_thread(
             notifier.client.chat_postEphemeral,
-            channel=click.channel, user=click.user_id, text=message["text"],
-        )  # fmt: skip
+            channel=click.channel,
+            user=click.user_id,
+            text=message["text"],
+        )
     except Exception as exc:  # a lost ephemeral must not hide the logged refusal
         log.warning("could not tell %s about %s: %s", click.user_id, click.approval_id, exc)

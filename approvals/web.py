@@ -139,26 +139,41 @@ _CSS = (resources.files("approvals") / "static" / "ui.css").read_bytes()
 def error_page(exc: UiError) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     html = _env.get_template("error.html").render(
-        title=exc.title, message=exc.message, status=exc.status, viewer=None, flash=None,
-        nonce=nonce, csrf="", refresh_seconds=0, section="",
-    )  # fmt: skip
+        title=exc.title,
+        message=exc.message,
+        status=exc.status,
+        viewer=None,
+        flash=None,
+        nonce=nonce,
+        csrf="",
+        refresh_seconds=0,
+        section="",
+    )
     response = HTMLResponse(html, status_code=exc.status)
     security_headers(response, nonce)
     return response
 
 
 def render(
-    request: Request, state: AppState, template: str, *, viewer: Viewer | None,
-    status: int = 200, **context: Any,
-) -> HTMLResponse:  # fmt: skip
+    request: Request,
+    state: AppState,
+    template: str,
+    *,
+    viewer: Viewer | None,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     flash = read_flash(request, ui_key(state))
     context.setdefault("refresh_seconds", 0)
     context.setdefault("section", "")
     html = _env.get_template(template).render(
-        viewer=viewer, flash=flash, nonce=nonce, csrf=viewer.session.csrf if viewer else "",
+        viewer=viewer,
+        flash=flash,
+        nonce=nonce,
+        csrf=viewer.session.csrf if viewer else "",
         **context,
-    )  # fmt: skip
+    )
     response = HTMLResponse(html, status_code=status)
     if flash is not None:
         clear_flash(response, state.settings)
@@ -188,20 +203,37 @@ async def stylesheet() -> Response:
 
 
 def _login_page(
-    request: Request, state: AppState, ui: UiSession, *, next_: str,
-    error: str | None = None, username: str = "", status: int = 200,
-) -> Response:  # fmt: skip
-    response = render(request, state, "login.html", viewer=None, status=status, error=error,
-                      username=username, next=next_, login_csrf=ui.csrf)  # fmt: skip
+    request: Request,
+    state: AppState,
+    ui: UiSession,
+    *,
+    next_: str,
+    error: str | None = None,
+    username: str = "",
+    status: int = 200,
+) -> Response:
+    response = render(
+        request,
+        state,
+        "login.html",
+        viewer=None,
+        status=status,
+        error=error,
+        username=username,
+        next=next_,
+        login_csrf=ui.csrf,
+    )
     write_session(response, ui_key(state), ui, state.settings)
     return response
 
 
 @router.get("/login")
 async def login_form(
-    request: Request, state: StateDep,
-    viewer: OptionalViewerDep, next: str = "",
-) -> Response:  # fmt: skip
+    request: Request,
+    state: StateDep,
+    viewer: OptionalViewerDep,
+    next: str = "",
+) -> Response:
     target = local_target(next)
     if viewer is not None:
         return RedirectResponse(target, status_code=303)
@@ -229,15 +261,29 @@ async def login(request: Request, state: StateDep, session: SessionDep) -> Respo
             identity = await identity_for_password(session, username, form["password"])
         refusal = "Unknown user or wrong password."
     else:
-        return _login_page(request, state, ui, next_=target, status=400, username=username,
-                           error="Enter a user name and a password, or an API token.")  # fmt: skip
-    p = await session.scalar(select(Principal).where(Principal.name == identity.name)) \
-        if identity else None  # fmt: skip
+        return _login_page(
+            request,
+            state,
+            ui,
+            next_=target,
+            status=400,
+            username=username,
+            error="Enter a user name and a password, or an API token.",
+        )
+    p = (
+        await session.scalar(select(Principal).where(Principal.name == identity.name))
+        if identity
+        else None
+    )
     if p is None or p.role not in READERS:
-        log.warning("web UI sign-in refused (%s) from %s", method,
-                    request.client.host if request.client else "?")  # fmt: skip
-        return _login_page(request, state, ui, next_=target, status=401, username=username,
-                           error=refusal)  # fmt: skip
+        log.warning(
+            "web UI sign-in refused (%s) from %s",
+            method,
+            request.client.host if request.client else "?",
+        )
+        return _login_page(
+            request, state, ui, next_=target, status=401, username=username, error=refusal
+        )
     log.info("web UI sign-in: %s (%s) with a %s", p.name, p.role, method)
     response = redirect(state, target, Flash("ok", f"Signed in as {p.name} ({p.role})."))
     write_session(response, ui_key(state), UiSession.signed_in(p, method), state.settings)
@@ -267,13 +313,16 @@ class ApprovalCard:
     brief: IncidentBrief
 
 
-async def _pending_cards(session: SessionDep, state: AppState,
-                         incident_id: str | None = None) -> list[ApprovalCard]:  # fmt: skip
+async def _pending_cards(
+    session: SessionDep, state: AppState, incident_id: str | None = None
+) -> list[ApprovalCard]:
     q = (
-        select(Approval, Action).join(Action, Action.id == Approval.action_id)
+        select(Approval, Action)
+        .join(Action, Action.id == Approval.action_id)
         .where(Approval.status == "pending")
-        .order_by(Approval.requested_at.desc()).limit(200)
-    )  # fmt: skip
+        .order_by(Approval.requested_at.desc())
+        .limit(200)
+    )
     if incident_id is not None:
         q = q.where(Approval.incident_id == incident_id)
     briefs: dict[str, IncidentBrief] = {}
@@ -292,13 +341,25 @@ async def approvals_page(
     request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep
 ) -> Response:
     cards = await _pending_cards(session, state)
-    recent = (await session.execute(
-        select(Approval, Action).join(Action, Action.id == Approval.action_id)
-        .where(Approval.status != "pending")
-        .order_by(func.coalesce(Approval.decided_at, Approval.expires_at).desc()).limit(15)
-    )).all()  # fmt: skip
-    return render(request, state, "approvals.html", viewer=viewer, cards=cards, recent=recent,
-                  section="approvals", refresh_seconds=30)  # fmt: skip
+    recent = (
+        await session.execute(
+            select(Approval, Action)
+            .join(Action, Action.id == Approval.action_id)
+            .where(Approval.status != "pending")
+            .order_by(func.coalesce(Approval.decided_at, Approval.expires_at).desc())
+            .limit(15)
+        )
+    ).all()
+    return render(
+        request,
+        state,
+        "approvals.html",
+        viewer=viewer,
+        cards=cards,
+        recent=recent,
+        section="approvals",
+        refresh_seconds=30,
+    )
 
 
 @router.post("/approvals/{approval_id}/decision")
@@ -308,11 +369,15 @@ async def decide(
     form = await read_form(request)
     check_csrf(viewer.session, form)
     if not viewer.can_decide:
-        log.warning("web UI decision refused: %s (%s) on %r", viewer.name, viewer.role,
-                    approval_id[:80])  # fmt: skip
-        raise UiError(403, "Not allowed",
-                      f"Your role ({viewer.role}) may read approvals but not decide them; "
-                      "only approvers and admins can.")  # fmt: skip
+        log.warning(
+            "web UI decision refused: %s (%s) on %r", viewer.name, viewer.role, approval_id[:80]
+        )
+        raise UiError(
+            403,
+            "Not allowed",
+            f"Your role ({viewer.role}) may read approvals but not decide them; "
+            "only approvers and admins can.",
+        )
     decision = form.get("decision", "")
     if decision not in ("approve", "reject"):
         raise UiError(400, "Bad request", "Choose Approve or Reject.")
@@ -326,10 +391,19 @@ async def decide(
         return redirect(state, target, Flash("error", "Not recorded: there is no such approval."))
     approval = await session.get(Approval, approval_id)
     action = await session.get(Action, approval.action_id) if approval else None
-    what = f"{ACTION_LABELS.get(action.action_type, action.action_type)} {action.target}" \
-        if action else approval_id  # fmt: skip
-    req = DecisionRequest(approval_id=approval_id, decision=decision, actor=viewer.name,
-                          role=viewer.role, channel="ui", comment=comment)  # fmt: skip
+    what = (
+        f"{ACTION_LABELS.get(action.action_type, action.action_type)} {action.target}"
+        if action
+        else approval_id
+    )
+    req = DecisionRequest(
+        approval_id=approval_id,
+        decision=decision,
+        actor=viewer.name,
+        role=viewer.role,
+        channel="ui",
+        comment=comment,
+    )
     try:
         result = await send_decision(state, session, approval_id, req)
     except DecisionRefused as exc:
@@ -344,9 +418,14 @@ async def decide(
 
 @router.get("/incidents")
 async def incidents_page(
-    request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep,
-    status: str = "", technique: str = "", subject: str = "",
-) -> Response:  # fmt: skip
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: ViewerDep,
+    status: str = "",
+    technique: str = "",
+    subject: str = "",
+) -> Response:
     status, technique, subject = status.strip(), technique.strip().upper(), subject.strip()
     if status not in ("", "open", "closed"):
         raise UiError(400, "Bad filter", "Status must be open or closed (or empty for any).")
@@ -363,26 +442,66 @@ async def incidents_page(
         q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
     incidents = (await session.scalars(q)).all()
     ids = [i.id for i in incidents]
-    pending = dict((await session.execute(
-        select(Approval.incident_id, func.count()).where(
-            Approval.incident_id.in_(ids), Approval.status == "pending"
-        ).group_by(Approval.incident_id)
-    )).all()) if ids else {}  # fmt: skip
-    names = dict((await session.execute(
-        select(AtlasTechnique.id, AtlasTechnique.name).where(
-            AtlasTechnique.id.in_({i.technique for i in incidents})
+    pending = (
+        dict(
+            (
+                await session.execute(
+                    select(Approval.incident_id, func.count())
+                    .where(Approval.incident_id.in_(ids), Approval.status == "pending")
+                    .group_by(Approval.incident_id)
+                )
+            ).all()
         )
-    )).all()) if ids else {}  # fmt: skip
+        if ids
+        else {}
+    )
+    names = (
+        dict(
+            (
+                await session.execute(
+                    select(AtlasTechnique.id, AtlasTechnique.name).where(
+                        AtlasTechnique.id.in_({i.technique for i in incidents})
+                    )
+                )
+            ).all()
+        )
+        if ids
+        else {}
+    )
     filters = {"status": status, "technique": technique, "subject": subject}
-    return render(request, state, "incidents.html", viewer=viewer, incidents=incidents,
-                  pending=pending, names=names, section="incidents", filters=filters)  # fmt: skip
+    return render(
+        request,
+        state,
+        "incidents.html",
+        viewer=viewer,
+        incidents=incidents,
+        pending=pending,
+        names=names,
+        section="incidents",
+        filters=filters,
+    )
 
 
 def _detail_pairs(details: dict[str, Any]) -> list[tuple[str, str]]:
     """The few facts of an audit entry worth a glance; the full row is in /v1/audit."""
-    keys = ("target", "decision", "comment", "channel", "until", "expires_at", "rules_fired",
-            "severity", "confidence", "risk_score", "excerpt", "ticket_key", "error", "reason",
-            "action_taken", "text")  # fmt: skip
+    keys = (
+        "target",
+        "decision",
+        "comment",
+        "channel",
+        "until",
+        "expires_at",
+        "rules_fired",
+        "severity",
+        "confidence",
+        "risk_score",
+        "excerpt",
+        "ticket_key",
+        "error",
+        "reason",
+        "action_taken",
+        "text",
+    )
     pairs = []
     for k in keys:
         v = details.get(k)
@@ -398,9 +517,13 @@ def _detail_pairs(details: dict[str, Any]) -> list[tuple[str, str]]:
 
 @router.get("/incidents/{incident_id}")
 async def incident_page(
-    incident_id: str, request: Request, state: StateDep, session: SessionDep,
-    viewer: ViewerDep, refresh: str = "",
-) -> Response:  # fmt: skip
+    incident_id: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: ViewerDep,
+    refresh: str = "",
+) -> Response:
     inc = await session.get(Incident, incident_id) if _ID.match(incident_id) else None
     if inc is None:
         raise UiError(404, "Not found", f"There is no incident {incident_id[:80]}.")
@@ -411,10 +534,20 @@ async def incident_page(
     for entry in data["timeline"]:
         entry["pairs"] = _detail_pairs(entry["details"] or {})
     live = inc.status == "open" and refresh != "off"
-    return render(request, state, "incident.html", viewer=viewer, inc=data, brief=brief,
-                  cards=cards, actions=actions, section="incidents", live=live,
-                  paused=inc.status == "open" and not live,
-                  refresh_seconds=REFRESH_SECONDS if live else 0)  # fmt: skip
+    return render(
+        request,
+        state,
+        "incident.html",
+        viewer=viewer,
+        inc=data,
+        brief=brief,
+        cards=cards,
+        actions=actions,
+        section="incidents",
+        live=live,
+        paused=inc.status == "open" and not live,
+        refresh_seconds=REFRESH_SECONDS if live else 0,
+    )
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST"])

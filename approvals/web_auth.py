@@ -46,8 +46,10 @@ def session_key(settings: Settings) -> bytes:
         return settings.session_secret.get_secret_value().encode()
     global _process_key
     if _process_key is None:
-        log.warning("SOAR_SESSION_SECRET is not set: web UI sessions end when this process "
-                    "stops and are not shared between API replicas")  # fmt: skip
+        log.warning(
+            "SOAR_SESSION_SECRET is not set: web UI sessions end when this process "
+            "stops and are not shared between API replicas"
+        )
         _process_key = secrets.token_bytes(32)
     return _process_key
 
@@ -108,12 +110,16 @@ class UiSession:
     @classmethod
     def signed_in(cls, p: Principal, method: str) -> UiSession:
         # A fresh CSRF token at sign-in: a token planted before sign-in is worthless after it.
-        return cls(csrf=secrets.token_urlsafe(32), expires=int(time.time()) + SESSION_SECONDS,
-                   name=p.name, method=method, tag=credential_tag(p, method))  # fmt: skip
+        return cls(
+            csrf=secrets.token_urlsafe(32),
+            expires=int(time.time()) + SESSION_SECONDS,
+            name=p.name,
+            method=method,
+            tag=credential_tag(p, method),
+        )
 
     def payload(self) -> dict[str, Any]:
-        return {"c": self.csrf, "e": self.expires, "n": self.name, "m": self.method,
-                "t": self.tag}  # fmt: skip
+        return {"c": self.csrf, "e": self.expires, "n": self.name, "m": self.method, "t": self.tag}
 
 
 def read_session(request: Request, key: bytes) -> UiSession | None:
@@ -121,8 +127,13 @@ def read_session(request: Request, key: bytes) -> UiSession | None:
     if p is None or not isinstance(p.get("c"), str):
         return None
     name = p.get("n")
-    return UiSession(csrf=p["c"], expires=p["e"], name=name if isinstance(name, str) else None,
-                     method=str(p.get("m") or ""), tag=str(p.get("t") or ""))  # fmt: skip
+    return UiSession(
+        csrf=p["c"],
+        expires=p["e"],
+        name=name if isinstance(name, str) else None,
+        method=str(p.get("m") or ""),
+        tag=str(p.get("t") or ""),
+    )
 
 
 def secure_cookies(settings: Settings) -> bool:
@@ -131,15 +142,24 @@ def secure_cookies(settings: Settings) -> bool:
 
 def write_session(response: Response, key: bytes, ui: UiSession, settings: Settings) -> None:
     response.set_cookie(
-        SESSION_COOKIE, sign(key, "session", ui.payload()),
-        max_age=max(0, ui.expires - int(time.time())), path=COOKIE_PATH,
-        secure=secure_cookies(settings), httponly=True, samesite="lax",
-    )  # fmt: skip
+        SESSION_COOKIE,
+        sign(key, "session", ui.payload()),
+        max_age=max(0, ui.expires - int(time.time())),
+        path=COOKIE_PATH,
+        secure=secure_cookies(settings),
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def clear_session(response: Response, settings: Settings) -> None:
-    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, secure=secure_cookies(settings),
-                           httponly=True, samesite="lax")  # fmt: skip
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path=COOKIE_PATH,
+        secure=secure_cookies(settings),
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def csrf_ok(ui: UiSession | None, submitted: str) -> bool:
@@ -157,9 +177,14 @@ class Flash:
 def write_flash(response: Response, key: bytes, flash: Flash, settings: Settings) -> None:
     payload = {"k": flash.kind, "m": flash.message[:500], "e": int(time.time()) + FLASH_SECONDS}
     response.set_cookie(
-        FLASH_COOKIE, sign(key, "flash", payload), max_age=FLASH_SECONDS, path=COOKIE_PATH,
-        secure=secure_cookies(settings), httponly=True, samesite="lax",
-    )  # fmt: skip
+        FLASH_COOKIE,
+        sign(key, "flash", payload),
+        max_age=FLASH_SECONDS,
+        path=COOKIE_PATH,
+        secure=secure_cookies(settings),
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def read_flash(request: Request, key: bytes) -> Flash | None:
@@ -170,8 +195,13 @@ def read_flash(request: Request, key: bytes) -> Flash | None:
 
 
 def clear_flash(response: Response, settings: Settings) -> None:
-    response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH, secure=secure_cookies(settings),
-                           httponly=True, samesite="lax")  # fmt: skip
+    response.delete_cookie(
+        FLASH_COOKIE,
+        path=COOKIE_PATH,
+        secure=secure_cookies(settings),
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def local_target(value: str | None, default: str = "/ui/approvals") -> str:
@@ -286,6 +316,9 @@ async def read_form(request: Request) -> dict[str, str]:
 
 def check_csrf(ui: UiSession | None, form: dict[str, str]) -> None:
     if not csrf_ok(ui, form.get("csrf", "")):
-        raise UiError(403, "Form refused",
-                      "This form has expired or did not come from this site (missing or wrong "
-                      "CSRF token). Reload the page and try again.")  # fmt: skip
+        raise UiError(
+            403,
+            "Form refused",
+            "This form has expired or did not come from this site (missing or wrong "
+            "CSRF token). Reload the page and try again.",
+        )

@@ -45,8 +45,11 @@ async def noop(x: int) -> int:
 class BareWorkflow:
     @workflow.run
     async def run(self, x: int) -> int:
-        return int(await workflow.execute_activity(
-            "bench_noop", x, start_to_close_timeout=timedelta(seconds=10)))  # fmt: skip
+        return int(
+            await workflow.execute_activity(
+                "bench_noop", x, start_to_close_timeout=timedelta(seconds=10)
+            )
+        )
 
 
 @dataclass
@@ -64,8 +67,10 @@ class Stats:
             return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
 
         thr = self.effective / self.wall if self.wall else 0.0
-        return (f"{self.name:<34} {len(lat):>5} {pct(0.5):>8.1f} {pct(0.95):>8.1f} "
-                f"{pct(0.99):>8.1f} {thr:>8.1f} {self.sent - self.effective:>5}")  # fmt: skip
+        return (
+            f"{self.name:<34} {len(lat):>5} {pct(0.5):>8.1f} {pct(0.95):>8.1f} "
+            f"{pct(0.99):>8.1f} {thr:>8.1f} {self.sent - self.effective:>5}"
+        )
 
 
 async def paced(n: int, rate: float, concurrency: int, one: object) -> tuple[list[float], float]:
@@ -111,15 +116,20 @@ async def bare(client: Client, n: int, rate: float, concurrency: int, label: str
     return Stats(label, lat, time.perf_counter() - started, n, len(lat))
 
 
-async def contain(http: httpx.AsyncClient, db_url: str, n: int, rate: float,
-                  concurrency: int, label: str) -> Stats:  # fmt: skip
+async def contain(
+    http: httpx.AsyncClient, db_url: str, n: int, rate: float, concurrency: int, label: str
+) -> Stats:
     run = uuid.uuid4().hex[:6]
     sent_at: dict[str, float] = {}
 
     async def one(i: int) -> float:
         session = f"bench-{run}-{i}"
-        body = json.dumps(detection(id=f"bench-{run}-{i}", subject={
-            "tenant": "bench", "session": session, "user": f"bu-{run}-{i}"})).encode()  # fmt: skip
+        body = json.dumps(
+            detection(
+                id=f"bench-{run}-{i}",
+                subject={"tenant": "bench", "session": session, "user": f"bu-{run}-{i}"},
+            )
+        ).encode()
         sent_at[session] = time.time()
         r = await http.post("/v1/detections", content=body, headers=sign(body))
         assert r.status_code == 202, r.text
@@ -148,8 +158,9 @@ async def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="detections per phase (default 200)")
     ap.add_argument("--rate", type=float, default=5.0, help="steady rate per second")
     ap.add_argument("--concurrency", type=int, default=50, help="requests in flight in a burst")
-    ap.add_argument("--sandbox", action="store_true",
-                    help="run the worker with SOAR_WORKFLOW_SANDBOX=true")  # fmt: skip
+    ap.add_argument(
+        "--sandbox", action="store_true", help="run the worker with SOAR_WORKFLOW_SANDBOX=true"
+    )
     args = ap.parse_args()
 
     env = {"SOAR_WORKFLOW_SANDBOX": "true" if args.sandbox else "false"}
@@ -158,18 +169,28 @@ async def main() -> None:
         client = await Client.connect(stack.address)
         results: list[Stats] = []
         # Unsandboxed: this script is __main__, which the sandbox cannot re-import.
-        async with Worker(client, task_queue="bench-bare", workflows=[BareWorkflow],
-                          activities=[noop], workflow_runner=UnsandboxedWorkflowRunner(),
-                          ), httpx.AsyncClient(base_url=base, timeout=60) as http:  # fmt: skip
+        async with (
+            Worker(
+                client,
+                task_queue="bench-bare",
+                workflows=[BareWorkflow],
+                activities=[noop],
+                workflow_runner=UnsandboxedWorkflowRunner(),
+            ),
+            httpx.AsyncClient(base_url=base, timeout=60) as http,
+        ):
             print(f"warming up ... ({args.n} detections per phase)", file=sys.stderr)
             await bare(client, 20, 0, 5, "warm-up")
             await contain(http, db_url, 20, 0, 5, "warm-up")
-            for label, rate, conc in ((f"steady {args.rate:g}/s", args.rate, args.concurrency),
-                                      ("burst", 0.0, args.concurrency)):  # fmt: skip
+            for label, rate, conc in (
+                (f"steady {args.rate:g}/s", args.rate, args.concurrency),
+                ("burst", 0.0, args.concurrency),
+            ):
                 print(f"measuring {label} ...", file=sys.stderr)
                 results.append(await bare(client, args.n, rate, conc, f"bare 1-activity, {label}"))
-                results.append(await contain(http, db_url, args.n, rate, conc,
-                                             f"containment, {label}"))  # fmt: skip
+                results.append(
+                    await contain(http, db_url, args.n, rate, conc, f"containment, {label}")
+                )
         print()
         cpu = {**stack.pids, "bench (load + bare worker)": os.getpid()}
         used = ", ".join(f"{name} {cpu_seconds(pid):.1f}" for name, pid in cpu.items())

@@ -188,8 +188,12 @@ async def subject_flood(base: str, db_url: str, address: str, n: int, conc: int)
     subject = {"tenant": "acme", "user": f"flooder-{run}"}
     admin = {"Authorization": f"Bearer {TOKENS['admin']}"}
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        first = detection(id=f"sf-{run}-crit", technique="AML.T0057", severity="critical",
-                          subject={**subject, "session": "s-0"})  # fmt: skip
+        first = detection(
+            id=f"sf-{run}-crit",
+            technique="AML.T0057",
+            severity="critical",
+            subject={**subject, "session": "s-0"},
+        )
         raw = json.dumps(first).encode()
         r = await http.post("/v1/detections", content=raw, headers=sign(raw))
         assert r.status_code == 202, r.text
@@ -234,16 +238,23 @@ async def subject_flood(base: str, db_url: str, address: str, n: int, conc: int)
         async for wf in client.list_workflows(f"WorkflowId = '{wid}'"):
             desc = await client.get_workflow_handle(wid, run_id=wf.run_id).describe()
             lengths.append(desc.raw_description.workflow_execution_info.history_length)
-        print(f"workflow runs {len(lengths)}, history events per run: max {max(lengths)}"
-              f" (limit here 10,000; Temporal's hard limit 51,200)")  # fmt: skip
+        print(
+            f"workflow runs {len(lengths)}, history events per run: max {max(lengths)}"
+            f" (limit here 10,000; Temporal's hard limit 51,200)"
+        )
         if approval is None:
             print("no approval appeared: cannot check the decision")
             return
         t0 = time.perf_counter()
-        r = await http.post(f"/v1/approvals/{approval}/decision", headers=admin,
-                            json={"decision": "reject", "comment": "bench"})  # fmt: skip
-        print(f"decision on the pending approval: {r.status_code} {r.json().get('status')} "
-              f"in {(time.perf_counter() - t0) * 1000:.0f} ms")  # fmt: skip
+        r = await http.post(
+            f"/v1/approvals/{approval}/decision",
+            headers=admin,
+            json={"decision": "reject", "comment": "bench"},
+        )
+        print(
+            f"decision on the pending approval: {r.status_code} {r.json().get('status')} "
+            f"in {(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
 
 
 async def main() -> None:

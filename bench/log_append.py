@@ -59,9 +59,18 @@ CREATE INDEX ON plain_log (subject, seq);
 CREATE INDEX ON plain_log (at) INCLUDE (seq);
 """
 _COLS = (
-    "event_key", "incident_id", "tenant", "subject", "event", "action", "actor", "outcome",
-    "technique", "tactic", "details",
-)  # fmt: skip
+    "event_key",
+    "incident_id",
+    "tenant",
+    "subject",
+    "event",
+    "action",
+    "actor",
+    "outcome",
+    "technique",
+    "tactic",
+    "details",
+)
 
 
 def events(tag: str, w: int, i: int) -> list[LogEvent]:

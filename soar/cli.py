@@ -264,10 +264,13 @@ def atlas_show(technique: Annotated[str, typer.Argument(help="e.g. AML.T0051.001
     out.print(f"{info.id}  {info.name}", highlight=False)
     parent = f"{info.parent_id}  {info.parent_name or ''}" if info.parent_id else "-"
     out.print(f"parent:      {parent}", highlight=False)
-    out.print("tactics:     " + (", ".join(f"{i} {n}" for i, n in info.tactics) or "-"),
-              highlight=False)  # fmt: skip
-    out.print("mitigations: " + ("\n             ".join(f"{i} {n}" for i, n in info.mitigations)
-                                 or "-"), highlight=False)  # fmt: skip
+    out.print(
+        "tactics:     " + (", ".join(f"{i} {n}" for i, n in info.tactics) or "-"), highlight=False
+    )
+    out.print(
+        "mitigations: " + ("\n             ".join(f"{i} {n}" for i, n in info.mitigations) or "-"),
+        highlight=False,
+    )
 
 
 @policy_app.command("check")
@@ -320,8 +323,9 @@ def policy_explain(
     out.print("plan:" if plan.actions else "plan: nothing to do")
     for a in plan.actions:
         dur = f" for {a.duration_seconds}s" if a.duration_seconds else ""
-        out.print(f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})",
-                  highlight=False)  # fmt: skip
+        out.print(
+            f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})", highlight=False
+        )
 
 
 def _register_optional_commands() -> None:

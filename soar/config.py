@@ -161,8 +161,10 @@ class Settings(BaseSettings):
                 continue
             sev, sep, name = item.partition(":")
             if not sep or sev.strip() not in severities or not name.strip():
-                raise ValueError(f"entry {item!r} must be severity:Priority name "
-                                 f"(severity one of {', '.join(sorted(severities))})")  # fmt: skip
+                raise ValueError(
+                    f"entry {item!r} must be severity:Priority name "
+                    f"(severity one of {', '.join(sorted(severities))})"
+                )
         return v
 
     @field_validator("api_tokens")

@@ -38,8 +38,9 @@ class BlockStatus:
             "blocked": self.blocked,
             "until": self.until.isoformat() if self.until else None,
             "reason": {"incident_id": self.incident_id, "technique": self.technique}
-            if self.blocked else None,
-        }  # fmt: skip
+            if self.blocked
+            else None,
+        }
 
 
 def status_of(block: Block | None) -> BlockStatus:
@@ -64,11 +65,17 @@ async def add_block(
     await session.execute(
         pg_insert(EnforcementBlock)
         .values(
-            action_id=action_id, kind=kind, tenant=tenant, target=target,
-            incident_id=incident_id, technique=technique, created_at=now, until=until,
+            action_id=action_id,
+            kind=kind,
+            tenant=tenant,
+            target=target,
+            incident_id=incident_id,
+            technique=technique,
+            created_at=now,
+            until=until,
         )
         .on_conflict_do_nothing(index_elements=["action_id"])
-    )  # fmt: skip
+    )
 
 
 async def lift_block(session: AsyncSession, *, action_id: str, now: datetime) -> bool:

@@ -41,8 +41,13 @@ def bearer(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
 
 
-def sign(body: bytes, *, secret: str = WEBHOOK_SECRET, at: datetime | None = None,
-         msg_id: str | None = None) -> dict[str, str]:  # fmt: skip
+def sign(
+    body: bytes,
+    *,
+    secret: str = WEBHOOK_SECRET,
+    at: datetime | None = None,
+    msg_id: str | None = None,
+) -> dict[str, str]:
     at = at or datetime.now(UTC)
     msg_id = msg_id or "msg_" + uuid.uuid4().hex
     sig = Webhook(secret).sign(msg_id, at, body.decode())
@@ -77,9 +82,13 @@ def make_settings(db_url: str, temporal_address: str, task_queue: str, **over: A
         "webhook_secret": WEBHOOK_SECRET,
         "api_tokens": api_tokens(),
         "api_port": free_port(),
-        "slack_bot_token": None, "slack_signing_secret": None, "slack_approval_channel": None,
-        "jira_url": None, "jira_token": None, "jira_project": None,
-    }  # fmt: skip
+        "slack_bot_token": None,
+        "slack_signing_secret": None,
+        "slack_approval_channel": None,
+        "jira_url": None,
+        "jira_token": None,
+        "jira_project": None,
+    }
     values.update(over)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -99,8 +108,13 @@ class ApiServer:
             webhook_secret=WEBHOOK_SECRET,
         )
         self.url = f"http://127.0.0.1:{settings.api_port}"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.api_port,
-                                log_level="warning", access_log=False)  # fmt: skip
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -148,9 +162,13 @@ class Stack:
 
 
 def add_source(
-    db_url: str, name: str, *, tenants: tuple[str, ...] = (), public_key: str | None = None,
+    db_url: str,
+    name: str,
+    *,
+    tenants: tuple[str, ...] = (),
+    public_key: str | None = None,
     secrets_key: str | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """Registers a detection source as `soar sources add` does; returns its secret."""
     from sqlalchemy.orm import Session as OrmSession
 
@@ -165,8 +183,9 @@ def add_source(
         engine.dispose()
 
 
-async def eventually(check: Callable[[], Any], *, timeout: float = 10.0,
-                     interval: float = 0.05) -> Any:  # fmt: skip
+async def eventually(
+    check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05
+) -> Any:
     """Poll an async or sync check until it returns something truthy."""
     deadline = time.monotonic() + timeout
     last: Any = None

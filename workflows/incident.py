@@ -202,11 +202,18 @@ class IncidentWorkflow:
         )
         approval.recorded = True
         outcome = ApprovalOutcome(approval.ref, approval.status, req.actor, decided_at)
-        self._step(CarriedStep(
-            "outcome", self._now_iso(), action=_carry(approval.ref.action),
-            approval_id=approval.ref.approval_id, approval_expires_at=approval.ref.expires_at,
-            event=outcome.status, by=outcome.by, at=outcome.at,
-        ))  # fmt: skip
+        self._step(
+            CarriedStep(
+                "outcome",
+                self._now_iso(),
+                action=_carry(approval.ref.action),
+                approval_id=approval.ref.approval_id,
+                approval_expires_at=approval.ref.expires_at,
+                event=outcome.status,
+                by=outcome.by,
+                at=outcome.at,
+            )
+        )
         self._note(
             f"{approval.ref.approval_id}:decided",
             f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
@@ -300,10 +307,11 @@ class IncidentWorkflow:
         await workflow.wait_condition(lambda: not self._busy(timers=False))
         async with self._ticket_lock:
             await self._external(
-                "close_ticket", inp.incident_id,
+                "close_ticket",
+                inp.incident_id,
                 CarriedStep("close_ticket", self._now_iso(), incident_id=inp.incident_id),
                 start_to_close=timedelta(seconds=60),
-            )  # fmt: skip
+            )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return "closed"
 
@@ -397,14 +405,23 @@ class IncidentWorkflow:
             else:
                 self._spawn(self._run_action(ref))
         for ref in result.applied:
-            self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}"
-                       + (f" until {ref.expires_at}" if ref.expires_at else ""))  # fmt: skip
+            self._note(
+                f"{ref.action_id}:applied",
+                f"Applied {ref.action_type} {ref.target}"
+                + (f" until {ref.expires_at}" if ref.expires_at else ""),
+            )
             self._hook(ref, "applied")
             if ref.expires_at:
                 st.timed_blocks[ref.action_id] = TimedBlock(
-                    ref.action_id, ref.action_key, ref.expires_at, ref.action_type,
-                    ref.incident_id, ref.tenant, ref.target, ref.technique,
-                )  # fmt: skip
+                    ref.action_id,
+                    ref.action_key,
+                    ref.expires_at,
+                    ref.action_type,
+                    ref.incident_id,
+                    ref.tenant,
+                    ref.target,
+                    ref.technique,
+                )
                 self._lift_timer(st.timed_blocks[ref.action_id], ref)
         if self._should_assess(det):
             self._spawn(self._assess(det))
@@ -475,8 +492,9 @@ class IncidentWorkflow:
                 step.started = True
                 c = step.carried  # notes asked for meanwhile were merged into it
                 note = TicketNote(c.incident_id, c.event_key, c.text)
-                await self._external("note_ticket", note, c, step=step,
-                                     start_to_close=timedelta(seconds=60))  # fmt: skip
+                await self._external(
+                    "note_ticket", note, c, step=step, start_to_close=timedelta(seconds=60)
+                )
         step.open = False
 
     async def _external(
@@ -537,8 +555,11 @@ class IncidentWorkflow:
             return
         incident = action.incident_id if action is not None else c.incident_id
         if c.kind in ("note", "close_ticket"):
-            key = (f"{c.event_key}:ticket-failed" if c.kind == "note"
-                   else f"{incident}:ticket-close-failed")  # fmt: skip
+            key = (
+                f"{c.event_key}:ticket-failed"
+                if c.kind == "note"
+                else f"{incident}:ticket-close-failed"
+            )
             event = "ticket.failed"
         else:
             key, event = f"{c.approval_id}:{c.kind}-failed", f"approval.{c.kind}_failed"
@@ -593,10 +614,14 @@ class IncidentWorkflow:
 
     async def _execute_action(self, ref: ActionRef, step: _Step | None = None) -> bool:
         if self._v1 and ref.action_type not in ENFORCEMENT:  # a notice or a ticket: external
-            c = step.carried if step is not None else CarriedStep(
-                "action", self._now_iso(), action=_carry(ref))  # fmt: skip
-            return await self._external("run_action", ref, c, step=step,
-                                        start_to_close=timedelta(seconds=60))  # fmt: skip
+            c = (
+                step.carried
+                if step is not None
+                else CarriedStep("action", self._now_iso(), action=_carry(ref))
+            )
+            return await self._external(
+                "run_action", ref, c, step=step, start_to_close=timedelta(seconds=60)
+            )
         try:
             await workflow.execute_activity(
                 "run_action",
@@ -627,17 +652,26 @@ class IncidentWorkflow:
                 )
                 last.merged += 1
                 return
-            self._last_note = self._step(CarriedStep(
-                "note", self._now_iso(), incident_id=self._input.incident_id,
-                event_key=event_key, text=text,
-            ))  # fmt: skip
+            self._last_note = self._step(
+                CarriedStep(
+                    "note",
+                    self._now_iso(),
+                    incident_id=self._input.incident_id,
+                    event_key=event_key,
+                    text=text,
+                )
+            )
             return
         note = TicketNote(self._input.incident_id, event_key, text)
 
         async def write() -> None:
             async with self._ticket_lock:
-                await self._external("note_ticket", note, CarriedStep("note", ""),
-                                     start_to_close=timedelta(seconds=60))  # fmt: skip
+                await self._external(
+                    "note_ticket",
+                    note,
+                    CarriedStep("note", ""),
+                    start_to_close=timedelta(seconds=60),
+                )
 
         self._spawn(write())
 
@@ -679,11 +713,17 @@ class IncidentWorkflow:
         st.generations[block.action_key] = st.generations.get(block.action_key, 1) + 1
         if ref is None and block.action_type:  # restored after continue-as-new
             ref = ActionRef(
-                action_id=block.action_id, incident_id=block.incident_id,
-                action_key=block.action_key, action_type=block.action_type, risk="low",
-                tenant=block.tenant, target=block.target, technique=block.technique,
-                expires_at=block.expires_at, status="applied",
-            )  # fmt: skip
+                action_id=block.action_id,
+                incident_id=block.incident_id,
+                action_key=block.action_key,
+                action_type=block.action_type,
+                risk="low",
+                tenant=block.tenant,
+                target=block.target,
+                technique=block.technique,
+                expires_at=block.expires_at,
+                status="applied",
+            )
         if ref is not None:
             if self._v1:
                 self._hook(ref, "lifted")
@@ -720,10 +760,15 @@ class IncidentWorkflow:
         approval.expire_at = workflow.now() + timedelta(seconds=timeout)
         approval.escalate_at = approval.expire_at - timedelta(seconds=timeout / 2)
         if self._v1:
-            self._step(CarriedStep(
-                "announce", self._now_iso(), action=_carry(action), approval_id=ref.approval_id,
-                approval_expires_at=ref.expires_at,
-            ))  # fmt: skip
+            self._step(
+                CarriedStep(
+                    "announce",
+                    self._now_iso(),
+                    action=_carry(action),
+                    approval_id=ref.approval_id,
+                    approval_expires_at=ref.expires_at,
+                )
+            )
         else:
             self._spawn(self._announce_v0(ref))
         await self._await_decision(approval)
@@ -751,10 +796,15 @@ class IncidentWorkflow:
                 )
                 approval.escalated = True
                 if self._v1:
-                    self._step(CarriedStep(
-                        "remind", self._now_iso(), action=_carry(action),
-                        approval_id=ref.approval_id, approval_expires_at=ref.expires_at,
-                    ))  # fmt: skip
+                    self._step(
+                        CarriedStep(
+                            "remind",
+                            self._now_iso(),
+                            action=_carry(action),
+                            approval_id=ref.approval_id,
+                            approval_expires_at=ref.expires_at,
+                        )
+                    )
                 approval.waiting = True
         await _wait_until(lambda: approval.status != "pending", approval.expire_at)
         approval.waiting = False
@@ -767,11 +817,17 @@ class IncidentWorkflow:
                 retry_policy=_FAST,
             )
             if self._v1:
-                self._step(CarriedStep(
-                    "outcome", self._now_iso(), action=_carry(action),
-                    approval_id=ref.approval_id, approval_expires_at=ref.expires_at,
-                    event="expired", at=self._now_iso(),
-                ))  # fmt: skip
+                self._step(
+                    CarriedStep(
+                        "outcome",
+                        self._now_iso(),
+                        action=_carry(action),
+                        approval_id=ref.approval_id,
+                        approval_expires_at=ref.expires_at,
+                        event="expired",
+                        at=self._now_iso(),
+                    )
+                )
             self._state.active_keys.discard(action.action_key)
             self._note(
                 f"{ref.approval_id}:expired",
@@ -800,13 +856,16 @@ class IncidentWorkflow:
         st = self._state
         approvals = tuple(
             CarriedApproval(
-                approval_id=a.ref.approval_id, action=_carry(a.ref.action),
-                expires_at=a.ref.expires_at, escalate_at=a.escalate_at.isoformat(),
-                expire_at=a.expire_at.isoformat(), escalated=a.escalated,
+                approval_id=a.ref.approval_id,
+                action=_carry(a.ref.action),
+                expires_at=a.ref.expires_at,
+                escalate_at=a.escalate_at.isoformat(),
+                expire_at=a.expire_at.isoformat(),
+                escalated=a.escalated,
             )
             for a in self._approvals.values()
             if a.status == "pending" and a.escalate_at is not None and a.expire_at is not None
-        )  # fmt: skip
+        )
         steps = tuple(self._handed)
         carried = CarriedState(
             detection_count=st.detection_count,

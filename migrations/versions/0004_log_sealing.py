@@ -43,9 +43,20 @@ def _field(expr: str) -> str:
 
 _AT = "to_char(r.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 _FIELDS = (
-    "s::text", "r.event_key", _AT, "r.incident_id", "r.tenant", "r.subject", "r.event",
-    "r.action", "r.actor", "r.outcome", "r.technique", "r.tactic", "r.details::text",
-)  # fmt: skip
+    "s::text",
+    "r.event_key",
+    _AT,
+    "r.incident_id",
+    "r.tenant",
+    "r.subject",
+    "r.event",
+    "r.action",
+    "r.actor",
+    "r.outcome",
+    "r.technique",
+    "r.tactic",
+    "r.details::text",
+)
 _CONTENT = "convert_to('atlas-soar/log/v2', 'UTF8') || " + " || ".join(
     f"'\\x00'::bytea || {_field(f)}" for f in _FIELDS
 )
@@ -53,9 +64,20 @@ _CONTENT = "convert_to('atlas-soar/log/v2', 'UTF8') || " + " || ".join(
 
 # What sealing must leave as it is.
 _KEPT = (
-    "id", "event_key", "at", "incident_id", "tenant", "subject", "event", "action", "actor",
-    "outcome", "technique", "tactic", "details",
-)  # fmt: skip
+    "id",
+    "event_key",
+    "at",
+    "incident_id",
+    "tenant",
+    "subject",
+    "event",
+    "action",
+    "actor",
+    "outcome",
+    "technique",
+    "tactic",
+    "details",
+)
 
 
 def upgrade() -> None:

@@ -91,21 +91,26 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": printable(".".join(str(p) for p in e["loc"] if p != "body") or "body"),
-             "message": printable(str(e["msg"]).removeprefix("Value error, "))}
+            {
+                "field": printable(".".join(str(p) for p in e["loc"] if p != "body") or "body"),
+                "message": printable(str(e["msg"]).removeprefix("Value error, ")),
+            }
             for e in exc.errors()
-        ]  # fmt: skip
+        ]
         return JSONResponse({"error": "invalid request", "errors": errors}, status_code=422)
 
     @app.exception_handler(DataError)
     async def _bad_data(request: Request, exc: DataError) -> JSONResponse:
         # e.g. a NUL character in a path or query value: the input's fault, not ours.
         return JSONResponse(
-            {"error": "invalid request", "errors": [
-                {"field": "request", "message": "contains characters that cannot be stored"}
-            ]},
+            {
+                "error": "invalid request",
+                "errors": [
+                    {"field": "request", "message": "contains characters that cannot be stored"}
+                ],
+            },
             status_code=422,
-        )  # fmt: skip
+        )
 
     for exc_type in _UNAVAILABLE:
 

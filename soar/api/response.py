@@ -208,58 +208,108 @@ def _ts(v: datetime | None) -> str | None:
 
 def approval_json(a: Approval) -> dict[str, Any]:
     return {
-        "approval_id": a.id, "incident_id": a.incident_id, "action_id": a.action_id,
-        "status": a.status, "requested_at": _ts(a.requested_at), "expires_at": _ts(a.expires_at),
-        "decided_at": _ts(a.decided_at), "decided_by": a.decided_by,
-        "channel": a.decision_channel, "comment": a.comment,
-    }  # fmt: skip
+        "approval_id": a.id,
+        "incident_id": a.incident_id,
+        "action_id": a.action_id,
+        "status": a.status,
+        "requested_at": _ts(a.requested_at),
+        "expires_at": _ts(a.expires_at),
+        "decided_at": _ts(a.decided_at),
+        "decided_by": a.decided_by,
+        "channel": a.decision_channel,
+        "comment": a.comment,
+    }
 
 
 async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
-    dets = (await session.scalars(
-        select(Detection).where(Detection.incident_id == inc.id).order_by(Detection.received_at)
-    )).all()  # fmt: skip
-    actions = (await session.scalars(
-        select(ActionRow).where(ActionRow.incident_id == inc.id).order_by(ActionRow.created_at)
-    )).all()  # fmt: skip
-    approvals = (await session.scalars(
-        select(Approval).where(Approval.incident_id == inc.id).order_by(Approval.requested_at)
-    )).all()  # fmt: skip
-    timeline = (await session.scalars(
-        select(ActionLogEntry).where(ActionLogEntry.incident_id == inc.id)
-        .order_by(ActionLogEntry.seq.asc().nulls_last(), ActionLogEntry.id)
-    )).all()  # fmt: skip
+    dets = (
+        await session.scalars(
+            select(Detection).where(Detection.incident_id == inc.id).order_by(Detection.received_at)
+        )
+    ).all()
+    actions = (
+        await session.scalars(
+            select(ActionRow).where(ActionRow.incident_id == inc.id).order_by(ActionRow.created_at)
+        )
+    ).all()
+    approvals = (
+        await session.scalars(
+            select(Approval).where(Approval.incident_id == inc.id).order_by(Approval.requested_at)
+        )
+    ).all()
+    timeline = (
+        await session.scalars(
+            select(ActionLogEntry)
+            .where(ActionLogEntry.incident_id == inc.id)
+            .order_by(ActionLogEntry.seq.asc().nulls_last(), ActionLogEntry.id)
+        )
+    ).all()
     return {
-        "incident_id": inc.id, "workflow_id": inc.workflow_id, "status": inc.status,
-        "tenant": inc.tenant, "subject": inc.subject_key, "technique": inc.technique,
-        "severity": inc.severity, "detection_count": inc.detection_count,
-        "opened_at": _ts(inc.opened_at), "last_detection_at": _ts(inc.last_detection_at),
-        "closed_at": _ts(inc.closed_at), "risk_score": inc.risk_score,
-        "enrichment": inc.enrichment, "plan": inc.plan,
+        "incident_id": inc.id,
+        "workflow_id": inc.workflow_id,
+        "status": inc.status,
+        "tenant": inc.tenant,
+        "subject": inc.subject_key,
+        "technique": inc.technique,
+        "severity": inc.severity,
+        "detection_count": inc.detection_count,
+        "opened_at": _ts(inc.opened_at),
+        "last_detection_at": _ts(inc.last_detection_at),
+        "closed_at": _ts(inc.closed_at),
+        "risk_score": inc.risk_score,
+        "enrichment": inc.enrichment,
+        "plan": inc.plan,
         "ticket": {"key": inc.ticket_key, "url": inc.ticket_url} if inc.ticket_key else None,
         "detections": [
-            {"detection_id": d.external_id, "source": d.source, "technique": d.technique,
-             "severity": d.severity, "confidence": d.confidence,
-             "subject": {"tenant": d.tenant, "user": d.subject_user,
-                         "session": d.subject_session, "api_key": d.subject_api_key},
-             "observed_at": _ts(d.observed_at), "received_at": _ts(d.received_at),
-             "prompt_sha256": d.prompt_sha256, "excerpt": d.excerpt, "format": d.format}
+            {
+                "detection_id": d.external_id,
+                "source": d.source,
+                "technique": d.technique,
+                "severity": d.severity,
+                "confidence": d.confidence,
+                "subject": {
+                    "tenant": d.tenant,
+                    "user": d.subject_user,
+                    "session": d.subject_session,
+                    "api_key": d.subject_api_key,
+                },
+                "observed_at": _ts(d.observed_at),
+                "received_at": _ts(d.received_at),
+                "prompt_sha256": d.prompt_sha256,
+                "excerpt": d.excerpt,
+                "format": d.format,
+            }
             for d in dets
         ],
         "actions": [
-            {"action_id": a.id, "type": a.action_type, "risk": a.risk, "target": a.target,
-             "status": a.status, "rule": a.rule, "applied_at": _ts(a.applied_at),
-             "expires_at": _ts(a.expires_at), "finished_at": _ts(a.finished_at),
-             "error": a.error}
+            {
+                "action_id": a.id,
+                "type": a.action_type,
+                "risk": a.risk,
+                "target": a.target,
+                "status": a.status,
+                "rule": a.rule,
+                "applied_at": _ts(a.applied_at),
+                "expires_at": _ts(a.expires_at),
+                "finished_at": _ts(a.finished_at),
+                "error": a.error,
+            }
             for a in actions
         ],
         "approvals": [approval_json(a) for a in approvals],
         "timeline": [
-            {"seq": e.seq, "at": _ts(e.at), "event": e.event, "action": e.action,
-             "actor": e.actor, "outcome": e.outcome, "details": e.details}
+            {
+                "seq": e.seq,
+                "at": _ts(e.at),
+                "event": e.event,
+                "action": e.action,
+                "actor": e.actor,
+                "outcome": e.outcome,
+                "details": e.details,
+            }
             for e in timeline
         ],
-    }  # fmt: skip
+    }
 
 
 @router.get("/v1/incidents/{incident_id}", tags=["incidents"])
@@ -289,12 +339,21 @@ async def list_incidents(
     if subject:
         q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
     rows = (await session.scalars(q)).all()
-    return {"incidents": [
-        {"incident_id": i.id, "status": i.status, "subject": i.subject_key,
-         "technique": i.technique, "severity": i.severity, "opened_at": _ts(i.opened_at),
-         "detection_count": i.detection_count, "risk_score": i.risk_score}
-        for i in rows
-    ]}  # fmt: skip
+    return {
+        "incidents": [
+            {
+                "incident_id": i.id,
+                "status": i.status,
+                "subject": i.subject_key,
+                "technique": i.technique,
+                "severity": i.severity,
+                "opened_at": _ts(i.opened_at),
+                "detection_count": i.detection_count,
+                "risk_score": i.risk_score,
+            }
+            for i in rows
+        ]
+    }
 
 
 @router.get("/v1/approvals", tags=["approvals"])
@@ -388,15 +447,22 @@ async def send_decision(
 
 @router.post("/v1/approvals/{approval_id}/decision", tags=["approvals"])
 async def decide(
-    approval_id: str, body: DecisionIn, state: StateDep, session: SessionDep,
+    approval_id: str,
+    body: DecisionIn,
+    state: StateDep,
+    session: SessionDep,
     identity: IdentityDep,
-) -> Any:  # fmt: skip
+) -> Any:
     if identity.role not in ("approver", "admin"):
         raise HTTPException(403, f"role {identity.role!r} may not decide approvals")
     req = DecisionRequest(
-        approval_id=approval_id, decision=body.decision, actor=identity.name,
-        role=identity.role, channel="api", comment=body.comment,
-    )  # fmt: skip
+        approval_id=approval_id,
+        decision=body.decision,
+        actor=identity.name,
+        role=identity.role,
+        channel="api",
+        comment=body.comment,
+    )
     try:
         result = await send_decision(state, session, approval_id, req)
     except DecisionRefused as exc:

@@ -77,11 +77,15 @@ def load_catalog(session: Session, catalog: Catalog, *, source: str) -> LoadResu
             session.execute(
                 insert(AtlasTechnique),
                 [
-                    {"id": t.id, "name": t.name, "parent_id": t.parent_id,
-                     "description": t.description}
+                    {
+                        "id": t.id,
+                        "name": t.name,
+                        "parent_id": t.parent_id,
+                        "description": t.description,
+                    }
                     for t in group
                 ],
-            )  # fmt: skip
+            )
     links = [
         {"technique_id": t.id, "tactic_id": tac} for t in catalog.techniques for tac in t.tactic_ids
     ]
@@ -90,9 +94,11 @@ def load_catalog(session: Session, catalog: Catalog, *, source: str) -> LoadResu
     if catalog.mitigations:
         session.execute(
             insert(AtlasMitigation),
-            [{"id": m.id, "name": m.name, "description": m.description}
-             for m in catalog.mitigations],
-        )  # fmt: skip
+            [
+                {"id": m.id, "name": m.name, "description": m.description}
+                for m in catalog.mitigations
+            ],
+        )
         mlinks = {(q, m.id) for m in catalog.mitigations for q in m.technique_ids}
         if mlinks:
             session.execute(
@@ -161,7 +167,7 @@ async def technique_info(session: AsyncSession, technique_id: str) -> TechniqueI
             .distinct()
             .order_by(AtlasMitigation.id)
         )
-    ).all()  # fmt: skip
+    ).all()
     return TechniqueInfo(
         id=tech.id,
         name=tech.name,

@@ -50,15 +50,36 @@ MARKER = "atlas-soar:log-sealing-started"  # the first row the database sealed
 SEAL_TAG = b"atlas-soar/log/v2"
 
 HASHED_FIELDS = (
-    "seq", "event_key", "at", "incident_id", "tenant", "subject", "event", "action",
-    "actor", "outcome", "technique", "tactic", "details", "prev_hash",
-)  # fmt: skip
+    "seq",
+    "event_key",
+    "at",
+    "incident_id",
+    "tenant",
+    "subject",
+    "event",
+    "action",
+    "actor",
+    "outcome",
+    "technique",
+    "tactic",
+    "details",
+    "prev_hash",
+)
 SEALED_FIELDS = HASHED_FIELDS[:-1]  # the content of a sealed row; prev_hash is in the link
 
 _INSERTED = (
-    "event_key", "incident_id", "tenant", "subject", "event", "action", "actor", "outcome",
-    "technique", "tactic", "details",
-)  # fmt: skip
+    "event_key",
+    "incident_id",
+    "tenant",
+    "subject",
+    "event",
+    "action",
+    "actor",
+    "outcome",
+    "technique",
+    "tactic",
+    "details",
+)
 _RETURNED = ("id", "seq", "at", *_INSERTED, "prev_hash", "hash", "sealed_at")
 _INSERT = text(
     f"INSERT INTO action_log ({', '.join(_INSERTED)}) "

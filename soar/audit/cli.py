@@ -277,9 +277,17 @@ def export(
     if fmt not in ("csv", "jsonl", "json", "ocsf"):
         raise _fail(f"--format: {fmt!r} is not one of csv, jsonl, json, ocsf")
     f = _filters(
-        incident_id=incident_id, technique=technique, tactic=tactic, subject=subject,
-        actor=actor, action=action, outcome=outcome, event=event, since=since, until=until,
-    )  # fmt: skip
+        incident_id=incident_id,
+        technique=technique,
+        tactic=tactic,
+        subject=subject,
+        actor=actor,
+        action=action,
+        outcome=outcome,
+        event=event,
+        since=since,
+        until=until,
+    )
     names = _run_async(query.catalog_names) if fmt == "ocsf" else None
     from soar.db import make_sync_engine
 
@@ -317,9 +325,17 @@ def search(
     from rich.table import Table
 
     f = _filters(
-        incident_id=incident_id, technique=technique, tactic=tactic, subject=subject,
-        actor=actor, action=action, outcome=outcome, event=event, since=since, until=until,
-    )  # fmt: skip
+        incident_id=incident_id,
+        technique=technique,
+        tactic=tactic,
+        subject=subject,
+        actor=actor,
+        action=action,
+        outcome=outcome,
+        event=event,
+        since=since,
+        until=until,
+    )
 
     async def page(session: Any) -> query.AuditPage:
         return await query.search(session, filters=f, cursor=cursor, limit=limit)
@@ -328,14 +344,21 @@ def search(
         result: query.AuditPage = _run_async(page)
     except query.AuditQueryError as exc:
         raise _fail(f"--{exc.field}: {exc.message}") from None
-    table = Table("seq", "at", "event", "action", "outcome", "actor", "incident", "technique",
-                  "subject")  # fmt: skip
+    table = Table(
+        "seq", "at", "event", "action", "outcome", "actor", "incident", "technique", "subject"
+    )
     for r in result.items:
         table.add_row(
-            str(r["seq"]), formats.iso(r["at"])[:19].replace("T", " "), r["event"],
-            r["action"] or "", r["outcome"], r["actor"], r["incident_id"] or "",
-            r["technique"] or "", r["subject"] or "",
-        )  # fmt: skip
+            str(r["seq"]),
+            formats.iso(r["at"])[:19].replace("T", " "),
+            r["event"],
+            r["action"] or "",
+            r["outcome"],
+            r["actor"],
+            r["incident_id"] or "",
+            r["technique"] or "",
+            r["subject"] or "",
+        )
     _out().print(table)
     if result.next_cursor:
         _out().print(f"more: --cursor {result.next_cursor}", highlight=False)
@@ -399,14 +422,27 @@ def _print_report(out: Console, data: dict[str, Any]) -> None:
     out.print(f"time to contain p50/p95: {_secs(t['time_to_contain_seconds'])}", highlight=False)
     out.print(f"time to decision p50/p95: {_secs(t['time_to_decision_seconds'])}", highlight=False)
     for key, title in (("by_technique", "technique"), ("by_tactic", "tactic")):
-        table = Table(title, "name", "detections", "incidents", "blocks", "appr/rej/exp",
-                      "contain p50/p95", "decision p50/p95", title=f"per {title}")  # fmt: skip
+        table = Table(
+            title,
+            "name",
+            "detections",
+            "incidents",
+            "blocks",
+            "appr/rej/exp",
+            "contain p50/p95",
+            "decision p50/p95",
+            title=f"per {title}",
+        )
         for row in data[key]:
             ap = row["approvals"]
             table.add_row(
-                row[title], row["name"] or "", str(row["detections"]), str(row["incidents"]),
+                row[title],
+                row["name"] or "",
+                str(row["detections"]),
+                str(row["incidents"]),
                 str(row["blocks_applied"]),
                 f"{ap.get('approved', 0)}/{ap.get('rejected', 0)}/{ap.get('expired', 0)}",
-                _secs(row["time_to_contain_seconds"]), _secs(row["time_to_decision_seconds"]),
-            )  # fmt: skip
+                _secs(row["time_to_contain_seconds"]),
+                _secs(row["time_to_decision_seconds"]),
+            )
         out.print(table)

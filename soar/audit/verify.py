@@ -282,15 +282,31 @@ class _Fold:
         legacy = None if self.plan.legacy_until == ALL_LEGACY else self.plan.legacy_until
         if not problems:
             return VerifyResult(
-                True, self.rows, None, head_seq, str(self.last[1]), (), 0, self.rows, legacy,
+                True,
+                self.rows,
+                None,
+                head_seq,
+                str(self.last[1]),
+                (),
+                0,
+                self.rows,
+                legacy,
                 len(self.checkpoints),
-            )  # fmt: skip
+            )
         first = problems[0]
         good = max(first.seq - 1, 0)
         return VerifyResult(
-            False, good, first, good, first_good_hash(good), tuple(problems), self.count,
-            self.rows, legacy, len(self.checkpoints),
-        )  # fmt: skip
+            False,
+            good,
+            first,
+            good,
+            first_good_hash(good),
+            tuple(problems),
+            self.count,
+            self.rows,
+            legacy,
+            len(self.checkpoints),
+        )
 
     def _check_points(self, head_seq: int) -> None:
         matched = 0

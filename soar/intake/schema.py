@@ -22,9 +22,15 @@ UNKNOWN_CONFIDENCE = 0.5  # neither a score nor a known confidence_id
 UNKNOWN_SEVERITY = "medium"  # severity_id 0 (Unknown) or 99 (Other) without a known label
 # Required by the OCSF 1.8 Detection Finding class (base event + finding + class).
 OCSF_REQUIRED = (
-    "activity_id", "category_uid", "class_uid", "finding_info", "metadata", "severity_id",
-    "time", "type_uid",
-)  # fmt: skip
+    "activity_id",
+    "category_uid",
+    "class_uid",
+    "finding_info",
+    "metadata",
+    "severity_id",
+    "time",
+    "type_uid",
+)
 # Required only when the finding says it applies the profile (metadata.profiles[]).
 OCSF_PROFILE_REQUIRED = {"cloud": "cloud", "osint": "osint"}
 
@@ -139,7 +145,7 @@ def _ocsf_to_native(body: dict[str, Any]) -> dict[str, Any]:
         "user": user.get("uid") or user.get("name"),
         "session": session.get("uid"),
         "api_key": _obj(body.get("unmapped")).get("api_key"),
-    }  # fmt: skip
+    }
     out["subject"] = {k: v for k, v in subject.items() if v is not None}
     evidence: dict[str, Any] = {}
     for ev in body.get("evidences") or []:
@@ -275,10 +281,14 @@ def parse_detection(body: Any) -> tuple[NativeDetection, str]:
         try:
             body = _ocsf_to_native(body)
         except (TypeError, ValueError, OverflowError, AttributeError, OSError):
-            raise DetectionInvalid([{
-                "field": "body",
-                "message": "malformed OCSF Detection Finding (a field has the wrong type)",
-            }]) from None  # fmt: skip
+            raise DetectionInvalid(
+                [
+                    {
+                        "field": "body",
+                        "message": "malformed OCSF Detection Finding (a field has the wrong type)",
+                    }
+                ]
+            ) from None
     try:
         return NativeDetection.model_validate(body), fmt
     except ValidationError as exc:

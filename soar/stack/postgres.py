@@ -97,12 +97,19 @@ class EmbeddedPostgres:
             subprocess.run(
                 [
                     str(_bin_dir() / "initdb"),
-                    "-D", str(self.data_dir),
-                    "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres",
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
                 ],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 user=self._user,
-            )  # fmt: skip
+            )
         else:
             self._stop_leftover()
         if _port_in_use(self.port):
@@ -111,15 +118,24 @@ class EmbeddedPostgres:
         self.proc = subprocess.Popen(
             [
                 str(_bin_dir() / "postgres"),
-                "-D", str(self.data_dir),
-                "-p", str(self.port),
-                "-h", "127.0.0.1",
-                "-k", "",
-                "-c", "max_connections=200",
-                "-c", "fsync=on",
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                "",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=on",
             ],
-            stdout=log, stderr=log, user=self._user, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=log,
+            user=self._user,
+            start_new_session=True,
+        )
         if not wait_for_port("127.0.0.1", self.port, timeout=30, proc=self.proc):
             self.stop()
             raise EmbeddedPostgresError(f"embedded PostgreSQL did not start; see {self.log_file}")

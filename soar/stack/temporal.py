@@ -57,13 +57,20 @@ class EmbeddedTemporal:
             if port_in_use("127.0.0.1", p):
                 raise EmbeddedTemporalError(f"port {p} for the embedded Temporal is in use")
         args = [
-            temporal_cli(), "server", "start-dev",
-            "--ip", "127.0.0.1",
-            "--port", str(self.port),
-            "--ui-port", str(self.ui_port),
-            "--namespace", self.namespace,
-            "--log-level", "warn",
-        ]  # fmt: skip
+            temporal_cli(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--namespace",
+            self.namespace,
+            "--log-level",
+            "warn",
+        ]
         if self.db_file is not None:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
             args += ["--db-filename", str(self.db_file)]

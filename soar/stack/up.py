@@ -95,8 +95,10 @@ def _ports(home: Path) -> dict[str, int]:
 def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
     home = settings.home
     if port_in_use(settings.api_host, settings.api_port):
-        err.print(f"[red]error:[/red] port {settings.api_port} on {settings.api_host} is in use "
-                  "(set SOAR_API_PORT)")  # fmt: skip
+        err.print(
+            f"[red]error:[/red] port {settings.api_port} on {settings.api_host} is in use "
+            "(set SOAR_API_PORT)"
+        )
         return 1
     home.mkdir(parents=True, exist_ok=True)
     secret, secret_source = ensure_webhook_secret(settings)
@@ -125,9 +127,11 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             if address is None:
                 status.update("starting the Temporal dev server ...")
                 tp = EmbeddedTemporal(
-                    home / "temporal.db", port=ports["temporal"], ui_port=ports["temporal_ui"],
+                    home / "temporal.db",
+                    port=ports["temporal"],
+                    ui_port=ports["temporal_ui"],
                     namespace=settings.temporal_namespace,
-                )  # fmt: skip
+                )
                 tp.start()
                 address = tp.address
             status.update("applying migrations ...")
@@ -147,9 +151,13 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             )
             status.update("starting the worker and the API ...")
             for cmd in ("worker", "api"):
-                children.append(subprocess.Popen(
-                    [sys.executable, "-m", "soar.cli", cmd], env=env, stdin=subprocess.DEVNULL,
-                ))  # fmt: skip
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "soar.cli", cmd],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
             base = f"http://{settings.api_host}:{settings.api_port}"
             while not stopping:
                 if any(c.poll() is not None for c in children):
@@ -168,8 +176,9 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
         with os.fdopen(fd, "w") as fh:
             record = {"pid": os.getpid(), "database_url": db_url, "api_url": base}
             json.dump({**record, "temporal_address": address}, fh)
-        console.print(f"[bold green]atlas-soar is ready[/bold green] in "
-                      f"{time.monotonic() - started:.1f}s")  # fmt: skip
+        console.print(
+            f"[bold green]atlas-soar is ready[/bold green] in {time.monotonic() - started:.1f}s"
+        )
         console.print(f"  API            {base}  (docs {base}/docs)")
         console.print(f"  web UI         {base}/ui")
         console.print(f"  database       {safe_url(db_url)}" + ("  (embedded)" if pg else ""))

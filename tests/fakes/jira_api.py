@@ -210,8 +210,16 @@ _FIELDS: tuple[tuple[str, str, bool, dict[str, Any], list[str]], ...] = (
         ["SOAR Case ID", "cf[10102]"],
     ),
 )
-_SETTABLE = {"summary", "description", "labels", "priority", "issuetype", "project",
-             "assignee", "reporter"} | {f[0] for f in _FIELDS if f[2]}  # fmt: skip
+_SETTABLE = {
+    "summary",
+    "description",
+    "labels",
+    "priority",
+    "issuetype",
+    "project",
+    "assignee",
+    "reporter",
+} | {f[0] for f in _FIELDS if f[2]}
 
 
 def _now() -> str:

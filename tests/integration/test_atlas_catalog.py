@@ -25,9 +25,13 @@ def counts(db_url: str) -> tuple[int, int, int, int]:
     with psycopg.connect(db_url) as c:
         return tuple(  # type: ignore[return-value]
             c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-            for t in ("atlas_tactics", "atlas_techniques", "atlas_mitigations",
-                      "atlas_catalog_versions")
-        )  # fmt: skip
+            for t in (
+                "atlas_tactics",
+                "atlas_techniques",
+                "atlas_mitigations",
+                "atlas_catalog_versions",
+            )
+        )
 
 
 def test_builtin_catalog_covers_the_default_playbook(db_url: str) -> None:

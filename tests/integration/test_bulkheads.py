@@ -46,13 +46,17 @@ async def test_decisions_are_fast_while_slack_is_down_and_steps_retry(
 ) -> None:
     dead_slack = f"http://127.0.0.1:{free_port()}/api/"  # nothing listens there
     settings = make_settings(
-        db_url, temporal_address, task_queue,
-        slack_bot_token="xoxb-test", slack_signing_secret="8f742231b10e8888abcd99yyyzzz85a5",
-        slack_approval_channel="C-SEC", slack_api_url=dead_slack,
+        db_url,
+        temporal_address,
+        task_queue,
+        slack_bot_token="xoxb-test",
+        slack_signing_secret="8f742231b10e8888abcd99yyyzzz85a5",
+        slack_approval_channel="C-SEC",
+        slack_api_url=dead_slack,
         approval_timeout_seconds=3600,
         # A narrow external bulkhead, so it is saturated by the retrying Slack steps.
         external_max_concurrent_activities=2,
-    )  # fmt: skip
+    )
     assert settings.external_task_queue == f"{task_queue}-external"
     async with running_stack(settings, temporal_client) as stack:
         for n in range(FLOOD):
@@ -74,9 +78,12 @@ async def test_decisions_are_fast_while_slack_is_down_and_steps_retry(
         incident_id = r.json()["incident_id"]
 
         def approval_of() -> str | None:
-            rows = sql(db_url, "SELECT a.id FROM approvals a JOIN actions x ON x.id = a.action_id "
-                               "WHERE a.incident_id = :i AND x.action_type = 'revoke_api_key'",
-                       i=incident_id)  # fmt: skip
+            rows = sql(
+                db_url,
+                "SELECT a.id FROM approvals a JOIN actions x ON x.id = a.action_id "
+                "WHERE a.incident_id = :i AND x.action_type = 'revoke_api_key'",
+                i=incident_id,
+            )
             return rows[0][0] if rows else None
 
         approval_id = await eventually(approval_of, timeout=10)
@@ -94,15 +101,17 @@ async def test_decisions_are_fast_while_slack_is_down_and_steps_retry(
         assert r.json()["status"] == "approved", r.text  # validated by the workflow
         await eventually(lambda: revoked(stack, key), timeout=5)
         applied = time.monotonic() - t1
-        print(f"\napproval row {appeared:.2f}s; decision answered {answered:.2f}s "
-              f"({r.status_code}); revoke applied {applied:.2f}s after the decision")  # fmt: skip
+        print(
+            f"\napproval row {appeared:.2f}s; decision answered {answered:.2f}s "
+            f"({r.status_code}); revoke applied {applied:.2f}s after the decision"
+        )
         assert answered < 3.0
-        rows = sql(db_url, "SELECT status, decided_by FROM approvals WHERE id = :a",
-                   a=approval_id)  # fmt: skip
+        rows = sql(db_url, "SELECT status, decided_by FROM approvals WHERE id = :a", a=approval_id)
         assert tuple(rows[0]) == ("approved", "approver-user")
         # The Slack steps are still retrying on the external queue, not given up yet.
         pending = sql(db_url, "SELECT count(*) FROM approvals WHERE slack_ts IS NULL")[0][0]
         assert pending >= FLOOD
-        failed = sql(db_url, "SELECT count(*) FROM action_log "
-                             "WHERE event = 'approval.announce_failed'")[0][0]  # fmt: skip
+        failed = sql(
+            db_url, "SELECT count(*) FROM action_log WHERE event = 'approval.announce_failed'"
+        )[0][0]
         assert failed == 0

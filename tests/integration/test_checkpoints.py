@@ -192,8 +192,16 @@ def test_a_forged_or_unknown_checkpoint_is_named(
     assert verify(url, out, stranger).exit_code == 1
     # Rotation: both public keys given, the good checkpoint verifies again.
     newest.unlink()
-    ok = cli(url, "verify", "--checkpoints", str(out), "--public-key", str(pub),
-             "--public-key", str(stranger))  # fmt: skip
+    ok = cli(
+        url,
+        "verify",
+        "--checkpoints",
+        str(out),
+        "--public-key",
+        str(pub),
+        "--public-key",
+        str(stranger),
+    )
     assert ok.exit_code == 0, ok.output
 
 

@@ -58,8 +58,14 @@ async def test_prompt_injection_blocks_session_then_lifts_itself(
             lambda: _has(db_url, body["incident_id"], "action.rolled_back"), timeout=10
         )
         names = [e for e, _ in events]
-        order = ["detection.received", "incident.enriched", "response.planned",
-                 "action.requested", "action.applied", "action.rolled_back"]  # fmt: skip
+        order = [
+            "detection.received",
+            "incident.enriched",
+            "response.planned",
+            "action.requested",
+            "action.applied",
+            "action.rolled_back",
+        ]
         positions = [names.index(e) for e in order]
         assert positions == sorted(positions), names
         assert ("action.rolled_back", "expired") in events
@@ -87,16 +93,20 @@ async def test_critical_leakage_waits_for_approval_then_revokes_key(
 ) -> None:
     settings = make_settings(db_url, temporal_address, task_queue)
     async with running_stack(settings, temporal_client) as stack:
-        r = await stack.post_detection(detection(
-            technique="AML.T0057", severity="critical",
-            subject={"tenant": "acme", "api_key": "k-77", "session": "s-77"},
-        ))  # fmt: skip
+        r = await stack.post_detection(
+            detection(
+                technique="AML.T0057",
+                severity="critical",
+                subject={"tenant": "acme", "api_key": "k-77", "session": "s-77"},
+            )
+        )
         assert r.status_code == 202, r.text
         iid = r.json()["incident_id"]
 
         async def pending() -> list[dict[str, object]]:
-            resp = await stack.http.get("/v1/approvals", params={"status": "pending"},
-                                        headers=bearer("admin"))  # fmt: skip
+            resp = await stack.http.get(
+                "/v1/approvals", params={"status": "pending"}, headers=bearer("admin")
+            )
             return [a for a in resp.json()["approvals"] if a["incident_id"] == iid]
 
         approvals = await eventually(pending, timeout=10)
@@ -111,9 +121,11 @@ async def test_critical_leakage_waits_for_approval_then_revokes_key(
             f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("auditor")
         )
         assert refused.status_code == 403
-        ok = await stack.http.post(f"/v1/approvals/{apr}/decision",
-                                   json={"decision": "approve", "comment": "confirmed leak"},
-                                   headers=bearer("approver"))  # fmt: skip
+        ok = await stack.http.post(
+            f"/v1/approvals/{apr}/decision",
+            json={"decision": "approve", "comment": "confirmed leak"},
+            headers=bearer("approver"),
+        )
         assert ok.status_code == 200, ok.text
         assert ok.json()["status"] == "approved"
         await eventually(lambda: _key_blocked(stack, "k-77"), timeout=10)

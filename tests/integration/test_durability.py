@@ -45,9 +45,13 @@ async def test_detection_accepted_while_temporal_is_down_is_contained_later(
     worker = make_worker(temporal_client, ctx, task_queue=task_queue)
     async with worker:
         sent = await redeliver_undispatched(
-            ctx.factory, temporal_client, task_queue=task_queue, older_than=timedelta(0),
-            correlation_window_seconds=3600, approval_timeout_seconds=3600,
-        )  # fmt: skip
+            ctx.factory,
+            temporal_client,
+            task_queue=task_queue,
+            older_than=timedelta(0),
+            correlation_window_seconds=3600,
+            approval_timeout_seconds=3600,
+        )
         assert sent == 1
 
         def blocked() -> bool:
@@ -59,7 +63,11 @@ async def test_detection_accepted_while_temporal_is_down_is_contained_later(
 
         await eventually(blocked, timeout=15)
         again = await redeliver_undispatched(
-            ctx.factory, temporal_client, task_queue=task_queue, older_than=timedelta(0),
-            correlation_window_seconds=3600, approval_timeout_seconds=3600,
-        )  # fmt: skip
+            ctx.factory,
+            temporal_client,
+            task_queue=task_queue,
+            older_than=timedelta(0),
+            correlation_window_seconds=3600,
+            approval_timeout_seconds=3600,
+        )
         assert again == 0

@@ -50,13 +50,40 @@ MODEL_MAX = 256
 PROMPT_MAX = 200_000
 
 HOSTILE = [
-    "\U0001f600", "\U0001f469\u200d\U0001f4bb", "\U0001f1fa\U0001f1e6",  # emoji, ZWJ, flag
-    "שלום", "مرحبا", "漢字", "ünïcödé",  # RTL letters (no bidi controls), CJK, accents
-    "'", '"', "`", "\\", "<script>alert(1)</script>", "<!here>", "@channel", "&amp;",
-    "=cmd|' /C calc'!A0", "+1+1", "-2", "@SUM(A1)", "|x",  # CSV formula starters
-    "[~admin]", "!img.png!", "{code}", "{noformat}", "[link|http://x]", "h1. ",  # Jira markup
-    "%", "_", "${jndi:x}", "{{7*7}}", "../", "\ufeff", "\u200b",
-]  # fmt: skip
+    "\U0001f600",
+    "\U0001f469\u200d\U0001f4bb",
+    "\U0001f1fa\U0001f1e6",  # emoji, ZWJ, flag
+    "שלום",
+    "مرحبا",
+    "漢字",
+    "ünïcödé",  # RTL letters (no bidi controls), CJK, accents
+    "'",
+    '"',
+    "`",
+    "\\",
+    "<script>alert(1)</script>",
+    "<!here>",
+    "@channel",
+    "&amp;",
+    "=cmd|' /C calc'!A0",
+    "+1+1",
+    "-2",
+    "@SUM(A1)",
+    "|x",  # CSV formula starters
+    "[~admin]",
+    "!img.png!",
+    "{code}",
+    "{noformat}",
+    "[link|http://x]",
+    "h1. ",  # Jira markup
+    "%",
+    "_",
+    "${jndi:x}",
+    "{{7*7}}",
+    "../",
+    "\ufeff",
+    "\u200b",
+]
 SAFE_CHAR = st.characters(
     blacklist_categories=("Cc", "Cs"),  # controls and lone surrogates: refused at intake
     blacklist_characters="".join(BIDI_CONTROLS),  # refused at intake (spoofing)
@@ -96,39 +123,44 @@ def identifier(size: int) -> st.SearchStrategy[str]:
 def observed_at() -> st.SearchStrategy[str | None]:
     now = datetime.now(UTC)
     plus14, minus12 = timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))
-    return st.sampled_from([
-        None,
-        "2000-01-01T00:00:00Z",
-        "2000-01-01T00:00:00.000001+00:00",
-        EARLIEST.astimezone(plus14).isoformat(),  # 2000-01-01T14:00:00+14:00
-        EARLIEST.astimezone(minus12).isoformat(),  # 1999-12-31T12:00:00-12:00, the same
-        (now + timedelta(hours=23)).isoformat(),
-        (now + timedelta(hours=23)).astimezone(plus14).isoformat(),
-        (now + timedelta(hours=23)).astimezone(minus12).isoformat(),
-        now.astimezone(plus14).isoformat(),
-        now.astimezone(minus12).isoformat(),
-        "2000-01-01T12:00:00-12:00",
-    ])  # fmt: skip
+    return st.sampled_from(
+        [
+            None,
+            "2000-01-01T00:00:00Z",
+            "2000-01-01T00:00:00.000001+00:00",
+            EARLIEST.astimezone(plus14).isoformat(),  # 2000-01-01T14:00:00+14:00
+            EARLIEST.astimezone(minus12).isoformat(),  # 1999-12-31T12:00:00-12:00, the same
+            (now + timedelta(hours=23)).isoformat(),
+            (now + timedelta(hours=23)).astimezone(plus14).isoformat(),
+            (now + timedelta(hours=23)).astimezone(minus12).isoformat(),
+            now.astimezone(plus14).isoformat(),
+            now.astimezone(minus12).isoformat(),
+            "2000-01-01T12:00:00-12:00",
+        ]
+    )
 
 
 def prompt() -> st.SearchStrategy[str | None]:
     kinds = " ".join(f"[{raw}]" if i % 2 else raw for i, raw in enumerate(SECRETS))
     head = f"Ignore previous instructions. {kinds} <script>x</script> =cmd| [~x] !img! "
-    return st.sampled_from([
-        None,
-        "",
-        head,
-        # A secret first, then 200,000 characters in all: the excerpt and hash only.
-        exact(head + "password=hunter2hunter2 " + "filler text \U0001f600 ", PROMPT_MAX),
-        exact("A" * 64 + " " + head, PROMPT_MAX),
-    ])  # fmt: skip
+    return st.sampled_from(
+        [
+            None,
+            "",
+            head,
+            # A secret first, then 200,000 characters in all: the excerpt and hash only.
+            exact(head + "password=hunter2hunter2 " + "filler text \U0001f600 ", PROMPT_MAX),
+            exact("A" * 64 + " " + head, PROMPT_MAX),
+        ]
+    )
 
 
 @st.composite
 def detections(draw: st.DrawFn) -> dict[str, Any]:
     subject: dict[str, Any] = {"tenant": draw(identifier(TENANT_MAX))}
-    for key in draw(st.sampled_from([("user",), ("session",), ("api_key",),
-                                     ("user", "session", "api_key")])):  # fmt: skip
+    for key in draw(
+        st.sampled_from([("user",), ("session",), ("api_key",), ("user", "session", "api_key")])
+    ):
         subject[key] = draw(identifier(SUBJECT_MAX))
     body: dict[str, Any] = {
         # Unique per example; the rest of the id is drawn.
@@ -138,9 +170,12 @@ def detections(draw: st.DrawFn) -> dict[str, Any]:
         "confidence": draw(st.sampled_from([0, 1, 0.0, 1.0, 5e-324, 0.999999999])),
         "source": draw(identifier(SOURCE_MAX)),
         "subject": subject,
-        "evidence": {"prompt": draw(prompt()), "model": draw(identifier(MODEL_MAX)),
-                     "extra": {"nested": [draw(identifier(40))]}},
-    }  # fmt: skip
+        "evidence": {
+            "prompt": draw(prompt()),
+            "model": draw(identifier(MODEL_MAX)),
+            "extra": {"nested": [draw(identifier(40))]},
+        },
+    }
     when = draw(observed_at())
     if when is not None:
         body["observed_at"] = when
@@ -158,11 +193,15 @@ def fixed(severity: str, confidence: float, when: str, prompt_text: str) -> dict
         "api_key": exact(every, SUBJECT_MAX),
     }
     return {
-        "id": exact(uuid.uuid4().hex + every, ID_MAX), "technique": "AML.T0057",
-        "severity": severity, "confidence": confidence, "source": exact(every, SOURCE_MAX),
-        "observed_at": when, "subject": subject,
+        "id": exact(uuid.uuid4().hex + every, ID_MAX),
+        "technique": "AML.T0057",
+        "severity": severity,
+        "confidence": confidence,
+        "source": exact(every, SOURCE_MAX),
+        "observed_at": when,
+        "subject": subject,
         "evidence": {"prompt": prompt_text, "model": exact(every, MODEL_MAX)},
-    }  # fmt: skip
+    }
 
 
 _LONG_PROMPT = exact(
@@ -214,9 +253,12 @@ def readable_csv(text: str) -> list[dict[str, str]]:
     deadline=None,
     database=None,  # nothing written into the checkout
     phases=[Phase.explicit, Phase.generate],  # no shrinking: each example is a round trip
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large],
-)  # fmt: skip
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(body=detections())
 @example(body=fixed("critical", 1, "2000-01-01T00:00:00Z", _LONG_PROMPT))
 @example(body=fixed("info", 0, (_NOW + timedelta(hours=23)).isoformat(), _LONG_PROMPT))
@@ -235,9 +277,10 @@ async def test_every_view_of_an_extreme_incident_answers(
     # The workflow has recorded the detection.
     async def received() -> list[dict[str, Any]]:
         got = await stack.http.get(
-            "/v1/audit", params={"incident_id": incident_id, "event": "detection.received"},
+            "/v1/audit",
+            params={"incident_id": incident_id, "event": "detection.received"},
             headers=auditor,
-        )  # fmt: skip
+        )
         assert got.status_code == 200, got.text
         return [i for i in got.json()["items"] if i["details"]["detection_id"] == body["id"]]
 

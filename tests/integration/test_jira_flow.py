@@ -100,9 +100,13 @@ def markers(bodies: list[str]) -> list[str]:
 
 
 async def test_ticket_opened_commented_and_closed(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
-    fake: FakeJira, tmp_path: Path,
-) -> None:  # fmt: skip
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    fake: FakeJira,
+    tmp_path: Path,
+) -> None:
     settings = jira_settings(db_url, temporal_address, task_queue, fake, tmp_path)
     async with running_stack(settings, temporal_client) as stack:
         r = await stack.post_detection(detection())
@@ -153,9 +157,13 @@ async def test_ticket_opened_commented_and_closed(
 
 
 async def test_approval_decided_and_expired_are_commented(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
-    fake: FakeJira, tmp_path: Path,
-) -> None:  # fmt: skip
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    fake: FakeJira,
+    tmp_path: Path,
+) -> None:
     settings = jira_settings(
         db_url, temporal_address, task_queue, fake, tmp_path, approval_timeout_seconds=4
     )
@@ -197,9 +205,13 @@ async def test_approval_decided_and_expired_are_commented(
 
 
 async def test_jira_refusing_credentials_never_delays_containment(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
-    fake: FakeJira, tmp_path: Path,
-) -> None:  # fmt: skip
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    fake: FakeJira,
+    tmp_path: Path,
+) -> None:
     settings = jira_settings(
         db_url, temporal_address, task_queue, fake, tmp_path, jira_token="revoked-token-456"
     )
@@ -229,9 +241,13 @@ async def test_jira_refusing_credentials_never_delays_containment(
 
 
 async def test_jira_down_then_back_gets_one_ticket(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
-    fake: FakeJira, tmp_path: Path,
-) -> None:  # fmt: skip
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    fake: FakeJira,
+    tmp_path: Path,
+) -> None:
     fake.fail_next(500, count=10_000)
     settings = jira_settings(db_url, temporal_address, task_queue, fake, tmp_path)
     async with running_stack(settings, temporal_client) as stack:
@@ -264,9 +280,13 @@ async def _closed(stack: Stack, iid: str) -> bool:
 
 
 async def test_comments_refused_are_logged_and_the_ticket_still_closes(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
-    fake: FakeJira, tmp_path: Path,
-) -> None:  # fmt: skip
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    fake: FakeJira,
+    tmp_path: Path,
+) -> None:
     fake.fail_next(403, count=10_000, path_contains="/comment")
     settings = jira_settings(db_url, temporal_address, task_queue, fake, tmp_path)
     async with running_stack(settings, temporal_client) as stack:
@@ -298,9 +318,14 @@ def _incident(db_url: str, iid: str, ticket_key: str | None = None) -> str:
                 " VALUES (:id, 'acme', :subject, 'open', :wf, 'AML.T0051', 'high', 1,"
                 " :now, :now, :key)"
             ),
-            {"id": iid, "subject": f"user:{iid}", "wf": f"incident-{iid}", "now": now,
-             "key": ticket_key},
-        )  # fmt: skip
+            {
+                "id": iid,
+                "subject": f"user:{iid}",
+                "wf": f"incident-{iid}",
+                "now": now,
+                "key": ticket_key,
+            },
+        )
     engine.dispose()
     return iid
 
@@ -309,10 +334,11 @@ def _log(db_url: str, iid: str) -> list[tuple[str, str, dict[str, Any]]]:
     engine = create_engine(sqlalchemy_url(db_url))
     with engine.connect() as c:
         rows = c.execute(
-            text("SELECT event, outcome, details FROM action_log WHERE incident_id = :i"
-                 " ORDER BY seq"),
+            text(
+                "SELECT event, outcome, details FROM action_log WHERE incident_id = :i ORDER BY seq"
+            ),
             {"i": iid},
-        ).all()  # fmt: skip
+        ).all()
     engine.dispose()
     return [(r[0], r[1], r[2]) for r in rows]
 

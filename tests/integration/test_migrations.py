@@ -49,10 +49,20 @@ def _tables(url: str) -> set[str]:
 
 def test_upgrade_downgrade_upgrade_and_no_drift(fresh_db: str) -> None:
     migrate.upgrade(fresh_db)
-    assert {"incidents", "detections", "actions", "approvals", "action_log", "principals",
-            "atlas_techniques", "atlas_tactics", "atlas_mitigations",
-            "atlas_technique_mitigations", "atlas_catalog_versions",
-            "enforcement_blocks"} <= _tables(fresh_db)  # fmt: skip
+    assert {
+        "incidents",
+        "detections",
+        "actions",
+        "approvals",
+        "action_log",
+        "principals",
+        "atlas_techniques",
+        "atlas_tactics",
+        "atlas_mitigations",
+        "atlas_technique_mitigations",
+        "atlas_catalog_versions",
+        "enforcement_blocks",
+    } <= _tables(fresh_db)
     migrate.downgrade(fresh_db, "base")
     assert _tables(fresh_db) == set()
     migrate.upgrade(fresh_db)
@@ -67,12 +77,17 @@ def test_action_log_refuses_update_and_delete(fresh_db: str) -> None:
     migrate.upgrade(fresh_db)
     engine = create_engine(sqlalchemy_url(fresh_db))
     with engine.begin() as c:
-        c.execute(text(
-            "INSERT INTO action_log (seq, event_key, at, event, actor, outcome, details,"
-            " prev_hash, hash) VALUES (1, 'k', now(), 'e', 'a', 'ok', '{}', 'p', 'h')"
-        ))  # fmt: skip
-    for stmt in ("UPDATE action_log SET actor = 'x'", "DELETE FROM action_log",
-                 "TRUNCATE action_log"):  # fmt: skip
+        c.execute(
+            text(
+                "INSERT INTO action_log (seq, event_key, at, event, actor, outcome, details,"
+                " prev_hash, hash) VALUES (1, 'k', now(), 'e', 'a', 'ok', '{}', 'p', 'h')"
+            )
+        )
+    for stmt in (
+        "UPDATE action_log SET actor = 'x'",
+        "DELETE FROM action_log",
+        "TRUNCATE action_log",
+    ):
         with pytest.raises(Exception, match="append-only"), engine.begin() as c:
             c.execute(text(stmt))
     with engine.connect() as c:

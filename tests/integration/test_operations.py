@@ -49,9 +49,17 @@ def test_readyz_names_what_is_unreachable(db_url: str, task_queue: str) -> None:
 
 def test_bad_setting_is_one_line_and_non_zero() -> None:
     env = {**os.environ, "SOAR_API_PORT": "not-a-port"}
-    proc = subprocess.run([sys.executable, "-m", "soar.cli", "up"], env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "soar.cli", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln
-             and "return Path" not in ln]  # fmt: skip
+    lines = [
+        ln
+        for ln in proc.stderr.splitlines()
+        if ln.strip() and "Warning" not in ln and "return Path" not in ln
+    ]
     assert len(lines) == 1 and "SOAR_API_PORT" in lines[0], proc.stderr

@@ -49,10 +49,17 @@ async def test_three_detections_on_one_subject_make_one_escalated_incident(
     async with running_stack(settings, temporal_client) as stack:
         ids = []
         for i in range(3):
-            r = await stack.post_detection(detection(
-                severity="medium",
-                subject={"tenant": "acme", "user": "u-3", "session": f"s-3{i}", "api_key": "k-3"},
-            ))  # fmt: skip
+            r = await stack.post_detection(
+                detection(
+                    severity="medium",
+                    subject={
+                        "tenant": "acme",
+                        "user": "u-3",
+                        "session": f"s-3{i}",
+                        "api_key": "k-3",
+                    },
+                )
+            )
             assert r.status_code == 202, r.text
             ids.append(r.json()["incident_id"])
         assert len(set(ids)) == 1
@@ -79,9 +86,13 @@ async def test_no_decision_in_time_escalates_then_expires(
 ) -> None:
     settings = make_settings(db_url, temporal_address, task_queue, approval_timeout_seconds=3)
     async with running_stack(settings, temporal_client) as stack:
-        r = await stack.post_detection(detection(
-            technique="AML.T0057", severity="critical", subject={"tenant": "acme", "api_key": "k-x"}
-        ))  # fmt: skip
+        r = await stack.post_detection(
+            detection(
+                technique="AML.T0057",
+                severity="critical",
+                subject={"tenant": "acme", "api_key": "k-x"},
+            )
+        )
         iid = r.json()["incident_id"]
         await eventually(lambda: "approval.expired" in events(db_url, iid), timeout=20)
         evs = events(db_url, iid)
@@ -93,8 +104,9 @@ async def test_no_decision_in_time_escalates_then_expires(
         assert {a["type"]: a["status"] for a in inc["actions"]}["revoke_api_key"] == "expired"
         late = await stack.http.post(
             f"/v1/approvals/{inc['approvals'][0]['approval_id']}/decision",
-            json={"decision": "approve"}, headers=bearer("approver"),
-        )  # fmt: skip
+            json={"decision": "approve"},
+            headers=bearer("approver"),
+        )
         assert late.status_code == 409 and "expired" in late.json()["detail"]
 
 
@@ -145,10 +157,13 @@ async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothin
     async with running_stack(settings, temporal_client, worker=False) as stack:
         worker = start_worker(settings, urls)
         try:
-            r = await stack.post_detection(detection(
-                technique="AML.T0057", severity="critical",
-                subject={"tenant": "acme", "user": "u-k", "session": "s-k", "api_key": "k-k"},
-            ))  # fmt: skip
+            r = await stack.post_detection(
+                detection(
+                    technique="AML.T0057",
+                    severity="critical",
+                    subject={"tenant": "acme", "user": "u-k", "session": "s-k", "api_key": "k-k"},
+                )
+            )
             iid = r.json()["incident_id"]
             await eventually(lambda: _blocked(stack, "sessions", "s-k"), timeout=20)
             approvals = await eventually(lambda: _two(stack, iid), timeout=20)
@@ -181,8 +196,9 @@ async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothin
     with psycopg.connect(db_url) as c:
         applied = c.execute(
             "SELECT action, count(*) FROM action_log WHERE incident_id = %s"
-            " AND event = 'action.applied' GROUP BY action", (iid,),
-        ).fetchall()  # fmt: skip
+            " AND event = 'action.applied' GROUP BY action",
+            (iid,),
+        ).fetchall()
         blocks = c.execute("SELECT count(*) FROM enforcement_blocks").fetchone()
         cur = c.cursor()
         cur.execute("SELECT * FROM action_log ORDER BY seq")

@@ -81,9 +81,14 @@ async def interact(
 
 
 def click(
-    fake: FakeSlack, message: SlackCall, approval_id: str, action_id: str, user: str,
-    *, reply_to: str,
-) -> dict[str, Any]:  # fmt: skip
+    fake: FakeSlack,
+    message: SlackCall,
+    approval_id: str,
+    action_id: str,
+    user: str,
+    *,
+    reply_to: str,
+) -> dict[str, Any]:
     """A block_actions payload as Slack sends it when a button of our message is clicked."""
     ts = message.response["ts"]
     return {
@@ -91,19 +96,34 @@ def click(
         "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0"},
         "api_app_id": "A0FAKE0001",
         "token": "verification-token-unused",
-        "container": {"type": "message", "message_ts": ts, "channel_id": CHANNEL,
-                      "is_ephemeral": False},
+        "container": {
+            "type": "message",
+            "message_ts": ts,
+            "channel_id": CHANNEL,
+            "is_ephemeral": False,
+        },
         "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}",
         "team": {"id": "T0", "domain": "acme"},
         "channel": {"id": CHANNEL, "name": "sec-approvals"},
-        "message": {"type": "message", "ts": ts, "text": message.params.get("text", ""),
-                    "blocks": message.params.get("blocks", [])},
+        "message": {
+            "type": "message",
+            "ts": ts,
+            "text": message.params.get("text", ""),
+            "blocks": message.params.get("blocks", []),
+        },
         "state": {"values": {}},
         "response_url": fake.response_url(reply_to),
-        "actions": [{"action_id": action_id, "block_id": "soar_approval", "type": "button",
-                     "value": approval_id, "text": {"type": "plain_text", "text": "x"},
-                     "action_ts": f"{time.time():.6f}"}],
-    }  # fmt: skip
+        "actions": [
+            {
+                "action_id": action_id,
+                "block_id": "soar_approval",
+                "type": "button",
+                "value": approval_id,
+                "text": {"type": "plain_text", "text": "x"},
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
 
 
 def approval_messages(fake: FakeSlack) -> dict[str, tuple[str, SlackCall]]:
@@ -112,8 +132,12 @@ def approval_messages(fake: FakeSlack) -> dict[str, tuple[str, SlackCall]]:
     for call in fake.calls_to("chat.postMessage"):
         if not call.ok or call.params.get("thread_ts"):
             continue
-        buttons = [e for b in call.params.get("blocks", []) if b["type"] == "actions"
-                   for e in b["elements"]]  # fmt: skip
+        buttons = [
+            e
+            for b in call.params.get("blocks", [])
+            if b["type"] == "actions"
+            for e in b["elements"]
+        ]
         if buttons:
             action = "revoke_api_key" if "Revoke API key" in call.params["text"] else "other"
             found[action] = (buttons[0]["value"], call)
@@ -152,8 +176,12 @@ def log_rows(db_url: str, event: str, approval_id: str) -> list[Any]:
 
 
 def approval_row(db_url: str, approval_id: str) -> Any:
-    return sql(db_url, "SELECT status, decided_by, decision_channel, comment, slack_ts "
-                       "FROM approvals WHERE id = :a", a=approval_id)[0]  # fmt: skip
+    return sql(
+        db_url,
+        "SELECT status, decided_by, decision_channel, comment, slack_ts "
+        "FROM approvals WHERE id = :a",
+        a=approval_id,
+    )[0]
 
 
 async def blocked(stack: Stack, kind: str, target: str) -> bool:
@@ -164,9 +192,12 @@ async def blocked(stack: Stack, kind: str, target: str) -> bool:
 
 
 async def test_approve_in_slack_applies_once_and_refuses_everything_after(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
     slack: FakeSlack,
-) -> None:  # fmt: skip
+) -> None:
     settings = slack_settings(
         db_url, temporal_address, task_queue, slack, slack_approvers="U-ALICE,U-EVE"
     )
@@ -182,8 +213,9 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         r = await stack.post_detection(critical_leak())
         assert r.status_code == 202, r.text
         incident_id = r.json()["incident_id"]
-        msgs = await eventually(lambda: len(approval_messages(slack)) == 2 and
-                                approval_messages(slack), timeout=15)  # fmt: skip
+        msgs = await eventually(
+            lambda: len(approval_messages(slack)) == 2 and approval_messages(slack), timeout=15
+        )
         approval_id, message = msgs["revoke_api_key"]
         other_id, other = msgs["other"]
         assert message.params["channel"] == CHANNEL and message.token == "xoxb-test"
@@ -202,14 +234,17 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         headers = signed(body)
         r = await stack.http.post("/slack/interactions", content=body + "&x=1", headers=headers)
         assert r.status_code == 401
-        for bad in ({**headers, "x-slack-request-timestamp": "soon"},
-                    {k: v for k, v in headers.items() if k != "x-slack-signature"}):  # fmt: skip
+        for bad in (
+            {**headers, "x-slack-request-timestamp": "soon"},
+            {k: v for k, v in headers.items() if k != "x-slack-signature"},
+        ):
             r = await stack.http.post("/slack/interactions", content=body, headers=bad)
             assert r.status_code == 401
 
         # An unauthorized user: refused, nothing changes, the attempt is logged.
-        payload = click(slack, message, approval_id, "soar_approve", "U-MALLORY",
-                        reply_to="mallory")  # fmt: skip
+        payload = click(
+            slack, message, approval_id, "soar_approve", "U-MALLORY", reply_to="mallory"
+        )
         r = await interact(stack, payload)
         assert r.status_code == 200 and r.content == b""
         [refusal] = slack.wait_for_response("mallory")
@@ -251,8 +286,10 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         )
 
         # Second clicks, either button, any user: refused, logged, nothing changes.
-        for user, action, name in (("U-ALICE", "soar_reject", "again"),
-                                   ("U-CAROL", "soar_approve", "carol-late")):  # fmt: skip
+        for user, action, name in (
+            ("U-ALICE", "soar_reject", "again"),
+            ("U-CAROL", "soar_approve", "carol-late"),
+        ):
             payload = click(slack, message, approval_id, action, user, reply_to=name)
             assert (await interact(stack, payload)).status_code == 200
             [late] = slack.wait_for_response(name)
@@ -265,12 +302,14 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
                 and log_rows(db_url, "approval.refused", approval_id)
             )
         )
-        assert {r.actor for r in refused} == {"slack:U-MALLORY", "slack:U-ALICE",
-                                             "slack:U-CAROL"}  # fmt: skip
+        assert {r.actor for r in refused} == {"slack:U-MALLORY", "slack:U-ALICE", "slack:U-CAROL"}
         assert approval_row(db_url, approval_id).status == "approved"
-        applied = sql(db_url, "SELECT count(*) FROM action_log WHERE incident_id = :i AND "
-                              "event = 'action.applied' AND action = 'revoke_api_key'",
-                      i=incident_id)  # fmt: skip
+        applied = sql(
+            db_url,
+            "SELECT count(*) FROM action_log WHERE incident_id = :i AND "
+            "event = 'action.applied' AND action = 'revoke_api_key'",
+            i=incident_id,
+        )
         assert applied[0][0] == 1
         decided = log_rows(db_url, "approval.decided", approval_id)
         assert len(decided) == 1 and decided[0].details["channel"] == "slack"
@@ -284,14 +323,18 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
 
 
 async def test_reject_with_a_reason_from_the_modal(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
     slack: FakeSlack,
-) -> None:  # fmt: skip
+) -> None:
     settings = slack_settings(db_url, temporal_address, task_queue, slack)
     async with running_stack(settings, temporal_client) as stack:
         assert (await stack.post_detection(critical_leak())).status_code == 202
-        msgs = await eventually(lambda: len(approval_messages(slack)) == 2 and
-                                approval_messages(slack), timeout=15)  # fmt: skip
+        msgs = await eventually(
+            lambda: len(approval_messages(slack)) == 2 and approval_messages(slack), timeout=15
+        )
         approval_id, message = msgs["revoke_api_key"]
         await eventually(lambda: approval_row(db_url, approval_id).slack_ts, timeout=10)
 
@@ -309,16 +352,21 @@ async def test_reject_with_a_reason_from_the_modal(
             "user": {"id": "U-ALICE", "username": "alice", "team_id": "T0"},
             "team": {"id": "T0"},
             "trigger_id": "2.submit",
-            "view": {**opened.response["view"], "state": {"values": {
-                "soar_reason": {"comment": {"type": "plain_text_input", "value": reason}}}}},
+            "view": {
+                **opened.response["view"],
+                "state": {
+                    "values": {
+                        "soar_reason": {"comment": {"type": "plain_text_input", "value": reason}}
+                    }
+                },
+            },
             "response_urls": [],
-        }  # fmt: skip
+        }
         assert submission["view"]["private_metadata"] == view["private_metadata"]
         r = await interact(stack, submission)
         assert r.status_code == 200 and r.content == b""  # closes the modal
 
-        await eventually(lambda: approval_row(db_url, approval_id).status == "rejected",
-                         timeout=15)  # fmt: skip
+        await eventually(lambda: approval_row(db_url, approval_id).status == "rejected", timeout=15)
         decided = log_rows(db_url, "approval.decided", approval_id)
         assert decided[0].actor == "slack:U-ALICE" and decided[0].outcome == "rejected"
         assert decided[0].details["comment"] == reason
@@ -337,19 +385,27 @@ async def test_reject_with_a_reason_from_the_modal(
 
 
 async def test_rate_limited_post_is_retried_by_the_sdk(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
     slack: FakeSlack,
-) -> None:  # fmt: skip
+) -> None:
     settings = slack_settings(db_url, temporal_address, task_queue, slack)
     slack.fail_next("chat.postMessage", status=429, retry_after=1)
     async with running_stack(settings, temporal_client) as stack:
         assert (await stack.post_detection(critical_leak())).status_code == 202
-        msgs = await eventually(lambda: len(approval_messages(slack)) == 2 and
-                                approval_messages(slack), timeout=20)  # fmt: skip
+        msgs = await eventually(
+            lambda: len(approval_messages(slack)) == 2 and approval_messages(slack), timeout=20
+        )
         # Two approval messages and the notice, each posted once.
-        posts = await eventually(lambda: len([
-            c for c in slack.calls_to("chat.postMessage") if c.ok]) == 3
-            and slack.calls_to("chat.postMessage"), timeout=20)  # fmt: skip
+        posts = await eventually(
+            lambda: (
+                len([c for c in slack.calls_to("chat.postMessage") if c.ok]) == 3
+                and slack.calls_to("chat.postMessage")
+            ),
+            timeout=20,
+        )
         assert [c.status for c in posts].count(429) == 1
         assert posts[0].status == 429 and posts[0].response["error"] == "ratelimited"
         for approval_id, _ in msgs.values():
@@ -357,9 +413,12 @@ async def test_rate_limited_post_is_retried_by_the_sdk(
 
 
 async def test_slack_down_never_blocks_containment_or_the_decision(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
     slack: FakeSlack,
-) -> None:  # fmt: skip
+) -> None:
     settings = slack_settings(db_url, temporal_address, task_queue, slack)
     slack.fail_next("*", status=500, count=100_000)
     async with running_stack(settings, temporal_client) as stack:
@@ -370,8 +429,9 @@ async def test_slack_down_never_blocks_containment_or_the_decision(
         await eventually(lambda: slack.calls_to("chat.postMessage"), timeout=10)
 
         async def pending() -> list[dict[str, Any]]:
-            r = await stack.http.get("/v1/approvals", params={"status": "pending"},
-                                     headers=bearer("approver"))  # fmt: skip
+            r = await stack.http.get(
+                "/v1/approvals", params={"status": "pending"}, headers=bearer("approver")
+            )
             return [a for a in r.json()["approvals"] if a["incident_id"] == incident_id]
 
         async def both() -> list[dict[str, Any]] | None:
@@ -402,23 +462,34 @@ async def _knows(pending: Any, approval_id: str) -> bool:
 
 
 async def test_reminder_at_half_time_then_expired(
-    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str,
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
     slack: FakeSlack,
-) -> None:  # fmt: skip
+) -> None:
     settings = slack_settings(
-        db_url, temporal_address, task_queue, slack,
-        slack_approvers="U-ALICE,U-BOB", approval_timeout_seconds=4,
-    )  # fmt: skip
+        db_url,
+        temporal_address,
+        task_queue,
+        slack,
+        slack_approvers="U-ALICE,U-BOB",
+        approval_timeout_seconds=4,
+    )
     async with running_stack(settings, temporal_client) as stack:
         assert (await stack.post_detection(critical_leak())).status_code == 202
-        msgs = await eventually(lambda: len(approval_messages(slack)) == 2 and
-                                approval_messages(slack), timeout=10)  # fmt: skip
+        msgs = await eventually(
+            lambda: len(approval_messages(slack)) == 2 and approval_messages(slack), timeout=10
+        )
         approval_id, message = msgs["revoke_api_key"]
         ts = message.response["ts"]
 
         def reminders() -> list[SlackCall]:
-            return [c for c in slack.calls_to("chat.postMessage")
-                    if c.ok and c.params.get("thread_ts") == ts]  # fmt: skip
+            return [
+                c
+                for c in slack.calls_to("chat.postMessage")
+                if c.ok and c.params.get("thread_ts") == ts
+            ]
 
         [reminder] = await eventually(reminders, timeout=10)
         assert reminder.params["channel"] == CHANNEL
@@ -445,19 +516,30 @@ def test_a_long_rate_limit_is_left_to_the_activity_retry(slack: FakeSlack) -> No
     """A short Retry-After is slept out by the SDK; a long one must not hold a worker thread
     past the activity timeout: it fails at once, asking Temporal to wait that long."""
     settings = Settings(
-        _env_file=None, slack_bot_token="xoxb-test", slack_approval_channel=CHANNEL,
+        _env_file=None,
+        slack_bot_token="xoxb-test",
+        slack_approval_channel=CHANNEL,
         slack_api_url=slack.api_url,
-    )  # fmt: skip
+    )
     notifier = SlackNotifier(settings)
     brief = ApprovalBrief(
-        approval_id="apr-1", action_type="revoke_api_key", target=KEY,
+        approval_id="apr-1",
+        action_type="revoke_api_key",
+        target=KEY,
         expires_at="2026-11-21T14:15:00+00:00",
         incident=IncidentBrief(
-            incident_id="inc-1", tenant="acme", subject=f"api_key:{KEY}", technique="AML.T0057",
-            technique_name="LLM Data Leakage", tactic=None, tactic_name=None,
-            severity="critical", risk_score=None, excerpt=None,
+            incident_id="inc-1",
+            tenant="acme",
+            subject=f"api_key:{KEY}",
+            technique="AML.T0057",
+            technique_name="LLM Data Leakage",
+            tactic=None,
+            tactic_name=None,
+            severity="critical",
+            risk_score=None,
+            excerpt=None,
         ),
-    )  # fmt: skip
+    )
 
     slack.fail_next("chat.postMessage", status=429, retry_after=1)
     posted = notifier.announce_approval(brief)

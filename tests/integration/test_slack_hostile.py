@@ -67,20 +67,36 @@ def block_actions() -> dict[str, Any]:
         "trigger_id": "1.trigger",
         "channel": {"id": "C-SEC"},
         "message": {"ts": "1.2", "text": "x"},
-        "actions": [{"action_id": "soar_approve", "block_id": "soar_approval",
-                     "type": "button", "value": "apr-missing", "action_ts": "1.3"}],
-    }  # fmt: skip
+        "actions": [
+            {
+                "action_id": "soar_approve",
+                "block_id": "soar_approval",
+                "type": "button",
+                "value": "apr-missing",
+                "action_ts": "1.3",
+            }
+        ],
+    }
 
 
 def view_submission() -> dict[str, Any]:
-    meta = {"approval_id": "apr-missing", "decision": "reject", "channel": None, "ts": None,
-            "response_url": None, "action_ts": "1.3"}  # fmt: skip
+    meta = {
+        "approval_id": "apr-missing",
+        "decision": "reject",
+        "channel": None,
+        "ts": None,
+        "response_url": None,
+        "action_ts": "1.3",
+    }
     return {
         "type": "view_submission",
         "user": {"id": "U-NOBODY"},
-        "view": {"callback_id": "soar_decision", "private_metadata": json.dumps(meta),
-                 "state": {"values": {"soar_reason": {"comment": {"value": "why"}}}}},
-    }  # fmt: skip
+        "view": {
+            "callback_id": "soar_decision",
+            "private_metadata": json.dumps(meta),
+            "state": {"values": {"soar_reason": {"comment": {"value": "why"}}}},
+        },
+    }
 
 
 def _with(base: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -112,8 +128,10 @@ MALFORMED: list[tuple[str, Any]] = [
     ("view a string", _with(view_submission(), ("view",), "x")),
     ("view.state a string", _with(view_submission(), ("view", "state"), "x")),
     ("view.state.values a list", _with(view_submission(), ("view", "state", "values"), [])),
-    ("input value a number",
-     _with(view_submission(), ("view", "state", "values", "soar_reason", "comment", "value"), 3)),
+    (
+        "input value a number",
+        _with(view_submission(), ("view", "state", "values", "soar_reason", "comment", "value"), 3),
+    ),
     ("private_metadata an object", _with(view_submission(), ("view", "private_metadata"), {})),
     ("callback_id a number", _with(view_submission(), ("view", "callback_id"), 1)),
     ("type missing", {"user": {"id": "U"}}),
@@ -126,7 +144,7 @@ MALFORMED: list[tuple[str, Any]] = [
     ("nested 1,000 deep", deep(1000)),
     ("nested 100,000 deep", "[" * 100_000 + "]" * 100_000),
     ("user nested deep", '{"type":"block_actions","user":' + deep(200) + "}"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("payload", [p for _, p in MALFORMED], ids=[n for n, _ in MALFORMED])
@@ -152,10 +170,13 @@ async def test_well_formed_and_foreign_interactions_are_acknowledged(stack: Stac
         _with(view_submission(), ("view", "private_metadata"), "[" * 3000),
         _with(view_submission(), ("view", "private_metadata"), "not json"),
         _with(view_submission(), ("view", "private_metadata"), '{"approval_id": 5}'),
-        _with(view_submission(), ("view", "private_metadata"),
-              '{"approval_id": "a", "decision": "reject", "channel": {"x": 1}}'),
+        _with(
+            view_submission(),
+            ("view", "private_metadata"),
+            '{"approval_id": "a", "decision": "reject", "channel": {"x": 1}}',
+        ),
         _with(view_submission(), ("view", "state"), None),
-    ):  # fmt: skip
+    ):
         r = await post_payload(stack, payload)
         assert r.status_code == 200 and r.content == b"", (payload, r.text)
 
@@ -216,27 +237,43 @@ async def test_missing_headers_and_unsigned_bodies_are_a_401(stack: Stack) -> No
     assert r.status_code == 401
     # Signed over bytes that are not UTF-8: the verifier cannot even decode them.
     odd = b"payload=\xff\xfe"
-    r = await post_raw(stack, odd, {"x-slack-request-timestamp": ts,
-                                    "x-slack-signature": signature(odd, ts)})  # fmt: skip
+    r = await post_raw(
+        stack, odd, {"x-slack-request-timestamp": ts, "x-slack-signature": signature(odd, ts)}
+    )
     assert r.status_code in (400, 401)
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 PATHS: list[tuple[Any, ...]] = [
-    ("type",), ("user",), ("user", "id"), ("actions",), ("actions", 0), ("actions", 0, "value"),
-    ("actions", 0, "action_id"), ("actions", 0, "action_ts"), ("container",),
-    ("container", "channel_id"), ("channel",), ("message",), ("trigger_id",),
-]  # fmt: skip
+    ("type",),
+    ("user",),
+    ("user", "id"),
+    ("actions",),
+    ("actions", 0),
+    ("actions", 0, "value"),
+    ("actions", 0, "action_id"),
+    ("actions", 0, "action_ts"),
+    ("container",),
+    ("container", "channel_id"),
+    ("channel",),
+    ("message",),
+    ("trigger_id",),
+]
 VIEW_PATHS: list[tuple[Any, ...]] = [
-    ("view",), ("view", "state"), ("view", "state", "values"), ("view", "private_metadata"),
-    ("view", "callback_id"), ("view", "state", "values", "soar_reason"),
+    ("view",),
+    ("view", "state"),
+    ("view", "state", "values"),
+    ("view", "private_metadata"),
+    ("view", "callback_id"),
+    ("view", "state", "values", "soar_reason"),
     ("view", "state", "values", "soar_reason", "comment"),
-]  # fmt: skip
+]
 
 
 @settings(

@@ -97,9 +97,13 @@ def test_query_datetime_in_the_window_comes_back_in_utc() -> None:
 def test_invalid_has_the_api_shape() -> None:
     exc = bounds.invalid("until", "must be later than since")
     assert exc.errors() == [
-        {"type": "value_error", "loc": ("query", "until"), "msg": "must be later than since",
-         "input": None}
-    ]  # fmt: skip
+        {
+            "type": "value_error",
+            "loc": ("query", "until"),
+            "msg": "must be later than since",
+            "input": None,
+        }
+    ]
 
 
 def test_like_helpers_escape_every_wildcard() -> None:
@@ -148,19 +152,49 @@ def test_like_pattern_compiles_with_the_escape() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["a\x00b", "\x1b[31m", "tab\there", "new\nline", "cr\r", "del\x7f", "c1\x85", "\x9f",
-     "evil\u202egnp.exe", "\u202a", "\u202b", "\u202c", "\u202d", "\u2066", "\u2067", "\u2068",
-     "\u2069", "\u200e", "\u200f", "\u061c"],
-)  # fmt: skip
+    [
+        "a\x00b",
+        "\x1b[31m",
+        "tab\there",
+        "new\nline",
+        "cr\r",
+        "del\x7f",
+        "c1\x85",
+        "\x9f",
+        "evil\u202egnp.exe",
+        "\u202a",
+        "\u202b",
+        "\u202c",
+        "\u202d",
+        "\u2066",
+        "\u2067",
+        "\u2068",
+        "\u2069",
+        "\u200e",
+        "\u200f",
+        "\u061c",
+    ],
+)
 def test_unsafe_in_identifiers(value: str) -> None:
     assert has_unsafe_chars(value)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["u-42", "ünïcödé 漢字", "\U0001f600 emoji", "שלום", "مرحبا", "<script>", "=cmd|' /C calc'!A0",
-     "[~admin]", "!img.png!", "a'b\"c", ""],
-)  # fmt: skip
+    [
+        "u-42",
+        "ünïcödé 漢字",
+        "\U0001f600 emoji",
+        "שלום",
+        "مرحبا",
+        "<script>",
+        "=cmd|' /C calc'!A0",
+        "[~admin]",
+        "!img.png!",
+        "a'b\"c",
+        "",
+    ],
+)
 def test_safe_values(value: str) -> None:
     assert not has_unsafe_chars(value)
     assert not has_unsafe_chars(value, text=True)

@@ -95,8 +95,14 @@ def test_opens_one_ticket_with_mapped_fields(fake: FakeJira, tickets: JiraTicket
     assert fields["priority"]["name"] == "High"
     assert fields["issuetype"]["name"] == "Task"
     description = fields["description"]
-    for part in (ASSESSMENT, "mail me at [email]", "applied: block_session s-9", BRIEF.url,
-                 "Initial Access", "risk score 71.3"):  # fmt: skip
+    for part in (
+        ASSESSMENT,
+        "mail me at [email]",
+        "applied: block_session s-9",
+        BRIEF.url,
+        "Initial Access",
+        "risk score 71.3",
+    ):
         assert part in description
     # Names sent as objects: no lookups of project or issue type, one POST.
     assert not fake.calls_to("GET", "/project")
@@ -187,9 +193,18 @@ def test_retries_after_failures_leave_one_ticket(fake: FakeJira, tickets: JiraTi
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(400, False), (401, False), (403, False), (404, False),
-     (429, True), (500, True), (502, True), (503, True), (504, True)],
-)  # fmt: skip
+    [
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (504, True),
+    ],
+)
 def test_status_maps_to_retryable_or_not(
     fake: FakeJira, tickets: JiraTicketing, status: int, retryable: bool
 ) -> None:

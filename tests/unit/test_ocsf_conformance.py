@@ -70,8 +70,9 @@ def test_each_required_field_missing_is_named(field: str) -> None:
     assert field in _errors(body)
 
 
-@pytest.mark.parametrize("obj,field", [("metadata", "product"), ("metadata", "version"),
-                                       ("finding_info", "uid")])  # fmt: skip
+@pytest.mark.parametrize(
+    "obj,field", [("metadata", "product"), ("metadata", "version"), ("finding_info", "uid")]
+)
 def test_required_fields_of_objects_missing_are_named(obj: str, field: str) -> None:
     body = _full()
     body[obj].pop(field)

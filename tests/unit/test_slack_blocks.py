@@ -107,15 +107,23 @@ def test_attacker_text_cannot_ping_the_channel_or_fake_links() -> None:
     assert "<https://evil.example" not in text
     assert "&lt;!channel&gt;" in text and "&amp; more" in text
     excerpt_block = next(
-        blk["text"]["text"] for blk in b.approval_blocks(approval(incident=hostile))
+        blk["text"]["text"]
+        for blk in b.approval_blocks(approval(incident=hostile))
         if blk["type"] == "section" and "Excerpt" in blk["text"]["text"]
-    )  # fmt: skip
+    )
     assert excerpt_block.count("```") == 2  # the excerpt stays inside its code block
 
 
 def test_missing_facts_read_sensibly() -> None:
-    bare = incident(tactic=None, tactic_name=None, risk_score=None, excerpt=None,
-                    auto_actions=(), ticket_key=None, ticket_url=None)  # fmt: skip
+    bare = incident(
+        tactic=None,
+        tactic_name=None,
+        risk_score=None,
+        excerpt=None,
+        auto_actions=(),
+        ticket_key=None,
+        ticket_url=None,
+    )
     text = text_of(b.approval_blocks(approval(incident=bare)))
     assert "not assessed yet" in text
     assert "Excerpt" not in text
@@ -161,18 +169,28 @@ def test_reminder_mentions_every_approver() -> None:
 
 def test_reason_modal_round_trips_its_context() -> None:
     ctx = b.ModalContext(
-        approval_id="apr-1", decision="reject", channel="C-SEC", ts="1700000000.000100",
-        response_url="https://hooks.slack.com/actions/T/1/x", action_ts="1700000001.1",
-    )  # fmt: skip
+        approval_id="apr-1",
+        decision="reject",
+        channel="C-SEC",
+        ts="1700000000.000100",
+        response_url="https://hooks.slack.com/actions/T/1/x",
+        action_ts="1700000001.1",
+    )
     view = b.reason_modal(approval(), ctx)
     assert view["callback_id"] == b.MODAL_CALLBACK_ID
     assert len(view["private_metadata"]) <= 3000
     assert b.ModalContext.load(view["private_metadata"]) == ctx
     reason = next(blk for blk in view["blocks"] if blk["type"] == "input")
     assert reason["optional"] is True
-    submitted = {"state": {"values": {
-        b.REASON_BLOCK_ID: {b.REASON_ACTION_ID: {"type": "plain_text_input",
-                                                 "value": "  false positive  "}}}}}  # fmt: skip
+    submitted = {
+        "state": {
+            "values": {
+                b.REASON_BLOCK_ID: {
+                    b.REASON_ACTION_ID: {"type": "plain_text_input", "value": "  false positive  "}
+                }
+            }
+        }
+    }
     assert b.submitted_comment(submitted) == "false positive"
     assert b.submitted_comment({"state": {"values": {}}}) is None
 

@@ -95,11 +95,16 @@ class Fakes:
     def _ref(self, inp: ContainInput, kind: str, risk: str, target: str) -> ActionRef:
         n = dict(inp.generations).get(f"{kind}:{target}", 1)
         return ActionRef(
-            action_id=f"{inp.incident_id}:{kind}:{target}:{n}", incident_id=inp.incident_id,
-            action_key=f"{kind}:{target}", action_type=kind, risk=risk, tenant="acme",
-            target=target, technique=inp.detection.technique,
+            action_id=f"{inp.incident_id}:{kind}:{target}:{n}",
+            incident_id=inp.incident_id,
+            action_key=f"{kind}:{target}",
+            action_type=kind,
+            risk=risk,
+            tenant="acme",
+            target=target,
+            technique=inp.detection.technique,
             duration_seconds=900 if kind == "block_session" else None,
-        )  # fmt: skip
+        )
 
     def activities(self) -> list[object]:
         fakes = self
@@ -115,8 +120,11 @@ class Fakes:
                 # sees it.
                 now = await _CLOCK[0].get_current_time() if _CLOCK else datetime.now(UTC)
                 expires = now + timedelta(minutes=15)
-                applied.append(ActionRef(**{**ref.__dict__, "expires_at": expires.isoformat(),
-                                            "status": "applied"}))  # fmt: skip
+                applied.append(
+                    ActionRef(
+                        **{**ref.__dict__, "expires_at": expires.isoformat(), "status": "applied"}
+                    )
+                )
             if fakes.high_risk and "revoke_api_key:k-1" not in inp.active_keys:
                 approval.append(fakes._ref(inp, "revoke_api_key", "high", "k-1"))
             return ContainResult("AML.TA0005", tuple(applied), (), tuple(approval))
@@ -199,9 +207,25 @@ class Fakes:
         async def close_ticket(incident_id: str) -> None:
             return None
 
-        return [contain, enrich, lift, hook, run, failure, request, announce, decided,
-                escalate, expire, close, note, close_ticket, show, remind,
-                step_failure]  # fmt: skip
+        return [
+            contain,
+            enrich,
+            lift,
+            hook,
+            run,
+            failure,
+            request,
+            announce,
+            decided,
+            escalate,
+            expire,
+            close,
+            note,
+            close_ticket,
+            show,
+            remind,
+            step_failure,
+        ]
 
 
 async def refused(handle: object, req: DecisionRequest, reason: str) -> None:
@@ -212,29 +236,42 @@ async def refused(handle: object, req: DecisionRequest, reason: str) -> None:
 
 def det(n: int, session: str = "s-9") -> DetectionFacts:
     return DetectionFacts(
-        detection_id=f"d-{n}", technique="AML.T0051", severity="high", confidence=0.9,
-        source="gw", observed_at="2026-11-21T10:00:00+00:00",
+        detection_id=f"d-{n}",
+        technique="AML.T0051",
+        severity="high",
+        confidence=0.9,
+        source="gw",
+        observed_at="2026-11-21T10:00:00+00:00",
         subject=Subject(tenant="acme", user="u-1", session=session, api_key="k-1"),
-    )  # fmt: skip
+    )
 
 
 async def start(env: WorkflowEnvironment, tq: str, first: DetectionFacts, **inp: Any) -> Any:
     iid = "inc-" + uuid.uuid4().hex[:8]
     return await env.client.start_workflow(
         IncidentWorkflow.run,
-        IncidentInput(iid, "acme", "user:u-1", correlation_window_seconds=3600,
-                      approval_timeout_seconds=4 * 3600, **inp),
-        id=workflow_id_for(iid), task_queue=tq,
-        start_signal="add_detection", start_signal_args=[first],
-    )  # fmt: skip
+        IncidentInput(
+            iid,
+            "acme",
+            "user:u-1",
+            correlation_window_seconds=3600,
+            approval_timeout_seconds=4 * 3600,
+            **inp,
+        ),
+        id=workflow_id_for(iid),
+        task_queue=tq,
+        start_signal="add_detection",
+        start_signal_args=[first],
+    )
 
 
 async def test_block_lifts_itself_after_fifteen_minutes_then_incident_closes(
     env: WorkflowEnvironment,
 ) -> None:
     fakes, tq = Fakes(), "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(1))
         assert await handle.result() == "closed"  # type: ignore[attr-defined]
     assert fakes.log[0] == "contain d-1 x1"
@@ -249,8 +286,9 @@ async def test_no_decision_for_four_hours_escalates_at_half_then_expires(
     env: WorkflowEnvironment,
 ) -> None:
     fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(1))
         assert await handle.result() == "closed"  # type: ignore[attr-defined]
     seq = [e for e in fakes.log if e.startswith(("approval", "escalated", "expired", "run"))]
@@ -261,8 +299,9 @@ async def test_first_decision_wins_and_bad_decisions_are_refused(
     env: WorkflowEnvironment,
 ) -> None:
     fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(1))
         apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")  # type: ignore[attr-defined]
         for _ in range(100):
@@ -310,8 +349,9 @@ async def test_a_flood_of_detections_continues_as_new_and_loses_none(
     env: WorkflowEnvironment,
 ) -> None:
     fakes, tq = Fakes(), "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(0), max_detections_per_run=20)
         first = (await handle.describe()).run_id
         for n in range(1, 60):
@@ -340,8 +380,9 @@ async def test_continue_as_new_with_an_approval_pending_keeps_it_decidable(
     refuse while an approval was pending), the approval is carried, and a decision sent by
     workflow id to the new run is recorded and applied."""
     fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(0), max_detections_per_run=10)
         first = (await handle.describe()).run_id
         apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
@@ -392,8 +433,9 @@ async def test_a_carried_approval_escalates_and_expires_in_a_later_run(
     env: WorkflowEnvironment,
 ) -> None:
     fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(0), max_detections_per_run=5)
         first = (await handle.describe()).run_id
         for n in range(1, 12):
@@ -418,18 +460,27 @@ async def test_external_steps_use_their_own_queue_and_core_steps_do_not(
 ) -> None:
     fakes, tq = Fakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
     ext = tq + "-external"
-    external = {"announce_approval", "remind_approval", "show_approval_outcome",
-                "deliver_hook", "run_action", "note_ticket", "close_ticket"}  # fmt: skip
+    external = {
+        "announce_approval",
+        "remind_approval",
+        "show_approval_outcome",
+        "deliver_hook",
+        "run_action",
+        "note_ticket",
+        "close_ticket",
+    }
     every = fakes.activities()
     names = {a: activity._Definition.from_callable(a).name for a in every}  # type: ignore[arg-type, union-attr]
     async with (
         # run_action on both, as in production: approved enforcement is a core step.
-        Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-               activities=[a for a in every
-                           if names[a] not in external or names[a] == "run_action"]),
-        Worker(env.client, task_queue=ext,
-               activities=[a for a in every if names[a] in external]),
-    ):  # fmt: skip
+        Worker(
+            env.client,
+            task_queue=tq,
+            workflows=[IncidentWorkflow],
+            activities=[a for a in every if names[a] not in external or names[a] == "run_action"],
+        ),
+        Worker(env.client, task_queue=ext, activities=[a for a in every if names[a] in external]),
+    ):
         handle = await start(env, tq, det(0), external_task_queue=ext)
         apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
 
@@ -455,8 +506,9 @@ async def test_an_external_step_given_up_after_its_budget_is_logged_as_failed(
     row says so (never dropped silently); the approval still works without it."""
     fakes = Fakes(high_risk=True, failing=frozenset({"announce_approval", "deliver_hook"}))
     tq = "tq-" + uuid.uuid4().hex[:6]
-    async with Worker(env.client, task_queue=tq, workflows=[IncidentWorkflow],
-                      activities=fakes.activities()):  # fmt: skip
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
         handle = await start(env, tq, det(0), external_max_age_seconds=120)
         assert await handle.result() == "closed"
     events = {f.event for f in fakes.failures}
