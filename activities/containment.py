@@ -17,7 +17,7 @@ from temporalio import activity
 
 from activities.context import ActivityContext, action_id_for, now, ref_of
 from soar.atlas.store import technique_info
-from soar.audit.chain import LogEvent, append, append_many
+from soar.audit.chain import LogEvent, append, write_many
 from soar.contracts import (
     ActionRef,
     CloseInput,
@@ -177,7 +177,7 @@ class ContainmentActivities:
                         set((inc.plan or {}).get("rules_fired", [])) | set(plan.rules_fired)
                     ),
                 }
-            await append_many(s, events)
+            await write_many(s, events)
         return ContainResult(
             tactic=tactic,
             applied=tuple(applied),

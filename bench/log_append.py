@@ -4,10 +4,12 @@ verify rate at a million rows.
     .venv/bin/python bench/log_append.py [--seconds 10] [--writers 1,8,32] [--verify-rows 1000000]
 
 For each writer count, `--seconds` of transactions of 6 rows (a containment step's worth)
-through `soar.audit.chain.append_many` with the worker's sealing loop running
-(`soar.audit.seal.seal_forever`, every 200 ms, in a process of its own), then the same rows
-as one plain multi-row INSERT per transaction into `plain_log`, a copy of the table (same
-columns, same indexes, no trigger, no chain). Rows/s are counted at commit. The seal delay
+through `soar.audit.chain.write_many` (the product's write path) with the worker's sealing
+loop running (`soar.audit.seal.seal_forever`, every 200 ms, in a process of its own), and
+the same rows as one plain multi-row INSERT per transaction into `plain_log`, a copy of the
+table (same columns, same indexes, no trigger, no chain). The two alternate for `--rounds`
+rounds (which goes first alternates too) and the median of each is reported, so a burst of
+other load on the machine does not decide the ratio. Rows/s are counted at commit. The seal delay
 is `sealed_at - at` of every row written at that load (at = the database clock at INSERT,
 inside the writer's transaction). Then `--verify-rows` sealed rows are generated in SQL,
 sealed by `soar_seal` (its rate is reported) and verified as `soar audit verify` does, in
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.audit import libpq_url
-from soar.audit.chain import LogEvent, append_many
+from soar.audit.chain import LogEvent, write_many
 
 PLAIN = """
 CREATE TABLE plain_log (
@@ -130,7 +133,7 @@ async def run_writers(url: str, mode: str, writers: int, seconds: float, tag: st
             evs = events(tag, w, i)
             async with factory() as s, s.begin():
                 if mode == "log":
-                    await append_many(s, evs)
+                    await write_many(s, evs)
                 else:
                     params: dict[str, Any] = {}
                     for k, ev in enumerate(evs):
@@ -247,8 +250,21 @@ async def measure(url: str, args: argparse.Namespace) -> list[tuple[str, str]]:
     delay_at_max = (0.0, 0.0, 0.0)
     ratios: list[str] = []
     for n in args.writers:
-        plain = await run_writers(url, "plain", n, args.seconds, f"p{n}")
-        log = await append_phase(url, n, args.seconds, f"b{n}")
+        plains: list[float] = []
+        logs: list[float] = []
+        for r in range(args.rounds):
+            first_plain = r % 2 == 0
+            if first_plain:
+                plains.append(await run_writers(url, "plain", n, args.seconds, f"p{n}-{r}"))
+            logs.append(await append_phase(url, n, args.seconds, f"b{n}-{r}"))
+            if not first_plain:
+                plains.append(await run_writers(url, "plain", n, args.seconds, f"p{n}-{r}"))
+            print(
+                f"  {n} writers, round {r + 1}: log {logs[-1]:,.0f} / plain {plains[-1]:,.0f}",
+                file=sys.stderr,
+            )
+        plain = statistics.median(plains)
+        log = statistics.median(logs)
         d = seal_delays(url, f"b{n}")
         out.append(
             (
@@ -281,6 +297,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--writers", default="1,8,32")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per writer count")
     ap.add_argument("--verify-rows", type=int, default=1_000_000)
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
     args = ap.parse_args()

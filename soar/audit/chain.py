@@ -2,11 +2,11 @@
 
 Design (migration 0004, deploy/postgres-grants.sql, README "For auditors"):
 
-- **Writers never wait on each other.** `append_many` is one `INSERT ... ON CONFLICT
-  (event_key) DO NOTHING` of unsealed rows (`seq`, `prev_hash`, `hash` NULL), plus one SELECT
-  only when a key was already there: no lock beyond the row's unique index, so the same key
-  appended twice at once is still written once (the second insert waits for the first's
-  transaction, then finds the row).
+- **Writers never wait on each other.** `write_many` (and `append`) is one `INSERT ... ON
+  CONFLICT (event_key) DO NOTHING` of unsealed rows (`seq`, `prev_hash`, `hash` NULL) that
+  reads nothing back: no lock beyond the row's unique index, so the same key appended twice
+  at once is still written once (the second insert waits for the first's transaction).
+  `append_many` also returns the rows, for callers that need them.
 - **The database decides time and order.** A BEFORE INSERT trigger sets `at` from the
   database clock and drops any `seq`/`hash`/`prev_hash`/`sealed_at`/`at` an INSERT tried to
   set (only the table's owner, who could switch the trigger off anyway, may import hashed
@@ -81,15 +81,16 @@ _INSERTED = (
     "details",
 )
 _RETURNED = ("id", "seq", "at", *_INSERTED, "prev_hash", "hash", "sealed_at")
-_INSERT = text(
+_WRITE_SQL = (
     f"INSERT INTO action_log ({', '.join(_INSERTED)}) "
     "SELECT "
     + ", ".join(f"e.j -> '{c}'" if c == "details" else f"e.j ->> '{c}'" for c in _INSERTED)
     + " FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(j, n) "
     "ORDER BY e.n "
-    "ON CONFLICT (event_key) DO NOTHING "
-    f"RETURNING {', '.join(_RETURNED)}"
+    "ON CONFLICT (event_key) DO NOTHING"
 )
+_WRITE = text(_WRITE_SQL)
+_INSERT = text(f"{_WRITE_SQL} RETURNING {', '.join(_RETURNED)}")
 
 
 @dataclass(frozen=True)
@@ -194,20 +195,23 @@ def jsonb_text(value: Any) -> str:
 # --- appending -----------------------------------------------------------------------------
 
 
-async def append(session: AsyncSession, ev: LogEvent) -> ActionLogEntry:
-    """Append inside the caller's transaction; returns the existing row if the key is known.
-    The row is unsealed (`seq` None) until the sealer has run after the commit."""
-    return (await append_many(session, [ev]))[0]
+async def append(session: AsyncSession, ev: LogEvent) -> None:
+    """Append one event inside the caller's transaction (written once per `event_key`)."""
+    await write_many(session, [ev])
 
 
-async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> list[ActionLogEntry]:
-    """Append several events in order with one statement (two when some key is already
-    logged); events whose key is already logged are returned as they are, not written again.
-    No lock is taken: concurrent writers do not wait for each other."""
+async def write_many(session: AsyncSession, events: Iterable[LogEvent]) -> None:
+    """The product's write path: append events in order with one statement and read nothing
+    back; an event whose key is already logged is not written again. No lock is taken:
+    concurrent writers do not wait for each other. Rows are unsealed (`seq` None) until the
+    sealer has run after the commit."""
     evs = list(events)
-    if not evs:
-        return []
-    payload = json.dumps(
+    if evs:
+        await session.execute(_WRITE, {"rows": _payload(evs)})
+
+
+def _payload(evs: list[LogEvent]) -> str:
+    return json.dumps(
         [
             {
                 "event_key": ev.event_key,
@@ -227,6 +231,15 @@ async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> list
         default=str,
         allow_nan=False,
     )
+
+
+async def append_many(session: AsyncSession, events: Iterable[LogEvent]) -> list[ActionLogEntry]:
+    """Like `write_many`, and return the rows: the ones written and, for keys that were
+    already logged, the rows as they are (one more SELECT)."""
+    evs = list(events)
+    if not evs:
+        return []
+    payload = _payload(evs)
     got: dict[str, ActionLogEntry] = {}
     for r in await session.execute(_INSERT, {"rows": payload}):
         got[r.event_key] = ActionLogEntry(**dict(r._mapping))

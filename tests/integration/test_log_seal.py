@@ -112,7 +112,7 @@ async def test_the_same_event_appended_twice_at_once_is_written_once(db_url: str
         async with factory() as s, s.begin():
             if n == 1:
                 await first_in.wait()
-            entry = await append(s, ev("same", n=n))
+            (entry,) = await append_many(s, [ev("same", n=n)])
             if n == 0:
                 first_in.set()
                 await asyncio.sleep(0.3)  # the other insert waits on this transaction
@@ -143,7 +143,7 @@ async def check_sealed_rows_verify(db_url: str) -> None:
     ]
     try:
         async with session_factory(engine)() as s, s.begin():
-            entry = await append(s, ev("k0", **details[0]))
+            (entry,) = await append_many(s, [ev("k0", **details[0])])
             assert entry.seq is None and entry.hash is None and entry.at is not None
         async with session_factory(engine)() as s:
             b = await backlog(s)
