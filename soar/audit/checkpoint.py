@@ -7,9 +7,12 @@ rotated: generate a new pair, sign with it from then on, and give `verify` every
 
 Sinks: a directory, or an S3-compatible bucket (or any HTTP store) by URL: `http(s)://...`
 (objects written with PUT to `URL/NAME`, listed with S3's `?list-type=2&prefix=`), and
-`s3://bucket/prefix`, which means `https://bucket.s3.amazonaws.com/prefix`. Requests are not
-signed (no AWS SDK here): use a bucket policy that lets the signer's network write, a
-pre-authorising proxy, or a directory synchronised to the bucket.
+`s3://bucket/prefix`, which means `https://bucket.s3.amazonaws.com/prefix`. With credentials
+(in the URL as `https://KEY_ID:SECRET@host/bucket/prefix`, or the standard
+`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, region from
+`AWS_REGION` / `AWS_DEFAULT_REGION`, default `us-east-1`) every request is signed with AWS
+Signature Version 4, as S3, MinIO, Ceph and R2 expect; without them requests go unsigned
+(a bucket policy that lets the signer's network write, or a pre-authorising proxy).
 
 The private key belongs to whoever runs `soar audit checkpoint` (a cron job, an operator),
 never to the API or the workers: whoever can write the database cannot sign. Before signing,
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import html
 import json
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -195,14 +199,27 @@ class HttpSink:
     """An S3-compatible bucket (or prefix in it), or any store that takes PUT and GET."""
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        u = urllib.parse.urlsplit(url.rstrip("/"))
+        netloc = u.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if u.port is not None:
+            netloc += f":{u.port}"
+        # The URL without the credentials it may carry: requests and messages use this one.
+        self.url = urllib.parse.urlunsplit((u.scheme, netloc, u.path, "", ""))
         self.timeout = timeout
-        u = urllib.parse.urlsplit(self.url)
-        # For messages: never the credentials a URL may carry.
-        self.shown = urllib.parse.urlunsplit((u.scheme, u.hostname or "", u.path, "", ""))
+        self.shown = self.url
+        self.credentials = SigV4Credentials.find(
+            urllib.parse.unquote(u.username) if u.username else None,
+            urllib.parse.unquote(u.password) if u.password else None,
+        )
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(timeout=self.timeout, follow_redirects=False)
+        return httpx.Client(
+            timeout=self.timeout,
+            follow_redirects=False,
+            auth=self.credentials,
+        )
 
     def _split(self) -> tuple[str, str]:
         """(bucket URL, key prefix) for an S3 listing: path-style `host/bucket/prefix`."""
@@ -263,6 +280,76 @@ class HttpSink:
                 raise CheckpointError(f"writing {name}: {type(exc).__name__}") from exc
         if r.status_code not in (200, 201, 204):
             raise CheckpointError(f"writing {name}: HTTP {r.status_code}")
+
+
+def _uri_encode(text: str, *, slash: bool) -> str:
+    return urllib.parse.quote(text, safe="-_.~" + ("/" if not slash else ""))
+
+
+@dataclass(frozen=True)
+class SigV4Credentials(httpx.Auth):
+    """AWS Signature Version 4 for S3 (the `UNSIGNED-PAYLOAD`-free form: the body's SHA-256
+    is signed, so a checkpoint cannot be swapped in flight even over plain HTTP)."""
+
+    key_id: str
+    secret: str = field(repr=False)
+    region: str = "us-east-1"
+    session_token: str | None = field(default=None, repr=False)
+    service: str = "s3"
+
+    @classmethod
+    def find(cls, key_id: str | None, secret: str | None) -> SigV4Credentials | None:
+        env = os.environ
+        key_id = key_id or env.get("AWS_ACCESS_KEY_ID")
+        secret = secret or env.get("AWS_SECRET_ACCESS_KEY")
+        if not key_id or not secret:
+            return None
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return cls(key_id, secret, region, env.get("AWS_SESSION_TOKEN") or None)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.sign(request, datetime.now(UTC))
+        yield request
+
+    def sign(self, request: httpx.Request, now: datetime) -> None:
+        stamp = now.strftime("%Y%m%dT%H%M%SZ")
+        day = stamp[:8]
+        payload = hashlib.sha256(request.content).hexdigest()
+        request.headers["x-amz-date"] = stamp
+        request.headers["x-amz-content-sha256"] = payload
+        if self.session_token:
+            request.headers["x-amz-security-token"] = self.session_token
+        signed = {"host": request.url.netloc.decode("ascii")}
+        for name, value in request.headers.items():
+            if name.lower().startswith("x-amz-") or name.lower() == "content-type":
+                signed[name.lower()] = " ".join(value.split())
+        names = sorted(signed)
+        query = urllib.parse.parse_qsl(request.url.query.decode("ascii"), keep_blank_values=True)
+        canonical_query = "&".join(
+            f"{_uri_encode(k, slash=True)}={_uri_encode(v, slash=True)}" for k, v in sorted(query)
+        )
+        canonical = "\n".join(
+            [
+                request.method,
+                _uri_encode(urllib.parse.unquote(request.url.path), slash=False) or "/",
+                canonical_query,
+                "".join(f"{n}:{signed[n]}\n" for n in names),
+                ";".join(names),
+                payload,
+            ]
+        )
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        )
+        k = f"AWS4{self.secret}".encode()
+        for part in (day, self.region, self.service, "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+        request.headers["Authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={self.key_id}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+        )
 
 
 def sink(target: str) -> Sink:

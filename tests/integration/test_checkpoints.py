@@ -278,3 +278,101 @@ def test_checkpoints_in_a_bucket(db_url: str, tmp_path: Path, bucket: str) -> No
     tamper(db_url, "DELETE FROM action_log WHERE seq > 395")
     bad = verify(db_url, bucket, pub)
     assert bad.exit_code == 1 and "log truncated" in bad.output
+
+
+@pytest.fixture
+def s3() -> Iterator[tuple[str, dict[str, str]]]:
+    """A real S3-compatible server (moto's, a process of its own) that checks AWS Signature
+    Version 4 on every request; yields its endpoint and the credentials of a user that may
+    write the bucket `audit-bucket`."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    moto = Path(sys.executable).with_name("moto_server")
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}  # set-up, then every call signed
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        anon = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", **anon)
+        iam.create_user(UserName="checkpointer")
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(
+            UserName="checkpointer", PolicyName="s3", PolicyDocument=json.dumps(policy)
+        )
+        key = iam.create_access_key(UserName="checkpointer")["AccessKey"]
+        creds = {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket="audit-bucket")
+        yield endpoint, creds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_checkpoints_in_an_s3_bucket_with_signed_requests(
+    db_url: str, tmp_path: Path, s3: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint, creds = s3
+    assert cli(db_url, "keygen", "--out", str(tmp_path)).exit_code == 0
+    key, pub = next(tmp_path.glob("*.key.pem")), next(tmp_path.glob("*pub*"))
+    insert_and_seal(db_url, 1, 50)
+    target = f"{endpoint}/audit-bucket/soar"
+
+    # Without credentials, or with a wrong secret, the server refuses: nothing is written.
+    unsigned = cli(db_url, "checkpoint", "--key", str(key), "--out", target)
+    assert unsigned.exit_code != 0 and "HTTP" in unsigned.output
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    forged = cli(db_url, "checkpoint", "--key", str(key), "--out", target)
+    assert forged.exit_code != 0 and "HTTP 403" in forged.output
+
+    # Signed with the real secret (here from the URL; the environment works the same way).
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    secret = creds["AWS_SECRET_ACCESS_KEY"].replace("/", "%2F").replace("+", "%2B")
+    authed = target.replace("http://", f"http://{creds['AWS_ACCESS_KEY_ID']}:{secret}@")
+    made = cli(db_url, "checkpoint", "--key", str(key), "--out", authed)
+    assert made.exit_code == 0, made.output
+    assert secret not in made.output
+    insert_and_seal(db_url, 51, 20)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["AWS_SECRET_ACCESS_KEY"])
+    assert cli(db_url, "checkpoint", "--key", str(key), "--out", target).exit_code == 0
+    ok = verify(db_url, target, pub)
+    assert ok.exit_code == 0, ok.output
+    assert "2 checkpoints" in ok.output
+    tamper(db_url, "DELETE FROM action_log WHERE seq > 60")
+    bad = verify(db_url, target, pub)
+    assert bad.exit_code == 1 and "log truncated" in bad.output
