@@ -215,12 +215,21 @@ def checkpoint(
     out: Annotated[str, typer.Option("--out", help="directory, or bucket URL (s3://, https://)")],
     every: Annotated[
         float | None,
-        typer.Option(min=1.0, help="keep running: a checkpoint every this many seconds"),
+        typer.Option(min=1.0, help="keep running: a checkpoint at least every this many seconds"),
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="keep running: a checkpoint as soon as this many more rows are sealed"
+        ),
     ] = None,
 ) -> None:
     """Sign the log's head (seq, hash, database time) and write it to --out, after checking
-    the rows since the newest checkpoint still link to it."""
+    the rows since the newest checkpoint still link to it. With --every and/or --rows it keeps
+    running (every N rows or T seconds, whichever comes first), as a cron-less signer."""
     import time
+
+    from sqlalchemy import text as sql
 
     from soar.audit import checkpoint as cp
     from soar.db import make_sync_engine
@@ -230,19 +239,32 @@ def checkpoint(
         target = cp.sink(out)
     except cp.CheckpointError as exc:
         raise _fail(str(exc)) from None
+    keep_running = every is not None or rows is not None
+    poll = 1.0 if rows is not None else float(every or 0)
     engine = make_sync_engine(_database_url())
+    last_seq: int | None = None
+    last_at = 0.0
     try:
         while True:
-            try:
+            due = last_seq is None or (every is not None and time.monotonic() - last_at >= every)
+            if not due and rows is not None:
                 with engine.connect() as conn:
-                    made = cp.make(conn, private, target, skip_unchanged=every is not None)
-            except cp.CheckpointError as exc:
-                raise _fail(str(exc), 1) from None
-            if made.written:
-                _out().print(f"checkpoint {made.name}: row {made.seq} {made.hash}", highlight=False)
-            if every is None:
+                    head = conn.execute(sql("SELECT max(seq) FROM action_log")).scalar()
+                due = head is not None and int(head) - (last_seq or 0) >= rows
+            if due:
+                try:
+                    with engine.connect() as conn:
+                        made = cp.make(conn, private, target, skip_unchanged=keep_running)
+                except cp.CheckpointError as exc:
+                    raise _fail(str(exc), 1) from None
+                last_seq, last_at = made.seq, time.monotonic()
+                if made.written:
+                    _out().print(
+                        f"checkpoint {made.name}: row {made.seq} {made.hash}", highlight=False
+                    )
+            if not keep_running:
                 return
-            time.sleep(every)
+            time.sleep(poll)
     finally:
         engine.dispose()
 

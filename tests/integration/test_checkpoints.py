@@ -376,3 +376,47 @@ def test_checkpoints_in_an_s3_bucket_with_signed_requests(
     tamper(db_url, "DELETE FROM action_log WHERE seq > 60")
     bad = verify(db_url, target, pub)
     assert bad.exit_code == 1 and "log truncated" in bad.output
+
+
+def test_a_running_signer_checkpoints_every_n_rows(db_url: str, tmp_path: Path) -> None:
+    """`--rows 100` (with a long `--every`): a checkpoint as soon as 100 more rows are sealed,
+    none while nothing changes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    assert cli(db_url, "keygen", "--out", str(tmp_path / "k")).exit_code == 0
+    key = next((tmp_path / "k").glob("*.key.pem"))
+    out = tmp_path / "cps"
+    insert_and_seal(db_url, 1, 10)
+    signer = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "soar.cli", "audit", "checkpoint", "--key", str(key)),
+            *("--out", str(out), "--rows", "100", "--every", "3600"),
+        ],
+        env={**os.environ, "SOAR_DATABASE_URL": db_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def count(expected: int) -> int:
+        for _ in range(100):
+            n = len(list(out.glob("checkpoint-*.json"))) if out.exists() else 0
+            if n >= expected:
+                return n
+            time.sleep(0.1)
+        return n
+
+    try:
+        assert count(1) == 1  # the head at start
+        insert_and_seal(db_url, 11, 50)
+        time.sleep(2.5)
+        assert count(1) == 1  # 50 more rows: not yet
+        insert_and_seal(db_url, 61, 60)
+        assert count(2) == 2  # 110 more rows: signed
+    finally:
+        signer.terminate()
+        output = signer.communicate(timeout=10)[0]
+    assert "Traceback" not in output
