@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from soar.api import health, intake, response, stream
+from soar.api import docs, health, intake, response, stream
 from soar.api.deps import AppState
 from soar.api.jsonsafe import printable
 from soar.auth import sync_bootstrap_tokens
@@ -85,7 +85,10 @@ def create_app(
         title="atlas-soar",
         summary="Response orchestration for attacks on AI systems (MITRE ATLAS)",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.soar = state
 
     @app.exception_handler(RequestValidationError)
