@@ -194,7 +194,7 @@ _LEET: Final = str.maketrans(
     }
 )
 # A token of letters, digits and leet symbols ("!" and "|" only between others).
-_LEET_TOKEN = re.compile(r"[a-z0-9@$]++(?:[!|]++[a-z0-9@$]++)*+")
+_LEET_TOKEN = re.compile(r"[!|]?+[a-z0-9@$]++(?:[!|]++[a-z0-9@$]++)*+")
 _LEET_HINT = re.compile(r"[a-z][013457-9@$!|]|[013457-9@$!|][a-z]")
 _LEET_CHARS: Final = frozenset("01345789@$!|")
 _TOKEN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$!|")
