@@ -38,6 +38,10 @@ from soar.detect import Engine, technique_scores
 
 DATA = Path(__file__).with_name("data")
 FAMILIES = ("AML.T0051", "AML.T0054", "AML.T0056")
+TARGET_FAMILIES = ("AML.T0051", "AML.T0054")
+TARGET_RECALL = 0.85
+TARGET_FPR = 0.01
+TARGET_P99 = 100.0
 _PARA = re.compile(r"\n\s*\n")
 
 
@@ -104,6 +108,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--show-misses", action="store_true")
+    ap.add_argument(
+        "--split", choices=("dev", "heldout", "both"), default="both", help="which part to report"
+    )
     ap.add_argument("--repeat", type=int, default=5, help="time each text N times, keep the best")
     args = ap.parse_args()
 
@@ -111,41 +118,41 @@ def main() -> None:
     attacks = load_jsonl(DATA / "attacks.jsonl")
     benign = load_jsonl(DATA / "benign_tasks.jsonl") + stdlib_benign(rng)
     engine = Engine.default()
-    engine.scan("warm up")
+    for row in attacks[:20] + benign[:20]:  # warm up (caches, branch predictors)
+        engine.scan(row["text"])
 
-    per_kib: list[float] = []
-    per_kib_big: list[float] = []
-    per_text_small: list[float] = []
-    results: list[tuple[dict[str, str], set[str]]] = []
+    results: list[tuple[dict[str, str], set[str], float, int]] = []
     for row in attacks + benign:
         text = row["text"]
         dt = float("inf")
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             findings = engine.scan(text, "prompt")
-            dt = min(dt, time.perf_counter() - t0)
-        size = len(text.encode("utf-8"))
-        per_kib.append(dt * 1e6 / (max(size, 1) / 1024))
-        if size >= 1024:
-            per_kib_big.append(dt * 1e6 / (size / 1024))
-        else:
-            per_text_small.append(dt * 1e6)
+            dt = min(dt, time.thread_time() - t0)
         scores = technique_scores(findings)
         fams = {
             fam
             for fam in FAMILIES
             if 1 - _prod(1 - s for t, s in scores.items() if t.startswith(fam)) >= args.threshold
         }
-        results.append((row, fams))
+        results.append((row, fams, dt, len(text.encode("utf-8"))))
 
-    for split in ("dev", "heldout"):
-        part = [(r, f) for r, f in results if r["split"] == split]
+    load = _load()
+    print(
+        f"threshold {args.threshold}; targets on the held-out part: recall >= "
+        f"{TARGET_RECALL} for {' and '.join(TARGET_FAMILIES)}, benign FPR <= {TARGET_FPR:.0%}, "
+        f"p99 <= {TARGET_P99:.0f} µs/KiB"
+    )
+    speed: dict[str, tuple[float, float, float, float]] = {}
+    for split in ("dev", "heldout") if args.split == "both" else (args.split,):
+        part = [(r, f) for r, f, _, _ in results if r["split"] == split]
         n_attack = sum(1 for r, _ in part if r["label"] != "benign")
         n_benign = sum(1 for r, _ in part if r["label"] == "benign")
-        print(f"\n== {split}: {n_attack} attack texts, {n_benign} benign texts ==")
+        title = "tuned (dev)" if split == "dev" else "held-out (never tuned on)"
+        print(f"\n== {title}: {n_attack} attack texts, {n_benign} benign texts ==")
         print(
             f"{'technique':<12} {'n':>4} {'TP':>4} {'FP':>4} {'FN':>4} "
-            f"{'precision':>9} {'recall':>7} {'F1':>6}"
+            f"{'precision':>9} {'recall':>7} {'F1':>6} {'FP benign':>10}  target"
         )
         for fam in FAMILIES:
             tp = sum(1 for r, f in part if fam in r["label"].split("+") and fam in f)
@@ -156,9 +163,13 @@ def main() -> None:
             p = tp / (tp + fp) if tp + fp else 0.0
             rc = tp / n if n else 0.0
             f1 = 2 * p * rc / (p + rc) if p + rc else 0.0
+            target = ""
+            if fam in TARGET_FAMILIES:
+                ok = "met" if rc >= TARGET_RECALL else "NOT met"
+                target = f"recall >= {TARGET_RECALL} ({ok})" if split == "heldout" else ""
             print(
                 f"{fam:<12} {n:>4} {tp:>4} {fp:>4} {fn:>4} "
-                f"{p:>9.3f} {rc:>7.3f} {f1:>6.3f} {fpb:>12}"
+                f"{p:>9.3f} {rc:>7.3f} {f1:>6.3f} {fpb:>10}  {target}"
             )
         flagged = [(r, f) for r, f in part if r["label"] == "benign" and f]
         fpr = len(flagged) / n_benign if n_benign else 0.0
@@ -169,12 +180,25 @@ def main() -> None:
                 tally[0] += 1
                 tally[1] += bool(f)
         detail = ", ".join(f"{k}: {v[1]}/{v[0]}" for k, v in sorted(by_src.items()))
+        ok = "met" if fpr <= TARGET_FPR else "NOT met"
         print(
             f"benign false-positive rate (any family): {fpr:.4f} ({len(flagged)}/{n_benign}; "
-            f"{detail})"
+            f"{detail})  target <= {TARGET_FPR} ({ok})"
         )
         any_tp = sum(1 for r, f in part if r["label"] != "benign" and f)
         print(f"attack texts flagged with any family: {any_tp}/{n_attack}")
+        costs = [(dt, size) for r, _, dt, size in results if r["split"] == split]
+        # per KiB, a text under 1 KiB charged as 1 KiB (its fixed cost counts)
+        per_kib = [dt * 1e6 / max(size / 1024, 1.0) for dt, size in costs]
+        big = [dt * 1e6 / (size / 1024) for dt, size in costs if size >= 1024]
+        speed[split] = (pct(per_kib, 0.5), pct(per_kib, 0.99), pct(big, 0.5), pct(big, 0.99))
+        p50, p99, b50, b99 = speed[split]
+        ok = "met" if p99 <= TARGET_P99 else "NOT met"
+        print(
+            f"speed: p50 {p50:.1f} µs/KiB, p99 {p99:.1f} µs/KiB over {len(per_kib)} texts "
+            f"(texts >= 1 KiB alone: p50 {b50:.1f}, p99 {b99:.1f})  target p99 <= "
+            f"{TARGET_P99:.0f} ({ok})"
+        )
         if args.show_misses and split == "dev":
             for r, f in part:
                 labels = set(r["label"].split("+")) - {"benign"}
@@ -187,30 +211,41 @@ def main() -> None:
                     ]
                     print(f"  FP   {r['id']} {sorted(f)}: {hits}")
 
-    def pct(values: list[float], q: float) -> float:
-        values = sorted(values)
-        return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+    big_text = ("Please summarise the following report. " * 30 + "\n") * 100
+    hostile = ("ignore " * 20 + "system prompt " * 20 + "\u200b" * 10 + "you are now ") * 400
+    print(
+        f"\nspeed: best of {args.repeat} runs per text, CPU time of the scanning thread "
+        f"(time.thread_time: time spent waiting for a core is not counted); {load}"
+    )
+    for name, text in (("a 114 KiB report", big_text), ("a 256 KiB keyword flood", hostile)):
+        best = float("inf")
+        for _ in range(args.repeat):
+            t0 = time.thread_time()
+            engine.scan(text)
+            best = min(best, time.thread_time() - t0)
+        size = len(text[: engine_max()].encode("utf-8")) / 1024
+        print(f"  {name}: {best * 1e6 / size:.1f} µs/KiB")
 
-    print(f"\nspeed (best of {args.repeat} runs per text, one core):")
-    print(
-        f"  all {len(per_kib)} texts: p50 {pct(per_kib, 0.5):.1f} µs/KiB, "
-        f"p99 {pct(per_kib, 0.99):.1f} µs/KiB"
-    )
-    print(
-        f"  {len(per_kib_big)} texts >= 1 KiB: p50 {pct(per_kib_big, 0.5):.1f} µs/KiB, "
-        f"p99 {pct(per_kib_big, 0.99):.1f} µs/KiB"
-    )
-    print(
-        f"  {len(per_text_small)} texts < 1 KiB: p50 {pct(per_text_small, 0.5):.1f} µs, "
-        f"p99 {pct(per_text_small, 0.99):.1f} µs per text"
-    )
-    big = ("Please summarise the following report. " * 30 + "\n") * 100
-    best = float("inf")
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        engine.scan(big)
-        best = min(best, time.perf_counter() - t0)
-    print(f"  one {len(big) // 1024} KiB text: {best * 1e6 / (len(big) / 1024):.1f} µs/KiB")
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+def engine_max() -> int:
+    from soar.detect import MAX_CHARS
+
+    return MAX_CHARS
+
+
+def _load() -> str:
+    try:
+        one, five, _ = (float(x) for x in Path("/proc/loadavg").read_text().split()[:3])
+    except (OSError, ValueError):
+        return "load average unknown"
+    import os
+
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def _prod(values: object) -> float:

@@ -25,7 +25,6 @@ SOAR_SOURCE_SECRET (default: SOAR_HOME/gateway-token and SOAR_HOME/webhook-secre
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from fastapi import FastAPI, Request
 
 from soar.config import default_home
 from soar.gateway import DetectionReporter, EnforcementClient, EnforcementMiddleware, Subject
+from soar.gateway.middleware import builtin_detector
 
 HOME = Path(os.environ.get("SOAR_HOME") or default_home())
 URL = os.environ.get("SOAR_URL", "http://127.0.0.1:8000")
@@ -77,18 +77,8 @@ def subject_of(request: Request) -> Subject | None:
     )
 
 
-_INJECTION = re.compile(r"ignore (all )?(previous|prior) instructions|jailbreak|DAN mode", re.I)
-
-
-def detector(prompt: str) -> list[dict[str, Any]]:
-    """The built-in engine when it is installed (soar detect), else a one-line stand-in."""
-    try:
-        from soar.detect.engine import Engine
-    except ImportError:
-        return [{"technique": "AML.T0051", "confidence": 0.9}] if _INJECTION.search(prompt) else []
-    return [
-        {"technique": f.technique, "confidence": f.score} for f in Engine.default().scan(prompt)
-    ]
+# The built-in ATLAS engine (soar.detect), run locally on each prompt.
+detector = builtin_detector()
 
 
 @asynccontextmanager

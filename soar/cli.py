@@ -336,6 +336,7 @@ def _register_optional_commands() -> None:
         ("soar.audit.cli", "audit"),
         ("approvals.cli", "users"),
         ("soar.sources_cli", "sources"),
+        ("soar.posture", "posture"),
     ):
         try:
             mod = importlib.import_module(module)

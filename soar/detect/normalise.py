@@ -31,7 +31,7 @@ from typing import Final
 
 from soar.redact import _INVISIBLE
 
-__all__ = ["Normalised", "Signals", "deleet", "normalise"]
+__all__ = ["Normalised", "Signals", "deleet", "normalise", "rot13"]
 
 _TAG_FIRST: Final = 0xE0000
 _TAG_LAST: Final = 0xE007F
@@ -84,23 +84,120 @@ _HOMOGLYPHS: Final = str.maketrans(
         "\u03c7": "x",  # greek small letter chi
         "\u03c9": "w",  # greek small letter omega
         "\u03f2": "c",  # greek lunate sigma symbol
-        # typographic quotes, so that rules need only ' and "
+        # Latin small capitals and other letters NFKC keeps ("ɪɢɴᴏʀᴇ")
+        "\u1d00": "a",
+        "\u0299": "b",
+        "\u1d04": "c",
+        "\u1d05": "d",
+        "\u1d07": "e",
+        "\ua730": "f",
+        "\u0262": "g",
+        "\u029c": "h",
+        "\u026a": "i",
+        "\u1d0a": "j",
+        "\u1d0b": "k",
+        "\u029f": "l",
+        "\u1d0d": "m",
+        "\u0274": "n",
+        "\u1d0f": "o",
+        "\u1d18": "p",
+        "\u0280": "r",
+        "\ua731": "s",
+        "\u1d1b": "t",
+        "\u1d1c": "u",
+        "\u1d20": "v",
+        "\u1d21": "w",
+        "\u028f": "y",
+        "\u1d22": "z",
+        "\u0131": "i",  # dotless i
+        "\u0237": "j",  # dotless j
+        # Armenian
+        "\u0585": "o",  # armenian small letter oh
+        "\u057d": "u",  # armenian small letter seh
+        "\u0570": "h",  # armenian small letter ho
+        "\u0578": "n",  # armenian small letter vo
+        # typographic quotes and dashes, so that rules need only ' " and -
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
         "\u2018": "'",
         "\u2019": "'",
         "\u201c": '"',
         "\u201d": '"',
     }
 )
-_LOOKALIKES: Final = frozenset(chr(c) for c in _HOMOGLYPHS if chr(c).isalpha())
+# Letter-like symbols NFKC keeps: regional indicators (🇭🇴🇼), negative circled and negative
+# squared letters (🅗🅞🅦, 🅷🅾🆆), one code point each, so the length is kept.
+_HOMOGLYPHS.update(
+    {base + i: chr(ord("a") + i) for base in (0x1F1E6, 0x1F150, 0x1F170) for i in range(26)}
+)
+_LOOKALIKES: Final = frozenset(
+    chr(c) for c in _HOMOGLYPHS if chr(c).isalpha() and ord(chr(c)) < 0x1F000
+)
+_LOOKALIKE_CLASS: Final = "".join(
+    sorted(_LOOKALIKES | {c.upper() for c in _LOOKALIKES if len(c.upper()) == 1})
+)
+_ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
+# A whole run of non-ASCII characters (it starts where the previous character is ASCII).
+_NON_ASCII_RUN = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f]++")
+
+
+def _mixed_script(text: str) -> list[tuple[int, int]]:
+    """Runs of non-ASCII characters that hold a Cyrillic/Greek lookalike and touch a Latin
+    letter ("ign\\u043ere", with a Cyrillic o)."""
+    if _ANY_LOOKALIKE.search(text) is None:
+        return []
+    out = []
+    for m in _NON_ASCII_RUN.finditer(text):
+        if _ANY_LOOKALIKE.search(m.group(0)) is None:
+            continue
+        before = text[m.start() - 1 : m.start()]
+        after = text[m.end() : m.end() + 1]
+        if (before.isascii() and before.isalpha()) or (after.isascii() and after.isalpha()):
+            out.append(m.span())
+    return out
+
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]++")
+# Terminal escape sequences (CSI, OSC, two-character ESC sequences, C1 CSI) and control codes
+# other than tab, newline and carriage return: dropped like invisible characters, so that
+# "ig\x1b[0mnore" reads "ignore". Every repetition is bounded or possessive (linear).
+_ANSI: Final = (
+    r"\x1b\[[0-?]{0,64}+[ -/]{0,16}+[@-~]?+"
+    r"|\x1b\][^\x07\x1b\n]{0,1024}+(?:\x07|\x1b\\)?+"
+    r"|\x1b[P^_][^\x1b\n]{0,1024}+(?:\x1b\\)?+"
+    r"|\x1b[ -/]{0,4}+[0-~]?+"
+    r"|\x9b[0-?]{0,64}+[ -/]{0,16}+[@-~]?+"
+)
+_CONTROL_CHARS: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+_HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}]|{_INVISIBLE.pattern.removesuffix('+')})++")
 # A word mixing Latin letters and Cyrillic/Greek lookalikes (before folding).
 _LATIN = re.compile(r"[a-z]")
 
-_LEET: Final = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a"})
-# A token of letters and leet characters holding at least one of each.
-_LEET_TOKEN = re.compile(r"[a-z@]++[013457][a-z0-9@]*+|[013457@]++[a-z][a-z0-9@]*+")
-_LEET_HINT = re.compile(r"[a-z][013457]|[013457][a-z]")
+_LEET: Final = str.maketrans(
+    {
+        "0": "o",
+        "1": "i",
+        "3": "e",
+        "4": "a",
+        "5": "s",
+        "7": "t",
+        "8": "b",
+        "9": "g",
+        "@": "a",
+        "$": "s",
+        "!": "i",
+        "|": "l",
+    }
+)
+# A token of letters, digits and leet symbols ("!" and "|" only between others).
+_LEET_TOKEN = re.compile(r"[!|]?+[a-z0-9@$]++(?:[!|]++[a-z0-9@$]++)*+")
+_LEET_HINT = re.compile(r"[a-z][013457-9@$!|]|[013457-9@$!|][a-z]")
+_LEET_CHARS: Final = frozenset("01345789@$!|")
+_TOKEN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789@$!|")
 
 
 @dataclass
@@ -111,6 +208,8 @@ class Signals:
     tag_runs: list[tuple[int, int]] = field(default_factory=list)
     # (start, end) of zero-width / bidi characters inside a word
     hidden_in_words: list[tuple[int, int]] = field(default_factory=list)
+    # (start, end) of terminal escape sequences / control codes inside a word
+    controls_in_words: list[tuple[int, int]] = field(default_factory=list)
     # (start, end) of bidi override / embedding characters anywhere
     bidi: list[tuple[int, int]] = field(default_factory=list)
     # (start, end) of non-ASCII runs with Cyrillic/Greek lookalikes next to Latin letters
@@ -161,7 +260,15 @@ def normalise(text: str) -> Normalised:
     """Normalise ``text`` (see the module docstring). Linear in ``len(text)``."""
     signals = Signals()
     if text.isascii():
-        return Normalised(text.lower(), text, text, [], [], [], signals)
+        if _CONTROL.search(text) is None:
+            return Normalised(text.lower(), text, text, [], [], [], signals)
+    elif _HIDDEN.search(text) is None:
+        nfkc = unicodedata.normalize("NFKC", text)
+        low = nfkc.lower()
+        if len(nfkc) == len(text) and len(low) == len(text):
+            # one to one: no map needed (the common case of typographic quotes and emoji)
+            signals.mixed_script.extend(_mixed_script(text))
+            return Normalised(low.translate(_HOMOGLYPHS), text, nfkc, [], [], [], signals)
     parts: list[str] = []
     cased: list[str] = []
     norm: list[int] = []
@@ -204,7 +311,7 @@ def normalise(text: str) -> Normalised:
             emit(text[pos:end], pos, end)
 
     pos = 0
-    for m in _INVISIBLE.finditer(text):
+    for m in _HIDDEN.finditer(text):
         visible(pos, m.start())
         run = m.group(0)
         tags = [i for i, ch in enumerate(run) if _TAG_FIRST <= ord(ch) <= _TAG_LAST]
@@ -218,7 +325,10 @@ def normalise(text: str) -> Normalised:
         before = text[m.start() - 1] if m.start() > 0 else " "
         after = text[m.end()] if m.end() < len(text) else " "
         if before.isalnum() and after.isalnum() and len(tags) < len(run):
-            signals.hidden_in_words.append((m.start(), m.end()))
+            if _CONTROL.search(run):
+                signals.controls_in_words.append((m.start(), m.end()))
+            else:
+                signals.hidden_in_words.append((m.start(), m.end()))
         if any("\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069" for ch in run):
             signals.bidi.append((m.start(), m.end()))
         pos = m.end()
@@ -226,18 +336,42 @@ def normalise(text: str) -> Normalised:
     return Normalised("".join(parts), text, "".join(cased), norm, orig, orig_end, signals)
 
 
-def _deleet_token(m: re.Match[str]) -> str:
-    token = m.group(0)
-    if len(token) >= 4:
+def deleet(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """Decode leetspeak in tokens that mix letters and leet characters and become a plain
+    word ("1gn0r3" -> "ignore", "pr0mp7" -> "prompt"; not "md5", "ipv6" or "sha256").
+
+    Returns the decoded text (same length) and the spans of the tokens that changed."""
+    out: list[str] = []
+    changed: list[tuple[int, int]] = []
+    pos = 0
+    for hint in _LEET_HINT.finditer(text):
+        if hint.start() < pos:
+            continue  # inside the token just decoded
+        start = hint.start()
+        while start > pos and start > hint.start() - 64 and text[start - 1] in _TOKEN_CHARS:
+            start -= 1
+        m = _LEET_TOKEN.match(text, start)
+        if m is None or m.end() <= hint.start():
+            continue
+        token = m.group(0)
+        if len(token) < 4 or token.isalpha() or not _LEET_CHARS.intersection(token):
+            continue
         word = token.translate(_LEET)
-        # only tokens that become a plain word ("1gn0r3"), not "md5", "ipv6" or "sha256"
-        if word.isalpha() and word.isascii():
-            return word
-    return token
+        if not (word.isalpha() and word.isascii()):
+            continue
+        out.append(text[pos : m.start()])
+        out.append(word)
+        changed.append((m.start(), m.end()))
+        pos = m.end()
+    if not changed:
+        return text, []
+    out.append(text[pos:])
+    return "".join(out), changed
 
 
-def deleet(text: str) -> str:
-    """Decode leetspeak in tokens that mix letters and leet digits. Keeps the length."""
-    if _LEET_HINT.search(text) is None:
-        return text
-    return _LEET_TOKEN.sub(_deleet_token, text)
+_ROT13: Final = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
+
+
+def rot13(text: str) -> str:
+    """ROT13 of the (lower-case) letters a-z; everything else kept. Same length."""
+    return text.translate(_ROT13)

@@ -14,11 +14,14 @@ extracts from the request's JSON body (default: `prompt`, or the `content` of ev
 `messages[]` item). Each finding, an object with `technique` and a `score` or
 `confidence` (the built-in `soar.detect` Finding, or a dict such as LLM Guard adapters
 produce), is reported through the DetectionReporter; the request then goes on: the block
-that the playbook decides arrives through the stream.
+that the playbook decides arrives through the stream. `builtin_detector()` is the local
+`soar.detect` engine as such a detector (`detector=builtin_detector()`): no request leaves
+the process to scan a prompt.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -49,6 +52,28 @@ class Subject:
 
 Extractor = Callable[[Request], "Subject | Awaitable[Subject | None] | None"]
 Detector = Callable[[str], "Iterable[Any] | Awaitable[Iterable[Any]]"]
+
+
+# Prompts longer than this are scanned in a worker thread, not on the event loop.
+SCAN_IN_THREAD = 16 * 1024
+
+
+def builtin_detector(kind: str = "prompt") -> Detector:
+    """The built-in ATLAS engine (:mod:`soar.detect`) as a middleware detector: the findings
+    (technique, rule, score, span) of its ``kind`` rule set for each prompt. Offline."""
+    from soar.detect import Engine
+
+    engine = Engine.default()
+    if kind not in ("prompt", "output"):
+        raise ValueError(f"kind must be 'prompt' or 'output', not {kind!r}")
+    scan_kind: Any = kind
+
+    async def detect(text: str) -> list[Any]:
+        if len(text) > SCAN_IN_THREAD:
+            return await asyncio.to_thread(engine.scan, text, scan_kind)
+        return engine.scan(text, scan_kind)
+
+    return detect
 
 
 def default_prompt_of(body: Any) -> str | None:
@@ -226,4 +251,11 @@ async def _answer(
     await send({"type": "http.response.body", "body": raw})
 
 
-__all__ = ["Detector", "EnforcementMiddleware", "Extractor", "Subject", "default_prompt_of"]
+__all__ = [
+    "Detector",
+    "EnforcementMiddleware",
+    "Extractor",
+    "Subject",
+    "builtin_detector",
+    "default_prompt_of",
+]
