@@ -8,15 +8,40 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer._click import ClickException, Context
+from typer.core import TyperGroup
 
 from soar.config import Settings, SettingsError, load_settings
+from soar.db import safe_url
 from soar.detect.cli import detect as detect_command
 
+
+class _Soar(TyperGroup):
+    """Every subcommand runs through here: a known mistake (database unreachable or not
+    migrated, Temporal unreachable, a bad playbook, the API not answering) is one line and
+    exit code 1, not a traceback (soar/errors.py)."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except Exception as exc:
+            from soar.errors import explain
+
+            line = explain(exc)
+            if line is None:
+                raise
+            console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Soar,
     help="atlas-soar: response orchestration for attacks on AI systems (MITRE ATLAS).",
     no_args_is_help=True,
     add_completion=False,
@@ -54,6 +79,19 @@ def settings_or_exit(*, find_stack: bool = True) -> Settings:
             }
             settings = settings.model_copy(update=update)
     return settings
+
+
+def _preflight(settings: Settings, url: str) -> str:
+    """Policy, database and migrations checked before a long-running command starts; the
+    playbook's name. A failure is one line and exit code 1."""
+    from soar.stack.preflight import NotReady, check_database, check_policy
+
+    playbook = check_policy(settings)  # a PlaybookError is explained by _Soar
+    try:
+        check_database(url)
+    except NotReady as exc:
+        raise fail(str(exc), 1) from None
+    return playbook
 
 
 def database_url_or_exit(settings: Settings) -> str:
@@ -119,10 +157,18 @@ def worker(
         kinds = parse_queues(queues)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    playbook = _preflight(settings, url)
 
     async def main() -> None:
         assert settings.temporal_address
         client = await connect(settings.temporal_address, settings.temporal_namespace)
+        console.print(
+            f"worker ({', '.join(sorted(kinds))}): database {safe_url(url)}, Temporal "
+            f"{settings.temporal_address} namespace {settings.temporal_namespace}, task queue "
+            f"{settings.temporal_task_queue}, playbook {playbook}",
+            highlight=False,
+            markup=False,
+        )
         await run_worker(settings, url, client, queues=kinds)
 
     try:
@@ -130,7 +176,7 @@ def worker(
     except KeyboardInterrupt:
         pass
     except ConnectionError as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
 
 
 @app.command()
@@ -150,6 +196,20 @@ def api() -> None:
 
     if port_in_use(settings.api_host, settings.api_port):
         raise fail(f"port {settings.api_port} on {settings.api_host} is in use", 1)
+    playbook = _preflight(settings, url)
+    from soar.temporal_client import connect
+
+    try:
+        asyncio.run(connect(settings.temporal_address, settings.temporal_namespace, attempts=8))
+    except ConnectionError as exc:
+        raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
+    console.print(
+        f"API on http://{settings.api_host}:{settings.api_port}: database {safe_url(url)}, "
+        f"Temporal {settings.temporal_address} namespace {settings.temporal_namespace}, "
+        f"playbook {playbook}",
+        highlight=False,
+        markup=False,
+    )
     application = create_app(
         settings,
         database_url=url,
@@ -225,7 +285,11 @@ def send(
     try:
         r = httpx.post(f"{base}/v1/detections", content=raw, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
-        raise fail(f"cannot reach {base}: {type(exc).__name__}", 1) from None
+        raise fail(
+            f"the API at {base} is unreachable ({type(exc).__name__}): is `make run` (or "
+            "`soar api`) running? SOAR_API_HOST / SOAR_API_PORT say where",
+            1,
+        ) from None
     out.print(f"{r.status_code} {r.text}", highlight=False, markup=False)
     if r.status_code >= 400:
         raise typer.Exit(1)

@@ -92,8 +92,41 @@ def _ports(home: Path) -> dict[str, int]:
     return ports
 
 
+ADMIN_PRINCIPAL = "local-admin"
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """A development bearer token of role admin, made once, in SOAR_HOME (mode 0600): the
+    README's API examples use it. Not for production: there, tokens come from
+    SOAR_API_TOKENS or `soar users token`."""
+    return _home_secret(settings.home / "admin-token", lambda: secrets.token_urlsafe(32))
+
+
+def _soar_command() -> str:
+    """How to run `soar` from another terminal: plain `soar` when it is on PATH, else the
+    venv's own script."""
+    import shutil
+
+    found = shutil.which("soar")
+    mine = Path(sys.executable).with_name("soar")
+    if found and Path(found).resolve() == mine.resolve():
+        return "soar"
+    return str(mine) if mine.exists() else f"{sys.executable} -m soar.cli"
+
+
 def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
     home = settings.home
+    from soar.errors import explain
+    from soar.stack.preflight import check_policy
+
+    try:
+        check_policy(settings)
+    except Exception as exc:
+        line = explain(exc)
+        if line is None:
+            raise
+        err.print(f"[red]error:[/red] {line}", highlight=False)
+        return 1
     if port_in_use(settings.api_host, settings.api_port):
         err.print(
             f"[red]error:[/red] port {settings.api_port} on {settings.api_host} is in use "
@@ -139,6 +172,7 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
 
             catalog = migrate_and_seed(db_url)
             gateway = f"{GATEWAY_PRINCIPAL}:gateway:{ensure_gateway_token(settings)}"
+            admin = f"{ADMIN_PRINCIPAL}:admin:{ensure_admin_token(settings)}"
             tokens = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
             env = dict(
                 os.environ,
@@ -147,7 +181,7 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
                 SOAR_WEBHOOK_SECRET=secret,
                 SOAR_SESSION_SECRET=ensure_session_secret(settings),
                 SOAR_SECRETS_KEY=ensure_secrets_key(settings),
-                SOAR_API_TOKENS=",".join(t for t in (tokens, gateway) if t),
+                SOAR_API_TOKENS=",".join(t for t in (tokens, gateway, admin) if t),
             )
             status.update("starting the worker and the API ...")
             for cmd in ("worker", "api"):
@@ -191,7 +225,25 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             f"  gateway token  {home / 'gateway-token'}  (enforcement checks: "
             "Authorization: Bearer <its content>)"
         )
+        console.print(
+            f"  admin token    {home / 'admin-token'}  (development only: every API route)"
+        )
         console.print(f"  ATLAS catalog  {catalog}")
+        soar_cmd = _soar_command()
+        tok = f"$(cat {home / 'admin-token'})"
+        console.print("[bold]Next[/bold], in another terminal:", highlight=False)
+        console.print(
+            f"  {soar_cmd} send --technique AML.T0051 --session s-9 --tenant acme\n"
+            f'  curl -H "Authorization: Bearer $(cat {home / "gateway-token"})" '
+            f"'{base}/v1/enforcement/sessions/s-9?tenant=acme'\n"
+            f"  {soar_cmd} send --technique AML.T0057 --severity critical --api-key k-1 "
+            "--tenant acme\n"
+            f"  curl -H \"Authorization: Bearer {tok}\" '{base}/v1/approvals?status=pending'\n"
+            f"  curl -H \"Authorization: Bearer {tok}\" '{base}/v1/audit?format=jsonl'\n"
+            f"  {soar_cmd} audit verify",
+            highlight=False,
+            markup=False,
+        )
         console.print("Press Ctrl-C to stop.")
         while not stopping:
             if any(c.poll() is not None for c in children):

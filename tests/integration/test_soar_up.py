@@ -64,6 +64,9 @@ def test_up_with_existing_servers_then_ctrl_c(
     assert proc.returncode == 0, out
     assert "atlas-soar is ready" in out and "stopped." in out
     assert str(home) in out and "webhook secret" in out
+    # The worker and the API say what they connected to; the console says what to do next.
+    assert "worker (core, external): database" in out and "API on http://" in out
+    assert "admin token" in out and "Next" in out and "send --technique AML.T0051" in out
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert not (home / "stack.json").exists()
@@ -107,3 +110,11 @@ def _try_it_as_the_readme_says(home: Path, port: int) -> None:
     assert "whsec_" in added.stdout
     listed = subprocess.run([*soar, "sources", "list"], env=env, capture_output=True, text=True)
     assert "try-gw" in listed.stdout and "whsec_" not in listed.stdout
+    # The README's approver and auditor examples, with the admin token `soar up` made.
+    admin = home / "admin-token"
+    assert admin.stat().st_mode & 0o077 == 0
+    auth = {"Authorization": f"Bearer {admin.read_text().strip()}"}
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/v1/approvals?status=pending", headers=auth).status_code == 200
+    audit = httpx.get(f"{base}/v1/audit?format=jsonl", headers=auth)
+    assert audit.status_code == 200 and "detection.received" in audit.text

@@ -1,0 +1,61 @@
+"""What `soar worker` and `soar api` check before they start, each failure one line.
+
+The playbook loads (SOAR_POLICY_FILE, file, line, reason), the database answers and is at
+the migrations' head ("run `soar migrate`"), and Temporal answers. On success the caller
+prints what it connected to.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from soar.config import Settings
+from soar.db import make_sync_engine
+
+
+class NotReady(Exception):
+    """A check before start failed; the message is the one line to print."""
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from soar.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(
+        alembic_config("postgresql://localhost/x")
+    ).get_current_head()
+    return head or ""
+
+
+def check_policy(settings: Settings) -> str:
+    """The playbook's name; a bad one raises PlaybookError (soar.errors names the variable)."""
+    from soar.policy import default_playbook, load_playbook
+
+    book = load_playbook(settings.policy_file) if settings.policy_file else default_playbook()
+    return book.name
+
+
+def check_database(url: str) -> None:
+    """Reachable and migrated to head (unreachable: the driver's error, explained by
+    soar.errors)."""
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT to_regclass('alembic_version') IS NOT NULL")
+            ).scalar()
+            at = (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if exists
+                else None
+            )
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if at is None:
+        raise NotReady("the database is not migrated: run `soar migrate`")
+    if at != head:
+        raise NotReady(
+            f"the database is at migration {at}, this version needs {head}: run `soar migrate`"
+        )
