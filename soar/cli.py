@@ -122,14 +122,16 @@ def worker(
 
     async def main() -> None:
         assert settings.temporal_address
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        client = await connect(
+            settings.temporal_address, settings.temporal_namespace, settings=settings
+        )
         await run_worker(settings, url, client, queues=kinds)
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    except ConnectionError as exc:
+    except (ConnectionError, SettingsError) as exc:
         raise fail(str(exc), 1) from None
 
 
