@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -54,6 +54,14 @@ def settings_or_exit(*, find_stack: bool = True) -> Settings:
             }
             settings = settings.model_copy(update=update)
     return settings
+
+
+def production_or_exit(settings: Settings, process: Literal["api", "worker"]) -> None:
+    problems = settings.production_problems(process=process)
+    if problems:
+        for line in problems[:-1]:
+            console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+        raise fail(problems[-1])
 
 
 def database_url_or_exit(settings: Settings) -> str:
@@ -108,6 +116,7 @@ def worker(
 ) -> None:
     """Run a Temporal worker (the incident workflow and its activities)."""
     settings = settings_or_exit()
+    production_or_exit(settings, "worker")
     url = database_url_or_exit(settings)
     if not settings.temporal_address:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")
@@ -139,6 +148,7 @@ def worker(
 def api() -> None:
     """Run the HTTP API (intake, enforcement checks, incidents, approvals, audit, web UI)."""
     settings = settings_or_exit()
+    production_or_exit(settings, "api")
     url = database_url_or_exit(settings)
     if not settings.temporal_address:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")

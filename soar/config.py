@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     # Signs approval decisions at the one decision gate; the workflow accepts no other
     # (soar/decisions.py). Every API process and every worker needs the same one.
     decision_key: SecretStr | None = None
+    # Web UI sign-in: failed attempts allowed per user name and per client address (a burst,
+    # then one more per refill interval); over either: 429 with Retry-After, logged
+    # `auth.throttled`. Per API process (N replicas: up to N times as many).
+    signin_user_burst: int = Field(default=10, ge=1)
+    signin_user_refill_seconds: float = Field(default=60.0, gt=0)
+    signin_address_burst: int = Field(default=50, ge=1)
+    signin_address_refill_seconds: float = Field(default=6.0, gt=0)
+    # Password hashes computed at once / waiting (more waiting: 429 "busy").
+    signin_hash_concurrency: int = Field(default=2, ge=1)
+    signin_hash_queue: int = Field(default=32, ge=1)
     # Signs web UI cookies; derived from the webhook secret when unset.
     session_secret: SecretStr | None = None
 
@@ -236,13 +246,13 @@ class Settings(BaseSettings):
                     f"SOAR_API_TOKENS: token of {tok.name!r} is a placeholder or shorter "
                     "than 16 characters; refused in production"
                 )
-        problems = self.production_problems()
-        if problems:
-            raise ValueError("\n".join(problems))
         return self
 
-    def production_problems(self) -> list[str]:
-        """What production refuses, one line naming the variable each."""
+    def production_problems(self, *, process: Literal["api", "worker"] = "api") -> list[str]:
+        """What `soar api` / `soar worker` refuse to start with in production, one line naming
+        the variable each (other commands, e.g. `soar migrate`, need none of these)."""
+        if self.environment != "production":
+            return []
 
         def secret(v: SecretStr | None) -> str:
             return v.get_secret_value() if v is not None else ""
@@ -263,7 +273,7 @@ class Settings(BaseSettings):
                 "SOAR_PUBLIC_URL: must be an https:// URL in production "
                 "(links, secure cookies and e-mail links are built from it)"
             )
-        if not secret(self.session_secret):
+        if process == "api" and not secret(self.session_secret):
             out.append(
                 "SOAR_SESSION_SECRET: required in production (signs web UI sessions; "
                 "every API replica needs the same one)"

@@ -57,6 +57,9 @@ async def connect(
 ) -> Client:
     """A client of `address`; with `settings`, over TLS / mTLS / an API key as they say."""
     options = connect_options(settings)
+    if "api_key" in options:
+        # Temporal Cloud routes API-key calls to the namespace by this header.
+        options["rpc_metadata"] = {"temporal-namespace": namespace}
     last: Exception | None = None
     for _ in range(attempts):
         try:
