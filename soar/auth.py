@@ -85,15 +85,18 @@ class PasswordHasher:
     a dummy hash with the current parameters: the same work, so the answer's timing does not
     tell which names exist."""
 
-    def __init__(self, *, concurrency: int = 2, queue: int = 32) -> None:
+    def __init__(self, *, concurrency: int = 1, queue: int = 8) -> None:
         self._slots = asyncio.Semaphore(concurrency)
         self._queue = queue
         self._waiting = 0
         self._dummy: str | None = None
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
+    def check_capacity(self) -> None:
         if self._waiting >= self._queue:
             raise HasherBusy
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        self.check_capacity()
         self._waiting += 1
         try:
             async with self._slots:
@@ -169,8 +172,12 @@ async def identity_for_password(
 ) -> Identity | None:
     """The identity for a name and password; the same hashing work whether or not the name
     exists, is disabled or has a password. Upgrades an older hash on success."""
+    hasher.check_capacity()  # refused before any work when the hash queue is full
     p = await session.scalar(select(Principal).where(Principal.name == name))
-    ok = await hasher.verify(password, p.password_hash if p is not None else None)
+    stored = p.password_hash if p is not None else None
+    # No database connection is held while hashing (a queue of sign-ins would empty the pool).
+    await session.commit()
+    ok = await hasher.verify(password, stored)
     if p is None or p.disabled or not ok or not p.password_hash:
         return None
     if needs_rehash(p.password_hash):

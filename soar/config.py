@@ -124,9 +124,12 @@ class Settings(BaseSettings):
     signin_user_refill_seconds: float = Field(default=60.0, gt=0)
     signin_address_burst: int = Field(default=50, ge=1)
     signin_address_refill_seconds: float = Field(default=6.0, gt=0)
-    # Password hashes computed at once / waiting (more waiting: 429 "busy").
-    signin_hash_concurrency: int = Field(default=2, ge=1)
-    signin_hash_queue: int = Field(default=32, ge=1)
+    # Password hashes computed at once (default: half the CPUs, so the event loop keeps one)
+    # and waiting (more waiting: 429 "busy", at once).
+    signin_hash_concurrency: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1
+    )
+    signin_hash_queue: int = Field(default=8, ge=1)
     # Signs web UI cookies; derived from the webhook secret when unset.
     session_secret: SecretStr | None = None
 

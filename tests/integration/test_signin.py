@@ -55,7 +55,13 @@ async def test_fifty_wrong_passwords_are_throttled_per_user_and_address(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     soar(db_url, "users", "add", "alice", "--role", "approver", "--password-stdin", input=PASSWORD)
-    settings = make_settings(db_url, temporal_address, task_queue, signin_address_burst=1000)
+    settings = make_settings(
+        db_url,
+        temporal_address,
+        task_queue,
+        signin_address_burst=1000,
+        signin_user_refill_seconds=3600,
+    )
     caplog.set_level(logging.WARNING)
     async with running_stack(settings, temporal_client, worker=False) as stack:
         codes = []
@@ -77,7 +83,13 @@ async def test_fifty_wrong_passwords_are_throttled_per_user_and_address(
         r = await attempt(stack.http, "bob", "whatever")
         assert r.status_code == 401
 
-    settings = make_settings(db_url, temporal_address, task_queue + "b", signin_address_burst=5)
+    settings = make_settings(
+        db_url,
+        temporal_address,
+        task_queue + "b",
+        signin_address_burst=5,
+        signin_address_refill_seconds=3600,  # a slow machine must not refill one meanwhile
+    )
     async with running_stack(settings, temporal_client, worker=False) as stack:
         codes = [(await attempt(stack.http, f"user{i}", "nope")).status_code for i in range(7)]
         assert codes == [401] * 5 + [429] * 2
