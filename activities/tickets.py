@@ -38,6 +38,7 @@ from soar.config import Settings
 from soar.connectors import IncidentBrief
 from soar.contracts import TicketNote
 from soar.db import transaction
+from soar.escape import jira_plain, jira_wiki
 from soar.models import ActionLogEntry, Incident
 
 log = logging.getLogger("soar.tickets")
@@ -133,15 +134,19 @@ def _one_line(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _noformat(text: str) -> str:
     """A block shown verbatim: detection text (attacker-chosen) must not become links,
     images or macros. A `{noformat}` inside would end the block early, so it is broken up."""
+    text = _CONTROL_CHARS.sub(" ", text)
     safe = re.sub(r"(?i)\{noformat", "{ noformat", text.strip() or "-")
     return "{noformat}\n" + safe + "\n{noformat}"
 
 
 def summary_of(incident: IncidentBrief) -> str:
-    return _one_line(
+    return jira_plain(
         f"{incident.technique} {incident.technique_name} on {incident.subject} "
         f"(tenant {incident.tenant})",
         SUMMARY_MAX,
@@ -207,8 +212,8 @@ def render_template(value: Any, values: Mapping[str, str]) -> Any:
 def template_values(incident: IncidentBrief) -> dict[str, str]:
     return {
         "incident_id": incident.incident_id,
-        "tenant": incident.tenant,
-        "subject": incident.subject,
+        "tenant": jira_plain(incident.tenant),
+        "subject": jira_plain(incident.subject),
         "technique": incident.technique,
         "technique_name": incident.technique_name,
         "tactic": incident.tactic or "",
@@ -241,8 +246,17 @@ def comment_marker(dedupe_key: str) -> str:
 
 
 def has_marker(body: str, dedupe_key: str) -> bool:
-    # Matched loosely (escaped or not, any colour): Jira Cloud re-renders wiki markup.
-    return re.search(_MARKER_SEEN.format(key=re.escape(dedupe_key)), body) is not None
+    # Matched loosely (escaped or not, any colour: Jira Cloud re-renders wiki markup), on the
+    # last line only: the marker is appended after the (escaped) text.
+    lines = body.strip().splitlines()
+    last = lines[-1] if lines else ""
+    return re.search(_MARKER_SEEN.format(key=re.escape(dedupe_key)), last) is not None
+
+
+def _author_ids(comment: Any) -> set[str]:
+    author = getattr(comment, "author", None)
+    ids = (getattr(author, a, None) for a in ("accountId", "key", "name"))
+    return {str(i) for i in ids if i}
 
 
 def _jql_string(value: str) -> str:
@@ -274,6 +288,7 @@ class JiraTicketing:
         self._user = settings.jira_user
         self._token = settings.jira_token
         self._client: JIRA | None = None
+        self._me: set[str] | None = None
         self._lock = threading.Lock()
 
     # --- Ticketing ----------------------------------------------------------------------------
@@ -296,9 +311,15 @@ class JiraTicketing:
         comments = self._call(
             f"read the comments of {ticket_key}", lambda j: j.comments(ticket_key)
         )
-        if any(has_marker(str(getattr(c, "body", "") or ""), dedupe_key) for c in comments):
+        # Only a comment this bot wrote can say "posted": anyone else's (a person pasting
+        # attacker text, or text we escaped) is never taken for a marker.
+        mine = self._bot_ids()
+        if any(
+            _author_ids(c) & mine and has_marker(str(getattr(c, "body", "") or ""), dedupe_key)
+            for c in comments
+        ):
             return
-        body = f"{text}\n\n{comment_marker(dedupe_key)}"
+        body = f"{jira_wiki(text)}\n\n{comment_marker(dedupe_key)}"
         self._call(f"comment on {ticket_key}", lambda j: j.add_comment(ticket_key, body))
 
     def close(self, ticket_key: str) -> None:
@@ -384,6 +405,13 @@ class JiraTicketing:
         )
         issues = result.get("issues") or []
         return str(issues[0]["key"]) if issues else None
+
+    def _bot_ids(self) -> set[str]:
+        """Who this connector is in Jira (account id on Cloud, key and name on Server)."""
+        if self._me is None:
+            me = self._call("read the bot's own user", lambda j: j.myself())
+            self._me = {str(me[a]) for a in ("accountId", "key", "name") if me.get(a)}
+        return self._me
 
     def _client_now(self) -> JIRA:
         with self._lock:

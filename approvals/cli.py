@@ -106,13 +106,14 @@ def add(
 
 @users_app.command("passwd")
 def passwd(name: NameArg, password_stdin: PasswordStdin = False) -> None:
-    """Set a user's password (this also ends the user's web sessions opened with a password)."""
-    from soar.auth import hash_password
+    """Set a user's password; every open web session of the user ends at once."""
+    from soar.auth import hash_password, revoke_sessions
 
     password = _read_password(password_stdin)
     with _session() as s:
         _find(s, name).password_hash = hash_password(password)
-    _cli().out.print(f"password of {name} changed", highlight=False)
+        ended = s.execute(revoke_sessions(name)).rowcount  # type: ignore[attr-defined]
+    _cli().out.print(f"password of {name} changed; {ended} open session(s) ended", highlight=False)
 
 
 @users_app.command("list")
@@ -139,10 +140,14 @@ def list_users() -> None:
 
 @users_app.command("disable")
 def disable(name: NameArg) -> None:
-    """Disable a user: the password, the API token and any open web session stop working."""
+    """Disable a user: the password, the API token and every open web session stop working
+    at once (enforcement reads by the token: within SOAR_ENFORCEMENT_TOKEN_CACHE_SECONDS)."""
+    from soar.auth import revoke_sessions
+
     with _session() as s:
         _find(s, name).disabled = True
-    _cli().out.print(f"user {name} disabled", highlight=False)
+        ended = s.execute(revoke_sessions(name)).rowcount  # type: ignore[attr-defined]
+    _cli().out.print(f"user {name} disabled; {ended} open session(s) ended", highlight=False)
 
 
 @users_app.command("enable")

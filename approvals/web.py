@@ -29,6 +29,7 @@ from approvals.web_auth import (
     Flash,
     OptionalViewerDep,
     SignInRequired,
+    Throttled,
     UiError,
     UiSession,
     Viewer,
@@ -36,18 +37,22 @@ from approvals.web_auth import (
     check_csrf,
     clear_flash,
     clear_session,
+    end_session,
+    hasher_of,
     local_target,
+    open_session,
     read_flash,
     read_form,
     read_session,
     security_headers,
+    throttle_of,
     ui_key,
     write_flash,
     write_session,
 )
 from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS, DecisionRefused, incident_json, send_decision
-from soar.auth import identity_for_password, identity_for_token
+from soar.auth import HasherBusy, identity_for_password, identity_for_token
 from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix, to_utc
 from soar.connectors import IncidentBrief
 from soar.domain import DecisionRequest
@@ -252,15 +257,10 @@ async def login(request: Request, state: StateDep, session: SessionDep) -> Respo
     target = local_target(form.get("next"))
     token = form.get("token", "").strip()
     username = form.get("username", "").strip()
-    if token:
-        method, identity = "token", await identity_for_token(session, token)
-        refusal = "Unknown or disabled API token."
-    elif username and form.get("password"):
-        method, identity = "password", None
-        if not _CONTROL.search(username):
-            identity = await identity_for_password(session, username, form["password"])
-        refusal = "Unknown user or wrong password."
-    else:
+    address = request.client.host if request.client else "?"
+    throttle = throttle_of(state)
+    limited = "" if token else username
+    if not token and not (username and form.get("password")):
         return _login_page(
             request,
             state,
@@ -270,32 +270,69 @@ async def login(request: Request, state: StateDep, session: SessionDep) -> Respo
             username=username,
             error="Enter a user name and a password, or an API token.",
         )
+    wait, limit = throttle.wait(limited, address)
+    try:
+        if wait > 0:
+            raise Throttled(wait, limit)
+        if token:
+            method, identity = "token", await identity_for_token(session, token)
+            refusal = "Unknown or disabled API token."
+        else:
+            method, identity = "password", None
+            hasher = hasher_of(state)
+            if _CONTROL.search(username):
+                await hasher.verify(form["password"], None)  # the same work as any other name
+            else:
+                identity = await identity_for_password(session, username, form["password"], hasher)
+            refusal = "Unknown user or wrong password."
+    except (Throttled, HasherBusy) as exc:
+        why = exc.limit if isinstance(exc, Throttled) else "busy"
+        after = exc.retry_after if isinstance(exc, Throttled) else "1"
+        log.warning(
+            "auth.throttled limit=%s user=%r address=%s retry_after=%s",
+            why,
+            limited[:128],
+            address,
+            after,
+        )
+        response = _login_page(
+            request,
+            state,
+            ui,
+            next_=target,
+            status=429,
+            username=username,
+            error=f"Too many sign-in attempts. Try again in {after} seconds.",
+        )
+        response.headers["Retry-After"] = after
+        return response
     p = (
         await session.scalar(select(Principal).where(Principal.name == identity.name))
         if identity
         else None
     )
     if p is None or p.role not in READERS:
-        log.warning(
-            "web UI sign-in refused (%s) from %s",
-            method,
-            request.client.host if request.client else "?",
-        )
+        throttle.failed(limited, address)
+        log.warning("auth.refused web UI sign-in (%s) from %s", method, address)
         return _login_page(
             request, state, ui, next_=target, status=401, username=username, error=refusal
         )
+    throttle.succeeded(limited)
     log.info("web UI sign-in: %s (%s) with a %s", p.name, p.role, method)
+    signed_in = UiSession.signed_in(p, method)
+    await open_session(session, signed_in)
     response = redirect(state, target, Flash("ok", f"Signed in as {p.name} ({p.role})."))
-    write_session(response, ui_key(state), UiSession.signed_in(p, method), state.settings)
+    write_session(response, ui_key(state), signed_in, state.settings)
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request, state: StateDep) -> Response:
+async def logout(request: Request, state: StateDep, session: SessionDep) -> Response:
     form = await read_form(request)
     ui = read_session(request, ui_key(state))
     if ui is not None and ui.name is not None:
         check_csrf(ui, form)
+        await end_session(session, ui)  # the cookie, even copied, is refused from now on
     response = redirect(state, "/ui/login", Flash("ok", "Signed out."))
     clear_session(response, state.settings)
     return response

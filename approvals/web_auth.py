@@ -1,8 +1,11 @@
-"""Web UI sessions: a signed cookie (HMAC-SHA256) holding who signed in, until when, and the
-session's CSRF token; a short-lived signed flash cookie for Post/Redirect/Get messages.
+"""Web UI sessions: a signed cookie (HMAC-SHA256) holding who signed in, until when, the
+session's CSRF token and the id of its server-side row (`ui_sessions`); a short-lived signed
+flash cookie for Post/Redirect/Get messages.
 
-Nothing is kept in server memory, so any number of API replicas agree on a session as long as
-they share SOAR_SESSION_SECRET (or, when it is unset, the webhook secret it is derived from).
+The row is what makes a session revocable: logout, a password change and `soar users disable`
+revoke it, and every API replica refuses the cookie from the next request on (they share the
+database and SOAR_SESSION_SECRET). Sign-in is throttled per user name and per client address
+(:class:`SignInThrottle`) and hashes passwords off the event loop (soar.auth.PasswordHasher).
 """
 
 from __future__ import annotations
@@ -16,17 +19,21 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request, Response
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS
+from soar.auth import PasswordHasher
 from soar.config import Settings
-from soar.models import Principal
+from soar.models import Principal, UiSessionRow
+from soar.ratelimit import TokenBuckets, retry_after
 
 log = logging.getLogger("soar.ui")
 
@@ -102,6 +109,7 @@ class UiSession:
     name: str | None = None  # None: not signed in yet (the sign-in form's own CSRF token)
     method: str = ""  # token | password
     tag: str = ""
+    sid: str = ""  # names its ui_sessions row (by SHA-256); empty before sign-in
 
     @classmethod
     def anonymous(cls) -> UiSession:
@@ -116,10 +124,18 @@ class UiSession:
             name=p.name,
             method=method,
             tag=credential_tag(p, method),
+            sid=secrets.token_urlsafe(32),
         )
 
     def payload(self) -> dict[str, Any]:
-        return {"c": self.csrf, "e": self.expires, "n": self.name, "m": self.method, "t": self.tag}
+        return {
+            "c": self.csrf,
+            "e": self.expires,
+            "n": self.name,
+            "m": self.method,
+            "t": self.tag,
+            "s": self.sid,
+        }
 
 
 def read_session(request: Request, key: bytes) -> UiSession | None:
@@ -133,7 +149,41 @@ def read_session(request: Request, key: bytes) -> UiSession | None:
         name=name if isinstance(name, str) else None,
         method=str(p.get("m") or ""),
         tag=str(p.get("t") or ""),
+        sid=str(p.get("s") or ""),
     )
+
+
+def sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+async def open_session(session: AsyncSession, ui: UiSession) -> None:
+    """The server-side row of a session just signed in (and old rows cleared out)."""
+    assert ui.name is not None and ui.sid
+    now = datetime.now(UTC)
+    await session.execute(
+        delete(UiSessionRow).where(UiSessionRow.expires_at < now - timedelta(days=1))
+    )
+    session.add(
+        UiSessionRow(
+            id_hash=sid_hash(ui.sid),
+            principal=ui.name,
+            method=ui.method,
+            expires_at=datetime.fromtimestamp(ui.expires, UTC),
+        )
+    )
+    await session.commit()
+
+
+async def end_session(session: AsyncSession, ui: UiSession | None) -> None:
+    if ui is None or not ui.sid:
+        return
+    await session.execute(
+        update(UiSessionRow)
+        .where(UiSessionRow.id_hash == sid_hash(ui.sid), UiSessionRow.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )
+    await session.commit()
 
 
 def secure_cookies(settings: Settings) -> bool:
@@ -270,6 +320,16 @@ async def _principal(session: SessionDep, ui: UiSession | None) -> Principal | N
     or rotating the credential used to sign in takes effect at once."""
     if ui is None or ui.name is None:
         return None
+    if not ui.sid:
+        return None  # a cookie from before sessions were kept on the server
+    row = await session.get(UiSessionRow, sid_hash(ui.sid))
+    if (
+        row is None
+        or row.revoked_at is not None
+        or row.principal != ui.name
+        or row.expires_at <= datetime.now(UTC)
+    ):
+        return None
     p = await session.scalar(select(Principal).where(Principal.name == ui.name))
     if p is None or p.disabled or p.role not in READERS:
         return None
@@ -322,3 +382,62 @@ def check_csrf(ui: UiSession | None, form: dict[str, str]) -> None:
             "This form has expired or did not come from this site (missing or wrong "
             "CSRF token). Reload the page and try again.",
         )
+
+
+# --- sign-in throttling -----------------------------------------------------------------------
+
+
+class SignInThrottle:
+    """Failed sign-ins per user name and per client address, as token buckets (a burst, then
+    one more per refill interval). Checked before any password work: over either limit the
+    answer is 429, even for the right password (no oracle), and nothing is hashed."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        self.users = TokenBuckets(1 / s.signin_user_refill_seconds, s.signin_user_burst)
+        self.addresses = TokenBuckets(1 / s.signin_address_refill_seconds, s.signin_address_burst)
+
+    def wait(self, user: str, address: str) -> tuple[float, str]:
+        """(seconds to wait, which limit) or (0, "") when an attempt may go ahead."""
+        by_user = self.users.wait(_user_key(user)) if user else 0.0
+        by_address = self.addresses.wait(address)
+        if by_user >= by_address:
+            return by_user, "user" if by_user > 0 else ""
+        return by_address, "address"
+
+    def failed(self, user: str, address: str) -> None:
+        if user:
+            self.users.take(_user_key(user))
+        self.addresses.take(address)
+
+    def succeeded(self, user: str) -> None:
+        if user:
+            self.users.forget(_user_key(user))
+
+
+def _user_key(user: str) -> str:
+    return user.strip().casefold()[:200]
+
+
+def throttle_of(state: AppState) -> SignInThrottle:
+    t = state.extras.get("signin_throttle")
+    if not isinstance(t, SignInThrottle):
+        t = SignInThrottle(state.settings)
+        state.extras["signin_throttle"] = t
+    return t
+
+
+def hasher_of(state: AppState) -> PasswordHasher:
+    h = state.extras.get("password_hasher")
+    if not isinstance(h, PasswordHasher):
+        s = state.settings
+        h = PasswordHasher(concurrency=s.signin_hash_concurrency, queue=s.signin_hash_queue)
+        state.extras["password_hasher"] = h
+    return h
+
+
+class Throttled(Exception):
+    def __init__(self, wait: float, limit: str) -> None:
+        super().__init__(limit)
+        self.retry_after = retry_after(wait)
+        self.limit = limit

@@ -23,7 +23,7 @@ from soar.stack.bootstrap import migrate_and_seed
 from soar.stack.postgres import EmbeddedPostgres
 from soar.stack.proc import free_port
 from soar.stack.temporal import EmbeddedTemporal
-from tests.support import WEBHOOK_SECRET, api_tokens
+from tests.support import DECISION_KEY, WEBHOOK_SECRET, api_tokens
 
 
 @dataclass
@@ -73,6 +73,7 @@ def bench_stack(**env_over: str) -> Iterator[BenchStack]:
             SOAR_TEMPORAL_ADDRESS=address,
             SOAR_WEBHOOK_SECRET=WEBHOOK_SECRET,
             SOAR_API_TOKENS=api_tokens(),
+            SOAR_DECISION_KEY=DECISION_KEY,
             SOAR_API_PORT=str(port),
             SOAR_LOG_LEVEL="WARNING",
             **env_over,

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -94,6 +94,14 @@ def _preflight(settings: Settings, url: str) -> str:
     return playbook
 
 
+def production_or_exit(settings: Settings, process: Literal["api", "worker"]) -> None:
+    problems = settings.production_problems(process=process)
+    if problems:
+        for line in problems[:-1]:
+            console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+        raise fail(problems[-1])
+
+
 def database_url_or_exit(settings: Settings) -> str:
     if not settings.database_url:
         raise fail(
@@ -146,6 +154,7 @@ def worker(
 ) -> None:
     """Run a Temporal worker (the incident workflow and its activities)."""
     settings = settings_or_exit()
+    production_or_exit(settings, "worker")
     url = database_url_or_exit(settings)
     if not settings.temporal_address:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")
@@ -161,7 +170,9 @@ def worker(
 
     async def main() -> None:
         assert settings.temporal_address
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
+        client = await connect(
+            settings.temporal_address, settings.temporal_namespace, settings=settings
+        )
         console.print(
             f"worker ({', '.join(sorted(kinds))}): database {safe_url(url)}, Temporal "
             f"{settings.temporal_address} namespace {settings.temporal_namespace}, task queue "
@@ -177,12 +188,15 @@ def worker(
         pass
     except ConnectionError as exc:
         raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
+    except SettingsError as exc:
+        raise fail(str(exc), 1) from None
 
 
 @app.command()
 def api() -> None:
     """Run the HTTP API (intake, enforcement checks, incidents, approvals, audit, web UI)."""
     settings = settings_or_exit()
+    production_or_exit(settings, "api")
     url = database_url_or_exit(settings)
     if not settings.temporal_address:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")
@@ -200,9 +214,18 @@ def api() -> None:
     from soar.temporal_client import connect
 
     try:
-        asyncio.run(connect(settings.temporal_address, settings.temporal_namespace, attempts=8))
+        asyncio.run(
+            connect(
+                settings.temporal_address,
+                settings.temporal_namespace,
+                attempts=8,
+                settings=settings,
+            )
+        )
     except ConnectionError as exc:
         raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
+    except SettingsError as exc:
+        raise fail(str(exc), 1) from None
     console.print(
         f"API on http://{settings.api_host}:{settings.api_port}: database {safe_url(url)}, "
         f"Temporal {settings.temporal_address} namespace {settings.temporal_namespace}, "

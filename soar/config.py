@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     database_url: str | None = None
     temporal_address: str | None = None
     temporal_namespace: str = "default"
+    # A Temporal cluster over TLS: the client certificate and key (mTLS), the CA that signed
+    # the server's certificate (unset: the system's roots), and an API key (Temporal Cloud).
+    # Any of them turns TLS on; SOAR_TEMPORAL_TLS=true turns it on with none of them.
+    temporal_tls: bool = False
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    # The name the server's certificate is checked against (unset: the address's host).
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
     temporal_task_queue: str = "atlas-soar"
     # Bulkheads: containment, decisions, block lifts and the log run on the main task queue;
     # Slack, Jira, e-mail, outbound hooks and model calls on this one (default
@@ -104,6 +114,22 @@ class Settings(BaseSettings):
     hook_secret: SecretStr | None = None  # whsec_... used to sign hook calls
 
     api_tokens: SecretStr | None = None  # name:role:token,...
+    # Signs approval decisions at the one decision gate; the workflow accepts no other
+    # (soar/decisions.py). Every API process and every worker needs the same one.
+    decision_key: SecretStr | None = None
+    # Web UI sign-in: failed attempts allowed per user name and per client address (a burst,
+    # then one more per refill interval); over either: 429 with Retry-After, logged
+    # `auth.throttled`. Per API process (N replicas: up to N times as many).
+    signin_user_burst: int = Field(default=10, ge=1)
+    signin_user_refill_seconds: float = Field(default=60.0, gt=0)
+    signin_address_burst: int = Field(default=50, ge=1)
+    signin_address_refill_seconds: float = Field(default=6.0, gt=0)
+    # Password hashes computed at once (default: half the CPUs, so the event loop keeps one)
+    # and waiting (more waiting: 429 "busy", at once).
+    signin_hash_concurrency: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1
+    )
+    signin_hash_queue: int = Field(default=8, ge=1)
     # Signs web UI cookies; derived from the webhook secret when unset.
     session_secret: SecretStr | None = None
 
@@ -142,6 +168,32 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port, e.g. temporal.example.com:7233")
         return v
 
+    @field_validator("temporal_tls_cert", "temporal_tls_key", "temporal_tls_ca")
+    @classmethod
+    def _check_pem_path(cls, v: Path | None) -> Path | None:
+        if v is None or str(v) == "":
+            return None
+        path = v.expanduser()
+        if not path.is_file():
+            raise ValueError(f"{path} is not a readable file (a PEM path)")
+        try:
+            head = path.read_bytes()[:1_000_000]
+        except OSError as exc:
+            raise ValueError(f"{path} cannot be read: {exc.strerror}") from None
+        if b"-----BEGIN " not in head:
+            raise ValueError(f"{path} is not a PEM file (no -----BEGIN line)")
+        return path
+
+    @field_validator("decision_key")
+    @classmethod
+    def _check_decision_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        keys = [k.strip() for k in v.get_secret_value().split(",") if k.strip()]
+        if any(len(k) < 32 for k in keys):
+            raise ValueError("each key must have at least 32 characters (a long random string)")
+        return v
+
     @field_validator("webhook_secret", "hook_secret")
     @classmethod
     def _check_webhook_secret(cls, v: SecretStr | None) -> SecretStr | None:
@@ -176,6 +228,14 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if self.temporal_tls_cert and not self.temporal_tls_key:
+            raise ValueError("SOAR_TEMPORAL_TLS_KEY: required with SOAR_TEMPORAL_TLS_CERT (mTLS)")
+        if self.temporal_tls_key and not self.temporal_tls_cert:
+            raise ValueError("SOAR_TEMPORAL_TLS_CERT: required with SOAR_TEMPORAL_TLS_KEY (mTLS)")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.environment != "production":
             return self
@@ -190,6 +250,43 @@ class Settings(BaseSettings):
                     "than 16 characters; refused in production"
                 )
         return self
+
+    def production_problems(self, *, process: Literal["api", "worker"] = "api") -> list[str]:
+        """What `soar api` / `soar worker` refuse to start with in production, one line naming
+        the variable each (other commands, e.g. `soar migrate`, need none of these)."""
+        if self.environment != "production":
+            return []
+
+        def secret(v: SecretStr | None) -> str:
+            return v.get_secret_value() if v is not None else ""
+
+        out = []
+        if self.action_hooks and not secret(self.hook_secret):
+            out.append(
+                "SOAR_HOOK_SECRET: required in production when SOAR_ACTION_HOOKS is set "
+                "(unsigned hook calls could be forged)"
+            )
+        if secret(self.hook_secret) and secret(self.hook_secret) == secret(self.webhook_secret):
+            out.append(
+                "SOAR_HOOK_SECRET: must differ from SOAR_WEBHOOK_SECRET in production "
+                "(every detection source holds that one and could forge hook calls)"
+            )
+        if not (self.public_url or "").startswith("https://"):
+            out.append(
+                "SOAR_PUBLIC_URL: must be an https:// URL in production "
+                "(links, secure cookies and e-mail links are built from it)"
+            )
+        if process == "api" and not secret(self.session_secret):
+            out.append(
+                "SOAR_SESSION_SECRET: required in production (signs web UI sessions; "
+                "every API replica needs the same one)"
+            )
+        if not secret(self.decision_key):
+            out.append(
+                "SOAR_DECISION_KEY: required in production (signs approval decisions; the "
+                "API and every worker need the same one)"
+            )
+        return out
 
     @cached_property
     def bootstrap_tokens(self) -> tuple[BootstrapToken, ...]:
@@ -220,6 +317,16 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def temporal_tls_enabled(self) -> bool:
+        return bool(
+            self.temporal_tls
+            or self.temporal_tls_cert
+            or self.temporal_tls_key
+            or self.temporal_tls_ca
+            or self.temporal_api_key
+        )
 
     @property
     def webhook_secret_file(self) -> Path:

@@ -230,6 +230,12 @@ class DecisionRequest:
     role: str
     channel: str = "api"  # api | slack | ui
     comment: str | None = None
+    # Set by the one decision gate (soar.api.response.send_decision, soar/decisions.py): when
+    # it was signed, a random nonce, and the HMAC over every field above. The workflow refuses
+    # a request without a valid, fresh signature. Empty in histories recorded before signing.
+    issued_at: str = ""
+    nonce: str = ""
+    signature: str = ""
 
 
 @dataclass(frozen=True)

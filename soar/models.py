@@ -299,6 +299,23 @@ class Principal(Base):
     slack_user_id: Mapped[str | None] = mapped_column(String(32), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    # The token came from SOAR_API_TOKENS: dropped from the setting, it is disabled at start.
+    env_token: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class UiSessionRow(Base):
+    """A web UI session, server side: the cookie names it (by the SHA-256 of its random id);
+    logout, a password change or disabling the principal revokes it (every replica at once)."""
+
+    __tablename__ = "ui_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(128))
+    method: Mapped[str] = mapped_column(String(16))  # password | token
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (Index("ix_ui_sessions_principal", "principal"),)
 
 
 # --- detection sources -----------------------------------------------------------------------

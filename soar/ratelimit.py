@@ -43,6 +43,17 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
         return wait
 
+    def wait(self, key: str, cost: float = 1.0) -> float:
+        """Like `take`, without spending: 0 when `cost` tokens are there now."""
+        hit = self._buckets.get(key)
+        if hit is None:
+            return 0.0
+        tokens = min(self.burst, hit[0] + (self._clock() - hit[1]) * self.rate)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)
+
 
 def retry_after(wait: float) -> str:
     """A Retry-After header value: whole seconds, at least 1."""

@@ -18,6 +18,7 @@ from soar.audit.seal import seal_forever
 from soar.config import Settings
 from soar.connectors import Notifier, NullNotifier, NullTicketing, Ticketing
 from soar.db import make_async_engine, session_factory
+from soar.decisions import decision_keys, install_keys
 from soar.hooks import HookClient
 from soar.intake.service import redeliver_undispatched
 from soar.policy import Playbook, default_playbook, load_playbook
@@ -139,6 +140,7 @@ def make_worker(
         )
     workers: dict[str, Worker] = {}
     if CORE in kinds:
+        install_keys(decision_keys(s))  # what the decide validator verifies decisions with
         extra = {} if s.workflow_sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}
         workers[CORE] = Worker(
             client,

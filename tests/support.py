@@ -24,6 +24,8 @@ from soar.config import Settings
 from soar.stack.proc import free_port
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"atlas-soar-test-secret-32-bytes!").decode()
+# Shared by the API and every worker of a test (in-process or a `soar worker` child).
+DECISION_KEY = "test-decision-key-" + "0123456789abcdef" * 2
 TOKENS = {
     "admin": "admin-token-0123456789",
     "approver": "approver-token-0123456789",
@@ -81,6 +83,7 @@ def make_settings(db_url: str, temporal_address: str, task_queue: str, **over: A
         "temporal_task_queue": task_queue,
         "webhook_secret": WEBHOOK_SECRET,
         "api_tokens": api_tokens(),
+        "decision_key": DECISION_KEY,
         "api_port": free_port(),
         "slack_bot_token": None,
         "slack_signing_secret": None,

@@ -34,6 +34,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from soar import decisions
     from soar.contracts import (
         ActionRef,
         ApprovalEvent,
@@ -223,15 +224,35 @@ class IncidentWorkflow:
 
     @decide.validator
     def _validate_decision(self, req: DecisionRequest) -> None:
+        # Validators do not run on replay: histories recorded before decisions were signed
+        # replay unchanged, and a refusal leaves nothing in the history.
+        why = self._decision_refusal(req)
+        if why is not None:
+            workflow.logger.warning(
+                "approval.refused approval=%r actor=%r role=%r channel=%r why: %s",
+                req.approval_id[:100],
+                req.actor[:200],
+                req.role[:32],
+                req.channel[:32],
+                why,
+            )
+            raise ValueError(why)
+
+    def _decision_refusal(self, req: DecisionRequest) -> str | None:
+        # The signature first: nothing in an unsigned request (role, actor) is believed.
+        unsigned = decisions.refusal(req, decisions.installed_keys(), now=workflow.now())
+        if unsigned is not None:
+            return unsigned
         if req.decision not in ("approve", "reject"):
-            raise ValueError("decision must be 'approve' or 'reject'")
+            return "decision must be 'approve' or 'reject'"
         if req.role not in DECIDER_ROLES:
-            raise ValueError(f"role {req.role!r} may not decide approvals (approver or admin)")
+            return f"role {req.role!r} may not decide approvals (approver or admin)"
         approval = self._approvals.get(req.approval_id)
         if approval is None:
-            raise ValueError(f"unknown approval {req.approval_id}")
+            return f"unknown approval {req.approval_id}"
         if approval.status != "pending":
-            raise ValueError(f"approval {req.approval_id} is already {approval.status}")
+            return f"approval {req.approval_id} is already {approval.status}"
+        return None
 
     @workflow.query(name="pending_approvals")
     def pending_approvals(self) -> list[str]:

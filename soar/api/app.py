@@ -20,7 +20,7 @@ from soar.api import docs, health, intake, response, stream
 from soar.api.deps import AppState
 from soar.api.jsonsafe import printable
 from soar.auth import sync_bootstrap_tokens
-from soar.config import Settings
+from soar.config import Settings, SettingsError
 from soar.db import make_async_engine, session_factory
 from soar.replica import EnforcementReplica
 from soar.sources import SourceRegistry
@@ -57,9 +57,9 @@ def create_app(
         while state.temporal is None:
             try:
                 state.temporal = await connect(
-                    temporal_address, settings.temporal_namespace, attempts=1
+                    temporal_address, settings.temporal_namespace, attempts=1, settings=settings
                 )
-            except ConnectionError as exc:
+            except (ConnectionError, SettingsError) as exc:
                 state.temporal_error = str(exc)
                 await asyncio.sleep(1)
 

@@ -21,6 +21,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from soar import enforcement
+from soar.api import gate
 from soar.api.deps import (
     AppState,
     IdentityDep,
@@ -413,8 +414,14 @@ async def send_decision(
         raise DecisionRefused(404, f"approval {approval_id} not found")
     if approval.status != "pending":
         raise DecisionRefused(409, f"approval {approval_id} is already {approval.status}")
+    if await gate.self_approval(session, approval, req):
+        why = f"{req.actor} may not decide an action against their own account"
+        gate.log_refusal(req, why)
+        DECISIONS.labels(channel=req.channel, outcome="refused").inc()
+        raise DecisionRefused(403, why)
     client = temporal_or_503(state)
     handle = client.get_workflow_handle(approval.workflow_id)
+    req = gate.signed(state, req)  # the workflow accepts nothing unsigned (soar/decisions.py)
     try:
         update = await handle.start_update(
             UPDATE_DECIDE,
@@ -437,6 +444,7 @@ async def send_decision(
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         message = getattr(cause, "message", None) or str(cause or exc)
+        gate.log_refusal(req, message)
         DECISIONS.labels(channel=req.channel, outcome="refused").inc()
         raise DecisionRefused(409, message) from None
     except RPCError as exc:

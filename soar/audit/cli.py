@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from soar.audit import formats, query
+from soar.escape import terminal_text
 
 audit_app = typer.Typer(
     help="The hash-chained action log: verify it, sign checkpoints of it, export it, search it.",
@@ -177,7 +178,7 @@ def verify(
     against = f", {result.checkpoints} checkpoints" if checkpoints is not None else ""
     if problems:
         for p in problems[:max_problems]:
-            out.print(f"problem: {p.reason}", highlight=False, soft_wrap=True)
+            out.print(f"problem: {terminal_text(p.reason)}", highlight=False, soft_wrap=True)
         if count > max_problems:
             out.print(f"... and {count - max_problems} more problems", highlight=False)
         first = problems[0]
@@ -370,7 +371,8 @@ def search(
         "seq", "at", "event", "action", "outcome", "actor", "incident", "technique", "subject"
     )
     for r in result.items:
-        table.add_row(
+        # Every cell is attacker-reachable (actor, subject, ...): no markup, no escapes.
+        cells = (
             str(r["seq"]),
             formats.iso(r["at"])[:19].replace("T", " "),
             r["event"],
@@ -381,6 +383,7 @@ def search(
             r["technique"] or "",
             r["subject"] or "",
         )
+        table.add_row(*(terminal_text(c) for c in cells))
     _out().print(table)
     if result.next_cursor:
         _out().print(f"more: --cursor {result.next_cursor}", highlight=False)
@@ -458,8 +461,8 @@ def _print_report(out: Console, data: dict[str, Any]) -> None:
         for row in data[key]:
             ap = row["approvals"]
             table.add_row(
-                row[title],
-                row["name"] or "",
+                terminal_text(row[title]),
+                terminal_text(row["name"] or ""),
                 str(row["detections"]),
                 str(row["incidents"]),
                 str(row["blocks_applied"]),

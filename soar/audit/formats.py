@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from soar.audit.query import COLUMNS, CatalogNames, LogRow
+from soar.escape import csv_cell, json_text
 
 OCSF_VERSION = "1.8.0"
 PRODUCT_NAME = "atlas-soar"
@@ -44,7 +44,8 @@ def iso(at: datetime | str) -> str:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    # <, >, & and U+2028/9 as \u escapes: the same values when parsed (soar/escape.py).
+    return json_text(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 # --- plain row formats -------------------------------------------------------------------------
@@ -73,10 +74,11 @@ def csv_header() -> str:
 
 
 def csv_values(row: LogRow) -> list[Any]:
-    """One CSV record: `details` as JSON text, NULL as an empty field."""
+    """One CSV record: `details` as JSON text, NULL as an empty field, and no cell a
+    spreadsheet would evaluate (a leading = + - @ tab CR LF gets an apostrophe)."""
     values = [row[n] for n in COLUMNS]
     values[_AT], values[_DETAILS] = iso(row["at"]), _json(row["details"])
-    return values
+    return [csv_cell(v) for v in values]
 
 
 def csv_line(row: LogRow) -> str:

@@ -38,6 +38,14 @@ def ensure_session_secret(settings: Settings) -> str:
     return _home_secret(settings.home / "session-secret", lambda: secrets.token_urlsafe(48))
 
 
+def ensure_decision_key(settings: Settings) -> str:
+    """The key that signs approval decisions (API) and verifies them (worker), generated
+    once into SOAR_HOME when not configured."""
+    if settings.decision_key is not None and settings.decision_key.get_secret_value():
+        return settings.decision_key.get_secret_value()
+    return _home_secret(settings.home / "decision-key", lambda: secrets.token_urlsafe(48))
+
+
 def _home_secret(path: Path, make: Callable[[], str]) -> str:
     """A secret kept in SOAR_HOME (mode 0600), generated on first use."""
     if path.exists():
@@ -181,6 +189,7 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
                 SOAR_WEBHOOK_SECRET=secret,
                 SOAR_SESSION_SECRET=ensure_session_secret(settings),
                 SOAR_SECRETS_KEY=ensure_secrets_key(settings),
+                SOAR_DECISION_KEY=ensure_decision_key(settings),
                 SOAR_API_TOKENS=",".join(t for t in (tokens, gateway, admin) if t),
             )
             status.update("starting the worker and the API ...")

@@ -18,6 +18,7 @@ from temporalio.client import Client
 
 from soar.audit.chain import verify_rows
 from tests.support import (
+    DECISION_KEY,
     WEBHOOK_SECRET,
     bearer,
     detection,
@@ -143,6 +144,7 @@ def start_worker(settings: Any, hooks: dict[str, str]) -> subprocess.Popen[bytes
         SOAR_TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
         SOAR_ACTION_HOOKS=json.dumps(hooks),
         SOAR_HOOK_SECRET=WEBHOOK_SECRET,
+        SOAR_DECISION_KEY=DECISION_KEY,
         SOAR_LOG_LEVEL="WARNING",
     )
     return subprocess.Popen([sys.executable, "-m", "soar.cli", "worker"], env=env)

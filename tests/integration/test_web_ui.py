@@ -410,6 +410,19 @@ async def test_a_session_for_a_credential_the_principal_lacks_is_refused(
     from approvals.web_auth import SESSION_COOKIE, session_key, sign
 
     settings = make_settings(db_url, temporal_address, task_queue, session_secret="k" * 32)
+
+    def server_row(sid: str, method: str) -> str:
+        # Both cookies name a live server-side session: what is refused is the credential.
+        import psycopg
+
+        with psycopg.connect(db_url) as c:
+            c.execute(
+                "INSERT INTO ui_sessions (id_hash, principal, method, expires_at) "
+                "VALUES (%s, 'admin-user', %s, now() + interval '10 minutes')",
+                (hashlib.sha256(sid.encode()).hexdigest(), method),
+            )
+        return sid
+
     async with running_stack(settings, temporal_client, worker=False) as stack:
         forged = sign(
             session_key(settings),
@@ -420,6 +433,7 @@ async def test_a_session_for_a_credential_the_principal_lacks_is_refused(
                 "n": "admin-user",
                 "m": "password",
                 "t": hashlib.sha256(b"password:").hexdigest()[:16],
+                "s": server_row("sid-forged", "password"),
             },
         )
         stack.http.cookies.set(SESSION_COOKIE, forged, path="/ui")
@@ -438,6 +452,7 @@ async def test_a_session_for_a_credential_the_principal_lacks_is_refused(
                 "n": "admin-user",
                 "m": "token",
                 "t": hashlib.sha256(f"token:{token_hash}".encode()).hexdigest()[:16],
+                "s": server_row("sid-genuine", "token"),
             },
         )
         stack.http.cookies.clear()

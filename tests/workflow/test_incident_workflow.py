@@ -6,6 +6,7 @@ milliseconds, and the workflow logic is checked without a database."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sys
 import uuid
@@ -20,6 +21,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from soar import decisions
 from soar.contracts import (
     ActionRef,
     ApprovalEvent,
@@ -38,6 +40,7 @@ from soar.contracts import (
     TicketNote,
     approval_id_for,
 )
+from soar.decisions import sign_decision
 from soar.domain import (
     DecisionRequest,
     DecisionResult,
@@ -228,7 +231,19 @@ class Fakes:
         ]
 
 
-async def refused(handle: object, req: DecisionRequest, reason: str) -> None:
+# The worker installs SOAR_DECISION_KEY; these tests sign as the decision gate does, at the
+# test server's (skipped) time.
+DECISION_KEY = b"workflow-tests-decision-key-0123456789abcdef"
+decisions.install_keys((DECISION_KEY,))
+
+
+async def signed(req: DecisionRequest) -> DecisionRequest:
+    return sign_decision(req, DECISION_KEY, now=await _CLOCK[0].get_current_time())
+
+
+async def refused(handle: object, req: DecisionRequest, reason: str, *, sign: bool = True) -> None:
+    if sign:
+        req = await signed(req)
     with pytest.raises(WorkflowUpdateFailedError) as caught:
         await handle.execute_update("decide", req)  # type: ignore[attr-defined]
     assert reason in str(caught.value.cause)
@@ -312,8 +327,25 @@ async def test_first_decision_wins_and_bad_decisions_are_refused(
         await refused(
             handle, DecisionRequest("apr-nope", "approve", "bob", "approver"), "unknown approval"
         )
+        # Not through the gate: unsigned, signed with another key, a signed field changed,
+        # signed too long ago. Nothing in such a request is believed, whatever its role.
+        mallory = DecisionRequest(apr, "approve", "mallory", "admin")
+        await refused(handle, mallory, "not signed", sign=False)
+        now = await env.get_current_time()
+        forged = sign_decision(mallory, b"not-the-key-" * 4, now=now)
+        await refused(handle, forged, "does not verify", sign=False)
+        good = await signed(DecisionRequest(apr, "approve", "bob", "approver"))
+        await refused(
+            handle,
+            dataclasses.replace(good, role="admin", actor="mallory"),
+            "does not verify",
+            sign=False,
+        )
+        stale = sign_decision(mallory, DECISION_KEY, now=now - timedelta(minutes=10))
+        await refused(handle, stale, "stale", sign=False)
+        assert not any("decided" in e for e in fakes.log)
         await handle.execute_update(  # type: ignore[attr-defined]
-            "decide", DecisionRequest(apr, "approve", "bob", "approver")
+            "decide", await signed(DecisionRequest(apr, "approve", "bob", "approver"))
         )
         await refused(handle, DecisionRequest(apr, "reject", "carol", "admin"), "already approved")
         assert await handle.result() == "closed"  # type: ignore[attr-defined]
@@ -405,7 +437,9 @@ async def test_continue_as_new_with_an_approval_pending_keeps_it_decidable(
         by_id = env.client.get_workflow_handle(handle.id)
         assert apr in await by_id.query("pending_approvals")
         result = await by_id.execute_update(
-            "decide", DecisionRequest(apr, "approve", "bob", "approver"), result_type=DecisionResult
+            "decide",
+            await signed(DecisionRequest(apr, "approve", "bob", "approver")),
+            result_type=DecisionResult,
         )
         assert result.status == "approved" and result.decided_by == "bob"
         await refused(by_id, DecisionRequest(apr, "reject", "carol", "admin"), "already approved")
@@ -488,7 +522,9 @@ async def test_external_steps_use_their_own_queue_and_core_steps_do_not(
             return "announced" in fakes.log
 
         await wait_for(announced, "announced")
-        await handle.execute_update("decide", DecisionRequest(apr, "approve", "bob", "approver"))
+        await handle.execute_update(
+            "decide", await signed(DecisionRequest(apr, "approve", "bob", "approver"))
+        )
         assert await handle.result() == "closed"
     assert fakes.queues["announce_approval"] == {ext}
     assert fakes.queues["show_approval_outcome"] == {ext}
@@ -516,3 +552,14 @@ async def test_an_external_step_given_up_after_its_budget_is_logged_as_failed(
     assert fakes.queues["record_step_failure"] == {tq}
     assert "failed block_session:s-9" in fakes.log  # the hook's give-up: record_action_failure
     assert fakes.log.count("expired") == 1
+
+
+async def test_histories_from_before_signed_decisions_replay() -> None:
+    """Recorded by the code before decisions were signed (an unsigned `decide` update that
+    approved): validators do not run on replay, so it replays without a difference."""
+    from temporalio.client import WorkflowHistory
+    from temporalio.worker import Replayer
+
+    path = Path(__file__).parent / "histories" / "unsigned_decision_v1.json"
+    history = WorkflowHistory.from_json("incident-recorded", path.read_text())
+    await Replayer(workflows=[IncidentWorkflow]).replay_workflow(history)

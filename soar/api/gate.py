@@ -1,0 +1,92 @@
+"""What the decision gate adds before a decision reaches Temporal: no self-approval, and the
+signature the workflow insists on (soar/decisions.py).
+
+Self-approval, the rule: the decider's identities are the principal's name, its Slack user
+ID and its e-mail address (when set), plus every `kind:value` tag in the actor string
+(`alice (slack:U024BE7LH)`, `slack:U024BE7LH`, `alice (email:alice@example.com)`), each
+resolved to its principal's identities too. The action's subject is the incident's user
+(every `subject.user` of its detections and the incident's correlation key) and, for an
+action on a user (`disable_user`), its target. Compared exactly, ignoring case and outer
+spaces; any match refuses the decision (403, logged `approval.refused`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from soar.api.deps import AppState
+from soar.decisions import decision_keys, sign_decision
+from soar.domain import DecisionRequest
+from soar.enforcement import KIND_OF_ACTION
+from soar.models import Action, Approval, Detection, Incident, Principal
+
+log = logging.getLogger("soar.approvals")
+
+_TAG = re.compile(r"\b([a-z]+):([^\s()]+)")
+_MAX_SUBJECTS = 200
+
+
+def _norm(v: str | None) -> str:
+    return (v or "").strip().casefold()
+
+
+def log_refusal(req: DecisionRequest, why: str) -> None:
+    log.warning(
+        "approval.refused approval=%r actor=%r role=%r channel=%r why: %s",
+        req.approval_id[:100],
+        req.actor[:200],
+        req.role[:32],
+        req.channel[:32],
+        why[:300],
+    )
+
+
+async def decider_identities(session: AsyncSession, actor: str) -> set[str]:
+    names = {actor.split(" (", 1)[0].strip()}
+    names |= {value for _, value in _TAG.findall(actor)}
+    names.discard("")
+    found = set(names)
+    email = getattr(Principal, "email", None)  # set by `soar users set-email`, when present
+    clauses = [Principal.name.in_(names), Principal.slack_user_id.in_(names)]
+    if email is not None:
+        clauses.append(email.in_(names))
+    for p in await session.scalars(select(Principal).where(or_(*clauses))):
+        found |= {p.name, p.slack_user_id or "", str(getattr(p, "email", "") or "")}
+    return {_norm(x) for x in found if x}
+
+
+async def subject_identities(session: AsyncSession, approval: Approval) -> set[str]:
+    out: set[str] = set()
+    action = await session.get(Action, approval.action_id)
+    if action is not None and KIND_OF_ACTION.get(action.action_type) == "user":
+        out.add(action.target)
+    incident = await session.get(Incident, approval.incident_id)
+    if incident is not None and incident.subject_key.startswith("user:"):
+        out.add(incident.subject_key.removeprefix("user:"))
+    users = await session.scalars(
+        select(Detection.subject_user)
+        .where(Detection.incident_id == approval.incident_id, Detection.subject_user.is_not(None))
+        .distinct()
+        .limit(_MAX_SUBJECTS)
+    )
+    out |= {u for u in users if u}
+    return {_norm(x) for x in out if _norm(x)}
+
+
+async def self_approval(session: AsyncSession, approval: Approval, req: DecisionRequest) -> bool:
+    return bool(
+        await decider_identities(session, req.actor) & await subject_identities(session, approval)
+    )
+
+
+def signed(state: AppState, req: DecisionRequest) -> DecisionRequest:
+    keys = state.extras.get("decision_keys")
+    if not isinstance(keys, tuple):
+        keys = decision_keys(state.settings)
+        state.extras["decision_keys"] = keys
+    return sign_decision(req, keys[0], now=datetime.now(UTC))

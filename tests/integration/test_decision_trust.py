@@ -1,0 +1,153 @@
+"""Decisions nobody can forge: a client on Temporal's port cannot approve (unsigned or badly
+signed, whatever role it claims), the same decision through the API works, and an approver
+cannot decide an action against their own account."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowUpdateFailedError
+
+from soar.api.gate import decider_identities, subject_identities
+from soar.db import make_async_engine, session_factory
+from soar.decisions import sign_decision
+from soar.domain import DecisionRequest
+from soar.models import Approval, Principal
+from tests.support import api_tokens, bearer, detection, eventually, make_settings, running_stack
+
+pytestmark = pytest.mark.timeout(120)
+
+SELF_TOKEN = "u-self-approver-token-0123456789"
+
+
+async def pending(stack: Any, incident_id: str, n: int) -> list[dict[str, Any]] | None:
+    r = await stack.http.get("/v1/approvals", params={"status": "pending"}, headers=bearer("admin"))
+    found = [a for a in r.json()["approvals"] if a["incident_id"] == incident_id]
+    return found if len(found) == n else None
+
+
+async def action_of(stack: Any, incident_id: str, action_id: str) -> dict[str, Any]:
+    inc = await stack.incident(incident_id)
+    return next(a for a in inc["actions"] if a["action_id"] == action_id)
+
+
+async def test_raw_temporal_client_cannot_approve_but_the_api_can(
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(db_url, temporal_address, task_queue)
+    caplog.set_level(logging.WARNING)
+    async with running_stack(settings, temporal_client) as stack:
+        r = await stack.post_detection(
+            detection(
+                technique="AML.T0057",
+                severity="critical",
+                subject={"tenant": "acme", "user": "u-t", "session": "s-t", "api_key": "k-t"},
+            )
+        )
+        assert r.status_code == 202, r.text
+        iid, wid = r.json()["incident_id"], r.json()["workflow_id"]
+        approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
+        types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
+        revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
+        apr = revoke["approval_id"]
+        handle = temporal_client.get_workflow_handle(wid)
+
+        # As the attack was tried: the decide update straight to Temporal, as "admin".
+        forged = [
+            DecisionRequest(apr, "approve", "mallory", "admin", channel="api"),
+            sign_decision(
+                DecisionRequest(apr, "approve", "mallory", "admin"),
+                b"a-key-the-attacker-made-up-0123456789",
+                now=datetime.now(UTC),
+            ),
+        ]
+        for req in forged:
+            with pytest.raises(WorkflowUpdateFailedError) as caught:
+                await handle.execute_update("decide", req)
+            assert "sign" in str(caught.value.cause)
+        refusals = [m for m in caplog.messages if m.startswith("approval.refused")]
+        assert any("not signed" in m and "'mallory'" in m for m in refusals), refusals
+        assert any("does not verify" in m for m in refusals), refusals
+        # Nothing taken, nothing recorded: still pending, the key not revoked.
+        row = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
+        assert row.json()["status"] == "pending" and row.json()["decided_by"] is None
+        assert not (await stack.enforcement("api-keys", "k-t"))["blocked"]
+        assert (await action_of(stack, iid, revoke["action_id"]))["status"] == "pending_approval"
+
+        # The same decision through the API (the gate signs it): taken.
+        ok = await stack.http.post(
+            f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("admin")
+        )
+        assert ok.status_code in (200, 202), ok.text
+        await eventually(lambda: _blocked(stack, "api-keys", "k-t"), timeout=20)
+        row = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
+        assert row.json()["status"] == "approved" and row.json()["decided_by"] == "admin-user"
+
+
+async def _blocked(stack: Any, kind: str, target: str) -> bool:
+    return bool((await stack.enforcement(kind, target))["blocked"])
+
+
+async def test_no_self_approval(
+    db_url: str,
+    temporal_address: str,
+    temporal_client: Client,
+    task_queue: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tokens = api_tokens() + f",u-self:approver:{SELF_TOKEN}"
+    settings = make_settings(db_url, temporal_address, task_queue, api_tokens=tokens)
+    caplog.set_level(logging.WARNING)
+    async with running_stack(settings, temporal_client) as stack:
+        r = await stack.post_detection(
+            detection(
+                technique="AML.T0057",
+                severity="critical",
+                subject={"tenant": "acme", "user": "U-SELF", "session": "s-u", "api_key": "k-u"},
+            )
+        )
+        iid = r.json()["incident_id"]
+        approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
+        for a in approvals:
+            refused = await stack.http.post(
+                f"/v1/approvals/{a['approval_id']}/decision",
+                json={"decision": "approve"},
+                headers={"Authorization": f"Bearer {SELF_TOKEN}"},
+            )
+            assert refused.status_code == 403, refused.text
+            assert "own account" in refused.json()["detail"]
+        assert any(m.startswith("approval.refused") and "own account" in m for m in caplog.messages)
+        assert not (await stack.enforcement("users", "U-SELF"))["blocked"]
+
+        # Identities are matched through the principal: name, Slack ID, tags in the actor.
+        engine = make_async_engine(db_url)
+        try:
+            async with session_factory(engine)() as s, s.begin():
+                p = await s.scalar(select(Principal).where(Principal.name == "u-self"))
+                assert p is not None
+                p.slack_user_id = "UALICE1"
+            async with session_factory(engine)() as s:
+                approval = await s.get(Approval, approvals[0]["approval_id"])
+                assert approval is not None
+                subject = await subject_identities(s, approval)
+                assert "u-self" in subject
+                assert "u-self" in await decider_identities(s, "slack:UALICE1")
+                assert "u-self" in await decider_identities(s, "Someone (slack:UALICE1)")
+                assert not await decider_identities(s, "admin-user") & subject
+        finally:
+            await engine.dispose()
+        # Another approver may decide it.
+        ok = await stack.http.post(
+            f"/v1/approvals/{approvals[0]['approval_id']}/decision",
+            json={"decision": "reject"},
+            headers=bearer("approver"),
+        )
+        assert ok.status_code in (200, 202), ok.text
