@@ -117,8 +117,13 @@ async def test_unknown_and_known_names_take_as_long(
                 )
                 out.append(time.perf_counter() - t0)
                 assert r.status_code == 401
-        k, u = statistics.median(known), statistics.median(unknown)
+        # The fastest of each is the work itself (a loaded machine only adds to it); the
+        # medians must agree too, more loosely. Without the dummy hash an unknown name
+        # answers some hundred times faster.
+        k, u = min(known), min(unknown)
         assert abs(k - u) / max(k, u) < 0.2, (known, unknown)
+        km, um = statistics.median(known), statistics.median(unknown)
+        assert abs(km - um) / max(km, um) < 0.5, (known, unknown)
         assert u > 0.02  # real work was done for the unknown name too
 
 
