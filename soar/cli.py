@@ -277,12 +277,15 @@ def atlas_show(technique: Annotated[str, typer.Argument(help="e.g. AML.T0051.001
 def policy_check(file: Annotated[Path, typer.Argument(help="playbook YAML")]) -> None:
     """Validate a playbook; errors name the line and the reason."""
     from soar.policy import PlaybookError, load_playbook
+    from soar.policy.playbook import risk_notes
 
     try:
         pb = load_playbook(file)
     except PlaybookError as exc:
         raise fail(str(exc), 1) from None
     out.print(f"{file}: playbook {pb.name!r} is valid ({len(pb.rules)} rules)")
+    for note in risk_notes(pb):
+        console.print(f"[yellow]warning:[/yellow] {file} {note}", highlight=False)
 
 
 @policy_app.command("explain")

@@ -157,6 +157,9 @@ class EnforcementReplica:
     def lookup(self, kind: str, target: str, tenant: str) -> Block | None:
         return self.table.lookup(kind, target, tenant)
 
+    def effects(self, kind: str, target: str, tenant: str) -> dict[str, Block]:
+        return self.table.effects(kind, target, tenant)
+
     async def wait_loaded(self, within: float) -> bool:
         return await self.wait_seq(0, within)
 

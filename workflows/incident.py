@@ -34,6 +34,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from soar import actions
     from soar.contracts import (
         ActionRef,
         ApprovalEvent,
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         approval_id_for,
     )
     from soar.domain import (
+        DECIDER_ROLES,
         SIGNAL_DETECTION,
         UPDATE_DECIDE,
         CarriedAction,
@@ -66,7 +68,6 @@ with workflow.unsafe.imports_passed_through():
         TimedBlock,
     )
 
-DECIDER_ROLES = frozenset({"approver", "admin"})
 # Keeps every run's history well under Temporal's limits for a subject that floods us: a
 # detection costs about 5-25 events (signal, containment marker, task, a ticket note and a
 # hook for a new block, its timer and lift), so 250 stay far below 10,000.
@@ -80,7 +81,6 @@ HANDOVER_WAIT = timedelta(seconds=2)  # for core steps in flight, before contain
 ASSESS_COALESCE = timedelta(minutes=1)
 DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
-ENFORCEMENT = frozenset({"block_session", "block_api_key", "revoke_api_key", "disable_user"})
 
 _FAST = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
@@ -400,7 +400,7 @@ class IncidentWorkflow:
         # The ticket (a deferred action) is asked for first, so it takes the ticket lock
         # before the notes about the blocks just applied.
         for ref in result.deferred:
-            if self._v1 and ref.action_type not in ENFORCEMENT:
+            if self._v1 and not _enforces(ref.action_type):
                 self._step(CarriedStep("action", self._now_iso(), action=_carry(ref)))
             else:
                 self._spawn(self._run_action(ref))
@@ -472,7 +472,7 @@ class IncidentWorkflow:
         c = step.carried
         if c.kind == "action" and c.action is not None:
             ref = _action(c.action)
-            if ref.action_type == "open_ticket":
+            if _is_ticket(ref.action_type):
                 async with self._ticket_lock:
                     await self._execute_action(ref, step)
             else:
@@ -601,11 +601,11 @@ class IncidentWorkflow:
             await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}", hook=event)
 
     async def _run_action(self, ref: ActionRef) -> None:
-        if ref.action_type == "open_ticket":
+        if _is_ticket(ref.action_type):
             async with self._ticket_lock:
                 await self._execute_action(ref)
             return
-        if await self._execute_action(ref) and ref.action_type != "notify":
+        if await self._execute_action(ref) and _announces(ref.action_type):
             self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}")
             if self._v1:
                 self._hook(ref, "applied")
@@ -613,7 +613,7 @@ class IncidentWorkflow:
                 await self._deliver_hook(ref, "applied")
 
     async def _execute_action(self, ref: ActionRef, step: _Step | None = None) -> bool:
-        if self._v1 and ref.action_type not in ENFORCEMENT:  # a notice or a ticket: external
+        if self._v1 and not _enforces(ref.action_type):  # a notice or a ticket: external
             c = (
                 step.carried
                 if step is not None
@@ -907,6 +907,23 @@ class IncidentWorkflow:
                 self._await_decision(approval),
                 carriable=lambda a=approval: a.waiting and a.status == "pending",  # type: ignore[misc]
             )
+
+
+def _enforces(action_type: str) -> bool:
+    """Enforcement runs on the core queue; notices and tickets are external steps."""
+    found = actions.find(action_type)
+    return found is not None and found.enforces
+
+
+def _is_ticket(action_type: str) -> bool:
+    found = actions.find(action_type)
+    return found is not None and found.executor == "ticket"
+
+
+def _announces(action_type: str) -> bool:
+    """Noted on the ticket and sent to its hook once applied (not a notice)."""
+    found = actions.find(action_type)
+    return found is None or "applied" in found.hook_events
 
 
 def _carry(ref: ActionRef) -> CarriedAction:

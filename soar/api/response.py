@@ -20,7 +20,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from soar import enforcement
+from soar import actions, enforcement
 from soar.api.deps import (
     AppState,
     IdentityDep,
@@ -31,14 +31,13 @@ from soar.api.deps import (
 )
 from soar.auth import Identity, identity_for_token, token_hash
 from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
-from soar.domain import UPDATE_DECIDE, DecisionRequest, DecisionResult
+from soar.domain import DECIDER_ROLES, UPDATE_DECIDE, DecisionRequest, DecisionResult
 from soar.metrics import DECISIONS
 from soar.models import Action as ActionRow
 from soar.models import ActionLogEntry, Approval, Detection, Incident
 from soar.replica import EnforcementReplica
 
 router = APIRouter()
-_KINDS = {"sessions": "session", "api-keys": "api_key", "users": "user"}
 READERS = ("analyst", "approver", "auditor", "admin")
 # Who may ask whether something is blocked: LLM gateways (role gateway, which may do nothing
 # else) and the people who run the response. Auditors read the log, not the live state.
@@ -114,34 +113,49 @@ def replica_of(state: StateDep) -> EnforcementReplica | None:
     return replica if isinstance(replica, EnforcementReplica) else None
 
 
+def enforcement_status(
+    state: AppState, kind: str, target: str, tenant: str
+) -> enforcement.EnforcementStatus | None:
+    """From this process's replica; None when its feed is stale."""
+    replica = replica_of(state)
+    if replica is None or not replica.fresh:
+        return None
+    return enforcement.EnforcementStatus(kind, replica.effects(kind, target, tenant))
+
+
+def _invalid(errors: list[tuple[str, str]]) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": "invalid request",
+            "errors": [{"field": name, "message": message} for name, message in errors],
+        },
+        status_code=422,
+    )
+
+
 @router.get("/v1/enforcement/{kind}/{target}", tags=["enforcement"], response_model=None)
 async def enforcement_check(
-    kind: Literal["sessions", "api-keys", "users"],
+    kind: str,
     target: str,
     state: StateDep,
     _: EnforcementIdentity,
     tenant: str = "default",
 ) -> JSONResponse:
-    """Answered from this process's replica while its feed is fresh, else from PostgreSQL."""
+    """`kind`: sessions, api-keys, users, or the path of any other target kind an action
+    enforces on (e.g. models). Answered from this process's replica while its feed is
+    fresh, else from PostgreSQL."""
+    target_kind = actions.kind_of_path(kind)
+    if target_kind is None:
+        paths = ", ".join(k.path for k in actions.TARGET_KINDS.values())
+        return _invalid([("kind", f"must be one of {paths}")])
     bad = [name for name, v in (("target", target), ("tenant", tenant)) if "\x00" in v]
     if bad:  # as the database would refuse it: the input's fault, never a 5xx
-        return JSONResponse(
-            {
-                "error": "invalid request",
-                "errors": [
-                    {"field": name, "message": "contains characters that cannot be stored"}
-                    for name in bad
-                ],
-            },
-            status_code=422,
-        )
-    replica = replica_of(state)
-    if replica is not None and replica.fresh:
-        status = enforcement.status_of(replica.lookup(_KINDS[kind], target, tenant))
-    else:
+        return _invalid([(name, "contains characters that cannot be stored") for name in bad])
+    status = enforcement_status(state, target_kind.name, target, tenant)
+    if status is None:
         async with state.factory() as session:
             status = await enforcement.check(
-                session, kind=_KINDS[kind], target=target, tenant=tenant
+                session, kind=target_kind.name, target=target, tenant=tenant
             )
     return JSONResponse(status.as_json())
 
@@ -173,8 +187,9 @@ class EnforcementFastPath:
         await self.app(scope, receive, send)
 
     def _answer(self, scope: Scope) -> dict[str, object] | None:
-        kind, sep, target = scope["path"][len(self._PREFIX) :].partition("/")
-        if kind not in _KINDS or not sep or not target or "/" in target or "\x00" in target:
+        path, sep, target = scope["path"][len(self._PREFIX) :].partition("/")
+        kind = actions.kind_of_path(path)
+        if kind is None or not sep or not target or "/" in target or "\x00" in target:
             return None
         replica = replica_of(self.state)
         cache = self.state.extras.get("token_cache")
@@ -199,7 +214,9 @@ class EnforcementFastPath:
                             return None
             except ValueError:
                 return None
-        return enforcement.status_of(replica.lookup(_KINDS[kind], target, tenant)).as_json()
+        return enforcement.EnforcementStatus(
+            kind.name, replica.effects(kind.name, target, tenant)
+        ).as_json()
 
 
 def _ts(v: datetime | None) -> str | None:
@@ -453,7 +470,7 @@ async def decide(
     session: SessionDep,
     identity: IdentityDep,
 ) -> Any:
-    if identity.role not in ("approver", "admin"):
+    if identity.role not in DECIDER_ROLES:
         raise HTTPException(403, f"role {identity.role!r} may not decide approvals")
     req = DecisionRequest(
         approval_id=approval_id,
