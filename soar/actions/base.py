@@ -18,6 +18,7 @@ __all__ = [
     "BLOCK",
     "SESSION",
     "SUBJECT_KINDS",
+    "TARGET_KIND",
     "USER",
     "ActionDefinition",
     "Effect",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 Executor = Literal["enforcement", "notice", "ticket"]
+# The param naming the target kind of an action that has several (`session`, `user`, ...).
+TARGET_KIND = "target_kind"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ BLOCK = Effect("block", "blocked")
 class Enforcement:
     """An action that puts an entry in the enforcement store. With one target kind the
     target is always of that kind; with several, the playbook may choose one
-    (`params: {on: session}`), else the first one the detection has."""
+    (`params: {target_kind: session}`), else the first one the detection has."""
 
     effect: Effect
     targets: tuple[TargetKind, ...]
@@ -78,7 +81,7 @@ class Enforcement:
     def kind_for(self, params: Mapping[str, str]) -> TargetKind:
         if len(self.targets) == 1:
             return self.targets[0]
-        wanted = params.get("on")
+        wanted = params.get(TARGET_KIND)
         return next((k for k in self.targets if k.name == wanted), self.targets[0])
 
     def stored_kind(self, params: Mapping[str, str]) -> str:
@@ -144,7 +147,7 @@ class ActionDefinition:
             return Target(value, out) if value else None
         assert self.enforcement is not None
         kinds = self.enforcement.targets
-        if "on" in params or len(kinds) == 1:
+        if TARGET_KIND in params or len(kinds) == 1:
             kind = self.enforcement.kind_for(params)
             value = kind.read(detection)
         else:
@@ -154,7 +157,7 @@ class ActionDefinition:
         if not value:
             return None
         if len(kinds) > 1:
-            out["on"] = kind.name
+            out[TARGET_KIND] = kind.name
         return Target(value, out)
 
     def missing(self, params: Mapping[str, str]) -> str:
@@ -162,7 +165,7 @@ class ActionDefinition:
         if self.enforcement is None:
             return f"the detection has no {self.target}"
         kinds = self.enforcement.targets
-        if "on" in params or len(kinds) == 1:
+        if TARGET_KIND in params or len(kinds) == 1:
             return self.enforcement.kind_for(params).missing
         return "the subject has none of " + ", ".join(k.name for k in kinds)
 
@@ -171,7 +174,7 @@ class ActionDefinition:
         if self.enforcement is None or len(self.enforcement.targets) == 1:
             return []
         names = [k.name for k in self.enforcement.targets]
-        on = params.get("on")
-        if on is not None and on not in names:
-            return [("on", f"{on!r} is not one of {', '.join(names)}")]
+        wanted = params.get(TARGET_KIND)
+        if wanted is not None and wanted not in names:
+            return [(TARGET_KIND, f"{wanted!r} is not one of {', '.join(names)}")]
         return []

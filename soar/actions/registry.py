@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 from types import MappingProxyType
 
-from soar.actions.base import BLOCK, ActionDefinition, Effect, TargetKind
+from soar.actions.base import BLOCK, TARGET_KIND, ActionDefinition, Effect, TargetKind
 
 __all__ = [
     "ACTIONS",
@@ -55,7 +55,7 @@ def _check(actions: dict[str, ActionDefinition]) -> None:
         for k in a.enforcement.targets:
             if kinds.setdefault(k.name, k).path != k.path:
                 raise ValueError(f"{a.name}: target kind {k.name!r} has two paths")
-            stored = a.enforcement.stored_kind({"on": k.name})
+            stored = a.enforcement.stored_kind({TARGET_KIND: k.name})
             if len(stored) > _STORED_KIND_MAX or ":" in k.name:
                 raise ValueError(f"{a.name}: enforcement kind {stored!r} does not fit the store")
 

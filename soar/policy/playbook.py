@@ -24,7 +24,7 @@ A playbook maps detections to response actions::
                                          #   action types (block_session, disable_user, ...)
             params: {reason: "..."}      # optional, string -> string
                                          #   (notify: `channel`, default "slack"; an action
-                                         #   with several target kinds: `on`, e.g. session)
+                                         #   with several target kinds: `target_kind`)
 
 Every mistake is refused at load time with a `PlaybookError` naming the source, the line of
 the offending node and the path to it, e.g.

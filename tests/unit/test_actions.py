@@ -86,15 +86,17 @@ def test_a_definition_with_several_target_kinds_records_the_one_chosen() -> None
         enforcement=Enforcement(BLOCK, (USER, API_KEY, SESSION)),
     )
     first = a.target_of(det(session="s-9", api_key="k-1"), {})
-    assert first is not None and (first.value, first.params) == ("k-1", {"on": "api_key"})
-    chosen = a.target_of(det(session="s-9", api_key="k-1"), {"on": "session"})
+    assert first is not None and (first.value, first.params) == ("k-1", {"target_kind": "api_key"})
+    chosen = a.target_of(det(session="s-9", api_key="k-1"), {"target_kind": "session"})
     assert chosen is not None and chosen.value == "s-9"
-    assert a.target_of(det(user="u-1"), {"on": "session"}) is None
+    assert a.target_of(det(user="u-1"), {"target_kind": "session"}) is None
     assert a.missing({}) == "the subject has none of user, api_key, session"
-    assert a.param_errors({"on": "tenant"}) == [
-        ("on", "'tenant' is not one of user, api_key, session")
+    assert a.param_errors({"target_kind": "tenant"}) == [
+        ("target_kind", "'tenant' is not one of user, api_key, session")
     ]
-    assert a.enforcement is not None and a.enforcement.stored_kind({"on": "user"}) == "user"
+    assert (
+        a.enforcement is not None and a.enforcement.stored_kind({"target_kind": "user"}) == "user"
+    )
 
 
 def test_a_bad_definition_stops_the_registry() -> None:
