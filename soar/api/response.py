@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import (
     WorkflowUpdateFailedError,
@@ -223,8 +223,12 @@ def _ts(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
 
-def approval_json(a: Approval) -> dict[str, Any]:
-    return {
+def approval_json(
+    a: Approval, action: ActionRow | None = None, inc: Incident | None = None
+) -> dict[str, Any]:
+    """An approval and what it would allow (CONTRACT.md, Approvals): the action, and the
+    incident's technique, severity and subject."""
+    out: dict[str, Any] = {
         "approval_id": a.id,
         "incident_id": a.incident_id,
         "action_id": a.action_id,
@@ -236,6 +240,28 @@ def approval_json(a: Approval) -> dict[str, Any]:
         "channel": a.decision_channel,
         "comment": a.comment,
     }
+    if action is not None:
+        found = actions.find(action.action_type)
+        out["action"] = {
+            "type": action.action_type,
+            "target": action.target,
+            "risk": action.risk,
+            "rule": action.rule,
+            "label": actions.label(action.action_type),
+            "duration_seconds": action.duration_seconds,
+            "irreversible": bool(found and found.irreversible),
+        }
+    if inc is not None:
+        out |= {"technique": inc.technique, "severity": inc.severity, "subject": inc.subject_key}
+    return out
+
+
+def _with_facts() -> Select[Approval, ActionRow, Incident]:
+    return (
+        select(Approval, ActionRow, Incident)
+        .join(ActionRow, ActionRow.id == Approval.action_id)
+        .join(Incident, Incident.id == Approval.incident_id)
+    )
 
 
 async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
@@ -244,7 +270,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             select(Detection).where(Detection.incident_id == inc.id).order_by(Detection.received_at)
         )
     ).all()
-    actions = (
+    action_rows = (
         await session.scalars(
             select(ActionRow).where(ActionRow.incident_id == inc.id).order_by(ActionRow.created_at)
         )
@@ -254,6 +280,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             select(Approval).where(Approval.incident_id == inc.id).order_by(Approval.requested_at)
         )
     ).all()
+    by_id = {a.id: a for a in action_rows}
     timeline = (
         await session.scalars(
             select(ActionLogEntry)
@@ -311,9 +338,9 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
                 "finished_at": _ts(a.finished_at),
                 "error": a.error,
             }
-            for a in actions
+            for a in action_rows
         ],
-        "approvals": [approval_json(a) for a in approvals],
+        "approvals": [approval_json(a, by_id.get(a.action_id), inc) for a in approvals],
         "timeline": [
             {
                 "seq": e.seq,
@@ -378,12 +405,19 @@ async def list_approvals(
     session: SessionDep,
     _: Identity = require_roles(*READERS),
     status: Literal["pending", "approved", "rejected", "expired"] | None = None,
+    technique: str | None = Query(None, max_length=32, description="e.g. AML.T0057 (prefix)"),
+    subject: str | None = Query(None, max_length=300, description="part of the subject key"),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    q = select(Approval).order_by(Approval.requested_at.desc()).limit(limit)
+    q = _with_facts().order_by(Approval.requested_at.desc()).limit(limit)
     if status:
         q = q.where(Approval.status == status)
-    return {"approvals": [approval_json(a) for a in (await session.scalars(q)).all()]}
+    if technique:
+        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
+    if subject:
+        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
+    rows = (await session.execute(q)).all()
+    return {"approvals": [approval_json(a, act, inc) for a, act, inc in rows]}
 
 
 class DecisionIn(BaseModel):
@@ -507,7 +541,8 @@ async def decide(
 async def get_approval(
     approval_id: str, session: SessionDep, _: Identity = require_roles(*READERS)
 ) -> dict[str, Any]:
-    row = await session.get(Approval, approval_id)
-    if row is None:
+    found = (await session.execute(_with_facts().where(Approval.id == approval_id))).first()
+    if found is None:
         raise HTTPException(404, f"approval {approval_id} not found")
-    return approval_json(row)
+    row, action, inc = found
+    return approval_json(row, action, inc)
