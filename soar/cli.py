@@ -1,8 +1,8 @@
-"""The `soar` command."""
+"""The core commands of `soar`: those that need only the `soar` package. The `soar` command
+itself (`atlas_soar.cli`) adds the ones that start the outer layers: up, worker, api, users."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -13,8 +13,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from soar.audit.cli import audit_app
+from soar.audit.cli import report as audit_report
 from soar.config import Settings, SettingsError, load_settings
 from soar.detect.cli import detect as detect_command
+from soar.sources_cli import sources_app
 
 app = typer.Typer(
     help="atlas-soar: response orchestration for attacks on AI systems (MITRE ATLAS).",
@@ -65,21 +68,10 @@ def database_url_or_exit(settings: Settings) -> str:
     return settings.database_url
 
 
-def _logging(settings: Settings) -> None:
+def setup_cli_logging(settings: Settings) -> None:
     from soar.logs import setup_logging
 
     setup_logging(settings.log_level, json_lines=settings.environment == "production")
-
-
-@app.command()
-def up() -> None:
-    """Run everything on this machine: embedded PostgreSQL and Temporal (unless
-    SOAR_DATABASE_URL / SOAR_TEMPORAL_ADDRESS point elsewhere), migrations, the worker and
-    the HTTP API. Ctrl-C stops all of it."""
-    from soar.stack.up import run_stack
-
-    settings = settings_or_exit(find_stack=False)
-    raise typer.Exit(run_stack(settings, console=out, err=console))
 
 
 @app.command()
@@ -94,77 +86,6 @@ def migrate() -> None:
     except Exception as exc:
         raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     out.print(f"database at head; ATLAS catalog {version}")
-
-
-@app.command()
-def worker(
-    queues: Annotated[
-        str,
-        typer.Option(
-            help="which bulkheads to run: core (containment, decisions, block lifts, the "
-            "log, the workflow), external (Slack, Jira, hooks, notices), or both"
-        ),
-    ] = "core,external",
-) -> None:
-    """Run a Temporal worker (the incident workflow and its activities)."""
-    settings = settings_or_exit()
-    url = database_url_or_exit(settings)
-    if not settings.temporal_address:
-        raise fail("SOAR_TEMPORAL_ADDRESS is not set")
-    _logging(settings)
-    from soar.temporal_client import connect
-    from soar.worker import parse_queues, run_worker
-
-    try:
-        kinds = parse_queues(queues)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-    async def main() -> None:
-        assert settings.temporal_address
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
-        await run_worker(settings, url, client, queues=kinds)
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    except ConnectionError as exc:
-        raise fail(str(exc), 1) from None
-
-
-@app.command()
-def api() -> None:
-    """Run the HTTP API (intake, enforcement checks, incidents, approvals, audit, web UI)."""
-    settings = settings_or_exit()
-    url = database_url_or_exit(settings)
-    if not settings.temporal_address:
-        raise fail("SOAR_TEMPORAL_ADDRESS is not set")
-    if settings.webhook_secret is None:
-        raise fail("SOAR_WEBHOOK_SECRET is not set (whsec_...)")
-    _logging(settings)
-    import uvicorn
-
-    from soar.api.app import create_app
-    from soar.stack.proc import port_in_use
-
-    if port_in_use(settings.api_host, settings.api_port):
-        raise fail(f"port {settings.api_port} on {settings.api_host} is in use", 1)
-    application = create_app(
-        settings,
-        database_url=url,
-        temporal_address=settings.temporal_address,
-        webhook_secret=settings.webhook_secret.get_secret_value(),
-    )
-    uvicorn.run(
-        application,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="warning",
-        access_log=False,
-        # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
-        timeout_graceful_shutdown=2,
-    )
 
 
 @app.command()
@@ -331,25 +252,10 @@ def policy_explain(
         )
 
 
-def _register_optional_commands() -> None:
-    """Command groups of features that live in their own modules."""
-    import importlib
-
-    for module, name in (
-        ("soar.audit.cli", "audit"),
-        ("approvals.cli", "users"),
-        ("soar.sources_cli", "sources"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError:
-            continue
-        app.add_typer(getattr(mod, f"{name}_app"), name=name)
-        if hasattr(mod, "report"):
-            app.command("report")(mod.report)
-
-
-_register_optional_commands()
+# Their modules take this one's helpers late (they are imported while it loads).
+app.add_typer(audit_app, name="audit")
+app.command("report")(audit_report)
+app.add_typer(sources_app, name="sources")
 app.command("detect")(detect_command)
 
 

@@ -7,9 +7,8 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -92,7 +91,9 @@ def _ports(home: Path) -> dict[str, int]:
     return ports
 
 
-def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
+def run_stack(settings: Settings, *, command: Sequence[str], console: Console, err: Console) -> int:
+    """`command`: how to run `soar` (the worker and the API are started as `command worker`
+    and `command api`)."""
     home = settings.home
     if port_in_use(settings.api_host, settings.api_port):
         err.print(
@@ -153,7 +154,7 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             for cmd in ("worker", "api"):
                 children.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "soar.cli", cmd],
+                        [*command, cmd],
                         env=env,
                         stdin=subprocess.DEVNULL,
                     )
