@@ -176,11 +176,9 @@ class ContainmentActivities:
                 }
             await append_many(s, events)
         return ContainResult(
-            tactic=tactic,
             applied=tuple(applied),
             deferred=tuple(deferred),
             needs_approval=tuple(approval),
-            rules_fired=plan.rules_fired,
             ticketing=self.ctx.ticketing.enabled,
             hooked=tuple(sorted(self.ctx.hooks.urls)),
             external_task_queue=self.ctx.settings.external_task_queue,
@@ -295,9 +293,7 @@ class ContainmentActivities:
                     **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
                 ),
             )
-        return EnrichResult(
-            risk_score=score, tactic=tactic_ids[0] if tactic_ids else None, summary=summary
-        )
+        return EnrichResult(risk_score=score, summary=summary)
 
     @activity.defn(name="close_incident")
     async def close_incident(self, inp: CloseInput) -> bool:

@@ -109,7 +109,6 @@ _EXTERNAL_V0 = RetryPolicy(
 class _Approval:
     ref: ApprovalRef
     status: str = "pending"  # pending | approved | rejected | expired
-    decision: DecisionRequest | None = None
     recorded: bool = False
     escalated: bool = False
     # True while only its timers are running: the approval can then be carried across
@@ -190,7 +189,6 @@ class IncidentWorkflow:
         approval = self._approvals[req.approval_id]
         # Settle the decision before the first await: a second update sees it decided.
         approval.status = "approved" if req.decision == "approve" else "rejected"
-        approval.decision = req
         decided_at = workflow.now().isoformat()
         await _core(
             ApprovalActivities.record_decision,

@@ -10,19 +10,6 @@ from types import MappingProxyType
 
 from soar.actions.base import BLOCK, TARGET_KIND, ActionDefinition, Effect, TargetKind
 
-__all__ = [
-    "ACTIONS",
-    "EFFECTS",
-    "TARGET_KINDS",
-    "definition",
-    "effects_for",
-    "enforcement_types",
-    "find",
-    "kind_of_path",
-    "label",
-    "names",
-]
-
 _NOT_ACTIONS = frozenset({"base", "registry"})
 _STORED_KIND_MAX = 16  # enforcement_blocks.kind / enforcement_changes.kind
 

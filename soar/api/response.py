@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVarTuple
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -356,6 +356,18 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
     }
 
 
+_Ts = TypeVarTuple("_Ts")
+
+
+def _incident_filters(q: Select[*_Ts], technique: str | None, subject: str | None) -> Select[*_Ts]:
+    """The incident's technique (a prefix, any case) and part of its subject key."""
+    if technique:
+        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
+    if subject:
+        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
+    return q
+
+
 @router.get("/v1/incidents/{incident_id}", tags=["incidents"])
 async def get_incident(
     incident_id: str, session: SessionDep, _: Identity = require_roles(*READERS)
@@ -378,11 +390,7 @@ async def list_incidents(
     q = select(Incident).order_by(Incident.opened_at.desc()).limit(limit)
     if status:
         q = q.where(Incident.status == status)
-    if technique:
-        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
-    if subject:
-        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
-    rows = (await session.scalars(q)).all()
+    rows = (await session.scalars(_incident_filters(q, technique, subject))).all()
     return {
         "incidents": [
             {
@@ -412,11 +420,7 @@ async def list_approvals(
     q = _with_facts().order_by(Approval.requested_at.desc()).limit(limit)
     if status:
         q = q.where(Approval.status == status)
-    if technique:
-        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
-    if subject:
-        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
-    rows = (await session.execute(q)).all()
+    rows = (await session.execute(_incident_filters(q, technique, subject))).all()
     return {"approvals": [approval_json(a, act, inc) for a, act, inc in rows]}
 
 

@@ -47,19 +47,6 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from soar import actions
 from soar.domain import Risk, Severity
 
-__all__ = [
-    "ActionSpec",
-    "Condition",
-    "Playbook",
-    "PlaybookError",
-    "Rule",
-    "default_playbook",
-    "load_playbook",
-    "load_playbook_text",
-    "parse_duration",
-    "risk_notes",
-]
-
 DEFAULT_PLAYBOOK_RESOURCE = "default_playbook.yaml"
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
