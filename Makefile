@@ -19,8 +19,8 @@ run: $(STAMP)
 	$(BIN)/soar up
 
 lint: $(STAMP)
-	$(BIN)/ruff check soar workflows activities approvals migrations tests bench examples
-	$(BIN)/ruff format --check soar workflows activities approvals migrations tests bench examples
+	$(BIN)/ruff check soar workflows activities approvals migrations atlas_soar tests bench examples
+	$(BIN)/ruff format --check soar workflows activities approvals migrations atlas_soar tests bench examples
 	$(BIN)/mypy
 
 test: $(STAMP) lint

@@ -12,11 +12,12 @@ from temporalio.exceptions import ApplicationError
 
 from activities.containment import SYSTEM, apply_enforcement
 from activities.context import ActivityContext, incident_brief, now
+from soar import actions
 from soar.audit.chain import LogEvent, append
 from soar.contracts import ActionOutcome, ActionRef, FailureInput, HookInput, StepFailure
 from soar.db import transaction
 from soar.domain import TimedBlock
-from soar.enforcement import ENFORCEMENT_ACTIONS, lift_block
+from soar.enforcement import lift_block
 from soar.hooks import HookError
 from soar.models import Action, Incident
 
@@ -36,7 +37,10 @@ class ActionActivities:
 
     @activity.defn(name="run_action")
     async def run_action(self, ref: ActionRef) -> ActionOutcome:
-        if ref.action_type in ENFORCEMENT_ACTIONS:
+        definition = actions.find(ref.action_type)
+        if definition is None:
+            raise ApplicationError(f"unknown action type {ref.action_type}", non_retryable=True)
+        if definition.enforces:
             async with transaction(self.ctx.factory) as s:
                 row = await s.get(Action, ref.action_id, with_for_update=True)
                 if row is None:
@@ -48,11 +52,9 @@ class ActionActivities:
                     )
                     await append(s, event)
             return ActionOutcome(ref.action_id, "applied")
-        if ref.action_type == "notify":
+        if definition.executor == "notice":
             return await self._notify(ref)
-        if ref.action_type == "open_ticket":
-            return await self._open_ticket(ref)
-        raise ApplicationError(f"unknown action type {ref.action_type}", non_retryable=True)
+        return await self._open_ticket(ref)
 
     async def _finish(self, ref: ActionRef, status: str, detail: dict[str, Any]) -> None:
         async with transaction(self.ctx.factory) as s:
@@ -67,15 +69,16 @@ class ActionActivities:
                 )
             )
             inc = await s.get(Incident, ref.incident_id)
-            if status == "applied" and ref.action_type == "open_ticket" and inc is not None:
+            definition = actions.find(ref.action_type)
+            if status == "applied" and "ticket_key" in detail and inc is not None:
                 inc.ticket_key = detail.get("ticket_key")
                 inc.ticket_url = detail.get("ticket_url")
             await append(
                 s,
                 LogEvent(
                     event_key=f"{ref.action_id}:{status}",
-                    event="ticket.created"
-                    if ref.action_type == "open_ticket" and status == "applied"
+                    event=definition.applied_event
+                    if definition is not None and status == "applied"
                     else f"action.{status}",
                     actor=SYSTEM,
                     action=ref.action_type,

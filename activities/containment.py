@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from activities.context import ActivityContext, action_id_for, now, ref_of
+from soar import actions
 from soar.atlas.store import technique_info
 from soar.audit.chain import LogEvent, append, write_many
 from soar.contracts import (
@@ -28,7 +29,7 @@ from soar.contracts import (
 )
 from soar.db import transaction
 from soar.domain import DetectionFacts, PlannedAction, Severity
-from soar.enforcement import ENFORCEMENT_ACTIONS, KIND_OF_ACTION, add_block
+from soar.enforcement import add_block
 from soar.models import Action, Approval, Detection, Incident
 from soar.policy import evaluate
 
@@ -151,11 +152,7 @@ class ContainmentActivities:
             ]
             t = now()
             for pa, row in rows:
-                if (
-                    row.status == "planned"
-                    and pa.risk == "low"
-                    and (pa.action_type in ENFORCEMENT_ACTIONS)
-                ):
+                if row.status == "planned" and pa.risk == "low" and _enforces(pa.action_type):
                     events.append(
                         await apply_enforcement(s, row, det.technique, t, actor=SYSTEM, base=base)
                     )
@@ -179,11 +176,9 @@ class ContainmentActivities:
                 }
             await write_many(s, events)
         return ContainResult(
-            tactic=tactic,
             applied=tuple(applied),
             deferred=tuple(deferred),
             needs_approval=tuple(approval),
-            rules_fired=plan.rules_fired,
             ticketing=self.ctx.ticketing.enabled,
             hooked=tuple(sorted(self.ctx.hooks.urls)),
             external_task_queue=self.ctx.settings.external_task_queue,
@@ -191,9 +186,10 @@ class ContainmentActivities:
         )
 
     def _unavailable(self, action_type: str) -> str | None:
-        if action_type == "notify" and not self.ctx.notifier.enabled:
+        executor = actions.definition(action_type).executor
+        if executor == "notice" and not self.ctx.notifier.enabled:
             return "Slack is not configured"
-        if action_type == "open_ticket" and not self.ctx.ticketing.enabled:
+        if executor == "ticket" and not self.ctx.ticketing.enabled:
             return "Jira is not configured"
         return None
 
@@ -297,9 +293,7 @@ class ContainmentActivities:
                     **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
                 ),
             )
-        return EnrichResult(
-            risk_score=score, tactic=tactic_ids[0] if tactic_ids else None, summary=summary
-        )
+        return EnrichResult(risk_score=score, summary=summary)
 
     @activity.defn(name="close_incident")
     async def close_incident(self, inp: CloseInput) -> bool:
@@ -339,6 +333,10 @@ class ContainmentActivities:
         return True
 
 
+def _enforces(action_type: str) -> bool:
+    return actions.definition(action_type).enforces
+
+
 async def skip_action(
     s: AsyncSession, row: Action, reason: str, *, base: dict[str, Any]
 ) -> LogEvent:
@@ -373,10 +371,12 @@ async def apply_enforcement(
     """Make an enforcement action effective (idempotent on the action id); returns its log
     event for the caller to append."""
     until = at + timedelta(seconds=row.duration_seconds) if row.duration_seconds else None
+    enforcement = actions.definition(row.action_type).enforcement
+    assert enforcement is not None, row.action_type
     await add_block(
         s,
         action_id=row.id,
-        kind=KIND_OF_ACTION[row.action_type],
+        kind=enforcement.stored_kind(row.params or {}),
         tenant=row.tenant,
         target=row.target,
         incident_id=row.incident_id,

@@ -1,7 +1,7 @@
 """`soar users ...`: the people who sign in to the web UI with a password, and their Slack IDs.
 
-Registered by soar.cli as a command group; it imports soar.cli only inside functions because
-soar.cli imports this module while it is itself being loaded.
+Registered by the `soar` command (atlas_soar.cli) as a command group; it takes soar.cli's
+helpers inside functions, at call time.
 """
 
 from __future__ import annotations

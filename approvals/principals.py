@@ -14,9 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from soar.config import Settings
+from soar.domain import DECIDER_ROLES
 from soar.models import Principal
-
-DECIDER_ROLES = frozenset({"approver", "admin"})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from soar import actions
 from soar.api.jsonsafe import parse_json_sync
 from soar.connectors import ApprovalBrief, IncidentBrief
 
@@ -31,11 +32,6 @@ _EXCERPT_MAX = 1000  # section text is capped at 3000 by Slack; keep the message
 _FIELD_MAX = 1900  # section fields are capped at 2000
 _HEADER_MAX = 150
 
-_ACTION_LABELS = {
-    "revoke_api_key": "Revoke API key",
-    "disable_user": "Disable user",
-    "block_session": "Block session",
-}
 _OUTCOME = {
     "approved": (":white_check_mark:", "Approved"),
     "rejected": (":no_entry_sign:", "Rejected"),
@@ -57,8 +53,7 @@ def _code(text: str) -> str:
     return "`" + escape(text).replace("`", "\u02cb") + "`"
 
 
-def action_label(action_type: str) -> str:
-    return _ACTION_LABELS.get(action_type, action_type.replace("_", " ").capitalize())
+action_label = actions.label
 
 
 def slack_date(at: str) -> str:

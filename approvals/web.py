@@ -50,6 +50,7 @@ from approvals.web_auth import (
     write_flash,
     write_session,
 )
+from soar import actions
 from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS, DecisionRefused, incident_json, send_decision
 from soar.auth import HasherBusy, identity_for_password, identity_for_token
@@ -61,13 +62,6 @@ from soar.models import Action, Approval, AtlasTechnique, Incident, Principal
 log = logging.getLogger("soar.ui")
 
 REFRESH_SECONDS = 10
-ACTION_LABELS = {
-    "block_session": "Block session",
-    "revoke_api_key": "Revoke API key",
-    "disable_user": "Disable user",
-    "open_ticket": "Open ticket",
-    "notify": "Notify",
-}
 _TECHNIQUE_FILTER = re.compile(r"^[A-Za-z0-9.]{1,32}$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")
 # PostgreSQL refuses NUL in text, and control characters have no business in names or
@@ -137,7 +131,7 @@ _env = Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(when=_when, iso=_iso, http_url=_http_url)
-_env.globals.update(action_label=lambda t: ACTION_LABELS.get(t, t))
+_env.globals.update(action_label=actions.label)
 _CSS = (resources.files("approvals") / "static" / "ui.css").read_bytes()
 
 
@@ -428,11 +422,7 @@ async def decide(
         return redirect(state, target, Flash("error", "Not recorded: there is no such approval."))
     approval = await session.get(Approval, approval_id)
     action = await session.get(Action, approval.action_id) if approval else None
-    what = (
-        f"{ACTION_LABELS.get(action.action_type, action.action_type)} {action.target}"
-        if action
-        else approval_id
-    )
+    what = f"{actions.label(action.action_type)} {action.target}" if action else approval_id
     req = DecisionRequest(
         approval_id=approval_id,
         decision=decision,

@@ -32,6 +32,7 @@ from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS
 from soar.auth import PasswordHasher
 from soar.config import Settings
+from soar.domain import DECIDER_ROLES
 from soar.models import Principal, UiSessionRow
 from soar.ratelimit import TokenBuckets, retry_after
 
@@ -279,8 +280,6 @@ def security_headers(response: Response, nonce: str) -> None:
 
 # --- who is signed in, as FastAPI dependencies ----------------------------------------------
 
-DECIDERS = ("approver", "admin")
-
 
 class UiError(Exception):
     """A refusal shown as a page of its own: 4xx, a title and one clear sentence."""
@@ -312,7 +311,7 @@ class Viewer:
 
     @property
     def can_decide(self) -> bool:
-        return self.role in DECIDERS
+        return self.role in DECIDER_ROLES
 
 
 async def _principal(session: SessionDep, ui: UiSession | None) -> Principal | None:

@@ -36,7 +36,7 @@ def add_user(db_url: str) -> None:
     env = dict(os.environ, SOAR_DATABASE_URL=db_url)
     cmd = ["users", "add", "alice", "--role", "approver", "--password-stdin"]
     subprocess.run(
-        [sys.executable, "-m", "soar.cli", *cmd],
+        [sys.executable, "-m", "atlas_soar", *cmd],
         input=PASSWORD.encode(),
         env=env,
         check=True,

@@ -79,7 +79,7 @@ def bench_stack(**env_over: str) -> Iterator[BenchStack]:
             **env_over,
         )
         for cmd in ("worker", "api"):
-            procs[cmd] = subprocess.Popen([sys.executable, "-m", "soar.cli", cmd], env=env)
+            procs[cmd] = subprocess.Popen([sys.executable, "-m", "atlas_soar", cmd], env=env)
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:

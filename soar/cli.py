@@ -1,8 +1,8 @@
-"""The `soar` command."""
+"""The core commands of `soar`: those that need only the `soar` package. The `soar` command
+itself (`atlas_soar.cli`) adds the ones that start the outer layers: up, worker, api, users."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -15,9 +15,12 @@ from rich.console import Console
 from typer._click import ClickException, Context
 from typer.core import TyperGroup
 
+from soar.audit.cli import audit_app
+from soar.audit.cli import report as audit_report
 from soar.config import Settings, SettingsError, load_settings
-from soar.db import safe_url
 from soar.detect.cli import detect as detect_command
+from soar.posture import posture_app
+from soar.sources_cli import sources_app
 
 
 class _Soar(TyperGroup):
@@ -81,7 +84,7 @@ def settings_or_exit(*, find_stack: bool = True) -> Settings:
     return settings
 
 
-def _preflight(settings: Settings, url: str) -> str:
+def preflight(settings: Settings, url: str) -> str:
     """Policy, database and migrations checked before a long-running command starts; the
     playbook's name. A failure is one line and exit code 1."""
     from soar.stack.preflight import NotReady, check_database, check_policy
@@ -111,21 +114,10 @@ def database_url_or_exit(settings: Settings) -> str:
     return settings.database_url
 
 
-def _logging(settings: Settings) -> None:
+def setup_cli_logging(settings: Settings) -> None:
     from soar.logs import setup_logging
 
     setup_logging(settings.log_level, json_lines=settings.environment == "production")
-
-
-@app.command()
-def up() -> None:
-    """Run everything on this machine: embedded PostgreSQL and Temporal (unless
-    SOAR_DATABASE_URL / SOAR_TEMPORAL_ADDRESS point elsewhere), migrations, the worker and
-    the HTTP API. Ctrl-C stops all of it."""
-    from soar.stack.up import run_stack
-
-    settings = settings_or_exit(find_stack=False)
-    raise typer.Exit(run_stack(settings, console=out, err=console))
 
 
 @app.command()
@@ -140,114 +132,6 @@ def migrate() -> None:
     except Exception as exc:
         raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     out.print(f"database at head; ATLAS catalog {version}")
-
-
-@app.command()
-def worker(
-    queues: Annotated[
-        str,
-        typer.Option(
-            help="which bulkheads to run: core (containment, decisions, block lifts, the "
-            "log, the workflow), external (Slack, Jira, hooks, notices), or both"
-        ),
-    ] = "core,external",
-) -> None:
-    """Run a Temporal worker (the incident workflow and its activities)."""
-    settings = settings_or_exit()
-    production_or_exit(settings, "worker")
-    url = database_url_or_exit(settings)
-    if not settings.temporal_address:
-        raise fail("SOAR_TEMPORAL_ADDRESS is not set")
-    _logging(settings)
-    from soar.temporal_client import connect
-    from soar.worker import parse_queues, run_worker
-
-    try:
-        kinds = parse_queues(queues)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    playbook = _preflight(settings, url)
-
-    async def main() -> None:
-        assert settings.temporal_address
-        client = await connect(
-            settings.temporal_address, settings.temporal_namespace, settings=settings
-        )
-        console.print(
-            f"worker ({', '.join(sorted(kinds))}): database {safe_url(url)}, Temporal "
-            f"{settings.temporal_address} namespace {settings.temporal_namespace}, task queue "
-            f"{settings.temporal_task_queue}, playbook {playbook}",
-            highlight=False,
-            markup=False,
-        )
-        await run_worker(settings, url, client, queues=kinds)
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    except ConnectionError as exc:
-        raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
-    except SettingsError as exc:
-        raise fail(str(exc), 1) from None
-
-
-@app.command()
-def api() -> None:
-    """Run the HTTP API (intake, enforcement checks, incidents, approvals, audit, web UI)."""
-    settings = settings_or_exit()
-    production_or_exit(settings, "api")
-    url = database_url_or_exit(settings)
-    if not settings.temporal_address:
-        raise fail("SOAR_TEMPORAL_ADDRESS is not set")
-    if settings.webhook_secret is None:
-        raise fail("SOAR_WEBHOOK_SECRET is not set (whsec_...)")
-    _logging(settings)
-    import uvicorn
-
-    from soar.api.app import create_app
-    from soar.stack.proc import port_in_use
-
-    if port_in_use(settings.api_host, settings.api_port):
-        raise fail(f"port {settings.api_port} on {settings.api_host} is in use", 1)
-    playbook = _preflight(settings, url)
-    from soar.temporal_client import connect
-
-    try:
-        asyncio.run(
-            connect(
-                settings.temporal_address,
-                settings.temporal_namespace,
-                attempts=8,
-                settings=settings,
-            )
-        )
-    except ConnectionError as exc:
-        raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
-    except SettingsError as exc:
-        raise fail(str(exc), 1) from None
-    console.print(
-        f"API on http://{settings.api_host}:{settings.api_port}: database {safe_url(url)}, "
-        f"Temporal {settings.temporal_address} namespace {settings.temporal_namespace}, "
-        f"playbook {playbook}",
-        highlight=False,
-        markup=False,
-    )
-    application = create_app(
-        settings,
-        database_url=url,
-        temporal_address=settings.temporal_address,
-        webhook_secret=settings.webhook_secret.get_secret_value(),
-    )
-    uvicorn.run(
-        application,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="warning",
-        access_log=False,
-        # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
-        timeout_graceful_shutdown=2,
-    )
 
 
 @app.command()
@@ -364,12 +248,15 @@ def atlas_show(technique: Annotated[str, typer.Argument(help="e.g. AML.T0051.001
 def policy_check(file: Annotated[Path, typer.Argument(help="playbook YAML")]) -> None:
     """Validate a playbook; errors name the line and the reason."""
     from soar.policy import PlaybookError, load_playbook
+    from soar.policy.playbook import risk_notes
 
     try:
         pb = load_playbook(file)
     except PlaybookError as exc:
         raise fail(str(exc), 1) from None
     out.print(f"{file}: playbook {pb.name!r} is valid ({len(pb.rules)} rules)")
+    for note in risk_notes(pb):
+        console.print(f"[yellow]warning:[/yellow] {file} {note}", highlight=False)
 
 
 @policy_app.command("explain")
@@ -415,26 +302,11 @@ def policy_explain(
         )
 
 
-def _register_optional_commands() -> None:
-    """Command groups of features that live in their own modules."""
-    import importlib
-
-    for module, name in (
-        ("soar.audit.cli", "audit"),
-        ("approvals.cli", "users"),
-        ("soar.sources_cli", "sources"),
-        ("soar.posture", "posture"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError:
-            continue
-        app.add_typer(getattr(mod, f"{name}_app"), name=name)
-        if hasattr(mod, "report"):
-            app.command("report")(mod.report)
-
-
-_register_optional_commands()
+# Their modules take this one's helpers late (they are imported while it loads).
+app.add_typer(audit_app, name="audit")
+app.command("report")(audit_report)
+app.add_typer(sources_app, name="sources")
+app.add_typer(posture_app, name="posture")
 app.command("detect")(detect_command)
 
 

@@ -219,6 +219,17 @@ class Settings(BaseSettings):
                 )
         return v
 
+    @field_validator("action_hooks")
+    @classmethod
+    def _check_action_hooks(cls, v: dict[str, str]) -> dict[str, str]:
+        from soar import actions
+
+        hooked = sorted(a.name for a in actions.ACTIONS.values() if a.hook_events)
+        for name in v:
+            if name not in hooked:
+                raise ValueError(f"{name!r} is not an action type with hooks ({', '.join(hooked)})")
+        return v
+
     @field_validator("api_tokens")
     @classmethod
     def _check_tokens(cls, v: SecretStr | None) -> SecretStr | None:

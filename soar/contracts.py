@@ -39,11 +39,9 @@ class ContainInput:
 
 @dataclass(frozen=True)
 class ContainResult:
-    tactic: str | None
     applied: tuple[ActionRef, ...]  # enforcement already effective
     deferred: tuple[ActionRef, ...]  # low risk, run right after (notice, ticket)
     needs_approval: tuple[ActionRef, ...]
-    rules_fired: tuple[str, ...] = ()
     # What this worker has connectors for, so the workflow schedules no step that would
     # only find out there is nothing to do.
     ticketing: bool = True
@@ -63,7 +61,6 @@ class EnrichInput:
 @dataclass(frozen=True)
 class EnrichResult:
     risk_score: float
-    tactic: str | None
     summary: str
 
 

@@ -36,21 +36,16 @@ class Risk(StrEnum):
     high = "high"
 
 
-class ActionType(StrEnum):
-    block_session = "block_session"
-    block_api_key = "block_api_key"
-    revoke_api_key = "revoke_api_key"
-    disable_user = "disable_user"
-    notify = "notify"
-    open_ticket = "open_ticket"
-
-
 class Role(StrEnum):
     analyst = "analyst"
     approver = "approver"
     auditor = "auditor"
     admin = "admin"
     gateway = "gateway"  # read-only, enforcement checks and the block stream only
+
+
+# Who may decide approvals (API, Slack, web UI, and the workflow's own check).
+DECIDER_ROLES = frozenset({Role.approver.value, Role.admin.value})
 
 
 @dataclass(frozen=True)
@@ -99,7 +94,7 @@ class PlannedAction:
 
     action_type: str
     risk: str
-    target: str  # the session id, api key, user id, or channel the action applies to
+    target: str  # what the action applies to (a session id, a channel, ...: see soar.actions)
     params: dict[str, str] = field(default_factory=dict)
     duration_seconds: int | None = None  # temporary actions lift themselves after this
     rule: str = ""

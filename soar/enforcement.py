@@ -14,40 +14,42 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from soar.gateway.table import Block
+from soar import actions
+from soar.gateway.table import Block, split_kind, stored_kind
 from soar.models import EnforcementBlock
-
-KIND_OF_ACTION = {
-    "block_session": "session",
-    "block_api_key": "api_key",
-    "revoke_api_key": "api_key",
-    "disable_user": "user",
-}
-ENFORCEMENT_ACTIONS = frozenset(KIND_OF_ACTION)
 
 
 @dataclass(frozen=True)
-class BlockStatus:
-    blocked: bool
-    until: datetime | None
-    incident_id: str | None
-    technique: str | None
+class EnforcementStatus:
+    """The answer of an enforcement check: every effect in force on one target (the
+    longest-lasting entry of each), block first."""
+
+    kind: str
+    effects: dict[str, Block]
+
+    @property
+    def blocked(self) -> bool:
+        return "block" in self.effects
 
     def as_json(self) -> dict[str, object]:
-        return {
+        """CONTRACT.md: `{"blocked", "until", "reason"}`; `until` and `reason` are those of
+        the strongest effect in force (`effect` names it), and every milder effect some
+        action may put on this kind of target has its flag (`"throttled": false`)."""
+        strongest = next(iter(self.effects.items()), None)
+        out: dict[str, object] = {
             "blocked": self.blocked,
-            "until": self.until.isoformat() if self.until else None,
-            "reason": {"incident_id": self.incident_id, "technique": self.technique}
-            if self.blocked
-            else None,
+            "until": None,
+            "reason": None,
+            "effect": strongest[0] if strongest else None,
         }
-
-
-def status_of(block: Block | None) -> BlockStatus:
-    """The answer of a check from a replica's lookup (the longest-lasting active block)."""
-    if block is None:
-        return BlockStatus(False, None, None, None)
-    return BlockStatus(True, block.until, block.incident_id, block.technique)
+        if strongest is not None:
+            b = strongest[1]
+            out["until"] = b.until.isoformat() if b.until else None
+            out["reason"] = {"incident_id": b.incident_id, "technique": b.technique}
+        for effect in actions.effects_for(self.kind):
+            if effect.name != "block":
+                out[effect.flag] = effect.name in self.effects
+        return out
 
 
 async def add_block(
@@ -87,19 +89,25 @@ async def lift_block(session: AsyncSession, *, action_id: str, now: datetime) ->
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def check(session: AsyncSession, *, kind: str, target: str, tenant: str) -> BlockStatus:
-    """The longest-lasting active block wins (a permanent one over any temporary one)."""
+async def check(session: AsyncSession, *, kind: str, target: str, tenant: str) -> EnforcementStatus:
+    """From the database (a replica's feed is stale): the longest-lasting active entry of
+    each effect (a permanent one over any temporary one)."""
     now = datetime.now(UTC)
+    kinds = [stored_kind(e.name, kind) for e in actions.effects_for(kind)]
     rows = (
         await session.execute(
-            select(EnforcementBlock.until, EnforcementBlock.incident_id, EnforcementBlock.technique)
-            .where(EnforcementBlock.kind == kind, EnforcementBlock.target == target)
+            select(EnforcementBlock)
+            .where(EnforcementBlock.kind.in_(kinds), EnforcementBlock.target == target)
             .where(EnforcementBlock.tenant == tenant, EnforcementBlock.lifted_at.is_(None))
             .where(or_(EnforcementBlock.until.is_(None), EnforcementBlock.until > now))
         )
-    ).all()
-    if not rows:
-        return BlockStatus(False, None, None, None)
+    ).scalars()
     far = now + timedelta(days=365 * 100)
-    best = max(rows, key=lambda r: r[0] or far)
-    return BlockStatus(True, best[0], best[1], best[2])
+    best: dict[str, Block] = {}
+    for r in rows:
+        b = Block(r.action_id, r.kind, r.tenant, r.target, r.until, r.incident_id, r.technique)
+        effect = split_kind(r.kind)[0]
+        if effect not in best or (b.until or far) > (best[effect].until or far):
+            best[effect] = b
+    order = [e.name for e in actions.effects_for(kind)]
+    return EnforcementStatus(kind, {e: best[e] for e in order if e in best})

@@ -205,7 +205,7 @@ class EnforcementBlock(Base):
     __tablename__ = "enforcement_blocks"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     action_id: Mapped[str] = mapped_column(ForeignKey("actions.id"), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # session | api_key | user
+    kind: Mapped[str] = mapped_column(String(16))  # target kind, or <effect>:<target kind>
     tenant: Mapped[str] = mapped_column(String(128))
     target: Mapped[str] = mapped_column(String(256))
     incident_id: Mapped[str] = mapped_column(String(40))

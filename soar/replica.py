@@ -126,8 +126,6 @@ class EnforcementReplica:
     connected: bool = False
     error: str | None = None
     fresh_at: float = 0.0  # monotonic time of the last successful read of the feed
-    repairs: int = 0  # reconciliations that found drift
-    reloads: int = 0
     _subs: set[Subscriber] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
     _applied: asyncio.Event = field(default_factory=asyncio.Event)
@@ -156,6 +154,9 @@ class EnforcementReplica:
 
     def lookup(self, kind: str, target: str, tenant: str) -> Block | None:
         return self.table.lookup(kind, target, tenant)
+
+    def effects(self, kind: str, target: str, tenant: str) -> dict[str, Block]:
+        return self.table.effects(kind, target, tenant)
 
     async def wait_loaded(self, within: float) -> bool:
         return await self.wait_seq(0, within)
@@ -290,7 +291,6 @@ class EnforcementReplica:
         for b in snap.blocks:
             table.add(b)
         self.table, self.last_seq, self.loaded = table, snap.head, True
-        self.reloads += 1
         self._applied.set()
         if drop_subscribers:
             for sub in list(self._subs):
@@ -310,7 +310,6 @@ class EnforcementReplica:
         mine = self.table.action_ids(now)
         theirs = {b.action_id for b in snap.blocks if b.until_ts > now}
         if mine != theirs:
-            self.repairs += 1
             log.warning(
                 "enforcement replica: drift repaired (%d missing, %d extra)",
                 len(theirs - mine),

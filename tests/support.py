@@ -100,7 +100,7 @@ class ApiServer:
     """uvicorn serving our app on a free port, in a thread with its own event loop."""
 
     def __init__(self, settings: Settings) -> None:
-        from soar.api.app import create_app
+        from atlas_soar.app import create_app
 
         assert settings.database_url and settings.temporal_address
         self.settings = settings
@@ -206,8 +206,8 @@ async def eventually(
 async def running_stack(
     settings: Settings, client: Client, *, worker: bool = True, **ctx_over: Any
 ) -> AsyncIterator[Stack]:
+    from atlas_soar.worker import build_context, make_worker
     from soar.audit.seal import seal_forever
-    from soar.worker import build_context, make_worker
 
     assert settings.database_url
     api = ApiServer(settings)

@@ -24,17 +24,21 @@ import asyncio
 import dataclasses
 import hashlib
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from soar import decisions
+    from activities.actions import ActionActivities
+    from activities.approvals import ApprovalActivities
+    from activities.containment import ContainmentActivities
+    from activities.tickets import TicketActivities
+    from soar import actions, decisions
     from soar.contracts import (
         ActionRef,
         ApprovalEvent,
@@ -43,10 +47,8 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRef,
         CloseInput,
         ContainInput,
-        ContainResult,
         DecisionRecord,
         EnrichInput,
-        EnrichResult,
         FailureInput,
         HookInput,
         StepFailure,
@@ -54,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         approval_id_for,
     )
     from soar.domain import (
+        DECIDER_ROLES,
         SIGNAL_DETECTION,
         UPDATE_DECIDE,
         CarriedAction,
@@ -67,7 +70,6 @@ with workflow.unsafe.imports_passed_through():
         TimedBlock,
     )
 
-DECIDER_ROLES = frozenset({"approver", "admin"})
 # Keeps every run's history well under Temporal's limits for a subject that floods us: a
 # detection costs about 5-25 events (signal, containment marker, task, a ticket note and a
 # hook for a new block, its timer and lift), so 250 stay far below 10,000.
@@ -81,8 +83,10 @@ HANDOVER_WAIT = timedelta(seconds=2)  # for core steps in flight, before contain
 ASSESS_COALESCE = timedelta(minutes=1)
 DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
-ENFORCEMENT = frozenset({"block_session", "block_api_key", "revoke_api_key", "disable_user"})
 
+_P = TypeVar("_P")
+_R = TypeVar("_R")
+_CORE_TIMEOUT = timedelta(seconds=30)
 _FAST = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
 )
@@ -105,7 +109,6 @@ _EXTERNAL_V0 = RetryPolicy(
 class _Approval:
     ref: ApprovalRef
     status: str = "pending"  # pending | approved | rejected | expired
-    decision: DecisionRequest | None = None
     recorded: bool = False
     escalated: bool = False
     # True while only its timers are running: the approval can then be carried across
@@ -144,11 +147,11 @@ class IncidentWorkflow:
         self._queue: list[DetectionFacts] = []
         self._state = _State()
         self._approvals: dict[str, _Approval] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._timers: set[asyncio.Task[object]] = set()
         # Tasks that may be handed over at continue-as-new, while their predicate holds.
-        self._carriable: dict[asyncio.Task[None], Callable[[], bool]] = {}
-        self._steps: dict[asyncio.Task[None], _Step] = {}  # in start order
+        self._carriable: dict[asyncio.Task[object], Callable[[], bool]] = {}
+        self._steps: dict[asyncio.Task[object], _Step] = {}  # in start order
         self._input = inp
         self._run_detections = 0
         # Ticket operations run one at a time, in the order they were asked for, so the
@@ -186,10 +189,9 @@ class IncidentWorkflow:
         approval = self._approvals[req.approval_id]
         # Settle the decision before the first await: a second update sees it decided.
         approval.status = "approved" if req.decision == "approve" else "rejected"
-        approval.decision = req
         decided_at = workflow.now().isoformat()
-        await workflow.execute_activity(
-            "record_decision",
+        await _core(
+            ApprovalActivities.record_decision,
             DecisionRecord(
                 approval=approval.ref,
                 decision=req.decision,
@@ -198,8 +200,6 @@ class IncidentWorkflow:
                 comment=req.comment,
                 decided_at=decided_at,
             ),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_FAST,
         )
         approval.recorded = True
         outcome = ApprovalOutcome(approval.ref, approval.status, req.actor, decided_at)
@@ -313,11 +313,9 @@ class IncidentWorkflow:
             if self._busy():
                 await workflow.wait_condition(lambda: bool(self._queue) or not self._busy())
                 continue
-            closed = await workflow.execute_activity(
-                "close_incident",
+            closed = await _core(
+                ContainmentActivities.close_incident,
                 CloseInput(inp.incident_id, inp.correlation_window_seconds),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_FAST,
             )
             if closed:
                 break
@@ -328,10 +326,10 @@ class IncidentWorkflow:
         await workflow.wait_condition(lambda: not self._busy(timers=False))
         async with self._ticket_lock:
             await self._external(
-                "close_ticket",
+                TicketActivities.close_ticket,
                 inp.incident_id,
                 CarriedStep("close_ticket", self._now_iso(), incident_id=inp.incident_id),
-                start_to_close=timedelta(seconds=60),
+                seconds=60,
             )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return "closed"
@@ -367,12 +365,12 @@ class IncidentWorkflow:
 
     def _spawn(
         self,
-        coro: Coroutine[Any, Any, None],
+        coro: Coroutine[Any, Any, object],
         *,
         timer: bool = False,
         carriable: Callable[[], bool] | None = None,
-    ) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
+    ) -> asyncio.Task[object]:
+        task: asyncio.Task[object] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if timer:
@@ -397,8 +395,8 @@ class IncidentWorkflow:
         # A local activity: containment runs in the same workflow task, without a round trip
         # through the server's activity queue. It is short and idempotent, so re-running it
         # after a worker crash is safe.
-        result: ContainResult = await workflow.execute_local_activity(
-            "contain_detection",
+        result = await workflow.execute_local_activity_method(
+            ContainmentActivities.contain_detection,
             ContainInput(
                 incident_id=inp.incident_id,
                 detection=det,
@@ -406,8 +404,7 @@ class IncidentWorkflow:
                 active_keys=tuple(sorted(st.active_keys)),
                 generations=tuple(sorted(st.generations.items())),
             ),
-            result_type=ContainResult,
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=_CORE_TIMEOUT,
             retry_policy=_FAST,
         )
         for ref in (*result.applied, *result.deferred, *result.needs_approval):
@@ -421,7 +418,7 @@ class IncidentWorkflow:
         # The ticket (a deferred action) is asked for first, so it takes the ticket lock
         # before the notes about the blocks just applied.
         for ref in result.deferred:
-            if self._v1 and ref.action_type not in ENFORCEMENT:
+            if self._v1 and not _enforces(ref.action_type):
                 self._step(CarriedStep("action", self._now_iso(), action=_carry(ref)))
             else:
                 self._spawn(self._run_action(ref))
@@ -464,12 +461,10 @@ class IncidentWorkflow:
     # --- background steps -------------------------------------------------------------------
 
     async def _assess(self, det: DetectionFacts) -> None:
-        result: EnrichResult = await workflow.execute_activity(
-            "enrich_incident",
+        result = await _core(
+            ContainmentActivities.enrich_incident,
             EnrichInput(self._input.incident_id, det),
-            result_type=EnrichResult,
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=_FAST,
+            seconds=60,
         )
         # The ticket usually opens before the assessment is ready: add it as a comment.
         self._note(
@@ -493,62 +488,61 @@ class IncidentWorkflow:
         c = step.carried
         if c.kind == "action" and c.action is not None:
             ref = _action(c.action)
-            if ref.action_type == "open_ticket":
+            if _is_ticket(ref.action_type):
                 async with self._ticket_lock:
                     await self._execute_action(ref, step)
             else:
                 await self._execute_action(ref, step)
         elif c.kind == "hook" and c.action is not None:
-            await self._external_hook(_action(c.action), c.event, step)
-        elif c.kind in ("announce", "remind", "outcome") and c.action is not None:
+            await self._deliver_hook(_action(c.action), c.event, step)
+        elif c.kind in ("announce", "remind") and c.action is not None:
             aref = ApprovalRef(c.approval_id, _action(c.action), c.approval_expires_at)
-            name, arg = {
-                "announce": ("announce_approval", aref),
-                "remind": ("remind_approval", aref),
-                "outcome": ("show_approval_outcome", ApprovalOutcome(aref, c.event, c.by, c.at)),
-            }[c.kind]
-            await self._external(name, arg, c, step=step)
+            announce = c.kind == "announce"
+            fn = (
+                ApprovalActivities.announce_approval
+                if announce
+                else ApprovalActivities.remind_approval
+            )
+            await self._external(fn, aref, c, step=step)
+        elif c.kind == "outcome" and c.action is not None:
+            aref = ApprovalRef(c.approval_id, _action(c.action), c.approval_expires_at)
+            outcome = ApprovalOutcome(aref, c.event, c.by, c.at)
+            await self._external(ApprovalActivities.show_approval_outcome, outcome, c, step=step)
         elif c.kind == "note":
             async with self._ticket_lock:
                 step.started = True
                 c = step.carried  # notes asked for meanwhile were merged into it
                 note = TicketNote(c.incident_id, c.event_key, c.text)
-                await self._external(
-                    "note_ticket", note, c, step=step, start_to_close=timedelta(seconds=60)
-                )
+                await self._external(TicketActivities.note_ticket, note, c, step=step, seconds=60)
         step.open = False
 
     async def _external(
         self,
-        name: str,
-        arg: object,
+        fn: Callable[[Any, _P], Awaitable[object]],
+        arg: _P,
         c: CarriedStep,
         *,
         step: _Step | None = None,
-        start_to_close: timedelta = timedelta(seconds=30),
+        seconds: int = 30,
     ) -> bool:
         """One external step: on the external queue, retried with growing backoff until the
         retry budget (counted from when it was first asked for, across runs) is spent; then
         logged as failed. Returns whether it succeeded."""
+        name = fn.__name__  # the activity's name
         if not self._v1:
-            try:
-                await workflow.execute_activity(
-                    name, arg, start_to_close_timeout=start_to_close, retry_policy=_EXTERNAL_V0
-                )
-            except ActivityError:
-                workflow.logger.warning("external step %s gave up", name)
-                return False
-            return True
+            return await self._attempt(
+                fn, arg, seconds=seconds, retry=_EXTERNAL_V0, failed=lambda _: _gave_up(name)
+            )
         budget = timedelta(seconds=self._ext_age or DEFAULT_EXTERNAL_MAX_AGE)
         left = budget - (workflow.now() - datetime.fromisoformat(c.started_at))
         reason = f"gave up after {int(budget.total_seconds())} s of retries"
         if left > timedelta(seconds=1):
             try:
-                await workflow.execute_activity(
-                    name,
+                await workflow.execute_activity_method(
+                    fn,
                     arg,
                     task_queue=self._ext_queue or None,
-                    start_to_close_timeout=min(start_to_close, left),
+                    start_to_close_timeout=min(timedelta(seconds=seconds), left),
                     schedule_to_close_timeout=left,
                     retry_policy=_EXTERNAL,
                 )
@@ -564,6 +558,26 @@ class IncidentWorkflow:
             step.open = False
         await self._step_failed(name, c, reason)
         return False
+
+    async def _attempt(
+        self,
+        fn: Callable[[Any, _P], Awaitable[object]],
+        arg: _P,
+        *,
+        seconds: int,
+        retry: RetryPolicy,
+        failed: Callable[[str], Awaitable[None]],
+    ) -> bool:
+        """A step tried with `retry` on the workflow's own queue; when it gives up, `failed`
+        gets the cause (and records it). Returns whether it succeeded."""
+        try:
+            await workflow.execute_activity_method(
+                fn, arg, start_to_close_timeout=timedelta(seconds=seconds), retry_policy=retry
+            )
+        except ActivityError as err:
+            await failed(_cause(err))
+            return False
+        return True
 
     async def _step_failed(self, name: str, c: CarriedStep, reason: str) -> None:
         """The failure row of a given-up step (core queue); hooks and actions have theirs."""
@@ -584,11 +598,9 @@ class IncidentWorkflow:
             event = "ticket.failed"
         else:
             key, event = f"{c.approval_id}:{c.kind}-failed", f"approval.{c.kind}_failed"
-        await workflow.execute_activity(
-            "record_step_failure",
+        await _core(
+            ActionActivities.record_step_failure,
             StepFailure(incident, name, event, key, reason[:500], action, c.approval_id or None),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_FAST,
         )
 
     def _hook(self, ref: ActionRef, event: str) -> None:
@@ -599,34 +611,34 @@ class IncidentWorkflow:
         else:
             self._spawn(self._deliver_hook(ref, event))
 
-    async def _deliver_hook(self, ref: ActionRef, event: str) -> None:
-        if self._hooked is not None and ref.action_type not in self._hooked:
+    async def _deliver_hook(self, ref: ActionRef, event: str, step: _Step | None = None) -> None:
+        """The outbound hook call; a failure is logged against the action, which stays in
+        force. `step`: a hook step already scheduled (for a type with a hook)."""
+        if step is None and self._hooked is not None and ref.action_type not in self._hooked:
             return
-        await self._external_hook(ref, event, None)
-
-    async def _external_hook(self, ref: ActionRef, event: str, step: _Step | None) -> None:
-        c = CarriedStep("hook", self._now_iso(), action=_carry(ref), event=event)
-        if step is not None:
-            c = step.carried
+        hook = HookInput(ref, event)
         if self._v1:
-            await self._external("deliver_hook", HookInput(ref, event), c, step=step)
-            return
-        try:
-            await workflow.execute_activity(
-                "deliver_hook",
-                HookInput(ref, event),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=_EXTERNAL_V0,
+            c = (
+                step.carried
+                if step is not None
+                else CarriedStep("hook", self._now_iso(), action=_carry(ref), event=event)
             )
-        except ActivityError as err:
-            await self._record_failure(ref, f"hook ({event}) failed: {_cause(err)}", hook=event)
+            await self._external(ActionActivities.deliver_hook, hook, c, step=step)
+            return
+
+        async def failed(reason: str) -> None:
+            await self._record_failure(ref, f"hook ({event}) failed: {reason}", hook=event)
+
+        await self._attempt(
+            ActionActivities.deliver_hook, hook, seconds=30, retry=_EXTERNAL_V0, failed=failed
+        )
 
     async def _run_action(self, ref: ActionRef) -> None:
-        if ref.action_type == "open_ticket":
+        if _is_ticket(ref.action_type):
             async with self._ticket_lock:
                 await self._execute_action(ref)
             return
-        if await self._execute_action(ref) and ref.action_type != "notify":
+        if await self._execute_action(ref) and _announces(ref.action_type):
             self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}")
             if self._v1:
                 self._hook(ref, "applied")
@@ -634,26 +646,24 @@ class IncidentWorkflow:
                 await self._deliver_hook(ref, "applied")
 
     async def _execute_action(self, ref: ActionRef, step: _Step | None = None) -> bool:
-        if self._v1 and ref.action_type not in ENFORCEMENT:  # a notice or a ticket: external
+        if self._v1 and not _enforces(ref.action_type):  # a notice or a ticket: external
             c = (
                 step.carried
                 if step is not None
                 else CarriedStep("action", self._now_iso(), action=_carry(ref))
             )
-            return await self._external(
-                "run_action", ref, c, step=step, start_to_close=timedelta(seconds=60)
-            )
-        try:
-            await workflow.execute_activity(
-                "run_action",
-                ref,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_FAST if self._v1 else _EXTERNAL_V0,
-            )
-        except ActivityError as err:
-            await self._record_failure(ref, _cause(err))
-            return False
-        return True
+            return await self._external(ActionActivities.run_action, ref, c, step=step, seconds=60)
+
+        async def failed(reason: str) -> None:
+            await self._record_failure(ref, reason)
+
+        return await self._attempt(
+            ActionActivities.run_action,
+            ref,
+            seconds=60,
+            retry=_FAST if self._v1 else _EXTERNAL_V0,
+            failed=failed,
+        )
 
     def _note(self, event_key: str, text: str) -> None:
         if not self._ticketing:
@@ -688,21 +698,13 @@ class IncidentWorkflow:
         async def write() -> None:
             async with self._ticket_lock:
                 await self._external(
-                    "note_ticket",
-                    note,
-                    CarriedStep("note", ""),
-                    start_to_close=timedelta(seconds=60),
+                    TicketActivities.note_ticket, note, CarriedStep("note", ""), seconds=60
                 )
 
         self._spawn(write())
 
     async def _record_failure(self, ref: ActionRef, reason: str, hook: str | None = None) -> None:
-        await workflow.execute_activity(
-            "record_action_failure",
-            FailureInput(ref, reason, hook),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_FAST,
-        )
+        await _core(ActionActivities.record_action_failure, FailureInput(ref, reason, hook))
 
     def _lift_timer(self, block: TimedBlock, ref: ActionRef | None = None) -> None:
         # Carried across continue-as-new (as a timed block) while it sleeps, not while its
@@ -721,12 +723,7 @@ class IncidentWorkflow:
                 await asyncio.sleep(due.total_seconds())
             finally:
                 self._sleeping.discard(block.action_id)
-        await workflow.execute_activity(
-            "lift_block",
-            block,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_FAST,
-        )
+        await _core(ActionActivities.lift_block, block)
         self._note(f"{block.action_id}:lifted", f"Lifted {block.action_key} (expired)")
         st = self._state
         st.timed_blocks.pop(block.action_id, None)
@@ -768,13 +765,7 @@ class IncidentWorkflow:
     async def _approval_flow(self, approval: _Approval) -> None:
         timeout = self._input.approval_timeout_seconds
         action = approval.ref.action
-        ref: ApprovalRef = await workflow.execute_activity(
-            "request_approval",
-            ApprovalInput(action, timeout),
-            result_type=ApprovalRef,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=_FAST,
-        )
+        ref = await _core(ApprovalActivities.request_approval, ApprovalInput(action, timeout))
         approval.ref = ref
         # Deadlines in workflow time (the row's expires_at is the same instant, give or take
         # the activity's latency, on the database's clock).
@@ -791,11 +782,9 @@ class IncidentWorkflow:
                 )
             )
         else:
-            self._spawn(self._announce_v0(ref))
+            announce = CarriedStep("announce", "")
+            self._spawn(self._external(ApprovalActivities.announce_approval, ref, announce))
         await self._await_decision(approval)
-
-    async def _announce_v0(self, ref: ApprovalRef) -> None:
-        await self._external("announce_approval", ref, CarriedStep("announce", ""))
 
     async def _await_decision(self, approval: _Approval) -> None:
         """Escalate at half time (unless done already), expire at the end, or apply the
@@ -809,11 +798,10 @@ class IncidentWorkflow:
             await _wait_until(lambda: approval.status != "pending", approval.escalate_at)
             if approval.status == "pending":
                 approval.waiting = False
-                await workflow.execute_activity(
-                    "escalate_approval",
+                await _core(
+                    ApprovalActivities.escalate_approval,
                     ApprovalEvent(ref, "escalated", notify=not self._v1),
-                    start_to_close_timeout=timedelta(seconds=60),
-                    retry_policy=_FAST,
+                    seconds=60,
                 )
                 approval.escalated = True
                 if self._v1:
@@ -831,11 +819,10 @@ class IncidentWorkflow:
         approval.waiting = False
         if approval.status == "pending":
             approval.status = "expired"
-            await workflow.execute_activity(
-                "expire_approval",
+            await _core(
+                ApprovalActivities.expire_approval,
                 ApprovalEvent(ref, "expired", notify=not self._v1),
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_FAST,
+                seconds=60,
             )
             if self._v1:
                 self._step(
@@ -930,6 +917,23 @@ class IncidentWorkflow:
             )
 
 
+def _enforces(action_type: str) -> bool:
+    """Enforcement runs on the core queue; notices and tickets are external steps."""
+    found = actions.find(action_type)
+    return found is not None and found.enforces
+
+
+def _is_ticket(action_type: str) -> bool:
+    found = actions.find(action_type)
+    return found is not None and found.executor == "ticket"
+
+
+def _announces(action_type: str) -> bool:
+    """Noted on the ticket and sent to its hook once applied (not a notice)."""
+    found = actions.find(action_type)
+    return found is None or "applied" in found.hook_events
+
+
 def _carry(ref: ActionRef) -> CarriedAction:
     return CarriedAction(**dataclasses.asdict(ref))
 
@@ -940,6 +944,17 @@ def _action(c: CarriedAction) -> ActionRef:
 
 def _never() -> bool:
     return False
+
+
+async def _core(fn: Callable[[Any, _P], Awaitable[_R]], arg: _P, *, seconds: int = 30) -> _R:
+    """A core step: on the workflow's own queue, retried quickly until it succeeds."""
+    return await workflow.execute_activity_method(
+        fn, arg, start_to_close_timeout=timedelta(seconds=seconds), retry_policy=_FAST
+    )
+
+
+async def _gave_up(name: str) -> None:
+    workflow.logger.warning("external step %s gave up", name)
 
 
 async def _wait(condition: Callable[[], bool], within: timedelta) -> bool:

@@ -1,14 +1,16 @@
-"""The HTTP API: intake, enforcement checks, incidents, approvals, audit, operations."""
+"""The HTTP API: intake, enforcement checks, incidents, approvals, audit, operations.
+
+`create_api` builds the core of it; the routers of the outer layers (web UI, Slack) are
+passed in by the composition root (`atlas_soar.app`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
@@ -19,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from soar.api import docs, health, intake, response, stream
 from soar.api.deps import AppState
 from soar.api.jsonsafe import printable
+from soar.audit import api as audit_api
 from soar.auth import sync_bootstrap_tokens
 from soar.config import Settings, SettingsError
 from soar.db import make_async_engine, session_factory
@@ -38,13 +41,14 @@ def _unavailable(what: str) -> JSONResponse:
     )
 
 
-def create_app(
+def create_api(
     settings: Settings,
     *,
     database_url: str,
     temporal_address: str,
     webhook_secret: str,
     temporal: Client | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     engine = make_async_engine(database_url)
     state = AppState(settings=settings, factory=session_factory(engine), temporal=temporal)
@@ -136,23 +140,8 @@ def create_app(
         # Never a stack trace to the caller; the detail is in the server log.
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    for router in (health.router, intake.router, stream.router, response.router):
+    core = (health.router, intake.router, stream.router, response.router, audit_api.router)
+    for router in (*core, *routers):
         app.include_router(router)
-    for extra in _optional_routers():
-        app.include_router(extra)
     app.add_middleware(response.EnforcementFastPath, state=state)
     return app
-
-
-def _optional_routers() -> list[Any]:
-    """Routers of features that live in their own packages (audit, Slack, web UI)."""
-    found: list[Any] = []
-    for module, attr in (
-        ("soar.audit.api", "router"),
-        ("approvals.slack_routes", "router"),
-        ("approvals.web", "router"),
-    ):
-        with contextlib.suppress(ModuleNotFoundError):
-            mod = __import__(module, fromlist=[attr])
-            found.append(getattr(mod, attr))
-    return found

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from soar import actions
 from soar.api.deps import AppState
 from soar.decisions import decision_keys, sign_decision
 from soar.domain import DecisionRequest
-from soar.enforcement import KIND_OF_ACTION
 from soar.models import Action, Approval, Detection, Incident, Principal
 
 log = logging.getLogger("soar.approvals")
@@ -63,7 +63,8 @@ async def decider_identities(session: AsyncSession, actor: str) -> set[str]:
 async def subject_identities(session: AsyncSession, approval: Approval) -> set[str]:
     out: set[str] = set()
     action = await session.get(Action, approval.action_id)
-    if action is not None and KIND_OF_ACTION.get(action.action_type) == "user":
+    spec = actions.find(action.action_type) if action is not None else None
+    if action is not None and spec is not None and spec.target == "user":
         out.add(action.target)
     incident = await session.get(Incident, approval.incident_id)
     if incident is not None and incident.subject_key.startswith("user:"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVarTuple
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import (
     WorkflowUpdateFailedError,
@@ -20,7 +20,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from soar import enforcement
+from soar import actions, enforcement
 from soar.api import gate
 from soar.api.deps import (
     AppState,
@@ -32,14 +32,13 @@ from soar.api.deps import (
 )
 from soar.auth import Identity, identity_for_token, token_hash
 from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
-from soar.domain import UPDATE_DECIDE, DecisionRequest, DecisionResult
+from soar.domain import DECIDER_ROLES, UPDATE_DECIDE, DecisionRequest, DecisionResult
 from soar.metrics import DECISIONS
 from soar.models import Action as ActionRow
 from soar.models import ActionLogEntry, Approval, Detection, Incident
 from soar.replica import EnforcementReplica
 
 router = APIRouter()
-_KINDS = {"sessions": "session", "api-keys": "api_key", "users": "user"}
 READERS = ("analyst", "approver", "auditor", "admin")
 # Who may ask whether something is blocked: LLM gateways (role gateway, which may do nothing
 # else) and the people who run the response. Auditors read the log, not the live state.
@@ -115,34 +114,49 @@ def replica_of(state: StateDep) -> EnforcementReplica | None:
     return replica if isinstance(replica, EnforcementReplica) else None
 
 
+def enforcement_status(
+    state: AppState, kind: str, target: str, tenant: str
+) -> enforcement.EnforcementStatus | None:
+    """From this process's replica; None when its feed is stale."""
+    replica = replica_of(state)
+    if replica is None or not replica.fresh:
+        return None
+    return enforcement.EnforcementStatus(kind, replica.effects(kind, target, tenant))
+
+
+def _invalid(errors: list[tuple[str, str]]) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": "invalid request",
+            "errors": [{"field": name, "message": message} for name, message in errors],
+        },
+        status_code=422,
+    )
+
+
 @router.get("/v1/enforcement/{kind}/{target}", tags=["enforcement"], response_model=None)
 async def enforcement_check(
-    kind: Literal["sessions", "api-keys", "users"],
+    kind: str,
     target: str,
     state: StateDep,
     _: EnforcementIdentity,
     tenant: str = "default",
 ) -> JSONResponse:
-    """Answered from this process's replica while its feed is fresh, else from PostgreSQL."""
+    """`kind`: sessions, api-keys, users, or the path of any other target kind an action
+    enforces on (e.g. models). Answered from this process's replica while its feed is
+    fresh, else from PostgreSQL."""
+    target_kind = actions.kind_of_path(kind)
+    if target_kind is None:
+        paths = ", ".join(k.path for k in actions.TARGET_KINDS.values())
+        return _invalid([("kind", f"must be one of {paths}")])
     bad = [name for name, v in (("target", target), ("tenant", tenant)) if "\x00" in v]
     if bad:  # as the database would refuse it: the input's fault, never a 5xx
-        return JSONResponse(
-            {
-                "error": "invalid request",
-                "errors": [
-                    {"field": name, "message": "contains characters that cannot be stored"}
-                    for name in bad
-                ],
-            },
-            status_code=422,
-        )
-    replica = replica_of(state)
-    if replica is not None and replica.fresh:
-        status = enforcement.status_of(replica.lookup(_KINDS[kind], target, tenant))
-    else:
+        return _invalid([(name, "contains characters that cannot be stored") for name in bad])
+    status = enforcement_status(state, target_kind.name, target, tenant)
+    if status is None:
         async with state.factory() as session:
             status = await enforcement.check(
-                session, kind=_KINDS[kind], target=target, tenant=tenant
+                session, kind=target_kind.name, target=target, tenant=tenant
             )
     return JSONResponse(status.as_json())
 
@@ -174,8 +188,9 @@ class EnforcementFastPath:
         await self.app(scope, receive, send)
 
     def _answer(self, scope: Scope) -> dict[str, object] | None:
-        kind, sep, target = scope["path"][len(self._PREFIX) :].partition("/")
-        if kind not in _KINDS or not sep or not target or "/" in target or "\x00" in target:
+        path, sep, target = scope["path"][len(self._PREFIX) :].partition("/")
+        kind = actions.kind_of_path(path)
+        if kind is None or not sep or not target or "/" in target or "\x00" in target:
             return None
         replica = replica_of(self.state)
         cache = self.state.extras.get("token_cache")
@@ -200,15 +215,21 @@ class EnforcementFastPath:
                             return None
             except ValueError:
                 return None
-        return enforcement.status_of(replica.lookup(_KINDS[kind], target, tenant)).as_json()
+        return enforcement.EnforcementStatus(
+            kind.name, replica.effects(kind.name, target, tenant)
+        ).as_json()
 
 
 def _ts(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
 
-def approval_json(a: Approval) -> dict[str, Any]:
-    return {
+def approval_json(
+    a: Approval, action: ActionRow | None = None, inc: Incident | None = None
+) -> dict[str, Any]:
+    """An approval and what it would allow (CONTRACT.md, Approvals): the action, and the
+    incident's technique, severity and subject."""
+    out: dict[str, Any] = {
         "approval_id": a.id,
         "incident_id": a.incident_id,
         "action_id": a.action_id,
@@ -220,6 +241,28 @@ def approval_json(a: Approval) -> dict[str, Any]:
         "channel": a.decision_channel,
         "comment": a.comment,
     }
+    if action is not None:
+        found = actions.find(action.action_type)
+        out["action"] = {
+            "type": action.action_type,
+            "target": action.target,
+            "risk": action.risk,
+            "rule": action.rule,
+            "label": actions.label(action.action_type),
+            "duration_seconds": action.duration_seconds,
+            "irreversible": bool(found and found.irreversible),
+        }
+    if inc is not None:
+        out |= {"technique": inc.technique, "severity": inc.severity, "subject": inc.subject_key}
+    return out
+
+
+def _with_facts() -> Select[Approval, ActionRow, Incident]:
+    return (
+        select(Approval, ActionRow, Incident)
+        .join(ActionRow, ActionRow.id == Approval.action_id)
+        .join(Incident, Incident.id == Approval.incident_id)
+    )
 
 
 async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
@@ -228,7 +271,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             select(Detection).where(Detection.incident_id == inc.id).order_by(Detection.received_at)
         )
     ).all()
-    actions = (
+    action_rows = (
         await session.scalars(
             select(ActionRow).where(ActionRow.incident_id == inc.id).order_by(ActionRow.created_at)
         )
@@ -238,6 +281,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             select(Approval).where(Approval.incident_id == inc.id).order_by(Approval.requested_at)
         )
     ).all()
+    by_id = {a.id: a for a in action_rows}
     timeline = (
         await session.scalars(
             select(ActionLogEntry)
@@ -295,9 +339,9 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
                 "finished_at": _ts(a.finished_at),
                 "error": a.error,
             }
-            for a in actions
+            for a in action_rows
         ],
-        "approvals": [approval_json(a) for a in approvals],
+        "approvals": [approval_json(a, by_id.get(a.action_id), inc) for a in approvals],
         "timeline": [
             {
                 "seq": e.seq,
@@ -311,6 +355,18 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             for e in timeline
         ],
     }
+
+
+_Ts = TypeVarTuple("_Ts")
+
+
+def _incident_filters(q: Select[*_Ts], technique: str | None, subject: str | None) -> Select[*_Ts]:
+    """The incident's technique (a prefix, any case) and part of its subject key."""
+    if technique:
+        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
+    if subject:
+        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
+    return q
 
 
 @router.get("/v1/incidents/{incident_id}", tags=["incidents"])
@@ -335,11 +391,7 @@ async def list_incidents(
     q = select(Incident).order_by(Incident.opened_at.desc()).limit(limit)
     if status:
         q = q.where(Incident.status == status)
-    if technique:
-        q = q.where(Incident.technique.like(like_prefix(technique.upper()), escape=LIKE_ESCAPE))
-    if subject:
-        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
-    rows = (await session.scalars(q)).all()
+    rows = (await session.scalars(_incident_filters(q, technique, subject))).all()
     return {
         "incidents": [
             {
@@ -362,12 +414,15 @@ async def list_approvals(
     session: SessionDep,
     _: Identity = require_roles(*READERS),
     status: Literal["pending", "approved", "rejected", "expired"] | None = None,
+    technique: str | None = Query(None, max_length=32, description="e.g. AML.T0057 (prefix)"),
+    subject: str | None = Query(None, max_length=300, description="part of the subject key"),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    q = select(Approval).order_by(Approval.requested_at.desc()).limit(limit)
+    q = _with_facts().order_by(Approval.requested_at.desc()).limit(limit)
     if status:
         q = q.where(Approval.status == status)
-    return {"approvals": [approval_json(a) for a in (await session.scalars(q)).all()]}
+    rows = (await session.execute(_incident_filters(q, technique, subject))).all()
+    return {"approvals": [approval_json(a, act, inc) for a, act, inc in rows]}
 
 
 class DecisionIn(BaseModel):
@@ -461,7 +516,7 @@ async def decide(
     session: SessionDep,
     identity: IdentityDep,
 ) -> Any:
-    if identity.role not in ("approver", "admin"):
+    if identity.role not in DECIDER_ROLES:
         raise HTTPException(403, f"role {identity.role!r} may not decide approvals")
     req = DecisionRequest(
         approval_id=approval_id,
@@ -498,7 +553,8 @@ async def decide(
 async def get_approval(
     approval_id: str, session: SessionDep, _: Identity = require_roles(*READERS)
 ) -> dict[str, Any]:
-    row = await session.get(Approval, approval_id)
-    if row is None:
+    found = (await session.execute(_with_facts().where(Approval.id == approval_id))).first()
+    if found is None:
         raise HTTPException(404, f"approval {approval_id} not found")
-    return approval_json(row)
+    row, action, inc = found
+    return approval_json(row, action, inc)

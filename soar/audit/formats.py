@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+from soar import actions
+from soar.actions import Ocsf
 from soar.audit.query import COLUMNS, CatalogNames, LogRow
 from soar.escape import csv_cell, json_text
 
@@ -102,21 +104,7 @@ def _csv_line(values: Iterable[Any]) -> str:
 _SEVERITY = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 _SEVERITY_NAME = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High", 5: "Critical"}
 
-# Remediation Activity's activity follows the D3FEND tactic of the action.
-_REMEDIATION_ACTIVITY = {
-    "block_session": (2, "Evict"),  # D3FEND Session Termination
-    "block_api_key": (1, "Isolate"),
-    "revoke_api_key": (2, "Evict"),  # D3FEND Credential Revoking
-    "disable_user": (2, "Evict"),  # D3FEND Account Locking
-}
-_DISPOSITION = {
-    "block_session": (2, "Blocked"),
-    "block_api_key": (2, "Blocked"),
-    "revoke_api_key": (24, "Access Revoked"),
-    "disable_user": (24, "Access Revoked"),
-    "notify": (19, "Alert"),
-    "open_ticket": (7, "Custom Action"),
-}
+_NOT_MAPPED = Ocsf()  # an action type no longer defined (an old row)
 
 
 def is_remediation(row: Mapping[str, Any]) -> bool:
@@ -275,10 +263,13 @@ def ocsf_remediation(row: LogRow, names: CatalogNames) -> dict[str, Any]:
     """A Remediation Activity (7001) for action.* rows."""
     action = row.get("action") or ""
     details = row.get("details") or {}
+    found = actions.find(action)
+    # Remediation Activity's activity follows the D3FEND tactic of the action.
+    mapping = found.ocsf if found else _NOT_MAPPED
     if row["event"] == "action.rolled_back":
         activity_id, activity = 3, "Restore"
     else:
-        activity_id, activity = _REMEDIATION_ACTIVITY.get(action, (99, action or "Other"))
+        activity_id, activity = mapping.activity or (99, action or "Other")
     outcome = row["outcome"]
     if row["event"] == "action.failed":
         status_id, status = 2, "Failure"
@@ -288,16 +279,14 @@ def ocsf_remediation(row: LogRow, names: CatalogNames) -> dict[str, Any]:
         disposition = (16, "No Action")
     else:
         status_id, status = 1, "Success"
-        disposition = (
-            (9, "Restored") if activity_id == 3 else _DISPOSITION.get(action, (7, "Custom Action"))
-        )
+        disposition = (9, "Restored") if activity_id == 3 else mapping.disposition
     # What the control now does to the subject: denies it (a block), allows it again (the
     # block lifted), or neither (a notice, a failure).
     control = (
         (1, "Allowed")
         if activity_id == 3 and status_id == 1
-        else (2, "Denied")
-        if action in _REMEDIATION_ACTIVITY and status_id == 1
+        else mapping.control
+        if status_id == 1
         else (99, "Other")
     )
     event: dict[str, Any] = {

@@ -376,12 +376,12 @@ async def summary(
     when they were requested. Time to contain: an incident's first detection received until its
     first enforcement action applied. Time to decision: approval requested until decided.
     A technique with several tactics counts under each of them in `by_tactic`."""
-    from soar.enforcement import ENFORCEMENT_ACTIONS
+    from soar.actions import enforcement_types
     from soar.models import Action, Approval, Detection, Incident
 
     if since >= until:
         raise AuditQueryError("until", "must be later than since")
-    enforcement = sorted(ENFORCEMENT_ACTIONS)
+    enforcement = sorted(enforcement_types())
     per: dict[str, dict[str, Any]] = {}
 
     def bucket(technique: str) -> dict[str, Any]:

@@ -16,6 +16,10 @@ seconds (events, or heartbeats of a server whose own feed is current). Beyond th
 `fail_mode="open"` keeps answering from the last known blocks (unknown subjects pass);
 `fail_mode="closed"` answers blocked for everyone until the feed is back. `check()` says
 which (`reason="stale"`).
+
+Effects milder than a block (e.g. `throttle`, which asks the gateway to slow the subject
+down) arrive on the same stream: `check()` lists every effect in force on the target in
+`Decision.effects`, and `has_effect("throttle", "session", "s-9")` asks for one.
 """
 
 from __future__ import annotations
@@ -45,13 +49,18 @@ _ALIASES = {"sessions": "session", "api-keys": "api_key", "api_keys": "api_key",
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """`until`, `incident_id` and `technique` are those of the strongest effect in force (a
+    block, else the first of `effects`); `reason` is "blocked", "stale", "clear", or the
+    name of that milder effect."""
+
     blocked: bool
     until: datetime | None = None
     incident_id: str | None = None
     technique: str | None = None
-    reason: Literal["blocked", "stale", "clear"] = "clear"
+    reason: str = "clear"
     kind: str | None = None
     target: str | None = None
+    effects: tuple[str, ...] = ()
 
 
 _CLEAR = Decision(False)
@@ -146,14 +155,21 @@ class EnforcementClient:
             return True
         return self.fail_mode == "closed" and not self.fresh
 
+    def has_effect(self, effect: str, kind: str, target: str, tenant: str = "default") -> bool:
+        return effect in self.table.effects(_ALIASES.get(kind, kind), target, tenant)
+
     def check(self, kind: str, target: str, tenant: str = "default") -> Decision:
         k = _ALIASES.get(kind, kind)
-        b = self.table.lookup(k, target, tenant)
-        if b is not None:
-            return Decision(True, b.until, b.incident_id, b.technique, "blocked", k, target)
-        if self.fail_mode == "closed" and not self.fresh:
-            return Decision(True, None, None, None, "stale", k, target)
-        return _CLEAR
+        found = self.table.effects(k, target, tenant)
+        if "block" not in found and self.fail_mode == "closed" and not self.fresh:
+            return Decision(True, None, None, None, "stale", k, target, tuple(found))
+        if not found:
+            return _CLEAR
+        effect, b = next(iter(found.items()))  # block first
+        reason = "blocked" if effect == "block" else effect
+        return Decision(
+            effect == "block", b.until, b.incident_id, b.technique, reason, k, target, tuple(found)
+        )
 
     def check_subject(
         self,
@@ -164,16 +180,20 @@ class EnforcementClient:
         api_key: str | None = None,
     ) -> Decision:
         """The first of session, api key, user that is blocked (the one blocked longest
-        among them when several are), else clear."""
+        among them when several are); else the one under a milder effect the longest; else
+        clear."""
         found: list[Decision] = []
         for kind, target in (("session", session), ("api_key", api_key), ("user", user)):
             if target:
                 d = self.check(kind, target, tenant)
-                if d.blocked:
+                if d.blocked or d.effects:
                     found.append(d)
         if not found:
             return _CLEAR
-        return max(found, key=lambda d: d.until.timestamp() if d.until else float("inf"))
+        return max(
+            found,
+            key=lambda d: (d.blocked, d.until.timestamp() if d.until else float("inf")),
+        )
 
     # -- running -------------------------------------------------------------------------
 

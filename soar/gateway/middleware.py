@@ -7,7 +7,9 @@ For each HTTP request, `extract(request)` (sync or async) returns the Subject (t
 session, user, api key) or None (not enforced, e.g. /healthz). A subject the local replica
 has blocked gets `403` with a JSON body naming the block and `Retry-After` (seconds until it
 ends; none for a permanent block); with `fail_mode="closed"` and a stale feed, `503` with
-`Retry-After`. No request leaves the process for this decision.
+`Retry-After`. No request leaves the process for this decision. A request that goes on
+carries the decision in `request.state.soar_decision`, whose `effects` name any milder
+effect in force (e.g. `throttle`: slow the subject down).
 
 `detector(text)` (sync or async, optional) scans the prompt, which `prompt_of(body)`
 extracts from the request's JSON body (default: `prompt`, or the `content` of every
@@ -173,6 +175,8 @@ class EnforcementMiddleware:
             self.refused += 1
             await _answer(send, *refusal(decision))
             return
+        # Milder effects (a throttle, ...) are the app's to apply: `request.state.soar_decision`.
+        scope.setdefault("state", {})["soar_decision"] = decision
         if self.detector is not None and scope.get("method") in ("POST", "PUT", "PATCH"):
             receive = await self._scan(scope, receive, subject)
         await self.app(scope, receive, send)

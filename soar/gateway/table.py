@@ -3,6 +3,10 @@
 Pure Python, no I/O. Keyed by ``(kind, tenant, target)`` so a check is one dict lookup and
 a comparison of a float expiry with the clock; expiry is evaluated at lookup, never by a
 timer, so an expired block stops blocking at its instant even if no lift has arrived yet.
+
+An entry's `kind` is the target kind (`session`, `api_key`, `user`, `model`, ...) for a
+block, and `<effect>:<target kind>` for any other effect (`throttle:session`): a client
+that knows only blocks never mistakes a milder effect for one.
 """
 
 from __future__ import annotations
@@ -11,8 +15,19 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-KINDS = ("session", "api_key", "user")
+KINDS = ("session", "api_key", "user")  # the identities of a subject
 _FOREVER = float("inf")
+
+
+def stored_kind(effect: str, kind: str) -> str:
+    """The `kind` of an entry with this effect on a target of this kind."""
+    return kind if effect == "block" else f"{effect}:{kind}"
+
+
+def split_kind(stored: str) -> tuple[str, str]:
+    """(effect, target kind) of an entry's `kind`."""
+    effect, sep, kind = stored.partition(":")
+    return (effect, kind) if sep else ("block", stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +43,10 @@ class Block:
     @property
     def until_ts(self) -> float:
         return self.until.timestamp() if self.until is not None else _FOREVER
+
+    @property
+    def effect(self) -> str:
+        return split_kind(self.kind)[0]
 
     def as_event(self) -> dict[str, object]:
         """The `data:` of a stream event (CONTRACT.md, GET /v1/enforcement/stream)."""
@@ -65,11 +84,12 @@ class BlockTable:
     """``(kind, tenant, target) -> {action_id: (until_ts, Block)}``; a key holds every block
     of that subject (several incidents may block one session), the longest-lasting wins."""
 
-    __slots__ = ("_by_key", "_key_of")
+    __slots__ = ("_by_key", "_effects", "_key_of")
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, str], dict[str, tuple[float, Block]]] = {}
         self._key_of: dict[str, tuple[str, str, str]] = {}
+        self._effects: set[str] = set()  # effects other than block ever added
 
     def __len__(self) -> int:
         return len(self._key_of)
@@ -79,6 +99,8 @@ class BlockTable:
         self.remove(block.action_id)
         self._by_key.setdefault(key, {})[block.action_id] = (block.until_ts, block)
         self._key_of[block.action_id] = key
+        if block.effect != "block":
+            self._effects.add(block.effect)
 
     def remove(self, action_id: str) -> Block | None:
         key = self._key_of.pop(action_id, None)
@@ -103,6 +125,19 @@ class BlockTable:
             if entry[0] > t and (best is None or entry[0] > best[0]):
                 best = entry
         return best[1] if best else None
+
+    def effects(
+        self, kind: str, target: str, tenant: str, now: float | None = None
+    ) -> dict[str, Block]:
+        """Every effect active on that target (the longest-lasting entry of each), block
+        first."""
+        t = time.time() if now is None else now
+        found: dict[str, Block] = {}
+        for effect in ("block", *sorted(self._effects)):
+            hit = self.lookup(stored_kind(effect, kind), target, tenant, t)
+            if hit is not None:
+                found[effect] = hit
+        return found
 
     def blocks(self, now: float | None = None) -> list[Block]:
         """Every active block."""

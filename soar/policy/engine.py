@@ -3,8 +3,9 @@
 No I/O, no clock, no randomness, so workflow code can call `evaluate` deterministically.
 
 - Every rule whose `when` holds fires and contributes its actions, in playbook order.
-- The target of an action comes from the detection's subject (see `_TARGETS`); an action
-  whose target the subject lacks is skipped.
+- The target of an action comes from the detection (its subject, or its evidence: see the
+  action's definition in `soar.actions`); an action whose target the detection lacks is
+  skipped.
 - Actions are deduplicated on `PlannedAction.key`: the first one wins, except that a
   high-risk action replaces a low-risk one with the same key (the safer reading: a human
   must approve it), keeping the first one's place in the plan.
@@ -12,12 +13,13 @@ No I/O, no clock, no randomness, so workflow code can call `evaluate` determinis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from soar.domain import ActionType, DetectionFacts, Plan, PlannedAction, Risk, Severity, Subject
-from soar.policy.playbook import ActionSpec, Condition, Playbook, Rule
+from soar import actions
+from soar.domain import DetectionFacts, Plan, PlannedAction, Risk, Severity
+from soar.policy.playbook import Condition, Playbook, Rule
 
 __all__ = ["RuleVerdict", "evaluate", "explain"]
 
@@ -32,17 +34,6 @@ class RuleVerdict:
     fired: bool
     reasons: tuple[str, ...]
     actions: tuple[PlannedAction, ...] = ()
-
-
-# action type -> (what its target is, for messages; how to read it from subject and spec)
-_TARGETS: dict[ActionType, tuple[str, Callable[[Subject, ActionSpec], str | None]]] = {
-    ActionType.block_session: ("session", lambda s, _a: s.session),
-    ActionType.block_api_key: ("api_key", lambda s, _a: s.api_key),
-    ActionType.revoke_api_key: ("api_key", lambda s, _a: s.api_key),
-    ActionType.disable_user: ("user", lambda s, _a: s.user),
-    ActionType.notify: ("channel", lambda _s, a: a.params.get("channel", "slack")),
-    ActionType.open_ticket: ("incident", lambda _s, _a: "incident"),
-}
 
 
 def evaluate(
@@ -95,32 +86,32 @@ def _run(
             verdicts.append(RuleVerdict(rule.name, False, tuple(reasons)))
             continue
         fired.append(rule.name)
-        actions, notes = _plan_rule(rule, detection.subject, planned)
-        verdicts.append(RuleVerdict(rule.name, True, tuple(reasons + notes), actions))
+        asked, notes = _plan_rule(rule, detection, planned)
+        verdicts.append(RuleVerdict(rule.name, True, tuple(reasons + notes), asked))
     return Plan(actions=tuple(planned.values()), rules_fired=tuple(fired)), verdicts
 
 
 def _plan_rule(
-    rule: Rule, subject: Subject, planned: dict[str, PlannedAction]
+    rule: Rule, detection: DetectionFacts, planned: dict[str, PlannedAction]
 ) -> tuple[tuple[PlannedAction, ...], list[str]]:
     """Resolves the rule's actions and merges them into `planned` (mutated)."""
-    actions: list[PlannedAction] = []
+    asked: list[PlannedAction] = []
     notes: list[str] = []
     for spec in rule.actions:
-        field_name, read = _TARGETS[spec.action_type]
-        target = read(subject, spec)
-        if not target:
-            notes.append(f"skipped {spec.action_type.value}: the subject has no {field_name}")
+        definition = actions.definition(spec.action_type)
+        target = definition.target_of(detection, spec.params)
+        if target is None:
+            notes.append(f"skipped {spec.action_type}: {definition.missing(spec.params)}")
             continue
         action = PlannedAction(
-            action_type=spec.action_type.value,
+            action_type=spec.action_type,
             risk=spec.risk.value,
-            target=target,
-            params=dict(spec.params),  # a copy: the playbook is shared between evaluations
+            target=target.value,
+            params=target.params,  # a copy: the playbook is shared between evaluations
             duration_seconds=spec.duration_seconds,
             rule=rule.name,
         )
-        actions.append(action)
+        asked.append(action)
         earlier = planned.get(action.key)
         if earlier is None:
             planned[action.key] = action
@@ -131,7 +122,7 @@ def _plan_rule(
             )
         else:
             notes.append(f"{action.key}: already planned by rule {earlier.rule!r}")
-    return tuple(actions), notes
+    return tuple(asked), notes
 
 
 def _match(cond: Condition, facts: _Facts) -> tuple[bool, list[str]]:

@@ -18,13 +18,13 @@ A playbook maps detections to response actions::
             - {severity_at_least: critical}   # each takes the same keys (nesting allowed)
             - {repeat_count_at_least: 3}
         actions:                         # required, at least one
-          - type: block_session          # block_session|block_api_key|revoke_api_key|
-                                         #   disable_user|notify|open_ticket
+          - type: block_session          # an action type of soar.actions (one module each)
             risk: low                    # required: low (automatic) | high (needs approval)
-            duration: 15m                # optional, <int><s|m|h|d>; only for block_session,
-                                         #   block_api_key and disable_user
+            duration: 15m                # optional, <int><s|m|h|d>; only for temporary
+                                         #   action types (block_session, disable_user, ...)
             params: {reason: "..."}      # optional, string -> string
-                                         #   (notify: `channel`, default "slack")
+                                         #   (notify: `channel`, default "slack"; an action
+                                         #   with several target kinds: `target_kind`)
 
 Every mistake is refused at load time with a `PlaybookError` naming the source, the line of
 the offending node and the path to it, e.g.
@@ -44,26 +44,10 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from soar.domain import ActionType, Risk, Severity
-
-__all__ = [
-    "ActionSpec",
-    "Condition",
-    "Playbook",
-    "PlaybookError",
-    "Rule",
-    "default_playbook",
-    "load_playbook",
-    "load_playbook_text",
-    "parse_duration",
-]
+from soar import actions
+from soar.domain import Risk, Severity
 
 DEFAULT_PLAYBOOK_RESOURCE = "default_playbook.yaml"
-
-# Revoking a key, a ticket or a notice cannot "lift itself"; only blocks and disables can.
-TEMPORARY_ACTIONS = frozenset(
-    {ActionType.block_session, ActionType.block_api_key, ActionType.disable_user}
-)
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -109,7 +93,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class ActionSpec:
-    action_type: ActionType
+    action_type: str  # a name of soar.actions
     risk: Risk
     duration_seconds: int | None = None
     params: dict[str, str] = field(default_factory=dict)
@@ -361,9 +345,8 @@ class _Parser:
     def action(self, node: Node, path: str) -> ActionSpec:
         fields = self.mapping(node, path, _ACTION_KEYS)
         type_node = self.require(fields, "type", node, path)
-        action_type = ActionType(
-            self.choice(type_node, f"{path}.type", [a.value for a in ActionType])
-        )
+        action_type = self.choice(type_node, f"{path}.type", actions.names())
+        definition = actions.definition(action_type)
         # Risk is required: defaulting either way would hide whether a human must approve.
         risk = Risk(
             self.choice(
@@ -373,12 +356,13 @@ class _Parser:
         duration_seconds = None
         if "duration" in fields:
             duration_node = fields["duration"]
-            if action_type not in TEMPORARY_ACTIONS:
+            if not definition.temporary:
+                temporary = [a.name for a in actions.ACTIONS.values() if a.temporary]
                 raise self.error(
                     duration_node,
                     f"{path}.duration",
-                    f"{action_type.value} is not temporary; duration only applies to "
-                    + ", ".join(sorted(a.value for a in TEMPORARY_ACTIONS)),
+                    f"{action_type} is not temporary; duration only applies to "
+                    + ", ".join(sorted(temporary)),
                 )
             raw = self.scalar(duration_node, f"{path}.duration")
             try:
@@ -402,6 +386,8 @@ class _Parser:
                     raise self.error(value_node, value_path, "expected a string value")
                 # The source text, so `on: yes` stays "yes" rather than becoming "True".
                 params[key] = str(value_node.value)
+            for key, reason in definition.param_errors(params):
+                raise self.error(params_node, f"{path}.params.{key}", reason)
         return ActionSpec(
             action_type=action_type,
             risk=risk,
@@ -409,3 +395,14 @@ class _Parser:
             params=params,
             line=_line(node),
         )
+
+
+def risk_notes(playbook: Playbook) -> list[str]:
+    """Where a rule runs without approval an action whose definition asks for one."""
+    return [
+        f"line {spec.line}: rule {rule.name!r}: {spec.action_type} runs with risk low, "
+        "without an approval (its default risk is high)"
+        for rule in playbook.rules
+        for spec in rule.actions
+        if spec.risk == Risk.low and actions.definition(spec.action_type).default_risk == Risk.high
+    ]

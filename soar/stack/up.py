@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -119,10 +119,12 @@ def _soar_command() -> str:
     mine = Path(sys.executable).with_name("soar")
     if found and Path(found).resolve() == mine.resolve():
         return "soar"
-    return str(mine) if mine.exists() else f"{sys.executable} -m soar.cli"
+    return str(mine) if mine.exists() else f"{sys.executable} -m atlas_soar"
 
 
-def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
+def run_stack(settings: Settings, *, command: Sequence[str], console: Console, err: Console) -> int:
+    """`command`: how to run `soar` (the worker and the API are started as `command worker`
+    and `command api`)."""
     home = settings.home
     from soar.errors import explain
     from soar.stack.preflight import check_policy
@@ -196,7 +198,7 @@ def run_stack(settings: Settings, *, console: Console, err: Console) -> int:
             for cmd in ("worker", "api"):
                 children.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "soar.cli", cmd],
+                        [*command, cmd],
                         env=env,
                         stdin=subprocess.DEVNULL,
                     )

@@ -101,7 +101,7 @@ async def test_approver_signs_in_approves_and_sees_the_action_applied(
 ) -> None:
     from playwright.async_api import expect
 
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     added = CliRunner().invoke(
         app,

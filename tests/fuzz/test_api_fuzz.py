@@ -134,7 +134,7 @@ def with_intake_body(raw: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def fuzz_app(fuzz_settings: Settings) -> Iterator[FastAPI]:
-    from soar.api.app import create_app
+    from atlas_soar.app import create_app
 
     assert fuzz_settings.database_url and fuzz_settings.temporal_address
     app = create_app(
@@ -155,7 +155,7 @@ def fuzz_app(fuzz_settings: Settings) -> Iterator[FastAPI]:
 def _schema() -> schemathesis.BaseSchema:
     """Built at collection, from an app that never connects (only its OpenAPI document is
     read); each call goes to the session's real app (`fuzz_app`)."""
-    from soar.api.app import create_app
+    from atlas_soar.app import create_app
 
     dummy = make_settings("postgresql://fuzz@127.0.0.1:1/none", "127.0.0.1:1", "tq-none")
     app = create_app(

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from soar.cli import app
+from atlas_soar.cli import app
 from tests.conftest import REFERENCE
 
 ATLAS_YAML = REFERENCE / "atlas" / "ATLAS.yaml"

@@ -444,7 +444,7 @@ async def test_atlas_navigator_layer(stack: Stack) -> None:
 async def test_report_command_prints_the_same_summary(stack: Stack) -> None:
     from typer.testing import CliRunner
 
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     assert stack.settings.database_url
     seed_incidents(stack.settings.database_url)

@@ -226,7 +226,7 @@ async def test_streams_return_every_matching_row_in_order(log_url: str) -> None:
 def test_cli_export_and_search(log_url: str) -> None:
     from typer.testing import CliRunner
 
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     runner = CliRunner()
     env = {"SOAR_DATABASE_URL": log_url, "COLUMNS": "250"}

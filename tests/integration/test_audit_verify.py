@@ -244,7 +244,7 @@ async def test_tampering_is_caught_and_the_first_bad_row_named(
 
 
 def test_cli_verify_exits_0_then_1_naming_the_row(log_url: str) -> None:
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     runner = CliRunner()
     env = {"SOAR_DATABASE_URL": log_url}

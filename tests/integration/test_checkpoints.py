@@ -42,7 +42,7 @@ def insert_and_seal(url: str, start: int, n: int) -> None:
 
 
 def cli(url: str, *args: str) -> Any:
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     return CliRunner().invoke(app, ["audit", *args], env={"SOAR_DATABASE_URL": url})
 

@@ -28,7 +28,7 @@ WHSEC = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
 
 
 def run(args: list[str], **env: str) -> tuple[int, str]:
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     clean = {k: None for k in os.environ if k.startswith("SOAR_")}
     result = CliRunner().invoke(app, args, env={**clean, "SOAR_HOME": "/nonexistent", **env})
@@ -108,7 +108,7 @@ def test_soar_up_refuses_a_bad_playbook_before_starting_anything(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
     env.update(SOAR_HOME=str(home), SOAR_POLICY_FILE=str(bad), SOAR_API_PORT=str(_free_port()))
     done = subprocess.run(
-        [sys.executable, "-m", "soar.cli", "up"],
+        [sys.executable, "-m", "atlas_soar", "up"],
         env=env,
         capture_output=True,
         text=True,

@@ -8,9 +8,9 @@ from datetime import timedelta
 import psycopg
 from temporalio.client import Client
 
+from atlas_soar.worker import build_context, make_worker
 from soar.intake.service import redeliver_undispatched
 from soar.stack.proc import free_port
-from soar.worker import build_context, make_worker
 from tests.support import ApiServer, detection, eventually, make_settings, sign
 
 

@@ -154,7 +154,7 @@ def api_process(settings: Any, port: int, home: Path) -> Iterator[subprocess.Pop
         SOAR_HOME=str(home),
         SOAR_LOG_LEVEL="WARNING",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "soar.cli", "api"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "atlas_soar", "api"], env=env)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

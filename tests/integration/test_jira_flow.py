@@ -20,12 +20,12 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.context import incident_brief
 from activities.tickets import TicketActivities
+from atlas_soar.worker import build_context
 from soar.config import Settings
 from soar.connectors import NullTicketing
 from soar.contracts import TicketNote
 from soar.db import sqlalchemy_url, transaction
 from soar.models import Incident
-from soar.worker import build_context
 from tests.fakes.jira_api import FakeJira
 from tests.support import Stack, bearer, detection, eventually, make_settings, running_stack
 

@@ -50,7 +50,7 @@ def test_readyz_names_what_is_unreachable(db_url: str, task_queue: str) -> None:
 def test_bad_setting_is_one_line_and_non_zero() -> None:
     env = {**os.environ, "SOAR_API_PORT": "not-a-port"}
     proc = subprocess.run(
-        [sys.executable, "-m", "soar.cli", "up"],
+        [sys.executable, "-m", "atlas_soar", "up"],
         env=env,
         capture_output=True,
         text=True,

@@ -147,7 +147,7 @@ def start_worker(settings: Any, hooks: dict[str, str]) -> subprocess.Popen[bytes
         SOAR_DECISION_KEY=DECISION_KEY,
         SOAR_LOG_LEVEL="WARNING",
     )
-    return subprocess.Popen([sys.executable, "-m", "soar.cli", "worker"], env=env)
+    return subprocess.Popen([sys.executable, "-m", "atlas_soar", "worker"], env=env)
 
 
 async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothing(

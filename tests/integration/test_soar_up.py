@@ -33,7 +33,7 @@ def test_up_with_existing_servers_then_ctrl_c(
         "SOAR_API_PORT": str(port),
         "SOAR_TEMPORAL_TASK_QUEUE": "tq-up-test",
     }
-    cmd = [sys.executable, "-m", "soar.cli", "up"]
+    cmd = [sys.executable, "-m", "atlas_soar", "up"]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -81,7 +81,7 @@ def _try_it_as_the_readme_says(home: Path, port: int) -> None:
         if k not in ("SOAR_DATABASE_URL", "SOAR_TEMPORAL_ADDRESS")
     }
     env.update(SOAR_HOME=str(home), SOAR_API_PORT=str(port))
-    soar = [sys.executable, "-m", "soar.cli"]
+    soar = [sys.executable, "-m", "atlas_soar"]
     sent = subprocess.run(
         [*soar, "send", "--technique", "AML.T0051", "--session", "s-try", "--tenant", "acme"],
         env=env,

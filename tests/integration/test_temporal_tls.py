@@ -109,7 +109,7 @@ async def test_cli_worker_connects_over_mtls(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "soar.cli",
+            "atlas_soar",
             "worker",
             env=env,
             stderr=asyncio.subprocess.PIPE,
@@ -158,7 +158,7 @@ async def test_bad_tls_paths_are_one_line_naming_the_variable(tmp_path: Path) ->
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "soar.cli",
+            "atlas_soar",
             "worker",
             env=env,
             stderr=asyncio.subprocess.PIPE,

@@ -12,7 +12,7 @@ from tests.support import make_settings
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    from soar.api.app import create_app
+    from atlas_soar.app import create_app
 
     settings = make_settings("postgresql://nobody@127.0.0.1:1/none", "127.0.0.1:1", "q")
     app = create_app(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from soar.domain import ActionType, DetectionFacts, Plan, Risk, Subject
+from soar.domain import DetectionFacts, Plan, Risk, Subject
 from soar.policy import (
     Playbook,
     PlaybookError,
@@ -307,7 +307,7 @@ def test_valid_rule_loads_with_parsed_values() -> None:
     assert rule.when.techniques == ("AML.T0051*",)
     (action,) = rule.actions
     assert (action.action_type, action.risk, action.duration_seconds) == (
-        ActionType.block_session,
+        "block_session",
         Risk.low,
         900,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from soar.cli import app
+from atlas_soar.cli import app
 from tests.support import detection
 
 runner = CliRunner()

@@ -130,11 +130,11 @@ class Fakes:
                 )
             if fakes.high_risk and "revoke_api_key:k-1" not in inp.active_keys:
                 approval.append(fakes._ref(inp, "revoke_api_key", "high", "k-1"))
-            return ContainResult("AML.TA0005", tuple(applied), (), tuple(approval))
+            return ContainResult(tuple(applied), (), tuple(approval))
 
         @activity.defn(name="enrich_incident")
         async def enrich(inp: EnrichInput) -> EnrichResult:
-            return EnrichResult(50.0, "AML.TA0005", "summary")
+            return EnrichResult(50.0, "summary")
 
         @activity.defn(name="lift_block")
         async def lift(block: TimedBlock) -> bool:

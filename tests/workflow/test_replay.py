@@ -1,0 +1,28 @@
+"""IncidentWorkflow replays the histories of earlier versions: runs recorded (with the fake
+activities of test_incident_workflow.py) from the code before the bulkheads (`v0-*`, no
+`bulkheads-v1` marker) and from the code before the action registry (`v1-*`). A change that
+would make a running incident fail on its next workflow task fails here."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflows.incident import IncidentWorkflow
+
+HISTORIES = sorted((Path(__file__).parents[1] / "fixtures" / "histories").glob("*.json.gz"))
+
+
+def test_there_are_histories_of_both_versions() -> None:
+    names = {p.name[:2] for p in HISTORIES}
+    assert names == {"v0", "v1"} and len(HISTORIES) >= 15
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.name.removesuffix(".json.gz"))
+async def test_an_earlier_history_replays(path: Path) -> None:
+    history = WorkflowHistory.from_json(path.name, gzip.decompress(path.read_bytes()).decode())
+    await Replayer(workflows=[IncidentWorkflow]).replay_workflow(history)
