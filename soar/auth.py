@@ -20,7 +20,6 @@ from soar.models import Principal
 class Identity:
     name: str
     role: str
-    slack_user_id: str | None = None
 
 
 def token_hash(token: str) -> str:
@@ -62,7 +61,7 @@ async def identity_for_token(session: AsyncSession, token: str) -> Identity | No
             Principal.token_hash == token_hash(token), Principal.disabled.is_(False)
         )
     )
-    return Identity(p.name, p.role, p.slack_user_id) if p else None
+    return Identity(p.name, p.role) if p else None
 
 
 async def identity_for_password(session: AsyncSession, name: str, password: str) -> Identity | None:
@@ -71,4 +70,4 @@ async def identity_for_password(session: AsyncSession, name: str, password: str)
     )
     if p is None or not p.password_hash or not verify_password(password, p.password_hash):
         return None
-    return Identity(p.name, p.role, p.slack_user_id)
+    return Identity(p.name, p.role)

@@ -326,6 +326,9 @@ def policy_explain(
         out.print(
             f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})", highlight=False
         )
+        rule = pb.rule(a.rule)
+        if a.risk == "high" and rule is not None:
+            out.print(f"      needs approval: {rule.approval_summary()}", highlight=False)
 
 
 def _register_optional_commands() -> None:

@@ -202,6 +202,8 @@ class CarriedApproval:
     escalate_at: str
     expire_at: str
     escalated: bool = False
+    quorum: int = 1
+    votes: tuple[tuple[str, str], ...] = ()  # (approver, actor) of each approval so far
 
 
 @dataclass(frozen=True)
@@ -228,8 +230,11 @@ class DecisionRequest:
     decision: str  # approve | reject
     actor: str  # principal name, or slack:<user id>
     role: str
-    channel: str = "api"  # api | slack | ui
+    channel: str = "api"  # api | slack | ui | email
     comment: str | None = None
+    # Who this is, for the quorum's "distinct approvers": the principal's name ("" for a
+    # Slack user known only to SOAR_SLACK_APPROVERS, counted by `actor`).
+    approver: str = ""
 
 
 @dataclass(frozen=True)
@@ -241,3 +246,5 @@ class DecisionResult:
     # False when the workflow accepted the decision but had not recorded it by the API's
     # deadline: it will be (the recording is retried until it lands); poll the approval.
     confirmed: bool = True
+    approvals: int = 0  # approvals given so far (status "pending": the quorum is not met)
+    quorum: int = 1

@@ -147,6 +147,7 @@ def _optional_routers() -> list[Any]:
     for module, attr in (
         ("soar.audit.api", "router"),
         ("approvals.slack_routes", "router"),
+        ("approvals.email_routes", "router"),
         ("approvals.web", "router"),
     ):
         with contextlib.suppress(ModuleNotFoundError):

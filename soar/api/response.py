@@ -29,12 +29,13 @@ from soar.api.deps import (
     require_roles,
     temporal_or_503,
 )
+from soar.approvers import decision_refusal
 from soar.auth import Identity, identity_for_token, token_hash
 from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
 from soar.domain import UPDATE_DECIDE, DecisionRequest, DecisionResult
 from soar.metrics import DECISIONS
 from soar.models import Action as ActionRow
-from soar.models import ActionLogEntry, Approval, Detection, Incident
+from soar.models import ActionLogEntry, Approval, ApprovalMessage, Detection, Incident
 from soar.replica import EnforcementReplica
 
 router = APIRouter()
@@ -206,7 +207,8 @@ def _ts(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
 
 
-def approval_json(a: Approval) -> dict[str, Any]:
+def approval_json(a: Approval, channels: list[str] | None = None) -> dict[str, Any]:
+    votes = [v for v in a.votes or () if isinstance(v, dict)]
     return {
         "approval_id": a.id,
         "incident_id": a.incident_id,
@@ -218,7 +220,31 @@ def approval_json(a: Approval) -> dict[str, Any]:
         "decided_by": a.decided_by,
         "channel": a.decision_channel,
         "comment": a.comment,
+        # The playbook rule's requirements and what has been given towards them.
+        "quorum": a.quorum,
+        "approvers": list(a.approver_groups or ()),
+        "escalate_to": a.escalate_to,
+        "escalated_at": _ts(a.escalated_at),
+        "approvals": [
+            {"by": v.get("by"), "channel": v.get("channel"), "at": v.get("at")} for v in votes
+        ],
+        # The channels that announced it (Slack, e-mail).
+        "channels": channels if channels is not None else [],
     }
+
+
+async def announced_on(session: SessionDep, ids: list[str]) -> dict[str, list[str]]:
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(ApprovalMessage.approval_id, ApprovalMessage.channel)
+        .where(ApprovalMessage.approval_id.in_(ids), ApprovalMessage.kind == "announce")
+        .distinct()
+    )
+    found: dict[str, list[str]] = {}
+    for approval_id, channel in rows.all():
+        found.setdefault(approval_id, []).append(channel)
+    return {k: sorted(v) for k, v in found.items()}
 
 
 async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
@@ -237,6 +263,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             select(Approval).where(Approval.incident_id == inc.id).order_by(Approval.requested_at)
         )
     ).all()
+    announced = await announced_on(session, [a.id for a in approvals])
     timeline = (
         await session.scalars(
             select(ActionLogEntry)
@@ -296,7 +323,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             }
             for a in actions
         ],
-        "approvals": [approval_json(a) for a in approvals],
+        "approvals": [approval_json(a, announced.get(a.id, [])) for a in approvals],
         "timeline": [
             {
                 "seq": e.seq,
@@ -361,12 +388,26 @@ async def list_approvals(
     session: SessionDep,
     _: Identity = require_roles(*READERS),
     status: Literal["pending", "approved", "rejected", "expired"] | None = None,
+    channel: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z][a-z0-9_-]{0,15}$",
+            description="announced on or decided through this channel: slack, email, api, ui",
+        ),
+    ] = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     q = select(Approval).order_by(Approval.requested_at.desc()).limit(limit)
     if status:
         q = q.where(Approval.status == status)
-    return {"approvals": [approval_json(a) for a in (await session.scalars(q)).all()]}
+    if channel:
+        announced = select(ApprovalMessage.approval_id).where(
+            ApprovalMessage.channel == channel, ApprovalMessage.kind == "announce"
+        )
+        q = q.where(Approval.id.in_(announced) | (Approval.decision_channel == channel))
+    rows = (await session.scalars(q)).all()
+    on = await announced_on(session, [a.id for a in rows])
+    return {"approvals": [approval_json(a, on.get(a.id, [])) for a in rows]}
 
 
 class DecisionIn(BaseModel):
@@ -401,8 +442,10 @@ async def send_decision(
     *,
     deadline: float = DECISION_DEADLINE_SECONDS,
 ) -> DecisionResult:
-    """The one gate every channel (API, Slack, web UI) goes through: a Temporal update whose
-    validator refuses unknown, already-decided or unauthorized decisions.
+    """The one gate every channel (API, Slack, web UI, e-mail) goes through: the rule's
+    approver groups (`soar.approvers`), then a Temporal update whose validator refuses
+    unknown, already-decided or unauthorized decisions and a second approval by the same
+    approver.
 
     Never holds the caller for long: once the workflow has accepted the decision (the
     validator passed, so it is settled and first-decision-wins holds), the answer waits at
@@ -413,6 +456,10 @@ async def send_decision(
         raise DecisionRefused(404, f"approval {approval_id} not found")
     if approval.status != "pending":
         raise DecisionRefused(409, f"approval {approval_id} is already {approval.status}")
+    refusal = await decision_refusal(session, approval, req.approver)
+    if refusal is not None:
+        DECISIONS.labels(channel=req.channel, outcome="refused").inc()
+        raise DecisionRefused(403, refusal)
     client = temporal_or_503(state)
     handle = client.get_workflow_handle(approval.workflow_id)
     try:
@@ -429,7 +476,11 @@ async def send_decision(
             )
         except TimeoutError:
             status = "approved" if req.decision == "approve" else "rejected"
-            result = DecisionResult(approval_id, status, req.actor, "", confirmed=False)
+            if status == "approved" and len(approval.votes or ()) + 1 < approval.quorum:
+                status = "pending"  # counted towards the quorum, as far as we can tell
+            result = DecisionResult(
+                approval_id, status, req.actor, "", confirmed=False, quorum=approval.quorum
+            )
     except WorkflowUpdateRPCTimeoutOrCancelledError:
         # No worker validated it in time (busy, or restarting). The server keeps the request
         # and delivers it when a worker polls: submitted, not refused. Poll the approval.
@@ -462,18 +513,21 @@ async def decide(
         role=identity.role,
         channel="api",
         comment=body.comment,
+        approver=identity.name,
     )
     try:
         result = await send_decision(state, session, approval_id, req)
     except DecisionRefused as exc:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         raise HTTPException(exc.status, str(exc), headers=headers) from None
-    answer = {
+    answer: dict[str, Any] = {
         "approval_id": result.approval_id,
         "status": result.status,
         "decided_by": result.decided_by,
         "decided_at": result.decided_at or None,
     }
+    if result.quorum > 1:
+        answer |= {"approvals": result.approvals, "quorum": result.quorum}
     if not result.confirmed:
         # Not recorded yet: say where to look instead of holding the caller. "accepted": the
         # workflow validated it (first decision wins holds) and records it; "submitted": no
@@ -493,4 +547,4 @@ async def get_approval(
     row = await session.get(Approval, approval_id)
     if row is None:
         raise HTTPException(404, f"approval {approval_id} not found")
-    return approval_json(row)
+    return approval_json(row, (await announced_on(session, [row.id])).get(row.id, []))
