@@ -304,11 +304,34 @@ async def test_two_person_rule_by_email_slack_and_api(
                 assert body(m).splitlines()[0] == sentence + "."
                 assert str(m["In-Reply-To"]) == str(revoke_mails[str(m["To"])]["Message-ID"])
 
-            # The other approval: bob approves (API), alice rejects by e-mail: it ends there.
+            # The other approval: bob approves in the web UI, which shows the rule and the
+            # count; then alice rejects by e-mail: it ends there.
             disable = await approval_of(stack, incident_id, "disable_user")
-            counted = await api_decide(stack, "bob", disable["approval_id"], "approve")
-            assert counted.status_code == 200, counted.text
-            assert counted.json()["status"] == "pending" and counted.json()["approvals"] == 1
+            async with httpx.AsyncClient(base_url=stack.api.url) as ui:
+                login = await ui.get("/ui/login")
+                found = _CSRF.search(login.text)
+                assert found
+                signed_in = await ui.post(
+                    "/ui/login",
+                    data={"csrf": html.unescape(found.group(1)), "token": PEOPLE["bob"]},
+                )
+                assert signed_in.status_code == 303
+                page = await ui.get("/ui/approvals")
+                assert "0 of 2 approvals" in page.text and "<code>secops</code>" in page.text
+                assert "escalates to <code>oncall</code>" in page.text
+                found = _CSRF.search(page.text)
+                assert found
+                voted = await ui.post(
+                    f"/ui/approvals/{disable['approval_id']}/decision",
+                    data={"csrf": html.unescape(found.group(1)), "decision": "approve"},
+                    follow_redirects=True,
+                )
+                assert "your approval is recorded (1 of 2); another approver is needed" in (
+                    html.unescape(voted.text)
+                )
+                assert "1 of 2 approvals</strong> (bob)" in voted.text
+            counted = await approval_of(stack, incident_id, "disable_user")
+            assert counted["status"] == "pending" and counted["approvals"][0]["channel"] == "ui"
             alice_disable = next(
                 m
                 for m in smtp.received()
