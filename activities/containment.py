@@ -179,11 +179,21 @@ class ContainmentActivities:
             applied=tuple(applied),
             deferred=tuple(deferred),
             needs_approval=tuple(approval),
+            quorums=self._quorums(approval),
             ticketing=self.ctx.ticketing.enabled,
             hooked=tuple(sorted(self.ctx.hooks.urls)),
             external_task_queue=self.ctx.settings.external_task_queue,
             external_max_age_seconds=self.ctx.settings.external_max_age_seconds,
         )
+
+    def _quorums(self, refs: list[ActionRef]) -> tuple[tuple[str, int], ...]:
+        """The quorum of each approval's rule, where it needs more than one approval."""
+        found = []
+        for ref in refs:
+            rule = self.ctx.playbook.rule(ref.rule) if ref.rule else None
+            if rule is not None and rule.quorum > 1:
+                found.append((ref.action_id, rule.quorum))
+        return tuple(found)
 
     def _unavailable(self, action_type: str) -> str | None:
         executor = actions.definition(action_type).executor

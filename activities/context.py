@@ -10,20 +10,23 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from approvals.principals import approver_slack_ids
+from approvals.channels import ApprovalChannel
+from approvals.principals import approver_contacts
 from soar.atlas.store import technique_info
 from soar.config import Settings
 from soar.connectors import (
     ApprovalBrief,
+    ChannelMessage,
     IncidentBrief,
     Notifier,
     NullNotifier,
     NullTicketing,
     Ticketing,
+    Vote,
 )
 from soar.contracts import ActionRef
 from soar.hooks import HookClient
-from soar.models import Action, Approval, Detection, Incident
+from soar.models import Action, Approval, ApprovalMessage, Detection, Incident
 from soar.policy import Playbook
 
 
@@ -35,6 +38,8 @@ class ActivityContext:
     hooks: HookClient
     notifier: Notifier = field(default_factory=NullNotifier)
     ticketing: Ticketing = field(default_factory=NullTicketing)
+    # Every configured approval channel (approvals.channels.configured_channels).
+    channels: tuple[ApprovalChannel, ...] = ()
 
 
 def now() -> datetime:
@@ -114,7 +119,7 @@ async def incident_brief(
 async def load_approval_brief(
     *, session: AsyncSession, settings: Settings, approval_id: str
 ) -> ApprovalBrief | None:
-    """The brief for an approval row: what Slack and the UI show about it."""
+    """The brief for an approval row: what every channel and the UI show about it."""
     row = await session.get(Approval, approval_id)
     if row is None:
         return None
@@ -128,7 +133,34 @@ async def load_approval_brief(
         target=action.target,
         expires_at=row.expires_at.isoformat(),
         incident=incident,
-        slack_channel=row.slack_channel,
-        slack_ts=row.slack_ts,
-        approvers=await approver_slack_ids(session=session, settings=settings),
+        messages=tuple(
+            ChannelMessage(m.channel, m.kind, m.conversation, m.message_id)
+            for m in await session.scalars(
+                select(ApprovalMessage)
+                .where(ApprovalMessage.approval_id == row.id)
+                .order_by(ApprovalMessage.id)
+            )
+        ),
+        approvers=await approver_contacts(session=session, settings=settings, approval=row),
+        status=row.status,
+        quorum=row.quorum,
+        votes=votes_of(row),
+        approver_groups=tuple(row.approver_groups or ()),
+        escalate_to=row.escalate_to,
+        escalated=row.escalated_at is not None,
+        risk=action.risk,
+        rule=action.rule,
+    )
+
+
+def votes_of(row: Approval) -> tuple[Vote, ...]:
+    return tuple(
+        Vote(
+            by=str(v.get("by", "")),
+            channel=str(v.get("channel", "")),
+            at=str(v.get("at", "")),
+            approver=str(v.get("approver", "")),
+        )
+        for v in row.votes or ()
+        if isinstance(v, dict)
     )

@@ -1,7 +1,7 @@
-"""The Slack Notifier: approval messages, reminders, outcomes and notices through one shared
-`slack_sdk.WebClient` per process.
+"""Slack: the approval channel (messages, reminders, outcomes) and the incident notices,
+through one shared `slack_sdk.WebClient` per process.
 
-Calls are synchronous (the activities run them in a thread). Rate limits (429 with
+Slack calls are synchronous (run in a thread by the channel's async methods). Rate limits (429 with
 Retry-After), Slack 500/503 and dropped connections are retried by the SDK's own retry
 handlers; whatever still fails raises `SlackApiError`, and the calling activity decides:
 Temporal retries the announcement in the background, the reminder and the outcome are
@@ -10,6 +10,7 @@ logged and given up. Nothing here ever blocks containment or a decision.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -30,8 +31,9 @@ from slack_sdk.webhook import WebhookClient
 from temporalio.exceptions import ApplicationError
 
 from approvals import slack_blocks as blocks
+from approvals.channels import Outcome, Record
 from soar.config import Settings
-from soar.connectors import ApprovalBrief, IncidentBrief, PostedMessage
+from soar.connectors import ApprovalBrief, ChannelMessage, IncidentBrief, PostedMessage
 
 # Each Web API call, retries included, must finish well inside the activities' 30 s
 # start-to-close timeout: 3 attempts x 5 s plus backoff, and at most _MAX_RATE_LIMIT_WAIT
@@ -97,9 +99,12 @@ def make_web_client(settings: Settings) -> WebClient:
     )
 
 
-class SlackNotifier:
-    """The `soar.connectors.Notifier` for Slack."""
+class SlackChannel:
+    """Slack as an approval channel (`approvals.channels.ApprovalChannel`): the interactive
+    message in SOAR_SLACK_APPROVAL_CHANNEL, a threaded reminder, the message rewritten with
+    the outcome. Also the `soar.connectors.Notifier` for incident notices."""
 
+    name = "slack"
     enabled = True
 
     def __init__(self, settings: Settings, client: WebClient | None = None) -> None:
@@ -116,7 +121,48 @@ class SlackNotifier:
             unfurl_links=False,
         )
 
-    def announce_approval(self, approval: ApprovalBrief) -> PostedMessage | None:
+    # --- the approval channel ---------------------------------------------------------------
+
+    async def announce(self, approval: ApprovalBrief, record: Record) -> None:
+        if approval.sent(self.name):
+            return  # already posted by an earlier attempt
+        posted = await asyncio.to_thread(self.post_approval, approval)
+        await record(ChannelMessage(self.name, "announce", posted.channel, posted.ts))
+
+    async def remind(self, approval: ApprovalBrief, record: Record) -> None:
+        posted = approval.sent(self.name)
+        if not posted or approval.sent(self.name, "remind"):
+            return  # never announced (nothing to reply to), or reminded already
+        first = posted[0]
+        resp = await asyncio.to_thread(
+            self.client.chat_postMessage,
+            channel=first.conversation,
+            thread_ts=first.message_id,
+            text=blocks.reminder_text(approval),
+            unfurl_links=False,
+        )
+        await record(
+            ChannelMessage(self.name, "remind", first.conversation, str(resp.get("ts", "")))
+        )
+
+    async def show_outcome(self, approval: ApprovalBrief, outcome: Outcome, record: Record) -> None:
+        for m in approval.sent(self.name):
+            await asyncio.to_thread(
+                self.update_message,
+                approval,
+                m.conversation,
+                m.message_id,
+                outcome.status,
+                outcome.by,
+                outcome.at,
+            )
+
+    async def expire(self, approval: ApprovalBrief, outcome: Outcome, record: Record) -> None:
+        await self.show_outcome(approval, outcome, record)
+
+    # --- Slack calls ------------------------------------------------------------------------
+
+    def post_approval(self, approval: ApprovalBrief) -> PostedMessage:
         try:
             resp = self.client.chat_postMessage(
                 channel=self.channel,
@@ -138,21 +184,6 @@ class SlackNotifier:
         # Slack answers with the channel ID even when we posted to a channel name.
         return PostedMessage(channel=str(resp["channel"]), ts=str(resp["ts"]))
 
-    def remind(self, approval: ApprovalBrief) -> None:
-        if not approval.slack_ts:
-            return
-        self.client.chat_postMessage(
-            channel=approval.slack_channel or self.channel,
-            thread_ts=approval.slack_ts,
-            text=blocks.reminder_text(approval),
-            unfurl_links=False,
-        )
-
-    def show_outcome(self, approval: ApprovalBrief, status: str, by: str | None, at: str) -> None:
-        self.update_message(
-            approval, approval.slack_channel or self.channel, approval.slack_ts, status, by, at
-        )
-
     def update_message(
         self,
         approval: ApprovalBrief,
@@ -162,9 +193,18 @@ class SlackNotifier:
         by: str | None,
         at: str,
     ) -> None:
-        """Rewrite the approval message without its buttons. Idempotent: the worker (after
-        recording the decision) and the interactivity route may both call it."""
+        """Rewrite the approval message: without its buttons once decided or expired, with
+        the count of approvals while a quorum is still short (buttons kept). Idempotent: the
+        worker (after recording the decision) and the interactivity route may both call it."""
         if not channel or not ts:
+            return
+        if status == "pending":
+            self.client.chat_update(
+                channel=channel,
+                ts=ts,
+                text=blocks.outcome_text(approval, status, by, at),
+                blocks=blocks.approval_blocks(approval),
+            )
             return
         self.client.chat_update(
             channel=channel,

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from soar import actions
+from approvals.channels import Outcome, outcome_sentence, progress_text, rule_text
+from approvals.channels import action_label as action_label  # the channels' shared label
 from soar.api.jsonsafe import parse_json_sync
 from soar.connectors import ApprovalBrief, IncidentBrief
 
@@ -51,9 +52,6 @@ def _clip(text: str, limit: int) -> str:
 def _code(text: str) -> str:
     # A backtick in the value would end the inline code early.
     return "`" + escape(text).replace("`", "\u02cb") + "`"
-
-
-action_label = actions.label
 
 
 def slack_date(at: str) -> str:
@@ -142,13 +140,14 @@ def _header(text: str) -> Block:
 
 
 def _what(a: ApprovalBrief) -> Block:
-    return {
-        "type": "section",
-        "text": {
-            "type": "mrkdwn",
-            "text": f"*{escape(action_label(a.action_type))}* {_code(a.target)}",
-        },
-    }
+    text = f"*{escape(action_label(a.action_type))}* {_code(a.target)}"
+    rule = rule_text(a)
+    if rule:
+        text += f"\n{escape(rule)}"
+    progress = progress_text(a)
+    if progress:
+        text += f"\n:ballot_box_with_check: *{escape(progress)}*"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, 2900)}}
 
 
 def decision_buttons(a: ApprovalBrief) -> Block:
@@ -218,13 +217,15 @@ def outcome_line(status: str, by: str | None, at: str) -> str:
 
 
 def outcome_text(a: ApprovalBrief, status: str, by: str | None, at: str) -> str:
-    who = f" by {by}" if by and status != "expired" else ""
-    return escape(f"{status.capitalize()}{who} at {at}: {action_label(a.action_type)} {a.target}")
+    """The fallback text: the sentence every channel shows (`channels.outcome_sentence`)."""
+    return escape(outcome_sentence(a, Outcome(status, by, at)))
 
 
 def outcome_blocks(a: ApprovalBrief, status: str, by: str | None, at: str) -> list[Block]:
     """The same message, buttons removed, saying who decided what and when."""
     _, word = _OUTCOME.get(status, ("", status.capitalize()))
+    if status == "approved" and len(a.votes) > 1:
+        by = ", ".join(v.by for v in a.votes)
     return [
         _header(f"{word}: {action_label(a.action_type)}"),
         _what(a),
@@ -235,11 +236,14 @@ def outcome_blocks(a: ApprovalBrief, status: str, by: str | None, at: str) -> li
 
 
 def reminder_text(a: ApprovalBrief) -> str:
-    mentions = " ".join(f"<@{u}>" for u in a.approvers)
+    ids = [c.address("slack") for c in a.approvers]
+    mentions = " ".join(f"<@{escape(u)}>" for u in ids if u)
+    escalated = f" (escalated to {escape(a.escalate_to)})" if a.escalated and a.escalate_to else ""
+    progress = f" {escape(progress_text(a))} so far." if a.quorum > 1 else ""
     return (
-        (mentions + " " if mentions else "")
-        + f":bell: Still waiting for a decision on *{escape(action_label(a.action_type))}* "
-        f"{_code(a.target)}; without one it is not taken at {slack_date(a.expires_at)}."
+        (mentions + " " if mentions else "") + f":bell: Still waiting for a decision{escalated} on "
+        f"*{escape(action_label(a.action_type))}* {_code(a.target)}; without one it is not "
+        f"taken at {slack_date(a.expires_at)}.{progress}"
     )
 
 

@@ -27,9 +27,10 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.context import load_approval_brief
+from approvals import slack
 from approvals import slack_blocks as blocks
 from approvals.principals import SlackDecider, slack_decider
-from approvals.slack import SlackNotifier, post_to_response_url
+from approvals.slack import post_to_response_url
 from soar.api.body import BodyTooLarge, read_capped
 from soar.api.deps import AppState, StateDep
 from soar.api.jsonsafe import JSONRefused, parse_json
@@ -307,13 +308,13 @@ async def _handle_guarded(state: AppState, click: Click) -> None:
         log.exception("Slack interaction on %s failed", click.approval_id)
 
 
-def notifier_of(state: AppState) -> SlackNotifier | None:
+def notifier_of(state: AppState) -> slack.SlackChannel | None:
     """One Slack client per API process, made on first use."""
     if not state.settings.slack_enabled:
         return None
     found = state.extras.get("slack_notifier")
-    if not isinstance(found, SlackNotifier):
-        found = SlackNotifier(state.settings)
+    if not isinstance(found, slack.SlackChannel):
+        found = slack.SlackChannel(state.settings)
         state.extras["slack_notifier"] = found
     return found
 
@@ -393,6 +394,7 @@ async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
         role=decider.role,
         channel="slack",
         comment=click.comment,
+        approver=decider.principal,
     )
     refusal: str | None = None
     unreachable: str | None = None
@@ -422,12 +424,13 @@ async def decide(state: AppState, click: Click, decider: SlackDecider) -> None:
         return
     # The worker updates the message too, right after recording the decision; this update
     # covers the message that was clicked and is the same content, so order does not matter.
+    posted = brief.sent("slack")
     try:
         await asyncio.to_thread(
             notifier.update_message,
             brief,
-            click.channel or brief.slack_channel,
-            click.ts or brief.slack_ts,
+            click.channel or (posted[0].conversation if posted else None),
+            click.ts or (posted[0].message_id if posted else None),
             result.status,
             result.decided_by,
             result.decided_at,

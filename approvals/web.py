@@ -430,6 +430,7 @@ async def decide(
         role=viewer.role,
         channel="ui",
         comment=comment,
+        approver=viewer.name,
     )
     try:
         result = await send_decision(state, session, approval_id, req)
@@ -437,6 +438,10 @@ async def decide(
         return redirect(state, target, Flash("error", f"Not recorded: {exc}."))
     except HTTPException as exc:  # Temporal unreachable: the decision cannot be delivered now
         return redirect(state, target, Flash("error", f"Not recorded: {exc.detail}."))
+    if result.status == "pending":
+        counted = f"{result.approvals} of {result.quorum}" if result.approvals else "counted"
+        message = f"{what}: your approval is recorded ({counted}); another approver is needed."
+        return redirect(state, target, Flash("ok", message))
     return redirect(state, target, Flash("ok", f"{what}: {result.status} by {result.decided_by}."))
 
 

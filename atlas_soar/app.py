@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from approvals import slack_routes, web
+from approvals import email_routes, slack_routes, web
 from soar.api.app import create_api
 from soar.config import Settings
 
@@ -25,5 +25,6 @@ def create_app(
         temporal_address=temporal_address,
         webhook_secret=webhook_secret,
         temporal=temporal,
-        routers=(slack_routes.router, web.router),
+        # The e-mailed approval links before the UI's catch-all.
+        routers=(slack_routes.router, email_routes.router, web.router),
     )

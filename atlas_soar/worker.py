@@ -14,6 +14,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities import build_activities, build_external_activities
 from activities.context import ActivityContext
+from approvals.channels import configured_channels
 from soar.audit.seal import seal_forever
 from soar.config import Settings
 from soar.connectors import Notifier, NullNotifier, NullTicketing, Ticketing
@@ -34,9 +35,9 @@ def load_policy(settings: Settings) -> Playbook:
 def build_notifier(settings: Settings) -> Notifier:
     if not settings.slack_enabled:
         return NullNotifier()
-    from approvals.slack import SlackNotifier
+    from approvals.slack import SlackChannel
 
-    return SlackNotifier(settings)
+    return SlackChannel(settings)
 
 
 def build_ticketing(settings: Settings) -> Ticketing:
@@ -50,13 +51,15 @@ def build_ticketing(settings: Settings) -> Ticketing:
 def build_context(settings: Settings, database_url: str) -> ActivityContext:
     engine = make_async_engine(database_url)
     hook_secret = settings.hook_secret.get_secret_value() if settings.hook_secret else None
+    factory = session_factory(engine)
     return ActivityContext(
-        factory=session_factory(engine),
+        factory=factory,
         settings=settings,
         playbook=load_policy(settings),
         hooks=HookClient(settings.action_hooks, hook_secret),
         notifier=build_notifier(settings),
         ticketing=build_ticketing(settings),
+        channels=configured_channels(settings, factory),
     )
 
 

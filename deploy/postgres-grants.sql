@@ -88,6 +88,10 @@ BEGIN
         REVOKE ALL ON FUNCTION public.soar_seal(integer) FROM PUBLIC, soar_auditor;
         GRANT EXECUTE ON FUNCTION public.soar_seal(integer) TO soar_app;
     END IF;
+    -- Approver groups are managed with `soar users group add|remove|delete`.
+    IF to_regclass('public.approver_group_members') IS NOT NULL THEN
+        GRANT DELETE ON public.approver_group_members, public.approver_groups TO soar_app;
+    END IF;
     -- The ATLAS catalog and the migration bookkeeping belong to soar_owner.
     FOR t IN
         SELECT tablename FROM pg_tables
@@ -106,8 +110,14 @@ DO $$
 BEGIN
     IF to_regclass('public.principals') IS NOT NULL THEN
         REVOKE SELECT ON public.principals FROM soar_auditor;
-        GRANT SELECT (id, name, role, slack_user_id, disabled, created_at)
+        GRANT SELECT (id, name, role, disabled, created_at)
             ON public.principals TO soar_auditor;
+    END IF;
+    -- E-mailed decision links: who got one and when it was used, not the token's hash.
+    IF to_regclass('public.approval_links') IS NOT NULL THEN
+        REVOKE SELECT ON public.approval_links FROM soar_auditor;
+        GRANT SELECT (approval_id, principal_id, created_at, expires_at, used_at)
+            ON public.approval_links TO soar_auditor;
     END IF;
     -- Source credentials (secrets, encrypted when SOAR_SECRETS_KEY is set): not for auditors.
     IF to_regclass('public.source_credentials') IS NOT NULL THEN

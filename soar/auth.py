@@ -27,7 +27,6 @@ _T = TypeVar("_T")
 class Identity:
     name: str
     role: str
-    slack_user_id: str | None = None
 
 
 def token_hash(token: str) -> str:
@@ -164,7 +163,7 @@ async def identity_for_token(session: AsyncSession, token: str) -> Identity | No
             Principal.token_hash == token_hash(token), Principal.disabled.is_(False)
         )
     )
-    return Identity(p.name, p.role, p.slack_user_id) if p else None
+    return Identity(p.name, p.role) if p else None
 
 
 async def identity_for_password(
@@ -185,4 +184,4 @@ async def identity_for_password(
         # not open yet (this is the sign-in), so nothing is cut short.
         p.password_hash = await hasher.hash(password)
         await session.commit()
-    return Identity(p.name, p.role, p.slack_user_id)
+    return Identity(p.name, p.role)

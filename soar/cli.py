@@ -300,6 +300,9 @@ def policy_explain(
         out.print(
             f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})", highlight=False
         )
+        rule = pb.rule(a.rule)
+        if a.risk == "high" and rule is not None:
+            out.print(f"      needs approval: {rule.approval_summary()}", highlight=False)
 
 
 # Their modules take this one's helpers late (they are imported while it loads).

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,6 +99,17 @@ class Settings(BaseSettings):
     slack_approval_channel: str | None = None
     slack_api_url: str = "https://slack.com/api/"
     slack_approvers: str = ""
+
+    # E-mail approvals: smtp://host:port (STARTTLS when the server offers it) or
+    # smtps://host:port (TLS from the start); credentials in the URL or the two below.
+    smtp_url: SecretStr | None = None
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An e-mailed decision link works once, until the approval expires or this long after
+    # it was sent, whichever comes first.
+    email_link_ttl_seconds: int = Field(default=24 * 3600, ge=1)
 
     jira_url: str | None = None
     jira_user: str | None = None
@@ -204,6 +217,31 @@ class Settings(BaseSettings):
             raise ValueError("must be a Standard Webhooks secret of the form whsec_<base64>")
         return v
 
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        parts = urlsplit(v.get_secret_value().strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname or port is None:
+            # The value may hold a password: never echo it.
+            raise ValueError("must be smtp://host:port or smtps://host:port")
+        return v
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _check_smtp_from(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        _, address = parseaddr(v)
+        if "@" not in address or any(ord(c) < 32 for c in v) or len(v) > 320:
+            raise ValueError("must be an e-mail address, e.g. soar@example.com")
+        return v.strip()
+
     @field_validator("jira_priority_map")
     @classmethod
     def _check_priority_map(cls, v: str) -> str:
@@ -244,6 +282,19 @@ class Settings(BaseSettings):
             raise ValueError("SOAR_TEMPORAL_TLS_KEY: required with SOAR_TEMPORAL_TLS_CERT (mTLS)")
         if self.temporal_tls_key and not self.temporal_tls_cert:
             raise ValueError("SOAR_TEMPORAL_TLS_CERT: required with SOAR_TEMPORAL_TLS_KEY (mTLS)")
+        return self
+
+    @model_validator(mode="after")
+    def _smtp_needs(self) -> Settings:
+        if self.smtp_url is None:
+            return self
+        if not self.smtp_from:
+            raise ValueError("SOAR_SMTP_FROM: required with SOAR_SMTP_URL (the sender address)")
+        if self.session_secret is None or not self.session_secret.get_secret_value():
+            raise ValueError(
+                "SOAR_SESSION_SECRET: required with SOAR_SMTP_URL (it signs the e-mailed "
+                "approval links; the worker and the API must share it)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -312,6 +363,10 @@ class Settings(BaseSettings):
     @property
     def slack_enabled(self) -> bool:
         return bool(self.slack_bot_token and self.slack_approval_channel)
+
+    @property
+    def smtp_enabled(self) -> bool:
+        return self.smtp_url is not None and bool(self.smtp_from)
 
     @property
     def jira_enabled(self) -> bool:

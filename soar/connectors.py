@@ -1,4 +1,5 @@
-"""The small typed interfaces behind which Slack, Jira and the outbound action hooks sit.
+"""The small typed interfaces behind which Slack, Jira and the outbound action hooks sit
+(the approval channels' interface is `approvals.channels.ApprovalChannel`).
 Production adapters wrap the real client libraries; when a connector is not configured the
 null adapter answers and the step is logged as skipped."""
 
@@ -30,15 +31,63 @@ class IncidentBrief:
 
 
 @dataclass(frozen=True)
+class ChannelMessage:
+    """Something an approval channel sent, by that channel's own ids (a Slack channel id and
+    ts; an e-mail address and Message-ID). `kind`: announce | remind | outcome."""
+
+    channel: str
+    kind: str
+    conversation: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Contact:
+    """Someone who may decide an approval, and where each channel reaches them
+    (`(channel, address)` pairs, e.g. `("slack", "U024BE7LH")`, `("email", "a@b.example")`)."""
+
+    name: str
+    addresses: tuple[tuple[str, str], ...] = ()
+    principal_id: int | None = None  # None: known to one channel only (SOAR_SLACK_APPROVERS)
+
+    def address(self, channel: str) -> str | None:
+        return next((a for c, a in self.addresses if c == channel), None)
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One approval given towards a quorum."""
+
+    by: str  # as the audit log names them, e.g. "carol (slack:U024BE7LH)"
+    channel: str
+    at: str
+    approver: str = ""  # the principal's name: what makes two approvals distinct
+
+
+@dataclass(frozen=True)
 class ApprovalBrief:
+    """What every approval channel shows about an approval; nothing channel-specific but the
+    messages each channel sent (`messages`), which only that channel reads."""
+
     approval_id: str
     action_type: str
     target: str
     expires_at: str
     incident: IncidentBrief
-    slack_channel: str | None = None
-    slack_ts: str | None = None
-    approvers: tuple[str, ...] = field(default_factory=tuple)
+    messages: tuple[ChannelMessage, ...] = ()
+    # Who may decide now (the rule's groups, plus the escalation group once escalated).
+    approvers: tuple[Contact, ...] = field(default_factory=tuple)
+    status: str = "pending"
+    quorum: int = 1
+    votes: tuple[Vote, ...] = ()
+    approver_groups: tuple[str, ...] = ()
+    escalate_to: str | None = None
+    escalated: bool = False
+    risk: str = "high"
+    rule: str = ""
+
+    def sent(self, channel: str, kind: str = "announce") -> tuple[ChannelMessage, ...]:
+        return tuple(m for m in self.messages if m.channel == channel and m.kind == kind)
 
 
 @dataclass(frozen=True)
@@ -48,14 +97,11 @@ class PostedMessage:
 
 
 class Notifier(Protocol):
+    """Incident notices (the playbook's `notify` action)."""
+
     enabled: bool
 
     def notice(self, incident: IncidentBrief, text: str) -> None: ...
-    def announce_approval(self, approval: ApprovalBrief) -> PostedMessage | None: ...
-    def remind(self, approval: ApprovalBrief) -> None: ...
-    def show_outcome(
-        self, approval: ApprovalBrief, status: str, by: str | None, at: str
-    ) -> None: ...
 
 
 class Ticketing(Protocol):
@@ -70,15 +116,6 @@ class NullNotifier:
     enabled = False
 
     def notice(self, incident: IncidentBrief, text: str) -> None:
-        return None
-
-    def announce_approval(self, approval: ApprovalBrief) -> PostedMessage | None:
-        return None
-
-    def remind(self, approval: ApprovalBrief) -> None:
-        return None
-
-    def show_outcome(self, approval: ApprovalBrief, status: str, by: str | None, at: str) -> None:
         return None
 
 

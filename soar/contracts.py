@@ -42,6 +42,10 @@ class ContainResult:
     applied: tuple[ActionRef, ...]  # enforcement already effective
     deferred: tuple[ActionRef, ...]  # low risk, run right after (notice, ticket)
     needs_approval: tuple[ActionRef, ...]
+    # (action id, quorum) of the approvals whose rule needs more than one approval; known to
+    # the workflow before the approval is requested, so no decision can be taken as if the
+    # rule needed one.
+    quorums: tuple[tuple[str, int], ...] = ()
     # What this worker has connectors for, so the workflow schedules no step that would
     # only find out there is nothing to do.
     ticketing: bool = True
@@ -81,6 +85,7 @@ class HookInput:
 class ApprovalInput:
     action: ActionRef
     timeout_seconds: int
+    quorum: int = 0  # as the workflow counts it; 0 (older runs): the rule's
 
 
 def approval_id_for(action_id: str) -> str:
@@ -94,6 +99,8 @@ class ApprovalRef:
     approval_id: str
     action: ActionRef
     expires_at: str
+    # Distinct approvals the rule requires (playbook `quorum`); 1 in runs that predate it.
+    quorum: int = 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,12 @@ class DecisionRecord:
     channel: str
     comment: str | None
     decided_at: str
+    approver: str = ""  # DecisionRequest.approver
+    # Everyone who approved so far, this decision included (actor strings), and the quorum:
+    # an approval short of its quorum is counted, the approval stays pending.
+    votes: tuple[str, ...] = ()
+    quorum: int = 1
+    approvers: tuple[str, ...] = ()  # the principal names behind `votes`, in the same order
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,11 @@ def _message(req: DecisionRequest) -> bytes:
         req.issued_at,
         req.nonce,
     ]
+    if req.approver:
+        # Who counts towards a quorum ("distinct approvers"): signed too, so a captured
+        # request cannot be replayed as someone else's approval. Empty for one-approver
+        # decisions, whose signed form stays the v1 one.
+        fields.append(req.approver)
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
 
 

@@ -197,6 +197,8 @@ class CarriedApproval:
     escalate_at: str
     expire_at: str
     escalated: bool = False
+    quorum: int = 1
+    votes: tuple[tuple[str, str], ...] = ()  # (approver, actor) of each approval so far
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,11 @@ class DecisionRequest:
     decision: str  # approve | reject
     actor: str  # principal name, or slack:<user id>
     role: str
-    channel: str = "api"  # api | slack | ui
+    channel: str = "api"  # api | slack | ui | email
     comment: str | None = None
+    # Who this is, for the quorum's "distinct approvers": the principal's name ("" for a
+    # Slack user known only to SOAR_SLACK_APPROVERS, counted by `actor`).
+    approver: str = ""
     # Set by the one decision gate (soar.api.response.send_decision, soar/decisions.py): when
     # it was signed, a random nonce, and the HMAC over every field above. The workflow refuses
     # a request without a valid, fresh signature. Empty in histories recorded before signing.
@@ -242,3 +247,5 @@ class DecisionResult:
     # False when the workflow accepted the decision but had not recorded it by the API's
     # deadline: it will be (the recording is retried until it lands); poll the approval.
     confirmed: bool = True
+    approvals: int = 0  # approvals given so far (status "pending": the quorum is not met)
+    quorum: int = 1

@@ -238,10 +238,63 @@ class Approval(Base):
     decided_by: Mapped[str | None] = mapped_column(String(256))
     decision_channel: Mapped[str | None] = mapped_column(String(16))
     comment: Mapped[str | None] = mapped_column(Text)
-    slack_channel: Mapped[str | None] = mapped_column(String(64))
-    slack_ts: Mapped[str | None] = mapped_column(String(64))
+    # The playbook rule's approval requirements, fixed when the approval is requested:
+    # distinct approvals needed, the groups whose members may give them (empty: anyone
+    # with the approver or admin role) and the group added at half the timeout.
+    quorum: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    approver_groups: Mapped[list[str]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    escalate_to: Mapped[str | None] = mapped_column(String(64))
+    escalated_at: Mapped[datetime | None] = mapped_column()
+    # The approvals given so far ({"by", "approver", "channel", "at", "comment"}), in order.
+    votes: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
 
     __table_args__ = (Index("ix_approvals_status_requested", "status", "requested_at"),)
+
+
+class ApprovalMessage(Base):
+    """What an approval channel sent about an approval, by the channel's own ids: a Slack
+    message (channel id, ts), an e-mail (recipient, Message-ID). `kind` is announce, remind
+    or outcome; one of each per recipient, so a retried step sends nothing twice."""
+
+    __tablename__ = "approval_messages"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(
+        ForeignKey("approvals.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16))  # slack | email
+    kind: Mapped[str] = mapped_column(String(16))
+    conversation: Mapped[str] = mapped_column(String(320))  # Slack channel id, address
+    message_id: Mapped[str] = mapped_column(String(256))  # Slack ts, Message-ID
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+    __table_args__ = (
+        UniqueConstraint(
+            "approval_id",
+            "channel",
+            "kind",
+            "conversation",
+            name="uq_approval_messages_approval_channel_kind_conversation",
+        ),
+    )
+
+
+class ApprovalLink(Base):
+    """A signed, single-use link that lets one approver decide one approval from an e-mail.
+    Only the SHA-256 of the token is kept."""
+
+    __tablename__ = "approval_links"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approval_id: Mapped[str] = mapped_column(
+        ForeignKey("approvals.id", ondelete="CASCADE"), index=True
+    )
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
 
 
 # --- audit ---------------------------------------------------------------------------------
@@ -296,7 +349,6 @@ class Principal(Base):
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str | None] = mapped_column(Text)
-    slack_user_id: Mapped[str | None] = mapped_column(String(32), unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     # The token came from SOAR_API_TOKENS: dropped from the setting, it is disabled at start.
@@ -316,6 +368,39 @@ class UiSessionRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (Index("ix_ui_sessions_principal", "principal"),)
+
+
+class PrincipalAddress(Base):
+    """Where an approval channel reaches a principal: a Slack member ID, an e-mail address."""
+
+    __tablename__ = "principal_addresses"
+    principal_id: Mapped[int] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)  # slack | email
+    address: Mapped[str] = mapped_column(String(320))
+
+    __table_args__ = (
+        UniqueConstraint("channel", "address", name="uq_principal_addresses_channel_address"),
+    )
+
+
+class ApproverGroup(Base):
+    """A named set of principals a playbook rule may require approvals from."""
+
+    __tablename__ = "approver_groups"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class ApproverGroupMember(Base):
+    __tablename__ = "approver_group_members"
+    group_name: Mapped[str] = mapped_column(
+        ForeignKey("approver_groups.name", ondelete="CASCADE"), primary_key=True
+    )
+    principal_id: Mapped[int] = mapped_column(
+        ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 # --- detection sources -----------------------------------------------------------------------

@@ -83,6 +83,7 @@ HANDOVER_WAIT = timedelta(seconds=2)  # for core steps in flight, before contain
 ASSESS_COALESCE = timedelta(minutes=1)
 DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
+PATCH_QUORUM = "approval-quorum-v1"  # an approval may need several distinct approvers
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -116,6 +117,9 @@ class _Approval:
     waiting: bool = False
     escalate_at: datetime | None = None
     expire_at: datetime | None = None
+    # The approvals counted towards the quorum so far: (approver, actor), in order. Part of
+    # the workflow's state (rebuilt on replay, carried across continue-as-new).
+    votes: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -171,7 +175,8 @@ class IncidentWorkflow:
         if inp.carried is not None:
             for c in inp.carried.approvals:
                 self._approvals[c.approval_id] = _Approval(
-                    ApprovalRef(c.approval_id, _action(c.action), c.expires_at),
+                    ApprovalRef(c.approval_id, _action(c.action), c.expires_at, c.quorum),
+                    votes=[(who, by) for who, by in c.votes],
                     escalated=c.escalated,
                     waiting=True,
                     escalate_at=datetime.fromisoformat(c.escalate_at),
@@ -187,6 +192,13 @@ class IncidentWorkflow:
     @workflow.update(name=UPDATE_DECIDE)
     async def decide(self, req: DecisionRequest) -> DecisionResult:
         approval = self._approvals[req.approval_id]
+        quorum = approval.ref.quorum
+        if req.decision == "approve" and quorum > 1 and workflow.patched(PATCH_QUORUM):
+            # Counted before the first await: a second update from the same approver is
+            # refused, and the one that completes the quorum decides.
+            approval.votes.append((_approver(req), req.actor))
+            if len(approval.votes) < quorum:
+                return await self._count_approval(approval, req)
         # Settle the decision before the first await: a second update sees it decided.
         approval.status = "approved" if req.decision == "approve" else "rejected"
         decided_at = workflow.now().isoformat()
@@ -199,6 +211,7 @@ class IncidentWorkflow:
                 channel=req.channel,
                 comment=req.comment,
                 decided_at=decided_at,
+                **self._votes_of(approval, req),
             ),
         )
         approval.recorded = True
@@ -220,7 +233,69 @@ class IncidentWorkflow:
             f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
             f"{approval.status} by {req.actor}" + (f" ({req.comment})" if req.comment else ""),
         )
-        return DecisionResult(req.approval_id, approval.status, req.actor, decided_at)
+        return DecisionResult(
+            req.approval_id,
+            approval.status,
+            req.actor,
+            decided_at,
+            approvals=len(approval.votes),
+            quorum=approval.ref.quorum,
+        )
+
+    def _votes_of(self, approval: _Approval, req: DecisionRequest) -> dict[str, Any]:
+        """The quorum fields of the decision's record (none for a one-approver rule, so that
+        its record is what it always was)."""
+        if approval.ref.quorum <= 1:
+            return {}
+        return {
+            "approver": _approver(req),
+            "votes": tuple(by for _, by in approval.votes),
+            "approvers": tuple(who for who, _ in approval.votes),
+            "quorum": approval.ref.quorum,
+        }
+
+    async def _count_approval(self, approval: _Approval, req: DecisionRequest) -> DecisionResult:
+        """An approval short of the quorum: recorded (the action log gets a row), shown in
+        the channels ("1 of 2 approvals"), and the approval stays pending."""
+        decided_at = workflow.now().isoformat()
+        await _core(
+            ApprovalActivities.record_decision,
+            DecisionRecord(
+                approval=approval.ref,
+                decision=req.decision,
+                actor=req.actor,
+                channel=req.channel,
+                comment=req.comment,
+                decided_at=decided_at,
+                **self._votes_of(approval, req),
+            ),
+        )
+        count = f"{len(approval.votes)} of {approval.ref.quorum}"
+        self._step(
+            CarriedStep(
+                "outcome",
+                self._now_iso(),
+                action=_carry(approval.ref.action),
+                approval_id=approval.ref.approval_id,
+                approval_expires_at=approval.ref.expires_at,
+                event="pending",
+                by=req.actor,
+                at=decided_at,
+            )
+        )
+        self._note(
+            f"{approval.ref.approval_id}:vote:{len(approval.votes)}",
+            f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
+            f"approved by {req.actor} ({count})",
+        )
+        return DecisionResult(
+            req.approval_id,
+            "pending",
+            req.actor,
+            decided_at,
+            approvals=len(approval.votes),
+            quorum=approval.ref.quorum,
+        )
 
     @decide.validator
     def _validate_decision(self, req: DecisionRequest) -> None:
@@ -252,6 +327,12 @@ class IncidentWorkflow:
             return f"unknown approval {req.approval_id}"
         if approval.status != "pending":
             return f"approval {req.approval_id} is already {approval.status}"
+        who = _approver(req)
+        if req.decision == "approve" and any(w == who for w, _ in approval.votes):
+            return (
+                f"{req.actor} has already approved {req.approval_id}; it needs "
+                f"{approval.ref.quorum} distinct approvers"
+            )
         return None
 
     @workflow.query(name="pending_approvals")
@@ -443,8 +524,9 @@ class IncidentWorkflow:
                 self._lift_timer(st.timed_blocks[ref.action_id], ref)
         if self._should_assess(det):
             self._spawn(self._assess(det))
+        quorums = dict(result.quorums)
         for ref in result.needs_approval:
-            self._start_approval(ref)
+            self._start_approval(ref, quorums.get(ref.action_id, 1))
 
     def _should_assess(self, det: DetectionFacts) -> bool:
         """A flood of one technique is assessed once a minute, not once per detection: the
@@ -750,12 +832,12 @@ class IncidentWorkflow:
 
     # --- approvals --------------------------------------------------------------------------
 
-    def _start_approval(self, action: ActionRef) -> None:
+    def _start_approval(self, action: ActionRef, quorum: int = 1) -> None:
         # Known (and decidable) before its row is reported back: the row may be committed
         # and visible to people while the worker that wrote it dies.
         approval = self._approvals.setdefault(
             approval_id_for(action.action_id),
-            _Approval(ApprovalRef(approval_id_for(action.action_id), action, "")),
+            _Approval(ApprovalRef(approval_id_for(action.action_id), action, "", quorum)),
         )
         self._spawn(
             self._approval_flow(approval),
@@ -765,8 +847,12 @@ class IncidentWorkflow:
     async def _approval_flow(self, approval: _Approval) -> None:
         timeout = self._input.approval_timeout_seconds
         action = approval.ref.action
-        ref = await _core(ApprovalActivities.request_approval, ApprovalInput(action, timeout))
-        approval.ref = ref
+        quorum = approval.ref.quorum
+        ref = await _core(
+            ApprovalActivities.request_approval, ApprovalInput(action, timeout, quorum)
+        )
+        # The quorum is the workflow's own (decisions may have been counted already).
+        approval.ref = dataclasses.replace(ref, quorum=quorum)
         # Deadlines in workflow time (the row's expires_at is the same instant, give or take
         # the activity's latency, on the database's clock).
         approval.expire_at = workflow.now() + timedelta(seconds=timeout)
@@ -870,6 +956,8 @@ class IncidentWorkflow:
                 escalate_at=a.escalate_at.isoformat(),
                 expire_at=a.expire_at.isoformat(),
                 escalated=a.escalated,
+                quorum=a.ref.quorum,
+                votes=tuple(a.votes),
             )
             for a in self._approvals.values()
             if a.status == "pending" and a.escalate_at is not None and a.expire_at is not None
@@ -932,6 +1020,11 @@ def _announces(action_type: str) -> bool:
     """Noted on the ticket and sent to its hook once applied (not a notice)."""
     found = actions.find(action_type)
     return found is None or "applied" in found.hook_events
+
+
+def _approver(req: DecisionRequest) -> str:
+    """Who decides, for "distinct approvers": the principal, else the channel's actor."""
+    return req.approver or req.actor
 
 
 def _carry(ref: ActionRef) -> CarriedAction:

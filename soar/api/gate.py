@@ -23,7 +23,7 @@ from soar import actions
 from soar.api.deps import AppState
 from soar.decisions import decision_keys, sign_decision
 from soar.domain import DecisionRequest
-from soar.models import Action, Approval, Detection, Incident, Principal
+from soar.models import Action, Approval, Detection, Incident, Principal, PrincipalAddress
 
 log = logging.getLogger("soar.approvals")
 
@@ -51,12 +51,27 @@ async def decider_identities(session: AsyncSession, actor: str) -> set[str]:
     names |= {value for _, value in _TAG.findall(actor)}
     names.discard("")
     found = set(names)
-    email = getattr(Principal, "email", None)  # set by `soar users set-email`, when present
-    clauses = [Principal.name.in_(names), Principal.slack_user_id.in_(names)]
-    if email is not None:
-        clauses.append(email.in_(names))
-    for p in await session.scalars(select(Principal).where(or_(*clauses))):
-        found |= {p.name, p.slack_user_id or "", str(getattr(p, "email", "") or "")}
+    # A principal matches by name, or by any address a channel knows it by (its Slack
+    # member ID, its e-mail address: principal_addresses); all of its identities count.
+    by_address = select(PrincipalAddress.principal_id).where(PrincipalAddress.address.in_(names))
+    matched = (
+        await session.scalars(
+            select(Principal.id).where(or_(Principal.name.in_(names), Principal.id.in_(by_address)))
+        )
+    ).all()
+    if matched:
+        found |= set(
+            (await session.scalars(select(Principal.name).where(Principal.id.in_(matched)))).all()
+        )
+        found |= set(
+            (
+                await session.scalars(
+                    select(PrincipalAddress.address).where(
+                        PrincipalAddress.principal_id.in_(matched)
+                    )
+                )
+            ).all()
+        )
     return {_norm(x) for x in found if x}
 
 

@@ -30,12 +30,13 @@ from soar.api.deps import (
     require_roles,
     temporal_or_503,
 )
+from soar.approvers import decision_refusal
 from soar.auth import Identity, identity_for_token, token_hash
 from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
 from soar.domain import DECIDER_ROLES, UPDATE_DECIDE, DecisionRequest, DecisionResult
 from soar.metrics import DECISIONS
 from soar.models import Action as ActionRow
-from soar.models import ActionLogEntry, Approval, Detection, Incident
+from soar.models import ActionLogEntry, Approval, ApprovalMessage, Detection, Incident
 from soar.replica import EnforcementReplica
 
 router = APIRouter()
@@ -225,10 +226,15 @@ def _ts(v: datetime | None) -> str | None:
 
 
 def approval_json(
-    a: Approval, action: ActionRow | None = None, inc: Incident | None = None
+    a: Approval,
+    action: ActionRow | None = None,
+    inc: Incident | None = None,
+    channels: list[str] | None = None,
 ) -> dict[str, Any]:
     """An approval and what it would allow (CONTRACT.md, Approvals): the action, and the
-    incident's technique, severity and subject."""
+    incident's technique, severity and subject; the playbook rule's requirements and what
+    has been given towards them; the channels that announced it."""
+    votes = [v for v in a.votes or () if isinstance(v, dict)]
     out: dict[str, Any] = {
         "approval_id": a.id,
         "incident_id": a.incident_id,
@@ -240,6 +246,16 @@ def approval_json(
         "decided_by": a.decided_by,
         "channel": a.decision_channel,
         "comment": a.comment,
+        # The playbook rule's requirements and what has been given towards them.
+        "quorum": a.quorum,
+        "approvers": list(a.approver_groups or ()),
+        "escalate_to": a.escalate_to,
+        "escalated_at": _ts(a.escalated_at),
+        "approvals": [
+            {"by": v.get("by"), "channel": v.get("channel"), "at": v.get("at")} for v in votes
+        ],
+        # The channels that announced it (Slack, e-mail).
+        "channels": channels if channels is not None else [],
     }
     if action is not None:
         found = actions.find(action.action_type)
@@ -265,6 +281,20 @@ def _with_facts() -> Select[Approval, ActionRow, Incident]:
     )
 
 
+async def announced_on(session: SessionDep, ids: list[str]) -> dict[str, list[str]]:
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(ApprovalMessage.approval_id, ApprovalMessage.channel)
+        .where(ApprovalMessage.approval_id.in_(ids), ApprovalMessage.kind == "announce")
+        .distinct()
+    )
+    found: dict[str, list[str]] = {}
+    for approval_id, channel in rows.all():
+        found.setdefault(approval_id, []).append(channel)
+    return {k: sorted(v) for k, v in found.items()}
+
+
 async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
     dets = (
         await session.scalars(
@@ -282,6 +312,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
         )
     ).all()
     by_id = {a.id: a for a in action_rows}
+    announced = await announced_on(session, [a.id for a in approvals])
     timeline = (
         await session.scalars(
             select(ActionLogEntry)
@@ -341,7 +372,10 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
             }
             for a in action_rows
         ],
-        "approvals": [approval_json(a, by_id.get(a.action_id), inc) for a in approvals],
+        "approvals": [
+            approval_json(a, by_id.get(a.action_id), inc, announced.get(a.id, []))
+            for a in approvals
+        ],
         "timeline": [
             {
                 "seq": e.seq,
@@ -416,13 +450,26 @@ async def list_approvals(
     status: Literal["pending", "approved", "rejected", "expired"] | None = None,
     technique: str | None = Query(None, max_length=32, description="e.g. AML.T0057 (prefix)"),
     subject: str | None = Query(None, max_length=300, description="part of the subject key"),
+    channel: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z][a-z0-9_-]{0,15}$",
+            description="announced on or decided through this channel: slack, email, api, ui",
+        ),
+    ] = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
     q = _with_facts().order_by(Approval.requested_at.desc()).limit(limit)
     if status:
         q = q.where(Approval.status == status)
+    if channel:
+        announced = select(ApprovalMessage.approval_id).where(
+            ApprovalMessage.channel == channel, ApprovalMessage.kind == "announce"
+        )
+        q = q.where(Approval.id.in_(announced) | (Approval.decision_channel == channel))
     rows = (await session.execute(_incident_filters(q, technique, subject))).all()
-    return {"approvals": [approval_json(a, act, inc) for a, act, inc in rows]}
+    on = await announced_on(session, [a.id for a, _, _ in rows])
+    return {"approvals": [approval_json(a, act, inc, on.get(a.id, [])) for a, act, inc in rows]}
 
 
 class DecisionIn(BaseModel):
@@ -457,8 +504,10 @@ async def send_decision(
     *,
     deadline: float = DECISION_DEADLINE_SECONDS,
 ) -> DecisionResult:
-    """The one gate every channel (API, Slack, web UI) goes through: a Temporal update whose
-    validator refuses unknown, already-decided or unauthorized decisions.
+    """The one gate every channel (API, Slack, web UI, e-mail) goes through: the rule's
+    approver groups (`soar.approvers`), then a Temporal update whose validator refuses
+    unknown, already-decided or unauthorized decisions and a second approval by the same
+    approver.
 
     Never holds the caller for long: once the workflow has accepted the decision (the
     validator passed, so it is settled and first-decision-wins holds), the answer waits at
@@ -474,6 +523,10 @@ async def send_decision(
         gate.log_refusal(req, why)
         DECISIONS.labels(channel=req.channel, outcome="refused").inc()
         raise DecisionRefused(403, why)
+    refusal = await decision_refusal(session, approval, req.approver)
+    if refusal is not None:
+        DECISIONS.labels(channel=req.channel, outcome="refused").inc()
+        raise DecisionRefused(403, refusal)
     client = temporal_or_503(state)
     handle = client.get_workflow_handle(approval.workflow_id)
     req = gate.signed(state, req)  # the workflow accepts nothing unsigned (soar/decisions.py)
@@ -491,7 +544,11 @@ async def send_decision(
             )
         except TimeoutError:
             status = "approved" if req.decision == "approve" else "rejected"
-            result = DecisionResult(approval_id, status, req.actor, "", confirmed=False)
+            if status == "approved" and len(approval.votes or ()) + 1 < approval.quorum:
+                status = "pending"  # counted towards the quorum, as far as we can tell
+            result = DecisionResult(
+                approval_id, status, req.actor, "", confirmed=False, quorum=approval.quorum
+            )
     except WorkflowUpdateRPCTimeoutOrCancelledError:
         # No worker validated it in time (busy, or restarting). The server keeps the request
         # and delivers it when a worker polls: submitted, not refused. Poll the approval.
@@ -525,18 +582,21 @@ async def decide(
         role=identity.role,
         channel="api",
         comment=body.comment,
+        approver=identity.name,
     )
     try:
         result = await send_decision(state, session, approval_id, req)
     except DecisionRefused as exc:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         raise HTTPException(exc.status, str(exc), headers=headers) from None
-    answer = {
+    answer: dict[str, Any] = {
         "approval_id": result.approval_id,
         "status": result.status,
         "decided_by": result.decided_by,
         "decided_at": result.decided_at or None,
     }
+    if result.quorum > 1:
+        answer |= {"approvals": result.approvals, "quorum": result.quorum}
     if not result.confirmed:
         # Not recorded yet: say where to look instead of holding the caller. "accepted": the
         # workflow validated it (first decision wins holds) and records it; "submitted": no
@@ -557,4 +617,4 @@ async def get_approval(
     if found is None:
         raise HTTPException(404, f"approval {approval_id} not found")
     row, action, inc = found
-    return approval_json(row, action, inc)
+    return approval_json(row, action, inc, (await announced_on(session, [row.id])).get(row.id, []))

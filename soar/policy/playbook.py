@@ -25,6 +25,13 @@ A playbook maps detections to response actions::
             params: {reason: "..."}      # optional, string -> string
                                          #   (notify: `channel`, default "slack"; an action
                                          #   with several target kinds: `target_kind`)
+        approvers: [secops-leads]        # optional: only members of these groups (see
+                                         #   `soar users group`) may decide the rule's
+                                         #   high-risk actions; unset: any approver or admin
+        quorum: 2                        # optional, 1..10 (default 1): distinct approvals
+                                         #   needed; the first reject ends it
+        escalate_to: sre-oncall          # optional: at half the approval timeout this group
+                                         #   is notified and may decide too
 
 Every mistake is refused at load time with a `PlaybookError` naming the source, the line of
 the offending node and the path to it, e.g.
@@ -53,7 +60,13 @@ _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _TOP_KEYS = ("name", "description", "rules")
-_RULE_KEYS = ("name", "description", "when", "actions")
+_RULE_KEYS = ("name", "description", "when", "actions", "approvers", "quorum", "escalate_to")
+_APPROVAL_KEYS = ("approvers", "quorum", "escalate_to")
+MAX_QUORUM = 10
+GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+GROUP_NAME_RULE = (
+    "lower-case letters, digits and . _ - (at most 64, starting with a letter or digit)"
+)
 _CONDITION_KEYS = (
     "techniques",
     "tactics",
@@ -107,6 +120,18 @@ class Rule:
     actions: tuple[ActionSpec, ...]
     description: str = ""
     line: int = 0
+    # Who decides the rule's high-risk actions: members of these groups (empty: anyone with
+    # the approver or admin role), how many distinct approvals, who is added at half time.
+    approvers: tuple[str, ...] = ()
+    quorum: int = 1
+    escalate_to: str | None = None
+
+    def approval_summary(self) -> str:
+        """What a high-risk action of this rule needs, in one line."""
+        count = f"{self.quorum} distinct approvals" if self.quorum > 1 else "1 approval"
+        who = " from " + ", ".join(self.approvers) if self.approvers else " from any approver"
+        esc = f"; escalates to {self.escalate_to} at half the timeout" if self.escalate_to else ""
+        return count + who + esc
 
 
 @dataclass(frozen=True)
@@ -115,6 +140,9 @@ class Playbook:
     rules: tuple[Rule, ...]
     source: str
     description: str = ""
+
+    def rule(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
 
 
 def load_playbook(path: str | Path) -> Playbook:
@@ -271,9 +299,69 @@ class _Parser:
             self.action(action_node, f"{path}.actions[{index}]")
             for index, action_node in enumerate(action_nodes)
         )
+        approvers, quorum, escalate_to = self.approval(fields, actions, path)
         return Rule(
-            name=name, when=when, actions=actions, description=description, line=_line(node)
+            name=name,
+            when=when,
+            actions=actions,
+            description=description,
+            line=_line(node),
+            approvers=approvers,
+            quorum=quorum,
+            escalate_to=escalate_to,
         )
+
+    def approval(
+        self, fields: dict[str, Node], actions: tuple[ActionSpec, ...], path: str
+    ) -> tuple[tuple[str, ...], int, str | None]:
+        """The rule's `approvers`, `quorum` and `escalate_to`."""
+        given = [k for k in _APPROVAL_KEYS if k in fields]
+        if given and not any(a.risk == Risk.high for a in actions):
+            key = given[0]
+            raise self.error(
+                fields[key],
+                f"{path}.{key}",
+                "the rule has no high-risk action to approve (approval rules apply to "
+                "actions with risk: high)",
+            )
+        approvers: list[str] = []
+        if "approvers" in fields:
+            for index, item in enumerate(
+                self.sequence(fields["approvers"], f"{path}.approvers", "groups")
+            ):
+                group = self.group(item, f"{path}.approvers[{index}]")
+                if group in approvers:
+                    raise self.error(
+                        item, f"{path}.approvers[{index}]", f"duplicate group {group!r}"
+                    )
+                approvers.append(group)
+        quorum = 1
+        if "quorum" in fields:
+            node = fields["quorum"]
+            value = self.scalar(node, f"{path}.quorum")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= MAX_QUORUM
+            ):
+                raise self.error(
+                    node,
+                    f"{path}.quorum",
+                    f"expected a whole number 1..{MAX_QUORUM}, got {value!r}",
+                )
+            quorum = value
+        escalate_to = (
+            self.group(fields["escalate_to"], f"{path}.escalate_to")
+            if "escalate_to" in fields
+            else None
+        )
+        return tuple(approvers), quorum, escalate_to
+
+    def group(self, node: Node, path: str) -> str:
+        value = self.string(node, path)
+        if not GROUP_NAME.match(value):
+            raise self.error(node, path, f"{value!r} is not a group name ({GROUP_NAME_RULE})")
+        return value
 
     def condition(self, node: Node, path: str) -> Condition:
         fields = self.mapping(node, path, _CONDITION_KEYS)

@@ -361,6 +361,10 @@ async def test_production_grants_let_the_app_append_but_never_rewrite(pg_server:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT token_hash FROM principals")
             conn.rollback()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT token_hash FROM approval_links")
+            conn.rollback()
+            assert conn.execute("SELECT count(used_at) FROM approval_links").fetchone() == (0,)
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                 conn.execute("INSERT INTO action_log (seq) VALUES (99)")
     finally:

@@ -17,6 +17,11 @@ from soar.db import sqlalchemy_url
 from soar.stack.proc import free_port
 from tests.support import Stack, bearer, detection, eventually, make_settings, running_stack
 
+# Approvals with no Slack message posted yet.
+UNPOSTED = (
+    "SELECT count(*) FROM approvals a WHERE NOT EXISTS (SELECT 1 FROM approval_messages m "
+    "WHERE m.approval_id = a.id AND m.channel = 'slack')"
+)
 pytestmark = pytest.mark.timeout(120)
 
 FLOOD = 30  # critical detections, each on its own subject: 2 approvals, 2 Slack posts each
@@ -64,7 +69,7 @@ async def test_decisions_are_fast_while_slack_is_down_and_steps_retry(
             assert r.status_code == 202, r.text
 
         def slack_steps_failing() -> bool:
-            rows = sql(db_url, "SELECT count(*) FROM approvals WHERE slack_ts IS NULL")
+            rows = sql(db_url, UNPOSTED)
             return bool(rows[0][0] >= FLOOD)
 
         await eventually(slack_steps_failing, timeout=30)
@@ -109,7 +114,7 @@ async def test_decisions_are_fast_while_slack_is_down_and_steps_retry(
         rows = sql(db_url, "SELECT status, decided_by FROM approvals WHERE id = :a", a=approval_id)
         assert tuple(rows[0]) == ("approved", "approver-user")
         # The Slack steps are still retrying on the external queue, not given up yet.
-        pending = sql(db_url, "SELECT count(*) FROM approvals WHERE slack_ts IS NULL")[0][0]
+        pending = sql(db_url, UNPOSTED)[0][0]
         assert pending >= FLOOD
         failed = sql(
             db_url, "SELECT count(*) FROM action_log WHERE event = 'approval.announce_failed'"

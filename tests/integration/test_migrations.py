@@ -93,3 +93,63 @@ def test_action_log_refuses_update_and_delete(fresh_db: str) -> None:
     with engine.connect() as c:
         assert c.execute(text("SELECT actor FROM action_log")).scalar_one() == "a"
     engine.dispose()
+
+
+def test_0006_moves_slack_ids_into_channel_tables_and_back(empty_db_url: str) -> None:
+    """The Slack columns of approvals and principals become rows of approval_messages and
+    principal_addresses, and come back on a downgrade."""
+    migrate.upgrade(empty_db_url, "0005")
+    engine = create_engine(sqlalchemy_url(empty_db_url))
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO incidents (id, tenant, subject_key, status, workflow_id, technique,"
+                " severity, detection_count, opened_at, last_detection_at) VALUES ('inc-1',"
+                " 'acme', 'user:u-1', 'open', 'incident-inc-1', 'AML.T0057', 'critical', 1,"
+                " now(), now())"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO actions (id, incident_id, action_key, action_type, risk, tenant,"
+                " target, status, rule, params) VALUES ('act-1', 'inc-1', 'revoke_api_key:k-1',"
+                " 'revoke_api_key', 'high', 'acme', 'k-1', 'pending_approval', 'r', '{}')"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO approvals (id, incident_id, action_id, workflow_id, status,"
+                " requested_at, expires_at, slack_channel, slack_ts) VALUES ('apr-1', 'inc-1',"
+                " 'act-1', 'incident-inc-1', 'pending', now(), now(), 'C-SEC', '1700.0001')"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO principals (name, role, slack_user_id, disabled) VALUES"
+                " ('carol', 'approver', 'U-CAROL', false), ('dave', 'analyst', NULL, false)"
+            )
+        )
+    migrate.upgrade(empty_db_url, "0006")
+    with engine.connect() as c:
+        messages = c.execute(
+            text(
+                "SELECT approval_id, channel, kind, conversation, message_id FROM approval_messages"
+            )
+        ).all()
+        addresses = c.execute(
+            text(
+                "SELECT p.name, a.channel, a.address FROM principal_addresses a"
+                " JOIN principals p ON p.id = a.principal_id"
+            )
+        ).all()
+        quorum = c.execute(text("SELECT quorum, approver_groups, votes FROM approvals")).one()
+    assert [tuple(m) for m in messages] == [("apr-1", "slack", "announce", "C-SEC", "1700.0001")]
+    assert [tuple(a) for a in addresses] == [("carol", "slack", "U-CAROL")]
+    assert tuple(quorum) == (1, [], [])
+    migrate.downgrade(empty_db_url, "0005")
+    with engine.connect() as c:
+        back = c.execute(text("SELECT slack_channel, slack_ts FROM approvals")).one()
+        ids = c.execute(text("SELECT name, slack_user_id FROM principals ORDER BY name")).all()
+    engine.dispose()
+    assert tuple(back) == ("C-SEC", "1700.0001")
+    assert [tuple(i) for i in ids] == [("carol", "U-CAROL"), ("dave", None)]

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from approvals.slack import SlackNotifier
+from approvals.slack import SlackChannel
 from soar.config import Settings
 from soar.connectors import ApprovalBrief, IncidentBrief
 from soar.db import sqlalchemy_url
@@ -178,10 +178,26 @@ def log_rows(db_url: str, event: str, approval_id: str) -> list[Any]:
 def approval_row(db_url: str, approval_id: str) -> Any:
     return sql(
         db_url,
-        "SELECT status, decided_by, decision_channel, comment, slack_ts "
-        "FROM approvals WHERE id = :a",
+        "SELECT status, decided_by, decision_channel, comment, votes, (SELECT m.message_id "
+        "FROM approval_messages m WHERE m.approval_id = a.id AND m.channel = 'slack' "
+        "AND m.kind = 'announce') AS slack_ts FROM approvals a WHERE id = :a",
         a=approval_id,
     )[0]
+
+
+def add_principals(db_url: str, *rows: tuple[str, str, str, bool]) -> None:
+    """Principals with a Slack address, as `soar users add` and `set-slack` make them."""
+    for name, role, slack_id, disabled in rows:
+        sql(
+            db_url,
+            "WITH p AS (INSERT INTO principals (name, role, disabled) VALUES (:n, :r, :d) "
+            "RETURNING id) INSERT INTO principal_addresses (principal_id, channel, address) "
+            "SELECT id, 'slack', :s FROM p",
+            n=name,
+            r=role,
+            d=disabled,
+            s=slack_id,
+        )
 
 
 async def blocked(stack: Stack, kind: str, target: str) -> bool:
@@ -203,12 +219,10 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
     )
     # Carol is granted in the database; Dave has a row but only as an analyst; Eve is in
     # the environment list but her principal has been disabled since.
-    sql(
-        db_url,
-        "INSERT INTO principals (name, role, slack_user_id, disabled) VALUES "
-        "('carol', 'approver', 'U-CAROL', false), ('dave', 'analyst', 'U-DAVE', false), "
-        "('eve', 'approver', 'U-EVE', true)",
+    add_principals(
+        db_url, ("carol", "approver", "U-CAROL", False), ("dave", "analyst", "U-DAVE", False)
     )
+    add_principals(db_url, ("eve", "approver", "U-EVE", True))
     async with running_stack(settings, temporal_client) as stack:
         r = await stack.post_detection(critical_leak())
         assert r.status_code == 202, r.text
@@ -521,7 +535,7 @@ def test_a_long_rate_limit_is_left_to_the_activity_retry(slack: FakeSlack) -> No
         slack_approval_channel=CHANNEL,
         slack_api_url=slack.api_url,
     )
-    notifier = SlackNotifier(settings)
+    notifier = SlackChannel(settings)
     brief = ApprovalBrief(
         approval_id="apr-1",
         action_type="revoke_api_key",
@@ -542,14 +556,14 @@ def test_a_long_rate_limit_is_left_to_the_activity_retry(slack: FakeSlack) -> No
     )
 
     slack.fail_next("chat.postMessage", status=429, retry_after=1)
-    posted = notifier.announce_approval(brief)
-    assert posted is not None and posted.channel == CHANNEL
+    posted = notifier.post_approval(brief)
+    assert posted.channel == CHANNEL
     assert [c.status for c in slack.calls_to("chat.postMessage")] == [429, 200]
 
     slack.fail_next("chat.postMessage", status=429, retry_after=120)
     t0 = time.monotonic()
     with pytest.raises(ApplicationError) as err:
-        notifier.announce_approval(brief)
+        notifier.post_approval(brief)
     assert time.monotonic() - t0 < 2
     assert err.value.next_retry_delay is not None
     assert err.value.next_retry_delay.total_seconds() == 120

@@ -95,3 +95,48 @@ def test_production_refuses_unsafe_settings_one_line_each(monkeypatch: pytest.Mo
     assert load_settings(_env_file=None).production_problems() == []  # all safe
     with pytest.raises(SettingsError, match="SOAR_DECISION_KEY: each key must have at least 32"):
         settings(monkeypatch, SOAR_DECISION_KEY="short")
+
+
+def test_smtp_settings_are_checked_and_never_echo_a_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SOAR_SESSION_SECRET", "a-session-secret-0123456789")
+    for url in ("http://mail:25", "smtp://:25", "smtp://mail", "smtps://u:hunter2@mail:port"):
+        monkeypatch.setenv("SOAR_SMTP_URL", url)
+        with pytest.raises(SettingsError) as caught:
+            load_settings(_env_file=None)
+        assert str(caught.value) == ("SOAR_SMTP_URL: must be smtp://host:port or smtps://host:port")
+    monkeypatch.setenv("SOAR_SMTP_URL", "smtps://u:hunter2@mail.example.com:465")
+    with pytest.raises(SettingsError, match="SOAR_SMTP_FROM: required with SOAR_SMTP_URL"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SOAR_SMTP_FROM", "not an address")
+    with pytest.raises(SettingsError, match="SOAR_SMTP_FROM: must be an e-mail address"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("SOAR_SMTP_FROM", "SOC <soar@example.com>")
+    assert load_settings(_env_file=None).smtp_enabled
+    monkeypatch.delenv("SOAR_SESSION_SECRET")
+    with pytest.raises(SettingsError, match="SOAR_SESSION_SECRET: required with SOAR_SMTP_URL"):
+        load_settings(_env_file=None)
+
+
+def test_smtp_credentials_come_from_the_url_or_the_two_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from approvals.email import smtp_endpoint
+
+    monkeypatch.setenv("SOAR_SESSION_SECRET", "a-session-secret-0123456789")
+    monkeypatch.setenv("SOAR_SMTP_FROM", "soar@example.com")
+    monkeypatch.setenv("SOAR_SMTP_URL", "smtps://soar%40example.com:p%3Ass@mail.example.com:465")
+    ep = smtp_endpoint(load_settings(_env_file=None))
+    assert (ep.host, ep.port, ep.tls, ep.user, ep.password) == (
+        "mail.example.com",
+        465,
+        True,
+        "soar@example.com",
+        "p:ss",
+    )
+    monkeypatch.setenv("SOAR_SMTP_URL", "smtp://mail.example.com:587")
+    monkeypatch.setenv("SOAR_SMTP_USER", "relay")
+    monkeypatch.setenv("SOAR_SMTP_PASSWORD", "s3cret")
+    ep = smtp_endpoint(load_settings(_env_file=None))
+    assert (ep.port, ep.tls, ep.user, ep.password) == (587, False, "relay", "s3cret")

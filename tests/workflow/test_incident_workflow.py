@@ -82,13 +82,17 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 class Fakes:
     """Records what the workflow asked for, in order."""
 
-    def __init__(self, *, high_risk: bool = False, failing: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, *, high_risk: bool = False, failing: frozenset[str] = frozenset(), quorum: int = 1
+    ) -> None:
         self.high_risk = high_risk
+        self.quorum = quorum  # the approval rule's, as containment reports it
         self.failing = failing  # activity names that always fail (an outage)
         self.log: list[str] = []
         self.approvals: dict[str, ApprovalRef] = {}
         self.queues: dict[str, set[str]] = {}  # activity name -> task queues it ran on
         self.failures: list[StepFailure] = []
+        self.requested_quorum = 0
 
     def _seen(self, name: str) -> None:
         self.queues.setdefault(name, set()).add(activity.info().task_queue)
@@ -130,7 +134,8 @@ class Fakes:
                 )
             if fakes.high_risk and "revoke_api_key:k-1" not in inp.active_keys:
                 approval.append(fakes._ref(inp, "revoke_api_key", "high", "k-1"))
-            return ContainResult(tuple(applied), (), tuple(approval))
+            quorums = tuple((a.action_id, fakes.quorum) for a in approval if fakes.quorum > 1)
+            return ContainResult(tuple(applied), (), tuple(approval), quorums=quorums)
 
         @activity.defn(name="enrich_incident")
         async def enrich(inp: EnrichInput) -> EnrichResult:
@@ -161,6 +166,7 @@ class Fakes:
             ref = ApprovalRef(approval_id_for(inp.action.action_id), inp.action, "later")
             fakes.approvals[ref.approval_id] = ref
             fakes.log.append(f"approval requested {inp.timeout_seconds}")
+            fakes.requested_quorum = inp.quorum
             return ref
 
         @activity.defn(name="announce_approval")
@@ -182,6 +188,9 @@ class Fakes:
         @activity.defn(name="record_decision")
         async def decided(rec: DecisionRecord) -> None:
             fakes._seen("record_decision")
+            if rec.quorum > 1 and rec.decision == "approve" and len(rec.votes) < rec.quorum:
+                fakes.log.append(f"counted {len(rec.votes)} of {rec.quorum} by {rec.actor}")
+                return
             fakes.log.append(f"decided {rec.decision} by {rec.actor}")
 
         @activity.defn(name="escalate_approval")
@@ -563,3 +572,127 @@ async def test_histories_from_before_signed_decisions_replay() -> None:
     path = Path(__file__).parent / "histories" / "unsigned_decision_v1.json"
     history = WorkflowHistory.from_json("incident-recorded", path.read_text())
     await Replayer(workflows=[IncidentWorkflow]).replay_workflow(history)
+
+
+async def _announced(env: WorkflowEnvironment, fakes: Fakes) -> None:
+    for _ in range(100):
+        if "announced" in fakes.log:
+            return
+        await env.sleep(1)
+    raise AssertionError("never announced")
+
+
+async def test_a_two_person_rule_needs_two_distinct_approvers(env: WorkflowEnvironment) -> None:
+    """quorum: 2: one approval leaves it pending, the same approver again is refused (by
+    principal, whatever channel), a second approver applies it."""
+    fakes, tq = Fakes(high_risk=True, quorum=2), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
+        handle = await start(env, tq, det(1))
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
+        await _announced(env, fakes)
+        assert fakes.requested_quorum == 2
+        first = await handle.execute_update(
+            "decide",
+            await signed(
+                DecisionRequest(apr, "approve", "alice", "approver", "email", approver="alice")
+            ),
+            result_type=DecisionResult,
+        )
+        assert (first.status, first.approvals, first.quorum) == ("pending", 1, 2)
+        assert apr in await handle.query("pending_approvals")
+        assert "run revoke_api_key:k-1" not in fakes.log
+        await refused(
+            handle,
+            DecisionRequest(
+                apr, "approve", "alice (slack:U1)", "approver", "slack", approver="alice"
+            ),
+            "already approved",
+        )
+        second = await handle.execute_update(
+            "decide",
+            await signed(DecisionRequest(apr, "approve", "bob", "approver", "api", approver="bob")),
+            result_type=DecisionResult,
+        )
+        assert (second.status, second.approvals) == ("approved", 2)
+        await refused(handle, DecisionRequest(apr, "reject", "carol", "admin"), "already approved")
+        assert await handle.result() == "closed"
+    assert fakes.log.count("counted 1 of 2 by alice") == 1
+    assert fakes.log.count("decided approve by bob") == 1
+    assert fakes.log.count("run revoke_api_key:k-1") == 1
+    assert "shown pending" in fakes.log and "shown approved" in fakes.log
+    assert "expired" not in fakes.log
+
+
+async def test_a_reject_after_one_approval_ends_a_two_person_rule(
+    env: WorkflowEnvironment,
+) -> None:
+    fakes, tq = Fakes(high_risk=True, quorum=2), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
+        handle = await start(env, tq, det(1))
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
+        await _announced(env, fakes)
+        await handle.execute_update(
+            "decide",
+            await signed(DecisionRequest(apr, "approve", "alice", "approver", approver="alice")),
+        )
+        result = await handle.execute_update(
+            "decide",
+            await signed(DecisionRequest(apr, "reject", "bob", "approver", approver="bob")),
+            result_type=DecisionResult,
+        )
+        assert result.status == "rejected"
+        await refused(
+            handle,
+            DecisionRequest(apr, "approve", "carol", "approver", approver="carol"),
+            "rejected",
+        )
+        assert await handle.result() == "closed"
+    assert "decided reject by bob" in fakes.log
+    assert "run revoke_api_key:k-1" not in fakes.log
+
+
+async def test_votes_are_carried_across_continue_as_new(env: WorkflowEnvironment) -> None:
+    """The quorum's state lives in the workflow: an approval counted in one run still counts
+    (and still refuses the same approver) in the run it was carried to."""
+    fakes, tq = Fakes(high_risk=True, quorum=2), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
+        handle = await start(env, tq, det(0), max_detections_per_run=5)
+        first = (await handle.describe()).run_id
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:revoke_api_key:k-1:1")
+
+        async def announced() -> bool:
+            return "announced" in fakes.log
+
+        await wait_for(announced, "announced")
+        by_id = env.client.get_workflow_handle(handle.id)
+        await by_id.execute_update(
+            "decide",
+            await signed(DecisionRequest(apr, "approve", "alice", "approver", approver="alice")),
+        )
+        for n in range(1, 12):
+            await handle.signal("add_detection", det(n, session=f"s-{n}"))
+
+        async def handed_over() -> bool:
+            d = await env.client.get_workflow_handle(handle.id).describe()
+            return bool(d.run_id != first and fakes.log.count("contain d-11 x12"))
+
+        await wait_for(handed_over, "continue-as-new")
+        await refused(
+            by_id,
+            DecisionRequest(apr, "approve", "alice", "approver", approver="alice"),
+            "already approved",
+        )
+        done = await by_id.execute_update(
+            "decide",
+            await signed(DecisionRequest(apr, "approve", "bob", "approver", approver="bob")),
+            result_type=DecisionResult,
+        )
+        assert (done.status, done.approvals) == ("approved", 2)
+        assert await handle.result() == "closed"
+    assert fakes.log.count("run revoke_api_key:k-1") == 1
