@@ -16,7 +16,7 @@ from soar.api.gate import decider_identities, subject_identities
 from soar.db import make_async_engine, session_factory
 from soar.decisions import sign_decision
 from soar.domain import DecisionRequest
-from soar.models import Approval, Principal
+from soar.models import Approval, Principal, PrincipalAddress
 from tests.support import api_tokens, bearer, detection, eventually, make_settings, running_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -133,7 +133,7 @@ async def test_no_self_approval(
             async with session_factory(engine)() as s, s.begin():
                 p = await s.scalar(select(Principal).where(Principal.name == "u-self"))
                 assert p is not None
-                p.slack_user_id = "UALICE1"
+                s.add(PrincipalAddress(principal_id=p.id, channel="slack", address="UALICE1"))
             async with session_factory(engine)() as s:
                 approval = await s.get(Approval, approvals[0]["approval_id"])
                 assert approval is not None

@@ -88,7 +88,7 @@ def settings_for(
 
 
 def soar(db_url: str, *args: str) -> Any:
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     return CliRunner().invoke(app, list(args), env={"SOAR_DATABASE_URL": db_url})
 

@@ -106,7 +106,7 @@ async def test_hostile_text_inert_in_jira_csv_terminal_and_ui(
             assert r.status_code == 200 and "<script" not in r.text and "\\u003cscript" in r.text
 
         # Terminal: `soar audit search` prints no escape code and applies no markup.
-        from soar.cli import app
+        from atlas_soar.cli import app
 
         out = await asyncio.to_thread(
             CliRunner().invoke,

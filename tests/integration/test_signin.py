@@ -32,7 +32,7 @@ def csrf_of(page: str) -> str:
 
 
 def soar(db_url: str, *args: str, input: str | None = None) -> Any:
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     result = CliRunner().invoke(app, list(args), input=input, env={"SOAR_DATABASE_URL": db_url})
     assert result.exit_code == 0, result.output

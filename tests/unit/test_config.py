@@ -54,7 +54,7 @@ def test_database_urls_plain_and_explicit_driver() -> None:
 def test_production_refuses_unsafe_settings_one_line_each(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from soar.cli import app
+    from atlas_soar.cli import app
 
     hook = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
     env = {
