@@ -39,6 +39,7 @@ from soar.connectors import IncidentBrief
 from soar.contracts import TicketNote
 from soar.db import transaction
 from soar.models import ActionLogEntry, Incident
+from soar.observability import outbound
 
 log = logging.getLogger("soar.tickets")
 
@@ -404,7 +405,8 @@ class JiraTicketing:
 
     def _call(self, what: str, op: Callable[[JIRA], T]) -> T:
         try:
-            return op(self._client_now())
+            with outbound("jira", what):
+                return op(self._client_now())
         except JIRAError as exc:
             raise jira_failure(what, exc) from None
         except requests.RequestException as exc:

@@ -71,6 +71,20 @@ def _logging(settings: Settings) -> None:
     setup_logging(settings.log_level, json_lines=settings.environment == "production")
 
 
+def _tracing_or_exit(service: str | None) -> None:
+    """Traces as the OTEL_* variables ask (soar/observability); a bad one stops the start in
+    one line. `service` None: only check (soar up, whose children trace)."""
+    from soar.observability.tracing import TracingConfigError, configure_tracing, exporter_from_env
+
+    try:
+        if service is None:
+            exporter_from_env(os.environ)
+        else:
+            configure_tracing(service)
+    except TracingConfigError as exc:
+        raise fail(str(exc)) from None
+
+
 @app.command()
 def up() -> None:
     """Run everything on this machine: embedded PostgreSQL and Temporal (unless
@@ -79,6 +93,7 @@ def up() -> None:
     from soar.stack.up import run_stack
 
     settings = settings_or_exit(find_stack=False)
+    _tracing_or_exit(None)
     raise typer.Exit(run_stack(settings, console=out, err=console))
 
 
@@ -112,6 +127,7 @@ def worker(
     if not settings.temporal_address:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")
     _logging(settings)
+    _tracing_or_exit("atlas-soar-worker")
     from soar.temporal_client import connect
     from soar.worker import parse_queues, run_worker
 
@@ -120,17 +136,23 @@ def worker(
     except ValueError as exc:
         raise fail(str(exc)) from None
 
-    async def main() -> None:
+    from soar.stack.lifecycle import exit_now, run_until_signalled
+
+    async def main(stop: asyncio.Event) -> None:
         assert settings.temporal_address
         client = await connect(settings.temporal_address, settings.temporal_namespace)
-        await run_worker(settings, url, client, queues=kinds)
+        await run_worker(settings, url, client, queues=kinds, stop=stop)
 
+    # SIGINT / SIGTERM: a graceful stop, exit 0 (soar/stack/lifecycle.py).
     try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+        code = run_until_signalled(main)
     except ConnectionError as exc:
-        raise fail(str(exc), 1) from None
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        code = 1
+    except Exception as exc:
+        console.print(f"[red]error:[/red] worker stopped: {type(exc).__name__}: {exc}"[:500])
+        code = 1
+    exit_now(code)
 
 
 @app.command()
@@ -143,6 +165,7 @@ def api() -> None:
     if settings.webhook_secret is None:
         raise fail("SOAR_WEBHOOK_SECRET is not set (whsec_...)")
     _logging(settings)
+    _tracing_or_exit("atlas-soar-api")
     import uvicorn
 
     from soar.api.app import create_app
@@ -156,15 +179,21 @@ def api() -> None:
         temporal_address=settings.temporal_address,
         webhook_secret=settings.webhook_secret.get_secret_value(),
     )
-    uvicorn.run(
-        application,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="warning",
-        access_log=False,
-        # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
-        timeout_graceful_shutdown=2,
-    )
+    from soar.stack.lifecycle import exit_now, signals_noted
+
+    # uvicorn stops gracefully on SIGINT / SIGTERM, then re-raises the signal: only noted
+    # here, and the process leaves with 0 (soar/stack/lifecycle.py).
+    with signals_noted():
+        uvicorn.run(
+            application,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+            # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
+            timeout_graceful_shutdown=2,
+        )
+    exit_now(0)
 
 
 @app.command()

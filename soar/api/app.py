@@ -22,6 +22,7 @@ from soar.api.jsonsafe import printable
 from soar.auth import sync_bootstrap_tokens
 from soar.config import Settings
 from soar.db import make_async_engine, session_factory
+from soar.observability.http import instrument_app
 from soar.replica import EnforcementReplica
 from soar.sources import SourceRegistry
 from soar.temporal_client import connect
@@ -138,6 +139,7 @@ def create_app(
     for extra in _optional_routers():
         app.include_router(extra)
     app.add_middleware(response.EnforcementFastPath, state=state)
+    instrument_app(app)  # a server span per request when OTEL_* asks for traces
     return app
 
 
