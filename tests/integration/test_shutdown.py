@@ -17,6 +17,7 @@ from soar.stack.proc import free_port
 from tests.support import TOKENS, api_tokens
 
 pytestmark = pytest.mark.timeout(150)
+SOAR = (sys.executable, "-m", "soar.cli")
 
 
 def _reader(proc: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
@@ -65,8 +66,7 @@ def test_ctrl_c_on_soar_up_stops_everything_cleanly(
         _wait_for(lines, "is ready", 60)
         # Work in flight at the moment of the Ctrl-C: a detection just accepted.
         sent = subprocess.run(
-            [sys.executable, "-m", "soar.cli", "send", "--technique", "AML.T0051"]
-            + ["--session", "s-stop", "--tenant", "acme"],
+            [*SOAR, "send", "--technique", "AML.T0051", "--session", "s-stop", "--tenant", "acme"],
             env={k: v for k, v in env.items() if k != "SOAR_DATABASE_URL"},
             capture_output=True,
             text=True,
@@ -134,7 +134,7 @@ def test_worker_and_api_exit_zero_on_a_signal(
     _wait_for(outs["worker"], "worker queues", 30)
     for p in procs.values():
         p.send_signal(sig)
-    for cmd, p in procs.items():
+    for p in procs.values():
         p.wait(timeout=30)
     for r in readers:
         r.join(timeout=10)
