@@ -83,8 +83,10 @@ def bench_stack(profile_dir: str | None = None, **env_over: str) -> Iterator[Ben
             prof: list[str] = []
             if profile_dir:
                 Path(profile_dir).mkdir(parents=True, exist_ok=True)
-                prof = ["-m", "cProfile", "-o", str(Path(profile_dir) / f"{cmd}.prof")]
-            procs[cmd] = subprocess.Popen([sys.executable, *prof, "-m", "soar.cli", cmd], env=env)
+                out = str(Path(profile_dir) / f"{cmd}.prof")
+                prof = [str(Path(__file__).with_name("profiled.py")), out]
+            argv = [*prof, cmd] if prof else ["-m", "soar.cli", cmd]
+            procs[cmd] = subprocess.Popen([sys.executable, *argv], env=env)
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:
