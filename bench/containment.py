@@ -122,6 +122,7 @@ async def contain(
 ) -> Stats:
     run = uuid.uuid4().hex[:6]
     sent_at: dict[str, float] = {}
+    retried = [0]
 
     async def one(i: int) -> float:
         session = f"bench-{run}-{i}"
@@ -132,7 +133,13 @@ async def contain(
             )
         ).encode()
         sent_at[session] = time.time()
-        r = await http.post("/v1/detections", content=body, headers=sign(body))
+        # As a source does: a 429 / 503 is retried after Retry-After (counted).
+        for _ in range(20):
+            r = await http.post("/v1/detections", content=body, headers=sign(body))
+            if r.status_code not in (429, 503):
+                break
+            retried[0] += 1
+            await asyncio.sleep(min(float(r.headers.get("retry-after", "1")), 5.0))
         assert r.status_code == 202, r.text
         return 0.0
 
@@ -151,6 +158,8 @@ async def contain(
     lat = [float(ts) - sent_at[t] for t, ts in rows]
     first = min(sent_at.values())
     wall = max(float(ts) for _, ts in rows) - first if rows else 0.0
+    if retried[0]:
+        print(f"{label}: {retried[0]} answer(s) 429/503, retried", file=sys.stderr)
     return Stats(label, lat, wall, n, len(rows))
 
 

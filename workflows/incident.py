@@ -80,7 +80,6 @@ HANDOVER_WAIT = timedelta(seconds=2)  # for core steps in flight, before contain
 ASSESS_COALESCE = timedelta(minutes=1)
 DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
-PATCH_LOCAL_ASSESS = "local-assess-v1"
 ENFORCEMENT = frozenset({"block_session", "block_api_key", "revoke_api_key", "disable_user"})
 
 _FAST = RetryPolicy(
@@ -444,26 +443,16 @@ class IncidentWorkflow:
     # --- background steps -------------------------------------------------------------------
 
     async def _assess(self, det: DetectionFacts) -> None:
-        inp = EnrichInput(self._input.incident_id, det)
-        if workflow.patched(PATCH_LOCAL_ASSESS):
-            # A local activity, like containment: a few PostgreSQL reads and one write, in
-            # the workflow task that contained, without a round trip through the server's
-            # activity queue.
-            result: EnrichResult = await workflow.execute_local_activity(
-                "enrich_incident",
-                inp,
-                result_type=EnrichResult,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_FAST,
-            )
-        else:
-            result = await workflow.execute_activity(
-                "enrich_incident",
-                inp,
-                result_type=EnrichResult,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=_FAST,
-            )
+        # A regular activity, not a local one: a local activity keeps the workflow task open
+        # until it is done, and in a burst that made containment's workflow tasks run past
+        # Temporal's 10 s timeout (measured, deploy/README.md).
+        result: EnrichResult = await workflow.execute_activity(
+            "enrich_incident",
+            EnrichInput(self._input.incident_id, det),
+            result_type=EnrichResult,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=_FAST,
+        )
         # The ticket usually opens before the assessment is ready: add it as a comment.
         self._note(
             f"{det.key}:assessed",
