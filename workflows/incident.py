@@ -443,9 +443,6 @@ class IncidentWorkflow:
     # --- background steps -------------------------------------------------------------------
 
     async def _assess(self, det: DetectionFacts) -> None:
-        # A regular activity, not a local one: a local activity keeps the workflow task open
-        # until it is done, and in a burst that made containment's workflow tasks run past
-        # Temporal's 10 s timeout (measured, deploy/README.md).
         result: EnrichResult = await workflow.execute_activity(
             "enrich_incident",
             EnrichInput(self._input.incident_id, det),
