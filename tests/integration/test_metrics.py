@@ -168,8 +168,9 @@ async def test_metrics_after_detections_flow(
     assert value(before, "soar_approvals_pending", age="4h+") == 0
     assert 0 <= value(before, "soar_approvals_oldest_pending_age_seconds") < 900
     # Decisions by channel.
-    decided = value(after, "soar_approval_decisions_total", channel="api", outcome="rejected")
-    assert decided - max(value(start, "soar_approval_decisions_total", channel="api"), 0) >= 1
+    rejected = {"channel": "api", "outcome": "rejected"}
+    decided = value(after, "soar_approval_decisions_total", **rejected)
+    assert decided - max(value(start, "soar_approval_decisions_total", **rejected), 0) == 1
     assert value(after, "soar_approvals_pending", age="0-15m") == 0
     # Calls to the outside world.
     for target in ("hook", "slack", "jira"):
