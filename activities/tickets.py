@@ -40,6 +40,7 @@ from soar.contracts import TicketNote
 from soar.db import transaction
 from soar.escape import jira_plain, jira_wiki
 from soar.models import ActionLogEntry, Incident
+from soar.observability import outbound
 
 log = logging.getLogger("soar.tickets")
 
@@ -432,7 +433,8 @@ class JiraTicketing:
 
     def _call(self, what: str, op: Callable[[JIRA], T]) -> T:
         try:
-            return op(self._client_now())
+            with outbound("jira", what):
+                return op(self._client_now())
         except JIRAError as exc:
             raise jira_failure(what, exc) from None
         except requests.RequestException as exc:

@@ -34,6 +34,7 @@ from approvals import slack_blocks as blocks
 from approvals.channels import Outcome, Record
 from soar.config import Settings
 from soar.connectors import ApprovalBrief, ChannelMessage, IncidentBrief, PostedMessage
+from soar.observability.slack import TracedWebClient
 
 # Each Web API call, retries included, must finish well inside the activities' 30 s
 # start-to-close timeout: 3 attempts x 5 s plus backoff, and at most _MAX_RATE_LIMIT_WAIT
@@ -91,7 +92,7 @@ def make_web_client(settings: Settings) -> WebClient:
         if settings.slack_api_url.endswith("/")
         else (settings.slack_api_url + "/")
     )
-    return WebClient(
+    return TracedWebClient(
         token=token,
         base_url=base_url,
         timeout=_HTTP_TIMEOUT_SECONDS,

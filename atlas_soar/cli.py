@@ -21,6 +21,7 @@ from soar.cli import (
     production_or_exit,
     settings_or_exit,
     setup_cli_logging,
+    tracing_or_exit,
 )
 from soar.cli import main as _main
 from soar.config import SettingsError
@@ -42,6 +43,7 @@ def up() -> None:
     from soar.stack.up import run_stack
 
     settings = settings_or_exit(find_stack=False)
+    tracing_or_exit(None)
     raise typer.Exit(run_stack(settings, command=SOAR_COMMAND, console=out, err=console))
 
 
@@ -62,7 +64,9 @@ def worker(
     if not settings.temporal_address:
         raise fail("SOAR_TEMPORAL_ADDRESS is not set")
     setup_cli_logging(settings)
+    tracing_or_exit("atlas-soar-worker")
     from atlas_soar.worker import parse_queues, run_worker
+    from soar.stack.lifecycle import exit_now, run_until_signalled
     from soar.temporal_client import connect
 
     try:
@@ -71,7 +75,7 @@ def worker(
         raise fail(str(exc)) from None
     playbook = preflight(settings, url)
 
-    async def run() -> None:
+    async def run(stop: asyncio.Event) -> None:
         assert settings.temporal_address
         client = await connect(
             settings.temporal_address, settings.temporal_namespace, settings=settings
@@ -83,16 +87,25 @@ def worker(
             highlight=False,
             markup=False,
         )
-        await run_worker(settings, url, client, queues=kinds)
+        await run_worker(settings, url, client, queues=kinds, stop=stop)
 
+    # SIGINT / SIGTERM: a graceful stop, exit 0 (soar/stack/lifecycle.py).
     try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
+        code = run_until_signalled(run)
     except ConnectionError as exc:
-        raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
+        console.print(
+            f"[red]error:[/red] {exc}: start it, or check SOAR_TEMPORAL_ADDRESS",
+            highlight=False,
+            markup=True,
+        )
+        code = 1
     except SettingsError as exc:
-        raise fail(str(exc), 1) from None
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        code = 1
+    except Exception as exc:
+        console.print(f"[red]error:[/red] worker stopped: {type(exc).__name__}: {exc}"[:500])
+        code = 1
+    exit_now(code)
 
 
 @app.command()
@@ -106,6 +119,7 @@ def api() -> None:
     if settings.webhook_secret is None:
         raise fail("SOAR_WEBHOOK_SECRET is not set (whsec_...)")
     setup_cli_logging(settings)
+    tracing_or_exit("atlas-soar-api")
     import uvicorn
 
     from atlas_soar.app import create_app
@@ -142,15 +156,21 @@ def api() -> None:
         temporal_address=settings.temporal_address,
         webhook_secret=settings.webhook_secret.get_secret_value(),
     )
-    uvicorn.run(
-        application,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="warning",
-        access_log=False,
-        # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
-        timeout_graceful_shutdown=2,
-    )
+    from soar.stack.lifecycle import exit_now, signals_noted
+
+    # uvicorn stops gracefully on SIGINT / SIGTERM, then re-raises the signal: only noted
+    # here, and the process leaves with 0 (soar/stack/lifecycle.py).
+    with signals_noted():
+        uvicorn.run(
+            application,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="warning",
+            access_log=False,
+            # Open enforcement streams must not hold a Ctrl-C / SIGTERM for long.
+            timeout_graceful_shutdown=2,
+        )
+    exit_now(0)
 
 
 def main() -> None:

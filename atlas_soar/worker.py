@@ -22,7 +22,9 @@ from soar.db import make_async_engine, session_factory
 from soar.decisions import decision_keys, install_keys
 from soar.hooks import HookClient
 from soar.intake.service import redeliver_undispatched
+from soar.observability.serve import serve_worker_metrics
 from soar.policy import Playbook, default_playbook, load_playbook
+from soar.stack.lifecycle import run_until_stopped
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger("soar.worker")
@@ -151,6 +153,7 @@ def make_worker(
             workflows=[IncidentWorkflow],
             activities=build_activities(ctx),
             max_concurrent_activities=s.core_max_concurrent_activities,
+            graceful_shutdown_timeout=timedelta(seconds=s.worker_shutdown_grace_seconds),
             **extra,  # type: ignore[arg-type]
         )
     if EXTERNAL in kinds and (CORE not in kinds or external_task_queue != core_queue):
@@ -159,6 +162,7 @@ def make_worker(
             task_queue=external_task_queue,
             activities=build_external_activities(ctx),
             max_concurrent_activities=s.external_max_concurrent_activities,
+            graceful_shutdown_timeout=timedelta(seconds=s.worker_shutdown_grace_seconds),
         )
     return WorkerGroup(workers)
 
@@ -184,12 +188,16 @@ async def run_worker(
     client: Client,
     *,
     queues: str | Sequence[str] = QUEUES,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Run the workers of `queues` ("core", "external", or both: the default) until
-    cancelled. The outbox sweeper runs with the core worker."""
+    cancelled, or until `stop` is set: then gracefully (in-flight activities get
+    SOAR_WORKER_SHUTDOWN_GRACE_SECONDS, then are handed back). The outbox sweeper runs
+    with the core worker."""
     kinds = parse_queues(queues)
     ctx = build_context(settings, database_url)
     group = make_worker(client, ctx, queues=kinds)
+    metrics = serve_worker_metrics(settings)  # SOAR_WORKER_METRICS_PORT
     log.info(
         "worker queues: %s",
         ", ".join(f"{k}={w.task_queue}" for k, w in group.workers.items()),
@@ -203,8 +211,10 @@ async def run_worker(
         else None
     )
     try:
-        await group.run()
+        await (run_until_stopped(group.run(), stop, group.shutdown) if stop else group.run())
     finally:
+        if metrics is not None:
+            metrics.stop()
         if sweeper is not None:
             sweeper.cancel()
         if sealer is not None:

@@ -50,7 +50,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def bench_stack(**env_over: str) -> Iterator[BenchStack]:
+def bench_stack(profile_dir: str | None = None, **env_over: str) -> Iterator[BenchStack]:
+    """The stack; with `profile_dir`, the worker and the API run under cProfile and write
+    `<dir>/<name>.prof` when they stop (they stop cleanly on SIGTERM)."""
     tmp = Path(tempfile.mkdtemp(prefix="soar-bench-"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     pg = tp = None
@@ -79,7 +81,13 @@ def bench_stack(**env_over: str) -> Iterator[BenchStack]:
             **env_over,
         )
         for cmd in ("worker", "api"):
-            procs[cmd] = subprocess.Popen([sys.executable, "-m", "atlas_soar", cmd], env=env)
+            prof: list[str] = []
+            if profile_dir:
+                Path(profile_dir).mkdir(parents=True, exist_ok=True)
+                out = str(Path(profile_dir) / f"{cmd}.prof")
+                prof = [str(Path(__file__).with_name("profiled.py")), out]
+            argv = [*prof, cmd] if prof else ["-m", "atlas_soar", cmd]
+            procs[cmd] = subprocess.Popen([sys.executable, *argv], env=env)
         base = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:

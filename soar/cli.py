@@ -120,6 +120,20 @@ def setup_cli_logging(settings: Settings) -> None:
     setup_logging(settings.log_level, json_lines=settings.environment == "production")
 
 
+def tracing_or_exit(service: str | None) -> None:
+    """Traces as the OTEL_* variables ask (soar/observability); a bad one stops the start in
+    one line. `service` None: only check (soar up, whose children trace)."""
+    from soar.observability.tracing import TracingConfigError, configure_tracing, exporter_from_env
+
+    try:
+        if service is None:
+            exporter_from_env(os.environ)
+        else:
+            configure_tracing(service)
+    except TracingConfigError as exc:
+        raise fail(str(exc)) from None
+
+
 @app.command()
 def migrate() -> None:
     """Apply database migrations and install the built-in ATLAS catalog if none is loaded."""

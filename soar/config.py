@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     # a third of the worker's CPU per incident). Off by default: the workflow tests run
     # IncidentWorkflow inside the sandbox, so a non-deterministic import fails there.
     workflow_sandbox: bool = False
+    # The worker's own /metrics (it is a separate process from the API); unset: not served.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    # On SIGTERM / SIGINT, how long in-flight activities may finish before they are handed
+    # back (cancelled, retried elsewhere). `soar up` waits this plus 5 s before a kill.
+    worker_shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

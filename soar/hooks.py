@@ -11,6 +11,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from soar.contracts import ActionRef
+from soar.observability import outbound
 
 
 class HookError(RuntimeError):
@@ -54,10 +55,12 @@ class HookClient:
         }
         if self._signer is not None:
             headers["webhook-signature"] = self._signer.sign(msg_id, now, body)
-        try:
-            resp = self._client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise HookError(f"{action.action_type} hook unreachable: {exc}") from exc
-        if resp.status_code >= 300:
-            raise HookError(f"{action.action_type} hook answered {resp.status_code}")
+        # Counted, timed and traced; the receiver gets the trace's `traceparent`.
+        with outbound("hook", action.action_type, headers):
+            try:
+                resp = self._client.post(url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                raise HookError(f"{action.action_type} hook unreachable: {exc}") from exc
+            if resp.status_code >= 300:
+                raise HookError(f"{action.action_type} hook answered {resp.status_code}")
         return resp.status_code

@@ -14,6 +14,7 @@ from temporalio.client import Client
 from temporalio.service import TLSConfig
 
 from soar.config import Settings, SettingsError
+from soar.observability.temporal import temporal_interceptors
 
 
 def tls_config(settings: Settings) -> TLSConfig | None:
@@ -63,7 +64,12 @@ async def connect(
     last: Exception | None = None
     for _ in range(attempts):
         try:
-            return await Client.connect(address, namespace=namespace, **options)
+            return await Client.connect(
+                address,
+                namespace=namespace,
+                interceptors=temporal_interceptors(),
+                **options,
+            )
         except Exception as exc:
             last = exc
             await asyncio.sleep(0.25)

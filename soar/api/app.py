@@ -25,6 +25,7 @@ from soar.audit import api as audit_api
 from soar.auth import sync_bootstrap_tokens
 from soar.config import Settings, SettingsError
 from soar.db import make_async_engine, session_factory
+from soar.observability.http import instrument_app
 from soar.replica import EnforcementReplica
 from soar.sources import SourceRegistry
 from soar.temporal_client import connect
@@ -144,4 +145,5 @@ def create_api(
     for router in (*core, *routers):
         app.include_router(router)
     app.add_middleware(response.EnforcementFastPath, state=state)
+    instrument_app(app)  # a server span per request when OTEL_* asks for traces
     return app

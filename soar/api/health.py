@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -11,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from soar.api.deps import StateDep
-from soar.audit.seal import refresh_seal_gauges
+from soar.observability.gauges import refresh_gauges
 from soar.replica import EnforcementReplica
 
 router = APIRouter(tags=["operations"])
@@ -58,8 +57,6 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    # The action log's unsealed backlog, read here so any process's /metrics shows it.
-    with contextlib.suppress(Exception):
-        async with state.factory() as session:
-            await asyncio.wait_for(refresh_seal_gauges(session), 2)
+    # Open incidents, pending approvals, the log's unsealed backlog, the replica's lag.
+    await refresh_gauges(state.factory, state.extras.get("replica"))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -29,7 +29,8 @@ from soar.intake.schema import (
     parse_detection,
 )
 from soar.intake.service import Prepared, dispatch, mark_dispatched, prepare, record_detection
-from soar.metrics import DETECTIONS, INTAKE_SECONDS
+from soar.metrics import INTAKE_SECONDS, count_detection
+from soar.observability import annotate
 from soar.ratelimit import TokenBuckets, retry_after
 from soar.sources import Credential, SourceRegistry, Unverified, verify
 
@@ -49,8 +50,8 @@ def _problem(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _limited(what: str, wait: float) -> JSONResponse:
-    DETECTIONS.labels(outcome="limited").inc()
+def _limited(what: str, wait: float, source: str) -> JSONResponse:
+    count_detection("throttled", source=source, reason=what)
     return _problem(
         429,
         f"rate limit of this {what} exceeded; retry later",
@@ -94,7 +95,7 @@ async def _refuse_tenant(state: AppState, cred: Credential, d: NativeDetection) 
                 details={"source": cred.source, "detection_id": d.id, "reason": reason},
             ),
         )
-    DETECTIONS.labels(outcome="forbidden").inc()
+    count_detection("refused", source=cred.source, reason="tenant")
     return _problem(403, reason)
 
 
@@ -105,25 +106,27 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
     try:
         body = await read_capped(request, settings.max_body_bytes)
     except BodyTooLarge as exc:
+        count_detection("refused", reason="too_large")
         return _problem(413, str(exc))
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
+        count_detection("refused", reason="content_type")
         return _problem(415, "content-type must be application/json")
 
     registry: SourceRegistry = state.extras["sources"]  # type: ignore[assignment]
     try:
         cred = verify(await registry.credentials(), body, request.headers)
     except Unverified as exc:
-        DETECTIONS.labels(outcome="unauthorized").inc()
+        count_detection("refused", reason="signature")
         return _problem(401, f"signature rejected: {exc}")
 
     if wait := _buckets(state, "source_buckets").take(cred.source):
-        return _limited("source", wait)
+        return _limited("source", wait, cred.source)
 
     try:
         payload = await parse_json(body)
     except JSONRefused as exc:
-        DETECTIONS.labels(outcome="invalid").inc()
+        count_detection("refused", source=cred.source, reason="invalid_json")
         return _problem(422, "invalid JSON", [{"field": "body", "message": exc.message}])
     try:
         if len(body) > OFF_LOOP_BYTES:
@@ -131,10 +134,10 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
         else:
             detection, fmt, prepared = _parse(payload, cred.source)
     except DetectionInvalid as exc:
-        DETECTIONS.labels(outcome="invalid").inc()
+        count_detection("refused", source=cred.source, reason="invalid")
         return _problem(422, "invalid detection", exc.errors)
     except NothingDetected:
-        DETECTIONS.labels(outcome="clean").inc()
+        count_detection("clean", source=cred.source)
         return Response(status_code=204)
 
     if cred.tenants is not None and detection.subject.tenant not in cred.tenants:
@@ -142,7 +145,7 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
 
     subject_key = f"{detection.subject.tenant}\x1f{prepared.subject.key}"
     if wait := _buckets(state, "subject_buckets").take(subject_key):
-        return _limited("subject", wait)
+        return _limited("subject", wait, cred.source)
 
     async with state.factory() as session, session.begin():
         known = await technique_exists(session, detection.technique)
@@ -152,7 +155,7 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
             else None
         )
     if recorded is None:
-        DETECTIONS.labels(outcome="invalid").inc()
+        count_detection("refused", source=cred.source, reason="unknown_technique")
         return _problem(
             422,
             "invalid detection",
@@ -165,6 +168,7 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
             ],
         )
 
+    annotate(incident_id=recorded.incident_id, detection_id=recorded.detection_id[:200])
     answer = {
         "incident_id": recorded.incident_id,
         "workflow_id": recorded.workflow_id,
@@ -172,7 +176,7 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
         "duplicate": recorded.duplicate,
     }
     if recorded.duplicate:
-        DETECTIONS.labels(outcome="duplicate").inc()
+        count_detection("duplicate", source=cred.source)
         return JSONResponse(answer, status_code=200)
 
     # Durable from here on: if signalling fails, the worker's outbox sweeper re-sends it.
@@ -197,6 +201,6 @@ async def receive_detection(request: Request, state: StateDep) -> Response:
                 recorded.incident_id,
                 type(exc).__name__,
             )
-    DETECTIONS.labels(outcome="accepted").inc()
+    count_detection("accepted", source=cred.source)
     INTAKE_SECONDS.observe(time.perf_counter() - started)
     return JSONResponse(answer, status_code=202)

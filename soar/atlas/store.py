@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -144,7 +144,28 @@ async def catalog_version(session: AsyncSession) -> str:
     return v or "unknown"
 
 
+# The catalog changes only by a load, which adds a catalog version row in the same
+# transaction: a technique's facts are kept per (database, newest version), so the worker's
+# hot path asks one indexed question instead of four.
+_INFO_CACHE: dict[tuple[str, int, str], TechniqueInfo] = {}
+_INFO_CACHE_MAX = 4096
+
+
 async def technique_info(session: AsyncSession, technique_id: str) -> TechniqueInfo | None:
+    version = await session.scalar(select(func.max(CatalogVersion.id)))
+    key = (str(session.sync_session.get_bind().engine.url), int(version or 0), technique_id)
+    found = _INFO_CACHE.get(key)
+    if found is not None:
+        return found
+    info = await _technique_info(session, technique_id)
+    if info is not None and version is not None:
+        if len(_INFO_CACHE) >= _INFO_CACHE_MAX:
+            _INFO_CACHE.clear()
+        _INFO_CACHE[key] = info
+    return info
+
+
+async def _technique_info(session: AsyncSession, technique_id: str) -> TechniqueInfo | None:
     tech = await session.get(AtlasTechnique, technique_id)
     if tech is None:
         return None

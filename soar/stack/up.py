@@ -123,8 +123,22 @@ def _soar_command() -> str:
 
 
 def run_stack(settings: Settings, *, command: Sequence[str], console: Console, err: Console) -> int:
-    """`command`: how to run `soar` (the worker and the API are started as `command worker`
-    and `command api`)."""
+    """Start everything, wait for Ctrl-C / SIGTERM, stop everything. 0 only when every
+    child also stopped cleanly. `command`: how to run `soar` (the worker and the API are
+    started as `command worker` and `command api`)."""
+    unclean: list[str] = []
+    code = _run_stack(settings, command=command, console=console, err=err, unclean=unclean)
+    return 1 if unclean and code == 0 else code
+
+
+def _run_stack(
+    settings: Settings,
+    *,
+    command: Sequence[str],
+    console: Console,
+    err: Console,
+    unclean: list[str],
+) -> int:
     home = settings.home
     from soar.errors import explain
     from soar.stack.preflight import check_policy
@@ -201,6 +215,9 @@ def run_stack(settings: Settings, *, command: Sequence[str], console: Console, e
                         [*command, cmd],
                         env=env,
                         stdin=subprocess.DEVNULL,
+                        # Not in the terminal's process group: a Ctrl-C reaches this process
+                        # only, which stops them in order (below).
+                        start_new_session=True,
                     )
                 )
             base = f"http://{settings.api_host}:{settings.api_port}"
@@ -272,17 +289,37 @@ def run_stack(settings: Settings, *, command: Sequence[str], console: Console, e
     finally:
         (home / "stack.json").unlink(missing_ok=True)
         console.print("stopping ...")
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-        for c in children:
-            try:
-                c.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                c.kill()
-                c.wait()
+        if not stop_children(children, grace=settings.worker_shutdown_grace_seconds + 5, err=err):
+            unclean.append("child")
         if tp:
             tp.stop()
         if pg:
             pg.stop()
         console.print("stopped.")
+
+
+def stop_children(children: list[subprocess.Popen[bytes]], *, grace: float, err: Console) -> bool:
+    """SIGTERM the API first (no new work), then the worker (finishes or hands back what it
+    runs); a process still running after `grace` seconds is killed. False when one did not
+    stop cleanly (killed, or a non-zero exit), each named in one line."""
+    clean = True
+    for c in reversed(children):  # started worker, api
+        if c.poll() is None:
+            c.send_signal(signal.SIGTERM)
+            try:
+                c.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait()
+                err.print(f"[red]error:[/red] {_name(c)} did not stop within {grace:g}s; killed")
+                clean = False
+                continue
+        if c.returncode != 0:
+            err.print(f"[red]error:[/red] {_name(c)} exited with code {c.returncode}")
+            clean = False
+    return clean
+
+
+def _name(c: subprocess.Popen[bytes]) -> str:
+    args = c.args if isinstance(c.args, list) else [str(c.args)]
+    return f"the {args[-1]}" if args else "a child"

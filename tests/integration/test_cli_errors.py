@@ -122,15 +122,24 @@ def test_soar_up_refuses_a_bad_playbook_before_starting_anything(tmp_path: Path)
 
 @pytest.mark.parametrize("command", ["worker", "api"])
 def test_an_unreachable_temporal_is_one_line_at_start(command: str, db_url: str) -> None:
-    code, out = run(
-        [command],
+    # A process of its own: the worker leaves with os._exit (soar/stack/lifecycle.py).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
+    env.update(
+        SOAR_HOME="/nonexistent",
         SOAR_DATABASE_URL=db_url,
         SOAR_TEMPORAL_ADDRESS="127.0.0.1:1",
         SOAR_WEBHOOK_SECRET=WHSEC,
         SOAR_API_PORT=str(_free_port()),
     )
-    line = one_line(out)
-    assert code == 1
+    done = subprocess.run(
+        [sys.executable, "-m", "atlas_soar", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    line = one_line(done.stdout + done.stderr)
+    assert done.returncode == 1
     assert "Temporal at 127.0.0.1:1" in line and "SOAR_TEMPORAL_ADDRESS" in line
 
 
