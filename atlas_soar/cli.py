@@ -74,6 +74,14 @@ def worker(
     except ValueError as exc:
         raise fail(str(exc)) from None
     playbook = preflight(settings, url)
+    try:  # Temporal answers, or one line (checked before the long run and its handlers)
+        asyncio.run(
+            connect(settings.temporal_address, settings.temporal_namespace, settings=settings)
+        )
+    except ConnectionError as exc:
+        raise fail(f"{exc}: start it, or check SOAR_TEMPORAL_ADDRESS", 1) from None
+    except SettingsError as exc:
+        raise fail(str(exc), 1) from None
 
     async def run(stop: asyncio.Event) -> None:
         assert settings.temporal_address

@@ -18,6 +18,9 @@ class NotReady(Exception):
 
 
 def head_revision() -> str:
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up chatter
     from alembic.script import ScriptDirectory
 
     from soar.migrate import alembic_config

@@ -17,7 +17,7 @@ from soar.stack.proc import free_port
 from tests.support import TOKENS, api_tokens
 
 pytestmark = pytest.mark.timeout(150)
-SOAR = (sys.executable, "-m", "soar.cli")
+SOAR = (sys.executable, "-m", "atlas_soar")
 
 
 def _reader(proc: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
@@ -53,7 +53,7 @@ def test_ctrl_c_on_soar_up_stops_everything_cleanly(
     # Its own process group, as a shell gives a foreground job: a terminal's Ctrl-C is
     # SIGINT to the whole group.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "soar.cli", "up"],
+        [sys.executable, "-m", "atlas_soar", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -111,7 +111,7 @@ def test_worker_and_api_exit_zero_on_a_signal(
     assert TOKENS  # the API needs its bootstrap tokens
     procs = {
         cmd: subprocess.Popen(
-            [sys.executable, "-m", "soar.cli", cmd],
+            [sys.executable, "-m", "atlas_soar", cmd],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
