@@ -2,8 +2,8 @@
 
 Core (the main task queue): containment, assessment, approvals and decisions, lifting
 blocks, failure records, closing, the audit log. External (their own queue, their own
-concurrency limit): everything that talks to Slack, Jira or an outbound hook, so an outage
-there that keeps hundreds of steps retrying never delays a decision or a containment.
+concurrency limit): everything that talks to Slack, Jira, an outbound hook or a model, so
+an outage there that keeps hundreds of steps retrying never delays a decision or a containment.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from activities.actions import ActionActivities
 from activities.approvals import ApprovalActivities
 from activities.containment import ContainmentActivities
 from activities.context import ActivityContext
+from activities.summaries import SummaryActivities
 from activities.tickets import TicketActivities
 
 # run_action is on both: the workflow sends approved enforcement (revoke_api_key, ...) to the
@@ -30,6 +31,7 @@ EXTERNAL_ACTIVITIES = frozenset(
         "run_action",
         "note_ticket",
         "close_ticket",
+        "summarise_incident",
     }
 )
 
@@ -39,6 +41,7 @@ def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
     queue, e.g. one started before the bulkheads, runs every step on its own queue)."""
     c, a, p = ContainmentActivities(ctx), ActionActivities(ctx), ApprovalActivities(ctx)
     t = TicketActivities(ctx)
+    m = SummaryActivities(ctx)
     return [
         c.contain_detection,
         c.enrich_incident,
@@ -57,6 +60,7 @@ def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
         p.expire_approval,
         t.note_ticket,
         t.close_ticket,
+        m.summarise_incident,
     ]
 
 

@@ -25,6 +25,7 @@ from soar.contracts import ActionRef
 from soar.hooks import HookClient
 from soar.models import Action, Approval, Detection, Incident
 from soar.policy import Playbook
+from soar.summaries import OfflineSummariser, Summariser, Summary
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ActivityContext:
     hooks: HookClient
     notifier: Notifier = field(default_factory=NullNotifier)
     ticketing: Ticketing = field(default_factory=NullTicketing)
+    summariser: Summariser = field(default_factory=OfflineSummariser)
 
 
 def now() -> datetime:
@@ -92,6 +94,7 @@ async def incident_brief(
         )
     ).all()
     tactic = info.tactics[0] if info and info.tactics else None
+    analysis = (inc.enrichment or {}).get("analysis")
     return IncidentBrief(
         incident_id=inc.id,
         tenant=inc.tenant,
@@ -108,6 +111,7 @@ async def incident_brief(
         ticket_key=inc.ticket_key,
         ticket_url=inc.ticket_url,
         url=f"{settings.base_url}/ui/incidents/{inc.id}",
+        analysis=Summary.from_json(analysis) if isinstance(analysis, dict) else None,
     )
 
 

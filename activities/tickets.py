@@ -185,11 +185,29 @@ def description_of(incident: IncidentBrief, assessment: str) -> str:
         _noformat(assessment or "Assessment pending; updates follow as comments."),
         "h4. Redacted excerpt",
         _noformat(excerpt or "(none)"),
+        *_analysis_parts(incident),
         "h4. Actions",
         _noformat("\n".join(actions) or "none yet"),
         "_The raw prompt is never sent to Jira; progress is added as comments._",
     ]
     return "\n\n".join(parts)
+
+
+def _analysis_parts(incident: IncidentBrief) -> list[str]:
+    """The summary, verbatim: a model-written one is marked, with its model's name."""
+    a = incident.analysis
+    if a is None:
+        return []
+    who = (
+        f"Written by model {a.model or '?'}; untrusted, for reading only (it changes no action)."
+        if a.written_by == "model"
+        else "Offline summary."
+    )
+    steps = "\n".join(
+        f"- {s.step}" + (f" ({s.mitigation})" if s.mitigation else "") for s in a.next_steps
+    )
+    body = f"{who}\n{a.summary}\nLikely intent: {a.likely_intent}\nSuggested next steps:\n{steps}"
+    return ["h4. Summary", _noformat(body)]
 
 
 def render_template(value: Any, values: Mapping[str, str]) -> Any:
@@ -298,7 +316,8 @@ class JiraTicketing:
         )
         if any(has_marker(str(getattr(c, "body", "") or ""), dedupe_key) for c in comments):
             return
-        body = f"{text}\n\n{comment_marker(dedupe_key)}"
+        # Comments quote detection and model text: shown verbatim, never as markup.
+        body = f"{_noformat(text)}\n\n{comment_marker(dedupe_key)}"
         self._call(f"comment on {ticket_key}", lambda j: j.add_comment(ticket_key, body))
 
     def close(self, ticket_key: str) -> None:

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from soar.config import Settings, SettingsError, load_settings
 from soar.detect.cli import detect as detect_command
+from soar.ingest.cli import ingest as ingest_command
 
 app = typer.Typer(
     help="atlas-soar: response orchestration for attacks on AI systems (MITRE ATLAS).",
@@ -348,6 +349,7 @@ def _register_optional_commands() -> None:
 
 _register_optional_commands()
 app.command("detect")(detect_command)
+app.command("ingest")(ingest_command)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from soar.db import make_async_engine, session_factory
 from soar.hooks import HookClient
 from soar.intake.service import redeliver_undispatched
 from soar.policy import Playbook, default_playbook, load_playbook
+from soar.summaries import build_summariser
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger("soar.worker")
@@ -49,13 +50,15 @@ def build_ticketing(settings: Settings) -> Ticketing:
 def build_context(settings: Settings, database_url: str) -> ActivityContext:
     engine = make_async_engine(database_url)
     hook_secret = settings.hook_secret.get_secret_value() if settings.hook_secret else None
+    factory = session_factory(engine)
     return ActivityContext(
-        factory=session_factory(engine),
+        factory=factory,
         settings=settings,
         playbook=load_policy(settings),
         hooks=HookClient(settings.action_hooks, hook_secret),
         notifier=build_notifier(settings),
         ticketing=build_ticketing(settings),
+        summariser=build_summariser(settings, factory),
     )
 
 

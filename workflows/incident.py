@@ -49,6 +49,8 @@ with workflow.unsafe.imports_passed_through():
         FailureInput,
         HookInput,
         StepFailure,
+        SummariseInput,
+        SummaryResult,
         TicketNote,
         approval_id_for,
     )
@@ -80,6 +82,7 @@ HANDOVER_WAIT = timedelta(seconds=2)  # for core steps in flight, before contain
 ASSESS_COALESCE = timedelta(minutes=1)
 DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
+PATCH_SUMMARY = "summary-v1"
 ENFORCEMENT = frozenset({"block_session", "block_api_key", "revoke_api_key", "disable_user"})
 
 _FAST = RetryPolicy(
@@ -455,6 +458,26 @@ class IncidentWorkflow:
             f"{det.key}:assessed",
             f"Assessment (risk {result.risk_score:g}/100): {result.summary}",
         )
+        if workflow.patched(PATCH_SUMMARY):
+            await self._summarise(det, result.risk_score)
+
+    async def _summarise(self, det: DetectionFacts, risk_score: float) -> None:
+        """The summary (offline or model-written) on the external queue: text for people,
+        stored beside the plan; nothing here reads it back."""
+        try:
+            done: SummaryResult = await workflow.execute_activity(
+                "summarise_incident",
+                SummariseInput(self._input.incident_id, det, risk_score),
+                result_type=SummaryResult,
+                task_queue=(self._ext_queue or None) if self._v1 else None,
+                start_to_close_timeout=timedelta(seconds=150),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+            )
+        except ActivityError:
+            workflow.logger.warning("summary of %s gave up", det.key)
+            return
+        if done.note:
+            self._note(f"{det.key}:summary", done.note)
 
     # External steps: each one a task that may be carried to the next run.
 
