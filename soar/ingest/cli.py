@@ -258,7 +258,7 @@ def _send(
     if restart:
         ckpt = Checkpoint(ckpt.path, identity)
     console = cli.console
-    if ckpt.done:
+    if ckpt.done or ckpt.sent_upto:
         console.print(f"resuming after line {ckpt.done} (checkpoint {ckpt.path})", highlight=False)
 
     async def main(run: Ingest) -> Tally:
@@ -337,12 +337,13 @@ def _dry_run(f: IO[bytes], settings: Any, *, technique: str | None, tenant: str)
                 result, shown = await enrich_line(
                     number, raw, engine=engine, info=info, technique=technique, tenant=tenant
                 )
-                if result.outcome == "accepted" and result.key is not None:
-                    if result.key in seen:  # a repeat within the file: the intake's 200
-                        result = Result(result.line, "duplicate", result.key)
+                key = result.key
+                if result.outcome == "accepted" and key is not None:
+                    if key in seen:  # a repeat within the file: the intake's 200
+                        result = Result(result.line, "duplicate", key)
                         if shown is not None:
                             shown["status"] = "duplicate"
-                    seen.add(result.key)
+                    seen.add(key)
                 tally.add(result)
                 if shown is not None:
                     cli.out.print(json.dumps(shown), markup=False, highlight=False, soft_wrap=True)

@@ -194,7 +194,7 @@ class Ingest:
         self.engine = engine or Engine.default()
         self.on_result = on_result or (lambda r: None)
         self.resumed = checkpoint.done
-        self.resumed_sent_upto = checkpoint.sent_upto if checkpoint.done else 0
+        self.resumed_sent_upto = checkpoint.sent_upto  # 0 for a fresh checkpoint
         self._pending: dict[int, Result] = {}
         self._digests: dict[int, str] = {}
         self._seen: set[str] = set()
