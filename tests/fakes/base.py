@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-Answer = tuple[int, Any, dict[str, str]]  # status, JSON payload (None: empty body; bytes: raw), headers
+# status, JSON payload (None: empty body; bytes: sent as they are), headers
+Answer = tuple[int, Any, dict[str, str]]
 
 
 class _Server(ThreadingHTTPServer):

@@ -57,7 +57,8 @@ def sample_file(tmp: Path) -> Path:
 
 
 def table(output: str) -> dict[str, int]:
-    rows = re.findall(r"│ (accepted|duplicate|nothing detected|unmapped|invalid)\s*│\s*([\d,]+) │", output)
+    names = "accepted|duplicate|nothing detected|unmapped|invalid"
+    rows = re.findall(rf"│ ({names})\s*│\s*([\d,]+) │", output)
     return {name: int(n.replace(",", "")) for name, n in rows}
 
 
