@@ -140,6 +140,15 @@ def _noformat(text: str) -> str:
     return "{noformat}\n" + safe + "\n{noformat}"
 
 
+_MARKUP = re.compile(r"([\\{}\[\]|!])")
+
+
+def escape_markup(text: str) -> str:
+    """Comments quote detection and model text: the characters that make links, images,
+    tables and macros ({noformat}, {html} ...) are escaped, so the text stays text."""
+    return _MARKUP.sub(r"\\\1", text)
+
+
 def summary_of(incident: IncidentBrief) -> str:
     return _one_line(
         f"{incident.technique} {incident.technique_name} on {incident.subject} "
@@ -316,8 +325,7 @@ class JiraTicketing:
         )
         if any(has_marker(str(getattr(c, "body", "") or ""), dedupe_key) for c in comments):
             return
-        # Comments quote detection and model text: shown verbatim, never as markup.
-        body = f"{_noformat(text)}\n\n{comment_marker(dedupe_key)}"
+        body = f"{escape_markup(text)}\n\n{comment_marker(dedupe_key)}"
         self._call(f"comment on {ticket_key}", lambda j: j.add_comment(ticket_key, body))
 
     def close(self, ticket_key: str) -> None:

@@ -35,6 +35,8 @@ from soar.contracts import (
     FailureInput,
     HookInput,
     StepFailure,
+    SummariseInput,
+    SummaryResult,
     TicketNote,
     approval_id_for,
 )
@@ -133,6 +135,10 @@ class Fakes:
         async def enrich(inp: EnrichInput) -> EnrichResult:
             return EnrichResult(50.0, "AML.TA0005", "summary")
 
+        @activity.defn(name="summarise_incident")
+        async def summarise(inp: SummariseInput) -> SummaryResult:
+            return SummaryResult("offline", "offline")
+
         @activity.defn(name="lift_block")
         async def lift(block: TimedBlock) -> bool:
             fakes.log.append(f"lift {block.action_key}")
@@ -210,6 +216,7 @@ class Fakes:
         return [
             contain,
             enrich,
+            summarise,
             lift,
             hook,
             run,
