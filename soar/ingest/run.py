@@ -254,6 +254,10 @@ class Ingest:
             self._settle(await self._send(line))
         except Aborted as exc:
             self._abort = self._abort or exc
+        except Exception as exc:  # never lose a line silently: stop, keep the checkpoint
+            self._abort = self._abort or Aborted(
+                f"line {line.number}: {type(exc).__name__}: {exc}"[:300]
+            )
         finally:
             sem.release()
 
@@ -298,7 +302,7 @@ class Ingest:
                             )
                         continue
                     if self._abort is not None:
-                        raise self._abort
+                        break
                     self._digests[number] = hasher.hexdigest()
                     line = parse_line(
                         number,
@@ -320,18 +324,22 @@ class Ingest:
                     await sem.acquire()
                     if self._abort is not None:
                         sem.release()
-                        raise self._abort
+                        break
                     task = asyncio.create_task(self._task(line, sem))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                if self._abort is not None:
+                    break
+            if tasks:  # the lines in flight are settled, even when stopping
+                await asyncio.gather(*tasks)
+            if self._abort is not None:
+                raise self._abort
             if number < self.resumed:
                 raise InputChanged(
                     f"the input has {number} lines, fewer than the {self.resumed} done before"
                 )
-            if tasks:
-                await asyncio.gather(*tasks)
-            if self._abort is not None:
-                raise self._abort
+            if self.ckpt.done < number:
+                raise Aborted(f"lines {self.ckpt.done + 1}-{number} were not settled")
         finally:
             # Interrupted (Ctrl-C cancels us) or not: keep what is settled.
             for t in tasks:
