@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,7 @@ def main() -> None:
     )
     if proc.returncode not in (0,):
         print(proc.stdout[-2000:], proc.stderr[-2000:])
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
