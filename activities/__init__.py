@@ -2,7 +2,7 @@
 
 Core (the main task queue): containment, assessment, approvals and decisions, lifting
 blocks, failure records, closing, the audit log. External (their own queue, their own
-concurrency limit): everything that talks to Slack, Jira or an outbound hook, so an outage
+concurrency limit): everything that talks to Slack, Jira, a model or an outbound hook, so an outage
 there that keeps hundreds of steps retrying never delays a decision or a containment.
 """
 
@@ -15,6 +15,7 @@ from activities.actions import ActionActivities
 from activities.approvals import ApprovalActivities
 from activities.containment import ContainmentActivities
 from activities.context import ActivityContext
+from activities.summaries import SummaryActivities
 from activities.tickets import TicketActivities
 
 
@@ -42,6 +43,7 @@ def build_external_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
     run_action is on both: the workflow sends approved enforcement (revoke_api_key, ...) to
     the core queue and notices / ticket creation (notify, open_ticket) to the external one."""
     a, p, t = ActionActivities(ctx), ApprovalActivities(ctx), TicketActivities(ctx)
+    m = SummaryActivities(ctx)
     return [
         a.run_action,
         a.deliver_hook,
@@ -50,4 +52,5 @@ def build_external_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
         p.show_approval_outcome,
         t.note_ticket,
         t.close_ticket,
+        m.summarise_incident,  # a model call may be slow: never on the core queue
     ]

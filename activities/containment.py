@@ -292,6 +292,9 @@ class ContainmentActivities:
             if inc is not None:
                 if inc.risk_score is None or score >= inc.risk_score:
                     inc.risk_score = score
+                # The summary (summarise_incident) is written beside it: keep the last one.
+                if (kept := (inc.enrichment or {}).get("analysis")) is not None:
+                    enrichment["analysis"] = kept
                 inc.enrichment = enrichment
             await append(
                 s,

@@ -28,6 +28,7 @@ from soar.contracts import ActionRef
 from soar.hooks import HookClient
 from soar.models import Action, Approval, ApprovalMessage, Detection, Incident
 from soar.policy import Playbook
+from soar.summaries import OfflineSummariser, Summariser, Summary
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ActivityContext:
     ticketing: Ticketing = field(default_factory=NullTicketing)
     # Every configured approval channel (approvals.channels.configured_channels).
     channels: tuple[ApprovalChannel, ...] = ()
+    summariser: Summariser = field(default_factory=OfflineSummariser)
 
 
 def now() -> datetime:
@@ -97,6 +99,7 @@ async def incident_brief(
         )
     ).all()
     tactic = info.tactics[0] if info and info.tactics else None
+    analysis = (inc.enrichment or {}).get("analysis")
     return IncidentBrief(
         incident_id=inc.id,
         tenant=inc.tenant,
@@ -113,6 +116,7 @@ async def incident_brief(
         ticket_key=inc.ticket_key,
         ticket_url=inc.ticket_url,
         url=f"{settings.base_url}/ui/incidents/{inc.id}",
+        analysis=Summary.from_json(analysis) if isinstance(analysis, dict) else None,
     )
 
 

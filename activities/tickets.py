@@ -146,6 +146,15 @@ def _noformat(text: str) -> str:
     return "{noformat}\n" + safe + "\n{noformat}"
 
 
+_MARKUP = re.compile(r"([\\{}\[\]|!])")
+
+
+def escape_markup(text: str) -> str:
+    """Comments quote detection and model text: the characters that make links, images,
+    tables and macros ({noformat}, {html} ...) are escaped, so the text stays text."""
+    return _MARKUP.sub(r"\\\1", text)
+
+
 def summary_of(incident: IncidentBrief) -> str:
     return jira_plain(
         f"{incident.technique} {incident.technique_name} on {incident.subject} "
@@ -191,11 +200,29 @@ def description_of(incident: IncidentBrief, assessment: str) -> str:
         _noformat(assessment or "Assessment pending; updates follow as comments."),
         "h4. Redacted excerpt",
         _noformat(excerpt or "(none)"),
+        *_analysis_parts(incident),
         "h4. Actions",
         _noformat("\n".join(actions) or "none yet"),
         "_The raw prompt is never sent to Jira; progress is added as comments._",
     ]
     return "\n\n".join(parts)
+
+
+def _analysis_parts(incident: IncidentBrief) -> list[str]:
+    """The summary, verbatim: a model-written one is marked, with its model's name."""
+    a = incident.analysis
+    if a is None:
+        return []
+    who = (
+        f"Written by model {a.model or '?'}; untrusted, for reading only (it changes no action)."
+        if a.written_by == "model"
+        else "Offline summary."
+    )
+    steps = "\n".join(
+        f"- {s.step}" + (f" ({s.mitigation})" if s.mitigation else "") for s in a.next_steps
+    )
+    body = f"{who}\n{a.summary}\nLikely intent: {a.likely_intent}\nSuggested next steps:\n{steps}"
+    return ["h4. Summary", _noformat(body)]
 
 
 def render_template(value: Any, values: Mapping[str, str]) -> Any:

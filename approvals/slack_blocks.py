@@ -120,7 +120,30 @@ def incident_blocks(inc: IncidentBrief) -> list[Block]:
                 "text": {"type": "mrkdwn", "text": f"*Excerpt (redacted)*\n```{quoted}```"},
             }
         )
+    if inc.analysis is not None:
+        blocks.append(summary_block(inc))
     return blocks
+
+
+def summary_block(inc: IncidentBrief) -> Block:
+    """The incident's summary; a model-written one is marked as such, with its model, and is
+    escaped like any other text an attacker may have steered (the excerpt is in its prompt)."""
+    a = inc.analysis
+    assert a is not None
+    who = (
+        f"written by model {_code(a.model or '?')}; untrusted, for reading only"
+        if a.written_by == "model"
+        else "offline summary"
+    )
+    steps = "\n".join(
+        f"\u2022 {escape(s.step)}" + (f" ({_code(s.mitigation)})" if s.mitigation else "")
+        for s in a.next_steps
+    )
+    text = (
+        f"*Summary* _({who})_\n{escape(a.summary)}\n*Likely intent:* {escape(a.likely_intent)}"
+        + (f"\n*Suggested next steps*\n{steps}" if steps else "")
+    )
+    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, 2900)}}
 
 
 def approval_text(a: ApprovalBrief) -> str:

@@ -25,6 +25,7 @@ from soar.intake.service import redeliver_undispatched
 from soar.observability.serve import serve_worker_metrics
 from soar.policy import Playbook, default_playbook, load_playbook
 from soar.stack.lifecycle import run_until_stopped
+from soar.summaries import build_summariser
 from workflows.incident import IncidentWorkflow
 
 log = logging.getLogger("soar.worker")
@@ -62,6 +63,7 @@ def build_context(settings: Settings, database_url: str) -> ActivityContext:
         notifier=build_notifier(settings),
         ticketing=build_ticketing(settings),
         channels=configured_channels(settings, factory),
+        summariser=build_summariser(settings, factory),
     )
 
 

@@ -19,6 +19,7 @@ from soar.audit.cli import audit_app
 from soar.audit.cli import report as audit_report
 from soar.config import Settings, SettingsError, load_settings
 from soar.detect.cli import detect as detect_command
+from soar.ingest.cli import ingest as ingest_command
 from soar.posture import posture_app
 from soar.sources_cli import sources_app
 
@@ -325,6 +326,7 @@ app.command("report")(audit_report)
 app.add_typer(sources_app, name="sources")
 app.add_typer(posture_app, name="posture")
 app.command("detect")(detect_command)
+app.command("ingest")(ingest_command)
 
 
 def main() -> None:

@@ -154,6 +154,21 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # Incident summaries by an OpenAI-compatible model (soar/summaries); unset: the offline
+    # deterministic summariser. The model's answer is shown to people, never acted on.
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str | None = None
+    llm_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    llm_temperature: float = Field(default=0.2, ge=0)  # above 0.3: 0.3 is used
+    llm_max_prompt_chars: int = Field(default=6000, ge=500)
+    llm_max_output_tokens: int = Field(default=400, ge=50, le=4000)
+    llm_max_response_chars: int = Field(default=4000, ge=200)
+    llm_rate_per_minute: float = Field(default=30.0, gt=0)  # per tenant, per worker process
+    llm_burst: int = Field(default=10, ge=1)
+    llm_daily_token_budget: int = Field(default=200_000, ge=0)  # per tenant, per UTC day
+    llm_cache_seconds: int = Field(default=24 * 3600, ge=0)
+
     # Enforcement at gateway speed (soar/replica.py, GET /v1/enforcement/stream): each API
     # process answers checks from an in-memory replica fed by LISTEN/NOTIFY. A feed older than
     # max_staleness is reported on /readyz and checks fall back to the database.
@@ -247,6 +262,32 @@ class Settings(BaseSettings):
         if "@" not in address or any(ord(c) < 32 for c in v) or len(v) > 320:
             raise ValueError("must be an e-mail address, e.g. soar@example.com")
         return v.strip()
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_llm_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL, e.g. https://api.openai.com/v1")
+        return v.strip()
+
+    @field_validator("llm_model")
+    @classmethod
+    def _check_llm_model(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if len(v) > 256 or any(c.isspace() or not c.isprintable() for c in v.strip()):
+            raise ValueError("must be a model name (printable, no spaces, at most 256 chars)")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _llm_complete(self) -> Settings:
+        if self.llm_base_url and not self.llm_model:
+            raise ValueError("SOAR_LLM_MODEL: required when SOAR_LLM_BASE_URL is set")
+        if self.llm_model and not self.llm_base_url:
+            raise ValueError("SOAR_LLM_BASE_URL: required when SOAR_LLM_MODEL is set")
+        return self
 
     @field_validator("jira_priority_map")
     @classmethod

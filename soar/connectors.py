@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from soar.summaries.base import Summary
+
 
 @dataclass(frozen=True)
 class IncidentBrief:
@@ -28,6 +30,8 @@ class IncidentBrief:
     ticket_key: str | None = None
     ticket_url: str | None = None
     url: str = ""
+    # The incident's summary: offline, or model-written (untrusted text, for reading only).
+    analysis: Summary | None = None
 
 
 @dataclass(frozen=True)

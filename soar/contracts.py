@@ -69,6 +69,21 @@ class EnrichResult:
 
 
 @dataclass(frozen=True)
+class SummariseInput:
+    incident_id: str
+    detection: DetectionFacts
+    risk_score: float | None = None
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    written_by: str  # offline | model
+    outcome: str  # what the summariser did (see soar.summaries.CallRecord)
+    # A comment for the ticket ("" for none): only model-written summaries get one.
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ActionOutcome:
     action_id: str
     status: str  # applied | failed | skipped | lifted

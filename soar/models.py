@@ -3,12 +3,13 @@ a test checks that autogenerate finds no difference between these models and the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -447,3 +448,28 @@ class EnforcementChange(Base):
     incident_id: Mapped[str] = mapped_column(String(40))
     technique: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column()
+
+
+# --- summaries ---------------------------------------------------------------------------------
+
+
+class SummaryCacheEntry(Base):
+    """A validated model summary, served again for an identical prompt (same SHA-256, same
+    model) instead of calling the provider. The prompt itself is never stored."""
+
+    __tablename__ = "summary_cache"
+    prompt_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    response_sha256: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"), index=True)
+
+
+class ModelUsage(Base):
+    """Tokens spent on model summaries per tenant and UTC day: the daily budget."""
+
+    __tablename__ = "model_usage"
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    calls: Mapped[int] = mapped_column(Integer, default=0)

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.actions import ActionActivities
     from activities.approvals import ApprovalActivities
     from activities.containment import ContainmentActivities
+    from activities.summaries import SummaryActivities
     from activities.tickets import TicketActivities
     from soar import actions, decisions
     from soar.contracts import (
@@ -52,6 +53,8 @@ with workflow.unsafe.imports_passed_through():
         FailureInput,
         HookInput,
         StepFailure,
+        SummariseInput,
+        SummaryResult,
         TicketNote,
         approval_id_for,
     )
@@ -84,6 +87,7 @@ ASSESS_COALESCE = timedelta(minutes=1)
 DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
 PATCH_QUORUM = "approval-quorum-v1"  # an approval may need several distinct approvers
+PATCH_SUMMARY = "summary-v1"
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -553,6 +557,25 @@ class IncidentWorkflow:
             f"{det.key}:assessed",
             f"Assessment (risk {result.risk_score:g}/100): {result.summary}",
         )
+        if workflow.patched(PATCH_SUMMARY):
+            await self._summarise(det, result.risk_score)
+
+    async def _summarise(self, det: DetectionFacts, risk_score: float) -> None:
+        """The summary (offline or model-written) on the external queue: text for people,
+        stored beside the plan; nothing here reads it back."""
+        try:
+            done: SummaryResult = await workflow.execute_activity_method(
+                SummaryActivities.summarise_incident,
+                SummariseInput(self._input.incident_id, det, risk_score),
+                task_queue=(self._ext_queue or None) if self._v1 else None,
+                start_to_close_timeout=timedelta(seconds=150),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+            )
+        except ActivityError:
+            workflow.logger.warning("summary of %s gave up", det.key)
+            return
+        if done.note:
+            self._note(f"{det.key}:summary", done.note)
 
     # External steps: each one a task that may be carried to the next run.
 

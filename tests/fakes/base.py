@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-Answer = tuple[int, Any, dict[str, str]]  # status, JSON payload (None: empty body), headers
+# status, JSON payload (None: empty body; bytes: sent as they are), headers
+Answer = tuple[int, Any, dict[str, str]]
 
 
 class _Server(ThreadingHTTPServer):
@@ -50,7 +51,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload, extra = fake._dispatch(
             self.command, self.path, dict(self.headers.items()), body
         )
-        data = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        if isinstance(payload, bytes):  # sent as it is (e.g. a malformed answer)
+            data = payload
+        else:
+            data = b"" if payload is None else json.dumps(payload).encode("utf-8")
         self.send_response(status)
         if payload is not None:
             self.send_header("Content-Type", fake.content_type)

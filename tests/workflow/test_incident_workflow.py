@@ -37,6 +37,8 @@ from soar.contracts import (
     FailureInput,
     HookInput,
     StepFailure,
+    SummariseInput,
+    SummaryResult,
     TicketNote,
     approval_id_for,
 )
@@ -141,6 +143,10 @@ class Fakes:
         async def enrich(inp: EnrichInput) -> EnrichResult:
             return EnrichResult(50.0, "summary")
 
+        @activity.defn(name="summarise_incident")
+        async def summarise(inp: SummariseInput) -> SummaryResult:
+            return SummaryResult("offline", "offline")
+
         @activity.defn(name="lift_block")
         async def lift(block: TimedBlock) -> bool:
             fakes.log.append(f"lift {block.action_key}")
@@ -222,6 +228,7 @@ class Fakes:
         return [
             contain,
             enrich,
+            summarise,
             lift,
             hook,
             run,

@@ -1,0 +1,96 @@
+"""The incident summary: facts in, summary out (offline or model-written), stored beside the
+enrichment and logged as `summary.generated`. It runs after the plan and the risk score are
+settled and writes nothing they are made of."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.containment import SYSTEM
+from activities.context import ActivityContext, now
+from soar.atlas.store import technique_info
+from soar.audit.chain import LogEvent, append
+from soar.contracts import SummariseInput, SummaryResult
+from soar.db import transaction
+from soar.models import Incident
+from soar.summaries import MODEL, Summary, SummaryFacts
+
+NOTE_MAX = 4000
+
+
+def ticket_note(summary: Summary) -> str:
+    """The ticket comment for a model-written summary (the ticketing adapter escapes it)."""
+    steps = "\n".join(
+        f"- {s.step}" + (f" ({s.mitigation})" if s.mitigation else "") for s in summary.next_steps
+    )
+    text = (
+        f"Summary written by model {summary.model} (untrusted; for reading only, it changes "
+        f"no action):\n{summary.summary}\nLikely intent: {summary.likely_intent}\n"
+        f"Suggested next steps:\n{steps}"
+    )
+    return text[:NOTE_MAX]
+
+
+class SummaryActivities:
+    def __init__(self, ctx: ActivityContext) -> None:
+        self.ctx = ctx
+
+    async def _facts(self, inp: SummariseInput) -> SummaryFacts:
+        det = inp.detection
+        async with self.ctx.factory() as s:
+            info = await technique_info(s, det.technique)
+            inc = await s.get(Incident, inp.incident_id)
+        history = ((inc.enrichment or {}) if inc else {}).get("history_24h") or {}
+        count = history.get("detections")
+        sub = det.subject
+        return SummaryFacts(
+            tenant=sub.tenant,
+            technique=det.technique,
+            technique_name=info.name if info else "",
+            tactics=info.tactics if info else (),
+            mitigations=info.mitigations if info else (),
+            severity=det.severity,
+            confidence=det.confidence,
+            source=det.source,
+            excerpt=det.excerpt,
+            risk_score=inp.risk_score,
+            detections_24h=count if isinstance(count, int) else None,
+            subject_kinds=tuple(
+                k
+                for k, v in (("user", sub.user), ("session", sub.session), ("api_key", sub.api_key))
+                if v
+            ),
+        )
+
+    @activity.defn(name="summarise_incident")
+    async def summarise_incident(self, inp: SummariseInput) -> SummaryResult:
+        det = inp.detection
+        facts = await self._facts(inp)
+        outcome = await self.ctx.summariser.summarise(facts)
+        summary, call = outcome.summary, outcome.call
+        analysis = {
+            **summary.as_json(),
+            "detection_id": det.detection_id,
+            "generated_at": now().isoformat(),
+        }
+        async with transaction(self.ctx.factory) as s:
+            inc = await s.get(Incident, inp.incident_id, with_for_update=True)
+            if inc is not None:
+                inc.enrichment = {**(inc.enrichment or {}), "analysis": analysis}
+            await append(
+                s,
+                LogEvent(
+                    event_key=f"{inp.incident_id}:{det.key}:summary",
+                    event="summary.generated",
+                    actor=SYSTEM,
+                    outcome=call.outcome,
+                    incident_id=inp.incident_id,
+                    tenant=det.subject.tenant,
+                    subject=det.subject.key,
+                    technique=det.technique,
+                    tactic=facts.tactics[0][0] if facts.tactics else None,
+                    details={**call.as_json(), "written_by": summary.written_by},
+                ),
+            )
+        note = ticket_note(summary) if summary.written_by == MODEL else ""
+        return SummaryResult(summary.written_by, call.outcome, note)

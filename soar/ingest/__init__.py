@@ -1,0 +1,1 @@
+"""`soar ingest`: files of detections and plain alerts through the webhook intake."""
