@@ -146,15 +146,6 @@ def _noformat(text: str) -> str:
     return "{noformat}\n" + safe + "\n{noformat}"
 
 
-_MARKUP = re.compile(r"([\\{}\[\]|!])")
-
-
-def escape_markup(text: str) -> str:
-    """Comments quote detection and model text: the characters that make links, images,
-    tables and macros ({noformat}, {html} ...) are escaped, so the text stays text."""
-    return _MARKUP.sub(r"\\\1", text)
-
-
 def summary_of(incident: IncidentBrief) -> str:
     return jira_plain(
         f"{incident.technique} {incident.technique_name} on {incident.subject} "

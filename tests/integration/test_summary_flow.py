@@ -211,7 +211,8 @@ async def test_model_summary_shown_everywhere_and_changes_nothing(
             timeout=20,
         )
         comment = next(c for c in jira.comments(key) if "Summary written by model" in c)
-        assert "\\[click\\|http://evil.example\\]" in comment  # escaped: not a link
+        # Escaped and the URL defanged (soar.escape.jira_wiki): not a link.
+        assert "\\[click\\|http\\[:\\]//evil.example\\]" in comment
         assert "\\{noformat\\}" in comment and "{noformat}" not in comment.replace("\\{", "")
 
         # Web UI: marked, with the model's name, autoescaped.

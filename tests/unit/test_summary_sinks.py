@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from activities.tickets import description_of, escape_markup
+from activities.tickets import description_of
 from approvals.slack_blocks import incident_blocks
 from soar.config import SettingsError, load_settings
 from soar.connectors import IncidentBrief
+from soar.escape import jira_wiki
 from soar.summaries import NextStep, Summary, SummaryFacts, offline_summary
 
 EVIL = "<!channel> *bold* `code` {noformat} [click|http://evil.example] <script>x</script>"
@@ -51,8 +52,8 @@ def test_jira_description_and_comments_keep_model_text_as_text() -> None:
     part = description.split("h4. Summary\n\n{noformat}\n", 1)[1].split("\n{noformat}", 1)[0]
     assert part.startswith("Written by model m-1; untrusted")
     assert "{ noformat}" in part  # cannot close the block early
-    assert escape_markup(EVIL).count("\\[") == 1 and "\\{noformat\\}" in escape_markup(EVIL)
-    assert "[click|" not in escape_markup(EVIL)
+    assert jira_wiki(EVIL).count("\\[click") == 1 and "\\{noformat\\}" in jira_wiki(EVIL)
+    assert "[click|" not in jira_wiki(EVIL)
 
 
 def facts() -> SummaryFacts:
