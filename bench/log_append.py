@@ -41,7 +41,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.audit import libpq_url
-from soar.audit.chain import LogEvent, write_many
+from soar.audit.chain import INSERTED_FIELDS, LogEvent, write_many
 
 PLAIN = """
 CREATE TABLE plain_log (
@@ -61,19 +61,7 @@ CREATE INDEX ON plain_log (actor, seq);
 CREATE INDEX ON plain_log (subject, seq);
 CREATE INDEX ON plain_log (at) INCLUDE (seq);
 """
-_COLS = (
-    "event_key",
-    "incident_id",
-    "tenant",
-    "subject",
-    "event",
-    "action",
-    "actor",
-    "outcome",
-    "technique",
-    "tactic",
-    "details",
-)
+_COLS = INSERTED_FIELDS  # what a writer gives, as the log's write path does
 
 
 def events(tag: str, w: int, i: int) -> list[LogEvent]:

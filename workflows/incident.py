@@ -205,6 +205,25 @@ class IncidentWorkflow:
                 return await self._count_approval(approval, req)
         # Settle the decision before the first await: a second update sees it decided.
         approval.status = "approved" if req.decision == "approve" else "rejected"
+        decided_at = await self._record_decision(approval, req)
+        approval.recorded = True
+        self._show_outcome(approval, approval.status, req.actor, decided_at)
+        self._note(
+            f"{approval.ref.approval_id}:decided",
+            f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
+            f"{approval.status} by {req.actor}" + (f" ({req.comment})" if req.comment else ""),
+        )
+        return DecisionResult(
+            req.approval_id,
+            approval.status,
+            req.actor,
+            decided_at,
+            approvals=len(approval.votes),
+            quorum=approval.ref.quorum,
+        )
+
+    async def _record_decision(self, approval: _Approval, req: DecisionRequest) -> str:
+        """The decision (or one vote of a quorum) in the database and the action log; when."""
         decided_at = workflow.now().isoformat()
         await _core(
             ApprovalActivities.record_decision,
@@ -218,8 +237,10 @@ class IncidentWorkflow:
                 **self._votes_of(approval, req),
             ),
         )
-        approval.recorded = True
-        outcome = ApprovalOutcome(approval.ref, approval.status, req.actor, decided_at)
+        return decided_at
+
+    def _show_outcome(self, approval: _Approval, event: str, by: str | None, at: str) -> None:
+        """Every channel shows what became of the approval (an external step)."""
         self._step(
             CarriedStep(
                 "outcome",
@@ -227,23 +248,10 @@ class IncidentWorkflow:
                 action=_carry(approval.ref.action),
                 approval_id=approval.ref.approval_id,
                 approval_expires_at=approval.ref.expires_at,
-                event=outcome.status,
-                by=outcome.by,
-                at=outcome.at,
+                event=event,
+                by=by,
+                at=at,
             )
-        )
-        self._note(
-            f"{approval.ref.approval_id}:decided",
-            f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
-            f"{approval.status} by {req.actor}" + (f" ({req.comment})" if req.comment else ""),
-        )
-        return DecisionResult(
-            req.approval_id,
-            approval.status,
-            req.actor,
-            decided_at,
-            approvals=len(approval.votes),
-            quorum=approval.ref.quorum,
         )
 
     def _votes_of(self, approval: _Approval, req: DecisionRequest) -> dict[str, Any]:
@@ -261,32 +269,9 @@ class IncidentWorkflow:
     async def _count_approval(self, approval: _Approval, req: DecisionRequest) -> DecisionResult:
         """An approval short of the quorum: recorded (the action log gets a row), shown in
         the channels ("1 of 2 approvals"), and the approval stays pending."""
-        decided_at = workflow.now().isoformat()
-        await _core(
-            ApprovalActivities.record_decision,
-            DecisionRecord(
-                approval=approval.ref,
-                decision=req.decision,
-                actor=req.actor,
-                channel=req.channel,
-                comment=req.comment,
-                decided_at=decided_at,
-                **self._votes_of(approval, req),
-            ),
-        )
+        decided_at = await self._record_decision(approval, req)
         count = f"{len(approval.votes)} of {approval.ref.quorum}"
-        self._step(
-            CarriedStep(
-                "outcome",
-                self._now_iso(),
-                action=_carry(approval.ref.action),
-                approval_id=approval.ref.approval_id,
-                approval_expires_at=approval.ref.expires_at,
-                event="pending",
-                by=req.actor,
-                at=decided_at,
-            )
-        )
+        self._show_outcome(approval, "pending", req.actor, decided_at)
         self._note(
             f"{approval.ref.approval_id}:vote:{len(approval.votes)}",
             f"Approval for {approval.ref.action.action_type} {approval.ref.action.target}: "
@@ -934,17 +919,7 @@ class IncidentWorkflow:
                 seconds=60,
             )
             if self._v1:
-                self._step(
-                    CarriedStep(
-                        "outcome",
-                        self._now_iso(),
-                        action=_carry(action),
-                        approval_id=ref.approval_id,
-                        approval_expires_at=ref.expires_at,
-                        event="expired",
-                        at=self._now_iso(),
-                    )
-                )
+                self._show_outcome(approval, "expired", None, self._now_iso())
             self._state.active_keys.discard(action.action_key)
             self._note(
                 f"{ref.approval_id}:expired",

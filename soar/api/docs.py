@@ -62,6 +62,7 @@ _ANSWERS = {
     "429": "Over a rate limit: retry after `Retry-After` seconds",
     "503": "PostgreSQL or Temporal is unavailable: retry after `Retry-After` seconds",
 }
+_SUCCESS = frozenset({"200", "202", "204"})
 _RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}},
 }
@@ -340,19 +341,17 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                 if "description" not in p and p.get("name") in _PARAMS:
                     p["description"] = _PARAMS[p["name"]]
             answers = op.setdefault("responses", {})
-            codes = set(extra) | ({"422"} if op.get("parameters") or "requestBody" in op else set())
-            if not codes & {"202", "204"} or "200" in answers:
-                codes.add("200")
-            if path == "/v1/detections":
-                codes.add("200")
+            codes = {"200", *extra}  # 200 also for intake: a repeated id
+            if op.get("parameters") or "requestBody" in op:
+                codes.add("422")
             for code in sorted(codes):
                 entry = answers.setdefault(code, {"description": _ANSWERS[code]})
-                if code != "200" and code != "202":
-                    entry["description"] = _ANSWERS[code]
-                if code in ("401", "403", "404", "409", "413", "415", "422", "429", "503"):
-                    entry["content"] = {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                    }
+                if code in _SUCCESS:
+                    continue
+                entry["description"] = _ANSWERS[code]
+                entry["content"] = {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                }
                 if code in ("429", "503"):
                     entry["headers"] = _RETRY_AFTER
     return doc

@@ -67,24 +67,13 @@ HASHED_FIELDS = (
 )
 SEALED_FIELDS = HASHED_FIELDS[:-1]  # the content of a sealed row; prev_hash is in the link
 
-_INSERTED = (
-    "event_key",
-    "incident_id",
-    "tenant",
-    "subject",
-    "event",
-    "action",
-    "actor",
-    "outcome",
-    "technique",
-    "tactic",
-    "details",
-)
-_RETURNED = ("id", "seq", "at", *_INSERTED, "prev_hash", "hash", "sealed_at")
+# What a writer gives: the hashed content but for what the database decides (seq, at).
+INSERTED_FIELDS = (HASHED_FIELDS[1], *HASHED_FIELDS[3:-1])
+_RETURNED = ("id", "seq", "at", *INSERTED_FIELDS, "prev_hash", "hash", "sealed_at")
 _WRITE_SQL = (
-    f"INSERT INTO action_log ({', '.join(_INSERTED)}) "
+    f"INSERT INTO action_log ({', '.join(INSERTED_FIELDS)}) "
     "SELECT "
-    + ", ".join(f"e.j -> '{c}'" if c == "details" else f"e.j ->> '{c}'" for c in _INSERTED)
+    + ", ".join(f"e.j -> '{c}'" if c == "details" else f"e.j ->> '{c}'" for c in INSERTED_FIELDS)
     + " FROM jsonb_array_elements(CAST(:rows AS jsonb)) WITH ORDINALITY AS e(j, n) "
     "ORDER BY e.n "
     "ON CONFLICT (event_key) DO NOTHING"
@@ -213,19 +202,7 @@ async def write_many(session: AsyncSession, events: Iterable[LogEvent]) -> None:
 def _payload(evs: list[LogEvent]) -> str:
     return json.dumps(
         [
-            {
-                "event_key": ev.event_key,
-                "incident_id": ev.incident_id,
-                "tenant": ev.tenant,
-                "subject": ev.subject,
-                "event": ev.event,
-                "action": ev.action,
-                "actor": ev.actor,
-                "outcome": ev.outcome,
-                "technique": ev.technique,
-                "tactic": ev.tactic,
-                "details": _finite(ev.details),
-            }
+            {c: getattr(ev, c) for c in INSERTED_FIELDS} | {"details": _finite(ev.details)}
             for ev in evs
         ],
         default=str,
