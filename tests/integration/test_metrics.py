@@ -125,20 +125,38 @@ async def test_metrics_after_detections_flow(
         await eventually(lambda: hook.traceparents, timeout=20)
         await eventually(lambda: jira.issue_keys, timeout=30)
 
-        async def scraped(check: str) -> Samples | None:
-            found = samples((await stack.http.get("/metrics")).text)
-            return found if value(found, check) > 0 else None
+        def settled(found: Samples) -> bool:
+            # Every count below is recorded after the step it counts (a Slack call is counted
+            # when it answers, which can be after the approval row shows): poll until all have.
+            outbound = all(
+                value(found, "soar_outbound_calls_total", target=t, outcome="ok")
+                > max(value(start, "soar_outbound_calls_total", target=t, outcome="ok"), 0.0)
+                for t in ("hook", "slack", "jira")
+            )
+            contained = value(found, "soar_containment_latency_seconds_count") > max(
+                value(start, "soar_containment_latency_seconds_count"), 0.0
+            )
+            return (
+                outbound and contained and value(found, "soar_audit_seal_delay_seconds_count") > 0
+            )
 
-        before = await eventually(
-            lambda: scraped("soar_audit_seal_delay_seconds_count"), timeout=10
-        )
+        async def scraped() -> Samples | None:
+            found = samples((await stack.http.get("/metrics")).text)
+            return found if settled(found) else None
+
+        before = await eventually(scraped, timeout=30)
         ok = await stack.http.post(
             f"/v1/approvals/{approval['approval_id']}/decision",
             json={"decision": "reject", "comment": "false positive"},
             headers=bearer("approver"),
         )
         assert ok.status_code == 200, ok.text
-        after = samples((await stack.http.get("/metrics")).text)
+
+        async def decided_shown() -> Samples | None:
+            found = samples((await stack.http.get("/metrics")).text)
+            return found if value(found, "soar_approvals_pending", age="0-15m") == 0 else None
+
+        after = await eventually(decided_shown, timeout=10)
 
         # The worker process serves its own (run_worker starts it; this stack's worker runs
         # in the test's process, so start it here).
