@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVarTuple
 from urllib.parse import parse_qsl
@@ -494,6 +495,33 @@ class DecisionRefused(Exception):
 # The decision endpoint answers within about 2 s whatever the workers are doing.
 ACCEPT_SECONDS = 1.5  # waiting for a worker to validate the decision
 DECISION_DEADLINE_SECONDS = 0.5  # then waiting for it to be recorded
+# A decision no worker validated in time is sent again, under the same update ID (Temporal
+# keeps one update per ID), until a worker accepts or refuses it: an update the server holds
+# only in memory (admitted, not yet accepted) can be lost, e.g. when the workflow task that
+# carries it times out on a worker that died. Bounded below the signature's 5-minute age.
+RESEND_EVERY_SECONDS = 2.0
+RESEND_FOR_SECONDS = 240.0
+_RESENDS: set[asyncio.Task[None]] = set()
+
+
+async def _resend_decision(handle: Any, req: DecisionRequest, update_id: str) -> None:
+    deadline = time.monotonic() + RESEND_FOR_SECONDS
+    while time.monotonic() < deadline:
+        await asyncio.sleep(RESEND_EVERY_SECONDS)
+        try:
+            await handle.start_update(
+                UPDATE_DECIDE,
+                req,
+                id=update_id,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=DecisionResult,
+                rpc_timeout=timedelta(seconds=10),
+            )
+            return  # accepted: the workflow records it
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            continue
+        except (WorkflowUpdateFailedError, RPCError):
+            return  # refused (the validator says why in the worker's log) or the run is gone
 
 
 async def send_decision(
@@ -530,10 +558,12 @@ async def send_decision(
     client = temporal_or_503(state)
     handle = client.get_workflow_handle(approval.workflow_id)
     req = gate.signed(state, req)  # the workflow accepts nothing unsigned (soar/decisions.py)
+    update_id = f"decide-{uuid.uuid4()}"
     try:
         update = await handle.start_update(
             UPDATE_DECIDE,
             req,
+            id=update_id,
             wait_for_stage=WorkflowUpdateStage.ACCEPTED,
             result_type=DecisionResult,
             rpc_timeout=timedelta(seconds=ACCEPT_SECONDS),
@@ -552,6 +582,10 @@ async def send_decision(
     except WorkflowUpdateRPCTimeoutOrCancelledError:
         # No worker validated it in time (busy, or restarting). The server keeps the request
         # and delivers it when a worker polls: submitted, not refused. Poll the approval.
+        # In case the server loses it before a worker accepts it, it is sent again.
+        task = asyncio.create_task(_resend_decision(handle, req, update_id))
+        _RESENDS.add(task)
+        task.add_done_callback(_RESENDS.discard)
         return DecisionResult(approval_id, "submitted", req.actor, "", confirmed=False)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
