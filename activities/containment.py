@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import Float, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
@@ -29,7 +30,7 @@ from soar.contracts import (
 )
 from soar.db import transaction
 from soar.domain import DetectionFacts, PlannedAction, Severity
-from soar.enforcement import add_block
+from soar.enforcement import add_block, add_blocks
 from soar.models import Action, Approval, Detection, Incident
 from soar.policy import evaluate
 
@@ -69,12 +70,10 @@ class ContainmentActivities:
             applied: list[ActionRef] = []
             deferred: list[ActionRef] = []
             approval: list[ActionRef] = []
-            rows: list[tuple[PlannedAction, Action]] = []
-            for pa in plan.actions:
-                if pa.key in active:
-                    continue  # already in force or awaiting a decision in this incident
-                row = await self._upsert_action(s, iid, det, pa, generations.get(pa.key, 1))
-                rows.append((pa, row))
+            t = now()
+            wanted = [pa for pa in plan.actions if pa.key not in active]  # (others: in force
+            # or awaiting a decision in this incident already)
+            rows, fresh = await self._insert_actions(s, iid, det, wanted, generations, t)
 
             # The log rows are written last, in one batch: the chain lock is held from then
             # until commit, as briefly as possible.
@@ -150,14 +149,32 @@ class ContainmentActivities:
                 )
                 for _, row in rows
             ]
-            t = now()
+            # New rows were inserted with their outcome (applied, skipped) already: their
+            # blocks are added in one statement. A row that was there already (this activity
+            # retried after a crash) goes the long way, from the state it was left in.
+            await add_blocks(
+                s,
+                [
+                    block_of(row, det.technique, t)
+                    for _, row in rows
+                    if row.id in fresh and row.status == "applied"
+                ],
+            )
             for pa, row in rows:
-                if row.status == "planned" and pa.risk == "low" and _enforces(pa.action_type):
-                    events.append(
-                        await apply_enforcement(s, row, det.technique, t, actor=SYSTEM, base=base)
-                    )
-                if row.status == "planned" and (reason := self._unavailable(row.action_type)):
-                    events.append(await skip_action(s, row, reason, base=base))
+                if row.id in fresh:
+                    if row.status == "applied":
+                        events.append(applied_event(row, actor=SYSTEM, base=base))
+                    elif row.status == "skipped":
+                        events.append(skipped_event(row, row.error or "", base=base))
+                else:
+                    if row.status == "planned" and pa.risk == "low" and _enforces(pa.action_type):
+                        events.append(
+                            await apply_enforcement(
+                                s, row, det.technique, t, actor=SYSTEM, base=base
+                            )
+                        )
+                    if row.status == "planned" and (reason := self._unavailable(row.action_type)):
+                        events.append(await skip_action(s, row, reason, base=base))
                 # The workflow tracks actions by their key without the generation suffix.
                 ref = ref_of(row, det.technique, action_key=pa.key)
                 if row.status == "applied":
@@ -166,14 +183,10 @@ class ContainmentActivities:
                     approval.append(ref)
                 elif row.status == "planned":
                     deferred.append(ref)
-            inc = await s.get(Incident, iid)
-            if inc is not None:
-                inc.plan = {
-                    "playbook": self.ctx.playbook.name,
-                    "rules_fired": sorted(
-                        set((inc.plan or {}).get("rules_fired", [])) | set(plan.rules_fired)
-                    ),
-                }
+            await s.execute(
+                _PLAN_UPDATE,
+                {"iid": iid, "playbook": self.ctx.playbook.name, "rules": list(plan.rules_fired)},
+            )
             await write_many(s, events)
         return ContainResult(
             applied=tuple(applied),
@@ -203,31 +216,64 @@ class ContainmentActivities:
             return "Jira is not configured"
         return None
 
-    async def _upsert_action(
-        self, s: AsyncSession, iid: str, det: DetectionFacts, pa: PlannedAction, gen: int
-    ) -> Action:
-        action_id = action_id_for(iid, pa.key, gen)
-        key = pa.key if gen == 1 else f"{pa.key}#{gen}"
-        await s.execute(
+    async def _insert_actions(
+        self,
+        s: AsyncSession,
+        iid: str,
+        det: DetectionFacts,
+        wanted: list[PlannedAction],
+        generations: dict[str, int],
+        at: datetime,
+    ) -> tuple[list[tuple[PlannedAction, Action]], set[str]]:
+        """Insert the planned actions in one statement, each with the outcome it gets at once
+        (a low-risk block applied, an action whose channel is not configured skipped, a
+        high-risk one pending approval). Returns them in plan order, and the IDs that were
+        inserted now (the others were there already)."""
+        if not wanted:
+            return [], set()
+        values = []
+        for pa in wanted:
+            gen = generations.get(pa.key, 1)
+            v: dict[str, Any] = {
+                "id": action_id_for(iid, pa.key, gen),
+                "incident_id": iid,
+                "action_key": pa.key if gen == 1 else f"{pa.key}#{gen}",
+                "action_type": pa.action_type,
+                "risk": pa.risk,
+                "tenant": det.subject.tenant,
+                "target": pa.target,
+                "status": "pending_approval" if pa.risk == "high" else "planned",
+                "rule": pa.rule,
+                "params": dict(pa.params),
+                "duration_seconds": pa.duration_seconds,
+                "applied_at": None,
+                "expires_at": None,
+                "finished_at": None,
+                "error": None,
+            }
+            if v["status"] == "planned" and pa.risk == "low" and _enforces(pa.action_type):
+                until = at + timedelta(seconds=pa.duration_seconds) if pa.duration_seconds else None
+                v |= {"status": "applied", "applied_at": at, "expires_at": until}
+            elif v["status"] == "planned" and (reason := self._unavailable(pa.action_type)):
+                v |= {"status": "skipped", "finished_at": at, "error": reason}
+            values.append(v)
+        inserted = await s.scalars(
             pg_insert(Action)
-            .values(
-                id=action_id,
-                incident_id=iid,
-                action_key=key,
-                action_type=pa.action_type,
-                risk=pa.risk,
-                tenant=det.subject.tenant,
-                target=pa.target,
-                status="pending_approval" if pa.risk == "high" else "planned",
-                rule=pa.rule,
-                params=dict(pa.params),
-                duration_seconds=pa.duration_seconds,
-            )
+            .values(values)
             .on_conflict_do_nothing(index_elements=["id"])
+            .returning(Action),
+            execution_options={"populate_existing": True},
         )
-        row = await s.get(Action, action_id, populate_existing=True)
-        assert row is not None
-        return row
+        by_id = {row.id: row for row in inserted}
+        fresh = set(by_id)
+        if missing := [v["id"] for v in values if v["id"] not in by_id]:
+            found = await s.scalars(
+                select(Action)
+                .where(Action.id.in_(missing))
+                .execution_options(populate_existing=True)
+            )
+            by_id |= {row.id: row for row in found}
+        return [(pa, by_id[v["id"]]) for pa, v in zip(wanted, values, strict=True)], fresh
 
     @activity.defn(name="enrich_incident")
     async def enrich_incident(self, inp: EnrichInput) -> EnrichResult:
@@ -244,25 +290,24 @@ class ContainmentActivities:
             ):
                 if val:
                     conds.append(col == val)
-            history = int(
-                await s.scalar(
-                    select(func.count())
-                    .select_from(Detection)
-                    .where(Detection.tenant == sub.tenant, Detection.received_at >= since)
-                    .where(or_(*conds))
-                )
-                or 0
-            )
             targets = [v for v in (sub.user, sub.session, sub.api_key) if v]
-            prior_actions = int(
-                await s.scalar(
-                    select(func.count())
-                    .select_from(Action)
-                    .where(Action.tenant == sub.tenant, Action.target.in_(targets))
-                    .where(Action.created_at >= since, Action.incident_id != inp.incident_id)
+            counted = (
+                await s.execute(
+                    select(
+                        select(func.count())
+                        .select_from(Detection)
+                        .where(Detection.tenant == sub.tenant, Detection.received_at >= since)
+                        .where(or_(*conds))
+                        .scalar_subquery(),
+                        select(func.count())
+                        .select_from(Action)
+                        .where(Action.tenant == sub.tenant, Action.target.in_(targets))
+                        .where(Action.created_at >= since, Action.incident_id != inp.incident_id)
+                        .scalar_subquery(),
+                    )
                 )
-                or 0
-            )
+            ).one()
+            history, prior_actions = int(counted[0] or 0), int(counted[1] or 0)
             tactic_ids = [t[0] for t in info.tactics] if info else []
             score = 60.0 * _SEVERITY_WEIGHT.get(det.severity, 0.5) * max(det.confidence, 0.2)
             score += min(history - 1, 10) * 3.0 + min(prior_actions, 5) * 2.0
@@ -288,14 +333,10 @@ class ContainmentActivities:
                 "risk_score": score,
                 "summary": summary,
             }
-            inc = await s.get(Incident, inp.incident_id)
-            if inc is not None:
-                if inc.risk_score is None or score >= inc.risk_score:
-                    inc.risk_score = score
-                # The summary (summarise_incident) is written beside it: keep the last one.
-                if (kept := (inc.enrichment or {}).get("analysis")) is not None:
-                    enrichment["analysis"] = kept
-                inc.enrichment = enrichment
+            # The summary (summarise_incident) is written beside it: the last one is kept.
+            await s.execute(
+                _ENRICH_UPDATE, {"iid": inp.incident_id, "score": score, "enrichment": enrichment}
+            )
             await append(
                 s,
                 LogEvent(
@@ -350,6 +391,76 @@ def _enforces(action_type: str) -> bool:
     return actions.definition(action_type).enforces
 
 
+# The plan's rules fired so far, merged in the database (one statement, no read first), in
+# code-point order as sorted() gives.
+_PLAN_UPDATE = text(
+    "UPDATE incidents SET plan = jsonb_build_object("
+    " 'playbook', CAST(:playbook AS text),"
+    " 'rules_fired', (SELECT coalesce(jsonb_agg(r ORDER BY r COLLATE \"C\"), '[]'::jsonb) FROM ("
+    "  SELECT jsonb_array_elements_text(coalesce(plan->'rules_fired', '[]'::jsonb)) AS r"
+    "  UNION SELECT unnest(CAST(:rules AS text[]))) AS u))"
+    " WHERE id = :iid"
+)
+
+
+_ENRICH_UPDATE = text(
+    "UPDATE incidents SET"
+    " risk_score = CASE WHEN risk_score IS NULL OR :score >= risk_score"
+    "  THEN :score ELSE risk_score END,"
+    " enrichment = CASE WHEN jsonb_typeof(enrichment->'analysis') IS DISTINCT FROM 'null'"
+    "  AND enrichment ? 'analysis'"
+    "  THEN :enrichment || jsonb_build_object('analysis', enrichment->'analysis')"
+    "  ELSE :enrichment END"
+    " WHERE id = :iid"
+).bindparams(bindparam("enrichment", type_=JSONB), bindparam("score", type_=Float))
+
+
+def skipped_event(row: Action, reason: str, *, base: dict[str, Any]) -> LogEvent:
+    return LogEvent(
+        event_key=f"{row.id}:skipped",
+        event="action.skipped",
+        actor=SYSTEM,
+        action=row.action_type,
+        outcome="skipped",
+        details={"action_id": row.id, "target": row.target, "reason": reason},
+        **base,
+    )
+
+
+def applied_event(row: Action, *, actor: str, base: dict[str, Any]) -> LogEvent:
+    return LogEvent(
+        event_key=f"{row.id}:applied",
+        event="action.applied",
+        actor=actor,
+        action=row.action_type,
+        outcome="applied",
+        details={
+            "action_id": row.id,
+            "target": row.target,
+            "risk": row.risk,
+            "until": row.expires_at.isoformat() if row.expires_at else None,
+            "rule": row.rule,
+        },
+        **base,
+    )
+
+
+def block_of(row: Action, technique: str, at: datetime) -> dict[str, Any]:
+    """The enforcement entry of an applied action (soar.enforcement.add_blocks)."""
+    enforcement = actions.definition(row.action_type).enforcement
+    assert enforcement is not None, row.action_type
+    return {
+        "action_id": row.id,
+        "kind": enforcement.stored_kind(row.params or {}),
+        "tenant": row.tenant,
+        "target": row.target,
+        "incident_id": row.incident_id,
+        "technique": technique,
+        "created_at": at,
+        "until": row.expires_at,
+    }
+
+
 async def skip_action(
     s: AsyncSession, row: Action, reason: str, *, base: dict[str, Any]
 ) -> LogEvent:
@@ -361,15 +472,7 @@ async def skip_action(
         .values(status="skipped", finished_at=at, error=reason)
     )
     row.status = "skipped"
-    return LogEvent(
-        event_key=f"{row.id}:skipped",
-        event="action.skipped",
-        actor=SYSTEM,
-        action=row.action_type,
-        outcome="skipped",
-        details={"action_id": row.id, "target": row.target, "reason": reason},
-        **base,
-    )
+    return skipped_event(row, reason, base=base)
 
 
 async def apply_enforcement(
@@ -403,21 +506,7 @@ async def apply_enforcement(
         .values(status="applied", applied_at=at, expires_at=until)
     )
     row.status, row.applied_at, row.expires_at = "applied", at, until
-    return LogEvent(
-        event_key=f"{row.id}:applied",
-        event="action.applied",
-        actor=actor,
-        action=row.action_type,
-        outcome="applied",
-        details={
-            "action_id": row.id,
-            "target": row.target,
-            "risk": row.risk,
-            "until": until.isoformat() if until else None,
-            "rule": row.rule,
-        },
-        **base,
-    )
+    return applied_event(row, actor=actor, base=base)
 
 
 __all__ = ["SYSTEM", "ContainmentActivities", "Severity", "apply_enforcement"]

@@ -4,6 +4,8 @@ settled and writes nothing they are made of."""
 
 from __future__ import annotations
 
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
 from temporalio import activity
 
 from activities.containment import SYSTEM
@@ -29,6 +31,13 @@ def ticket_note(summary: Summary) -> str:
         f"Suggested next steps:\n{steps}"
     )
     return text[:NOTE_MAX]
+
+
+# The summary beside the assessment, in one statement (the row is locked by the UPDATE).
+_ANALYSIS_UPDATE = text(
+    "UPDATE incidents SET enrichment = coalesce(enrichment, '{}'::jsonb)"
+    " || jsonb_build_object('analysis', :analysis) WHERE id = :iid"
+).bindparams(bindparam("analysis", type_=JSONB))
 
 
 class SummaryActivities:
@@ -74,9 +83,7 @@ class SummaryActivities:
             "generated_at": now().isoformat(),
         }
         async with transaction(self.ctx.factory) as s:
-            inc = await s.get(Incident, inp.incident_id, with_for_update=True)
-            if inc is not None:
-                inc.enrichment = {**(inc.enrichment or {}), "analysis": analysis}
+            await s.execute(_ANALYSIS_UPDATE, {"iid": inp.incident_id, "analysis": analysis})
             await append(
                 s,
                 LogEvent(

@@ -35,12 +35,15 @@ class BenchStack:
     pids: dict[str, int] = field(default_factory=dict)  # every process whose CPU counts
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """CPU seconds of a process and (unless children=False) its descendants: PostgreSQL's
+    backends are the postmaster's children. The bench process itself is counted without
+    them, since the stack's processes it started are its descendants too."""
     import psutil
 
     proc = psutil.Process(pid)
     total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in [proc, *(proc.children(recursive=True) if children else [])]:
         try:
             t = p.cpu_times()
         except psutil.NoSuchProcess:  # a backend that just ended

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -78,6 +79,17 @@ async def add_block(
         )
         .on_conflict_do_nothing(index_elements=["action_id"])
     )
+
+
+async def add_blocks(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Several blocks in one statement (each row as add_block's arguments, `now` named
+    `created_at`); idempotent on the action id."""
+    if rows:
+        await session.execute(
+            pg_insert(EnforcementBlock)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["action_id"])
+        )
 
 
 async def lift_block(session: AsyncSession, *, action_id: str, now: datetime) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select
@@ -116,6 +117,7 @@ def load_catalog(session: Session, catalog: Catalog, *, source: str) -> LoadResu
         )
     )
     session.flush()
+    _VERSIONS.clear()  # technique_info asks again
     return LoadResult(catalog.version, True, *counts)
 
 
@@ -147,13 +149,28 @@ async def catalog_version(session: AsyncSession) -> str:
 # The catalog changes only by a load, which adds a catalog version row in the same
 # transaction: a technique's facts are kept per (database, newest version), so the worker's
 # hot path asks one indexed question instead of four.
+# The newest version itself is asked at most every VERSION_TTL seconds per database: a
+# catalog loaded by another process is seen within that time (a load in this process is seen
+# at once, load_catalog forgets the version).
 _INFO_CACHE: dict[tuple[str, int, str], TechniqueInfo] = {}
 _INFO_CACHE_MAX = 4096
+VERSION_TTL = 5.0
+_VERSIONS: dict[str, tuple[int | None, float]] = {}
+
+
+async def _newest_version(session: AsyncSession, db: str) -> int | None:
+    known = _VERSIONS.get(db)
+    if known is not None and time.monotonic() - known[1] < VERSION_TTL:
+        return known[0]
+    version = await session.scalar(select(func.max(CatalogVersion.id)))
+    _VERSIONS[db] = (None if version is None else int(version), time.monotonic())
+    return version
 
 
 async def technique_info(session: AsyncSession, technique_id: str) -> TechniqueInfo | None:
-    version = await session.scalar(select(func.max(CatalogVersion.id)))
-    key = (str(session.sync_session.get_bind().engine.url), int(version or 0), technique_id)
+    db = str(session.sync_session.get_bind().engine.url)
+    version = await _newest_version(session, db)
+    key = (db, int(version or 0), technique_id)
     found = _INFO_CACHE.get(key)
     if found is not None:
         return found
