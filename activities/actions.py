@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.containment import SYSTEM, apply_enforcement
-from activities.context import ActivityContext, incident_brief, now
+from activities.containment import apply_enforcement
+from activities.context import SYSTEM, ActivityContext, incident_brief, now
 from soar import actions
 from soar.audit.chain import LogEvent, append
 from soar.contracts import ActionOutcome, ActionRef, FailureInput, HookInput, StepFailure

@@ -16,7 +16,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
-from activities.context import ActivityContext, action_id_for, now, ref_of
+from activities.context import SYSTEM, ActivityContext, action_id_for, now, ref_of
+from activities.summaries import analysis_of, summary_event, summary_facts
 from soar import actions
 from soar.atlas.store import technique_info
 from soar.audit.chain import LogEvent, append, write_many
@@ -33,8 +34,8 @@ from soar.domain import DetectionFacts, PlannedAction, Severity
 from soar.enforcement import add_block, add_blocks
 from soar.models import Action, Approval, Detection, Incident
 from soar.policy import evaluate
+from soar.summaries import OfflineSummariser
 
-SYSTEM = "system:atlas-soar"
 _SEVERITY_WEIGHT = {"info": 0.1, "low": 0.3, "medium": 0.55, "high": 0.8, "critical": 1.0}
 _TACTIC_WEIGHT = {"AML.TA0010": 15.0, "AML.TA0011": 10.0, "AML.TA0005": 5.0}
 
@@ -333,21 +334,34 @@ class ContainmentActivities:
                 "risk_score": score,
                 "summary": summary,
             }
+            events: list[LogEvent] = []
+            summarised = isinstance(self.ctx.summariser, OfflineSummariser)
+            if summarised:
+                # The offline summary costs nothing to write: here, rather than as a step of
+                # its own (summarise_incident, for a model, which may be slow).
+                facts = summary_facts(det, info, score, history)
+                outcome = await self.ctx.summariser.summarise(facts)
+                enrichment["analysis"] = analysis_of(outcome.summary, det)
+                events.append(summary_event(inp.incident_id, det, facts, outcome))
             # The summary (summarise_incident) is written beside it: the last one is kept.
             await s.execute(
-                _ENRICH_UPDATE, {"iid": inp.incident_id, "score": score, "enrichment": enrichment}
+                _ENRICH_UPDATE_ALL if summarised else _ENRICH_UPDATE,
+                {"iid": inp.incident_id, "score": score, "enrichment": enrichment},
             )
-            await append(
+            await write_many(
                 s,
-                LogEvent(
-                    event_key=f"{inp.incident_id}:{det.key}:assessed",
-                    event="incident.assessed",
-                    actor=SYSTEM,
-                    details={"risk_score": score, "history_24h": history, "summary": summary},
-                    **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
-                ),
+                [
+                    LogEvent(
+                        event_key=f"{inp.incident_id}:{det.key}:assessed",
+                        event="incident.assessed",
+                        actor=SYSTEM,
+                        details={"risk_score": score, "history_24h": history, "summary": summary},
+                        **_base(inp.incident_id, det, tactic_ids[0] if tactic_ids else None),
+                    ),
+                    *events,
+                ],
             )
-        return EnrichResult(risk_score=score, summary=summary)
+        return EnrichResult(risk_score=score, summary=summary, summarised=summarised)
 
     @activity.defn(name="close_incident")
     async def close_incident(self, inp: CloseInput) -> bool:
@@ -411,6 +425,15 @@ _ENRICH_UPDATE = text(
     "  AND enrichment ? 'analysis'"
     "  THEN :enrichment || jsonb_build_object('analysis', enrichment->'analysis')"
     "  ELSE :enrichment END"
+    " WHERE id = :iid"
+).bindparams(bindparam("enrichment", type_=JSONB), bindparam("score", type_=Float))
+
+
+_ENRICH_UPDATE_ALL = text(
+    "UPDATE incidents SET"
+    " risk_score = CASE WHEN risk_score IS NULL OR :score >= risk_score"
+    "  THEN :score ELSE risk_score END,"
+    " enrichment = :enrichment"
     " WHERE id = :iid"
 ).bindparams(bindparam("enrichment", type_=JSONB), bindparam("score", type_=Float))
 

@@ -30,6 +30,8 @@ from soar.models import Action, Approval, ApprovalMessage, Detection, Incident
 from soar.policy import Playbook
 from soar.summaries import OfflineSummariser, Summariser, Summary
 
+SYSTEM = "system:atlas-soar"
+
 
 @dataclass
 class ActivityContext:

@@ -31,8 +31,7 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.containment import SYSTEM
-from activities.context import ActivityContext
+from activities.context import SYSTEM, ActivityContext
 from soar.audit.chain import LogEvent, append
 from soar.config import Settings
 from soar.connectors import IncidentBrief

@@ -66,6 +66,9 @@ class EnrichInput:
 class EnrichResult:
     risk_score: float
     summary: str
+    # The summary is written already (the offline one, by enrich_incident): the workflow
+    # does not ask summarise_incident for it. Absent from older histories: False.
+    summarised: bool = False
 
 
 @dataclass(frozen=True)

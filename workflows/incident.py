@@ -542,7 +542,9 @@ class IncidentWorkflow:
             f"{det.key}:assessed",
             f"Assessment (risk {result.risk_score:g}/100): {result.summary}",
         )
-        if workflow.patched(PATCH_SUMMARY):
+        # (Not for a summary the assessment wrote already, the offline one: deterministic on
+        # replay, since the recorded result says so; older histories lack the field.)
+        if workflow.patched(PATCH_SUMMARY) and not result.summarised:
             await self._summarise(det, result.risk_score)
 
     async def _summarise(self, det: DetectionFacts, risk_score: float) -> None:
