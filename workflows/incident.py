@@ -88,6 +88,9 @@ DEFAULT_EXTERNAL_MAX_AGE = 3600
 PATCH_BULKHEADS = "bulkheads-v1"
 PATCH_QUORUM = "approval-quorum-v1"  # an approval may need several distinct approvers
 PATCH_SUMMARY = "summary-v1"
+# The assessment as a local activity: no activity task through the server (it is short,
+# idempotent, and touches only PostgreSQL, like containment).
+PATCH_LOCAL_ASSESS = "local-assess-v1"
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -532,11 +535,16 @@ class IncidentWorkflow:
     # --- background steps -------------------------------------------------------------------
 
     async def _assess(self, det: DetectionFacts) -> None:
-        result = await _core(
-            ContainmentActivities.enrich_incident,
-            EnrichInput(self._input.incident_id, det),
-            seconds=60,
-        )
+        enrich = EnrichInput(self._input.incident_id, det)
+        if workflow.patched(PATCH_LOCAL_ASSESS):
+            result = await workflow.execute_local_activity_method(
+                ContainmentActivities.enrich_incident,
+                enrich,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=_FAST,
+            )
+        else:
+            result = await _core(ContainmentActivities.enrich_incident, enrich, seconds=60)
         # The ticket usually opens before the assessment is ready: add it as a comment.
         self._note(
             f"{det.key}:assessed",
