@@ -133,20 +133,13 @@ class ContainmentActivities:
                 ),
             ]
             events += [
-                LogEvent(
-                    event_key=f"{row.id}:requested",
-                    event="action.requested",
-                    actor=SYSTEM,
-                    action=row.action_type,
-                    outcome="requested",
-                    details={
-                        "action_id": row.id,
-                        "target": row.target,
-                        "risk": row.risk,
-                        "rule": row.rule,
-                        "duration_seconds": row.duration_seconds,
-                    },
-                    **base,
+                action_event(
+                    row,
+                    "requested",
+                    base=base,
+                    risk=row.risk,
+                    rule=row.rule,
+                    duration_seconds=row.duration_seconds,
                 )
                 for _, row in rows
             ]
@@ -438,33 +431,29 @@ _ENRICH_UPDATE_ALL = text(
 ).bindparams(bindparam("enrichment", type_=JSONB), bindparam("score", type_=Float))
 
 
-def skipped_event(row: Action, reason: str, *, base: dict[str, Any]) -> LogEvent:
+def action_event(
+    row: Action, outcome: str, *, base: dict[str, Any], actor: str = SYSTEM, **details: Any
+) -> LogEvent:
+    """The log row of an action reaching `outcome` (requested, applied, skipped)."""
     return LogEvent(
-        event_key=f"{row.id}:skipped",
-        event="action.skipped",
-        actor=SYSTEM,
+        event_key=f"{row.id}:{outcome}",
+        event=f"action.{outcome}",
+        actor=actor,
         action=row.action_type,
-        outcome="skipped",
-        details={"action_id": row.id, "target": row.target, "reason": reason},
+        outcome=outcome,
+        details={"action_id": row.id, "target": row.target, **details},
         **base,
     )
 
 
+def skipped_event(row: Action, reason: str, *, base: dict[str, Any]) -> LogEvent:
+    return action_event(row, "skipped", base=base, reason=reason)
+
+
 def applied_event(row: Action, *, actor: str, base: dict[str, Any]) -> LogEvent:
-    return LogEvent(
-        event_key=f"{row.id}:applied",
-        event="action.applied",
-        actor=actor,
-        action=row.action_type,
-        outcome="applied",
-        details={
-            "action_id": row.id,
-            "target": row.target,
-            "risk": row.risk,
-            "until": row.expires_at.isoformat() if row.expires_at else None,
-            "rule": row.rule,
-        },
-        **base,
+    until = row.expires_at.isoformat() if row.expires_at else None
+    return action_event(
+        row, "applied", base=base, actor=actor, risk=row.risk, until=until, rule=row.rule
     )
 
 
