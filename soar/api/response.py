@@ -523,6 +523,11 @@ async def send_decision(
         gate.log_refusal(req, why)
         DECISIONS.labels(channel=req.channel, outcome="refused").inc()
         raise DecisionRefused(403, why)
+    if await gate.own_request(session, approval, req):
+        why = f"{req.actor} asked for this action; a second person must decide it"
+        gate.log_refusal(req, why)
+        DECISIONS.labels(channel=req.channel, outcome="refused").inc()
+        raise DecisionRefused(403, why)
     refusal = await decision_refusal(session, approval, req.approver)
     if refusal is not None:
         DECISIONS.labels(channel=req.channel, outcome="refused").inc()

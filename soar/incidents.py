@@ -1,0 +1,74 @@
+"""Closing an incident with a disposition: the one place that writes it (the workflow's
+activity for an open incident, the API for one whose workflow has already ended)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from soar.audit.chain import LogEvent, append
+from soar.contracts import AnalystStep
+from soar.models import ActionLogEntry, Incident
+
+
+def incident_base(inc: Incident) -> dict[str, Any]:
+    return {
+        "incident_id": inc.id,
+        "tenant": inc.tenant,
+        "subject": inc.subject_key,
+        "technique": inc.technique,
+    }
+
+
+async def close_with_disposition(
+    s: AsyncSession, step: AnalystStep, disposition: str
+) -> Incident | None:
+    """Close the incident (or, closed already, set its disposition), with one log row: the
+    incident's `closed` row when this closes it, else a `disposition_set` row under the
+    step's key. A retry writes nothing twice. None when there is no such incident."""
+    inc = await s.get(Incident, step.incident_id, with_for_update=True)
+    if inc is None:
+        return None
+    closed_key = f"{inc.id}:closed"
+    for key, details in await s.execute(
+        select(ActionLogEntry.event_key, ActionLogEntry.details).where(
+            ActionLogEntry.event_key.in_((step.event_key, closed_key))
+        )
+    ):
+        if key == step.event_key or (details or {}).get("request") == step.event_key:
+            return inc  # a retry of a step that committed
+    was_closed = inc.status == "closed"
+    values: dict[str, Any] = {
+        "disposition": disposition,
+        "closed_by": step.actor,
+        "close_reason": step.reason or None,
+    }
+    if not was_closed:
+        values |= {"status": "closed", "closed_at": text("now()")}
+    await s.execute(update(Incident).where(Incident.id == inc.id).values(**values))
+    details = {
+        "disposition": disposition,
+        "reason": step.reason or None,
+        "channel": step.channel,
+        "detections": inc.detection_count,
+        "severity": inc.severity,
+        "request": step.event_key,
+    }
+    # The incident's one `closed` row when this closes it; a closed incident's disposition
+    # set later is its own row.
+    key = step.event_key if was_closed else closed_key
+    await append(
+        s,
+        LogEvent(
+            event_key=key,
+            event="incident.disposition_set" if was_closed else "incident.closed",
+            actor=step.actor,
+            outcome=disposition,
+            details=details,
+            **incident_base(inc),
+        ),
+    )
+    await s.refresh(inc)
+    return inc
