@@ -32,11 +32,9 @@ from soar.contracts import (
 )
 from soar.db import transaction
 from soar.enforcement import lift_block
-from soar.incidents import close_with_disposition, incident_base
+from soar.incidents import CONTAINABLE, close_with_disposition, incident_base
 from soar.models import Action, ActionLogEntry, EnforcementBlock, Incident
 
-# Actions an analyst may apply again with "contain now": not in force, not waiting.
-CONTAINABLE = ("planned", "skipped", "failed", "expired", "lifted", "rejected")
 MAX_GENERATIONS = 1000
 
 

@@ -3,14 +3,16 @@ activity for an open incident, the API for one whose workflow has already ended)
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from soar import actions
 from soar.audit.chain import LogEvent, append
 from soar.contracts import AnalystStep
-from soar.models import ActionLogEntry, Incident
+from soar.models import Action, ActionLogEntry, Incident
 
 
 def incident_base(inc: Incident) -> dict[str, Any]:
@@ -72,3 +74,31 @@ async def close_with_disposition(
     )
     await s.refresh(inc)
     return inc
+
+
+# Actions an analyst may apply again with "contain now": not in force, not waiting.
+CONTAINABLE = ("planned", "skipped", "failed", "expired", "lifted", "rejected")
+_LIVE = ("applied", "pending_approval", "approved")
+
+
+def analyst_options(rows: list[Action], at: datetime) -> dict[str, list[str]]:
+    """For each action, what an analyst can do with it now: `lift` and `extend` (a temporary
+    block in force), `contain` (an enforcement action not in force whose kind of action is
+    not in force or awaiting a decision in this incident). The workflow decides in the end."""
+    live = set()
+    for r in rows:
+        timed_out = r.status == "applied" and r.expires_at is not None and r.expires_at <= at
+        if r.status in _LIVE and not timed_out:
+            live.add(r.action_key.split("#", 1)[0])
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        found = actions.find(r.action_type)
+        if found is None or not found.enforces:
+            continue
+        can = []
+        if r.status == "applied" and r.expires_at is not None and r.expires_at > at:
+            can += ["lift", "extend"]
+        if r.status in CONTAINABLE and r.action_key.split("#", 1)[0] not in live:
+            can.append("contain")
+        out[r.id] = can
+    return out

@@ -96,8 +96,9 @@ _OPS: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
         ("401", "403", "404", "503"),
     ),
     ("get", "/v1/incidents"): (
-        "List incidents",
-        "Newest first; filter by status.",
+        "Search incidents",
+        "Newest first; filter by subject, technique, tactic, severity, status, disposition "
+        "and when they opened (`since`, `until`); `next` links the next page.",
         ("401", "403", "503"),
     ),
     ("get", "/v1/approvals"): (
@@ -188,6 +189,8 @@ _PARAMS = {
     "incident_id": "an incident id, as returned by `POST /v1/detections`",
     "approval_id": "an approval id, from `GET /v1/approvals`",
     "action_id": "an action id, from the incident's `actions`",
+    "severity": "only incidents of this severity",
+    "disposition": "how an analyst closed it (`none`: not set)",
     "status": "only items in this state",
     "cursor": "the `next_cursor` of the previous page",
     "limit": "at most this many items",
