@@ -7,6 +7,7 @@ the API; the UI adds who is signed in, the CSRF check and Post/Redirect/Get."""
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -52,6 +53,7 @@ DISPOSITION_LABELS = {
 }
 
 
+_ATLAS_ID = re.compile(r"^[A-Za-z0-9.]{1,32}$")
 _FILTER_ERRORS = {
     "status": "Status must be open or closed (or empty for any).",
     "technique": "Technique must look like AML.T0051 or AML.T0051.000.",
@@ -88,6 +90,9 @@ async def incidents_page(
     cursor: str = "",
 ) -> Response:
     start, end = _day(since.strip(), "From"), _day(until.strip(), "To")
+    for name, value in (("technique", technique), ("tactic", tactic)):
+        if value.strip() and not _ATLAS_ID.match(value.strip()):
+            raise UiError(400, "Bad filter", _FILTER_ERRORS[name])
     f = IncidentFilter(
         subject=subject.strip(),
         technique=technique.strip().upper(),

@@ -52,8 +52,9 @@ class IncidentFilter:
         if self.disposition and self.disposition not in DISPOSITION_FILTERS:
             raise SearchError("disposition", f"one of {', '.join(DISPOSITION_FILTERS)}")
         for name, value in (("technique", self.technique), ("tactic", self.tactic)):
-            if value and not (len(value) <= 32 and all(c.isalnum() or c == "." for c in value)):
-                raise SearchError(name, "an ATLAS id such as AML.T0051 or AML.TA0005")
+            # Matched as text (LIKE-escaped): anything else simply matches nothing.
+            if len(value) > 32 or any(ord(c) < 32 or c == "\x7f" for c in value):
+                raise SearchError(name, "at most 32 characters, no control characters")
         if len(self.subject) > 300 or any(ord(c) < 32 or c == "\x7f" for c in self.subject):
             raise SearchError("subject", "at most 300 characters, no control characters")
         if self.since and self.until and self.since >= self.until:

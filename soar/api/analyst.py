@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +43,11 @@ from soar.incidents import close_with_disposition, incident_base
 from soar.models import Incident
 
 router = APIRouter(tags=["incidents"])
+_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,80}$"
+IncidentId = Annotated[str, Path(pattern=_ID_PATTERN, description="an incident id")]
+ActionId = Annotated[
+    str, Path(pattern=_ID_PATTERN, description="an action id, from the incident's `actions`")
+]
 ANALYSTS = tuple(sorted(ANALYST_ROLES))
 ACCEPT_SECONDS = 1.5  # waiting for a worker to validate the request
 DONE_SECONDS = 1.5  # then waiting for it to be done (a lift is one activity)
@@ -207,8 +212,8 @@ def _request(identity: Identity, kind: str, **fields: Any) -> AnalystRequest:
 
 @router.post("/v1/incidents/{incident_id}/actions/{action_id}/lift")
 async def lift_action(
-    incident_id: str,
-    action_id: str,
+    incident_id: IncidentId,
+    action_id: ActionId,
     body: ReasonIn,
     state: StateDep,
     session: SessionDep,
@@ -222,8 +227,8 @@ async def lift_action(
 
 @router.post("/v1/incidents/{incident_id}/actions/{action_id}/extend")
 async def extend_action(
-    incident_id: str,
-    action_id: str,
+    incident_id: IncidentId,
+    action_id: ActionId,
     body: ExtendIn,
     state: StateDep,
     session: SessionDep,
@@ -238,8 +243,8 @@ async def extend_action(
 
 @router.post("/v1/incidents/{incident_id}/actions/{action_id}/contain")
 async def contain_action(
-    incident_id: str,
-    action_id: str,
+    incident_id: IncidentId,
+    action_id: ActionId,
     body: ReasonIn,
     state: StateDep,
     session: SessionDep,
@@ -253,7 +258,7 @@ async def contain_action(
 
 @router.post("/v1/incidents/{incident_id}/close")
 async def close_incident(
-    incident_id: str,
+    incident_id: IncidentId,
     body: CloseIn,
     state: StateDep,
     session: SessionDep,
@@ -268,7 +273,7 @@ async def close_incident(
 
 @router.post("/v1/incidents/{incident_id}/notes")
 async def add_note(
-    incident_id: str,
+    incident_id: IncidentId,
     body: NoteIn,
     state: StateDep,
     session: SessionDep,
