@@ -4,7 +4,10 @@ lifts nothing, and closing as a true positive keeps the other blocks until their
 
 from __future__ import annotations
 
+import gzip
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +34,7 @@ from tests.workflow.test_incident_workflow import (
     det,
     env,  # noqa: F401 (the module's time-skipping server)
     refused,
+    runs_of,
     signed,
     start,
     wait_for,
@@ -97,6 +101,19 @@ class AnalystFakes(Fakes):
             fakes.log.append(f"note {step.reason}")
 
         return [*base, request, lift_now, extend, contain_now, close_as, note]
+
+
+async def record(environment: Any, handle: Any, name: str) -> None:
+    """SOAR_RECORD_HISTORIES=DIR: every run's history there, for test_replay.py (how the
+    v2 histories in tests/fixtures/histories were made)."""
+    out = os.environ.get("SOAR_RECORD_HISTORIES")
+    if not out:
+        return
+    client = environment.client
+    for n, (run_id, _) in enumerate(await runs_of(environment, handle)):
+        history = await client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        path = Path(out) / f"v2-{name}-{n}.json.gz"
+        path.write_bytes(gzip.compress(history.to_json().encode()))
 
 
 async def act(handle: Any, req: AnalystRequest) -> AnalystResult:
@@ -176,6 +193,7 @@ async def test_analyst_state_survives_continue_as_new_and_close_keeps_true_posit
         assert "closed" in str(twice.value.cause)
         # The run waits for the blocks kept, lifted at their time, then ends.
         assert await handle.result() == "closed"
+        await record(env, handle, "analyst_state_survives_continue_as_new")
     assert fakes.log.count("closed as true_positive by carol") == 1
     assert "closed" not in fakes.log  # the automatic close never ran
     assert f"lifted now {s1} by carol" in fakes.log
