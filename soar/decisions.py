@@ -12,6 +12,10 @@ signs, any verifies). Unset: the one `soar up` generated into SOAR_HOME, else a 
 key (the API and the worker then agree only inside one process, as in the tests). Required
 in production.
 
+An analyst's actions (lift, extend, contain now, close, note: `AnalystRequest`, the
+`analyst_action` update) are signed the same way by their gate (soar/api/analyst.py), under
+their own tag, so a signed action can never pass as a decision or the reverse.
+
 Replay of a signed decision: the approval id is signed, and an approval is decided once
 (first decision wins), so a captured request can at most repeat a decision already taken,
 and only within the freshness window.

@@ -17,7 +17,15 @@ from typer.testing import CliRunner
 
 from soar.decisions import sign_decision
 from soar.domain import UPDATE_ANALYST, AnalystRequest, AnalystResult
-from tests.support import DECISION_KEY, bearer, detection, eventually, make_settings, running_stack
+from tests.support import (
+    DECISION_KEY,
+    TOKENS,
+    bearer,
+    detection,
+    eventually,
+    make_settings,
+    running_stack,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -222,6 +230,7 @@ async def test_extend_moves_the_expiry_and_a_high_risk_contain_needs_a_second_pe
         )
         assert refused.status_code == 409 and "pending" in refused.json()["detail"]
         approval = (await stack.incident(leak_id))["approvals"][0]["approval_id"]
+        await _ui_refuses_and_confirms(stack, leak_id, approval)
         no = await stack.http.post(
             f"/v1/approvals/{approval}/decision",
             json={"decision": "reject"},
@@ -274,6 +283,26 @@ async def test_extend_moves_the_expiry_and_a_high_risk_contain_needs_a_second_pe
             short_id,
         )
         assert extended == [("analyst-user",)]
+
+
+async def _ui_refuses_and_confirms(stack: Any, incident_id: str, approval_id: str) -> None:
+    """In the web UI: an approver may not act on an incident, a form without its CSRF token
+    is refused, and approving first shows whether the action can be undone."""
+    from tests.integration.test_web_ui import sign_in
+
+    async with httpx.AsyncClient(base_url=stack.api.url, timeout=30) as ui:
+        csrf = await sign_in(ui, token=TOKENS["approver"])
+        close = f"/ui/incidents/{incident_id}/close"
+        r = await ui.post(close, data={"csrf": csrf, "disposition": "benign"})
+        assert r.status_code == 403 and "only analysts and admins" in r.text
+        r = await ui.post(f"/ui/approvals/{approval_id}/confirm", data={"next": "/ui/approvals"})
+        assert r.status_code == 403
+        r = await ui.post(
+            f"/ui/approvals/{approval_id}/confirm", data={"csrf": csrf, "comment": "<i>x</i>"}
+        )
+        assert r.status_code == 200 and "Cannot be undone." in r.text
+        assert "Revoke API key is irreversible" in r.text and "&lt;i&gt;x&lt;/i&gt;" in r.text
+        assert (await stack.incident(incident_id))["approvals"][0]["status"] == "pending"
 
 
 async def _exists(stack: Any, path: str) -> bool:
