@@ -86,11 +86,22 @@ async def test_analyst_lifts_a_block_early_then_closes_as_false_positive(
         assert lifts == [("analyst-user",)]
         assert not await blocked()
 
+        # Contain now puts the block back at once; a note lands in the log.
+        await block.get_by_role("button", name="Contain now").click()
+        await expect(page.get_by_role("status")).to_contain_text("Contain now: applied by")
+        assert await blocked()
+        await page.locator("#note-text").fill("called the customer <back soon>")
+        await page.get_by_role("button", name="Add note").click()
+        await expect(page.locator("ol.timeline li.ev-incident-note")).to_contain_text(
+            "called the customer <back soon>"
+        )
+
         await page.get_by_label("Disposition", exact=True).select_option("false_positive")
         await page.get_by_label("Reason").fill("authorised test")
         await page.get_by_role("button", name="Close incident").click()
         await expect(page.get_by_role("status")).to_contain_text("Close: closed by analyst-user")
         await expect(page.locator("#disposition")).to_contain_text("False positive")
+        assert not await blocked()  # a false positive's blocks are lifted
 
         await page.goto(f"{stack.api.url}/ui/incidents?disposition=false_positive")
         await expect(page.get_by_role("link", name=incident_id)).to_be_visible()

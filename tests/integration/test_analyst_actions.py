@@ -370,7 +370,17 @@ async def test_incidents_are_searchable_with_paging_and_link_to_temporal(
         assert seen == list(reversed(list(made.values())))
         bad = await stack.http.get("/v1/incidents?cursor=nope", headers=bearer("analyst"))
         assert bad.status_code == 422
-        one = (await search(severity="high"))["incidents"][0]
+        # An analyst who is the incident's subject may not act on it.
+        own = await stack.post_detection(
+            detection(subject={"tenant": "acme", "user": "analyst-user", "session": "s-own"})
+        )
+        own_id = own.json()["incident_id"]
+        mine = await eventually(lambda: action_of(stack, own_id, "block_session", "applied"))
+        r = await act(
+            stack.http, f"/v1/incidents/{own_id}/actions/{mine['action_id']}/lift", "analyst"
+        )
+        assert r.status_code == 403 and "their account" in r.json()["detail"]
+        one = (await search(severity="high", subject="u-s1"))["incidents"][0]
         assert one["temporal_url"] == (
             "http://temporal-ui.example:8233/namespaces/default/workflows/incident-"
             + made["AML.T0051.000"]
