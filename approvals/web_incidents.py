@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 
 from activities.context import incident_brief
 from approvals.web import (
-    _CONTROL,
     _ID,
     UiRoute,
     _pending_cards,
@@ -29,6 +28,7 @@ from approvals.web_auth import Flash, UiError, Viewer, ViewerDep, check_csrf, re
 from soar.api.analyst import ActionRefused, send_analyst_action
 from soar.api.deps import SessionDep, StateDep
 from soar.api.response import incident_json
+from soar.bounds import has_unsafe_chars
 from soar.domain import DISPOSITIONS, MAX_EXTEND_SECONDS, MAX_REASON, AnalystRequest
 from soar.incident_search import (
     DISPOSITION_FILTERS,
@@ -250,7 +250,7 @@ _DONE = {
 
 def _text(form: dict[str, str], name: str, label: str) -> str:
     value = form.get(name, "").strip()
-    if _CONTROL.search(value):
+    if has_unsafe_chars(value, text=True, bidi=False):
         raise UiError(400, f"Bad {label.lower()}", f"The {label.lower()} has control characters.")
     if len(value) > MAX_REASON:
         raise UiError(

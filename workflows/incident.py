@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.summaries import SummaryActivities
     from activities.tickets import TicketActivities
     from soar import actions, decisions
+    from soar.bounds import has_unsafe_chars
     from soar.contracts import (
         ActionRef,
         AnalystCloseInput,
@@ -395,7 +396,7 @@ class IncidentWorkflow:
             return f"role {req.role!r} may not act on incidents (analyst or admin)"
         if req.kind not in ANALYST_KINDS:
             return f"unknown action {req.kind[:16]!r}: one of {', '.join(ANALYST_KINDS)}"
-        if len(req.reason) > MAX_REASON or any(ord(c) < 32 and c not in "\n\t" for c in req.reason):
+        if len(req.reason) > MAX_REASON or has_unsafe_chars(req.reason, text=True, bidi=False):
             return f"the reason must be at most {MAX_REASON} characters, without control characters"
         if req.kind == "note" and not req.reason.strip():
             return "a note needs some text"

@@ -29,6 +29,7 @@ from soar.api import gate
 from soar.api.deps import AppState, SessionDep, StateDep, require_roles, temporal_or_503
 from soar.audit.chain import LogEvent, append
 from soar.auth import Identity
+from soar.bounds import has_unsafe_chars
 from soar.contracts import AnalystStep
 from soar.db import transaction
 from soar.domain import (
@@ -55,7 +56,7 @@ DONE_SECONDS = 1.5  # then waiting for it to be done (a lift is one activity)
 
 def _printable(v: str) -> str:
     # PostgreSQL text cannot hold NUL; other control characters have no place here.
-    if any(ord(c) < 32 and c not in "\n\t" for c in v):
+    if has_unsafe_chars(v, text=True, bidi=False):
         raise ValueError("must not contain control characters")
     return v.strip()
 
