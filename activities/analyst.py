@@ -23,12 +23,14 @@ from activities.context import ActivityContext, action_id_for, now, ref_of
 from soar import actions
 from soar.audit.chain import LogEvent, append
 from soar.contracts import (
+    ActionRef,
     AnalystCloseInput,
     AnalystStep,
     ContainNowInput,
     ContainNowResult,
     ExtendInput,
     LiftInput,
+    LiftResult,
 )
 from soar.db import transaction
 from soar.enforcement import lift_block
@@ -56,6 +58,11 @@ async def _incident(s: AsyncSession, incident_id: str) -> Incident:
     return inc
 
 
+def _ref(row: Action, inc: Incident) -> ActionRef:
+    """The action as the workflow keys it (without the generation suffix)."""
+    return ref_of(row, inc.technique, action_key=row.action_key.split("#", 1)[0])
+
+
 def _said(step: AnalystStep) -> dict[str, Any]:
     return {"reason": step.reason or None, "channel": step.channel, "request": step.event_key}
 
@@ -65,28 +72,34 @@ class AnalystActivities:
         self.ctx = ctx
 
     @activity.defn(name="lift_block_now")
-    async def lift_block_now(self, inp: LiftInput) -> str:
-        """Lift an enforcement action now; returns when (ISO 8601)."""
+    async def lift_block_now(self, inp: LiftInput) -> LiftResult:
+        """Lift an enforcement action now (a temporary block, or one without an expiry that
+        is not irreversible, e.g. a quarantined model)."""
         step = inp.step
         async with transaction(self.ctx.factory) as s:
             row = await _action_of(s, step, inp.action_id)
+            inc = await _incident(s, row.incident_id)
             definition = actions.find(row.action_type)
             if definition is None or not definition.enforces:
                 raise _refuse(f"{row.action_type} is not a block: there is nothing to lift")
             if definition.irreversible:
-                raise _refuse(f"{definition.label} cannot be undone")
-            if row.status == "lifted" and row.finished_at is not None:
-                return row.finished_at.isoformat()  # a retry of a lift that committed
+                raise _refuse(f"{definition.label} is irreversible: it cannot be lifted")
+            key = f"{row.id}:lifted"  # the timer's key: one lift row per block
             if row.status != "applied":
+                done = await s.scalar(
+                    select(ActionLogEntry.details).where(ActionLogEntry.event_key == key)
+                )
+                if done is not None and done.get("request") == step.event_key:
+                    at = row.finished_at or now()  # a retry of this lift, committed
+                    return LiftResult(at.isoformat(), _ref(row, inc))
                 raise _refuse(f"action {row.id} is {row.status}, not in force")
             at = now()
             was_active = await lift_block(s, action_id=row.id, now=at)
             row.status, row.finished_at = "lifted", at
-            inc = await _incident(s, row.incident_id)
             await append(
                 s,
                 LogEvent(
-                    event_key=f"{row.id}:lifted",  # the timer's key: one lift row per block
+                    event_key=key,
                     event="action.rolled_back",
                     actor=step.actor,
                     action=row.action_type,
@@ -103,7 +116,7 @@ class AnalystActivities:
                     **incident_base(inc),
                 ),
             )
-        return at.isoformat()
+        return LiftResult(at.isoformat(), _ref(row, inc))
 
     @activity.defn(name="extend_block")
     async def extend_block(self, inp: ExtendInput) -> str:

@@ -211,6 +211,14 @@ class LiftInput:
 
 
 @dataclass(frozen=True)
+class LiftResult:
+    """When it was lifted, and the action (for the workflow's state and the "lifted" hook)."""
+
+    at: str
+    action: ActionRef
+
+
+@dataclass(frozen=True)
 class ExtendInput:
     step: AnalystStep
     action_id: str

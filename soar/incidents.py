@@ -82,9 +82,10 @@ _LIVE = ("applied", "pending_approval", "approved")
 
 
 def analyst_options(rows: list[Action], at: datetime) -> dict[str, list[str]]:
-    """For each action, what an analyst can do with it now: `lift` and `extend` (a temporary
-    block in force), `contain` (an enforcement action not in force whose kind of action is
-    not in force or awaiting a decision in this incident). The workflow decides in the end."""
+    """For each action, what an analyst can do with it now: `lift` (in force and not
+    irreversible), `extend` (a temporary low-risk block in force), `contain` (an enforcement
+    action not in force whose kind of action is not in force or awaiting a decision in this
+    incident). The workflow decides in the end."""
     live = set()
     for r in rows:
         timed_out = r.status == "applied" and r.expires_at is not None and r.expires_at <= at
@@ -96,8 +97,12 @@ def analyst_options(rows: list[Action], at: datetime) -> dict[str, list[str]]:
         if found is None or not found.enforces:
             continue
         can = []
-        if r.status == "applied" and r.expires_at is not None and r.expires_at > at:
-            can += ["lift", "extend"]
+        in_force = r.status == "applied" and (r.expires_at is None or r.expires_at > at)
+        if in_force and not found.irreversible:
+            can.append("lift")
+        # Only the low-risk ones have a timer in the workflow (approved ones do not).
+        if in_force and r.expires_at is not None and r.risk == "low":
+            can.append("extend")
         if r.status in CONTAINABLE and r.action_key.split("#", 1)[0] not in live:
             can.append("contain")
         out[r.id] = can

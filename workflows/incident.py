@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         FailureInput,
         HookInput,
         LiftInput,
+        LiftResult,
         StepFailure,
         SummariseInput,
         SummaryResult,
@@ -198,6 +199,7 @@ class IncidentWorkflow:
         self._closed_as = inp.carried.closed_as if inp.carried is not None else ""
         self._ended = False
         self._containing = False
+        self._lifting: set[str] = set()  # actions without a timer being lifted now
         # Restored here, not in run(): a decision sent to the new run must find its approval
         # even when it is delivered in the run's very first activation.
         if inp.carried is not None:
@@ -362,9 +364,12 @@ class IncidentWorkflow:
         iid = self._input.incident_id
         step = AnalystStep(iid, req.actor, req.reason, f"{iid}:analyst:{req.nonce}", req.channel)
         if req.kind == "lift":
-            block = self._state.timed_blocks[req.action_id]
-            at = await self._lift_early(block, step)
-            return AnalystResult("lift", "lifted", req.actor, at, action_id=block.action_id)
+            block = self._state.timed_blocks.get(req.action_id)
+            if block is not None:
+                at = await self._lift_early(block, step)
+            else:
+                at = await self._lift_untimed(req.action_id, step)
+            return AnalystResult("lift", "lifted", req.actor, at, action_id=req.action_id)
         if req.kind == "extend":
             return await self._extend(req, step)
         if req.kind == "contain":
@@ -401,6 +406,14 @@ class IncidentWorkflow:
         if req.kind == "note" and not req.reason.strip():
             return "a note needs some text"
         closed = "the incident is closed" if self._closed_as or self._ended else None
+        if req.kind == "lift" and req.action_id not in self._state.timed_blocks:
+            # Not a timed block of this run: one without an expiry (the activity checks it is
+            # in force and not irreversible), once at a time.
+            if not req.action_id:
+                return "which action? (action_id)"
+            if req.action_id in self._lifting:
+                return f"{req.action_id[:80]} is being lifted"
+            return None
         if req.kind in ("lift", "extend"):
             block = self._state.timed_blocks.get(req.action_id)
             if block is None:
@@ -437,20 +450,38 @@ class IncidentWorkflow:
             task.cancel()
         st.timed_blocks.pop(block.action_id, None)  # a second lift is refused from here on
         try:
-            at = await _core(
+            done: LiftResult = await _core(
                 AnalystActivities.lift_block_now, LiftInput(step, block.action_id, block.expires_at)
             )
         except ActivityError as err:  # refused: the timer keeps its job
             st.timed_blocks[block.action_id] = block
             self._lift_timer(block)
             raise ApplicationError(_cause(err), non_retryable=True) from None
-        st.active_keys.discard(block.action_key)
-        st.generations[block.action_key] = st.generations.get(block.action_key, 1) + 1
+        self._lifted(done.action, step)
+        return done.at
+
+    async def _lift_untimed(self, action_id: str, step: AnalystStep) -> str:
+        """Lift an action in force without an expiry (e.g. an approved quarantine)."""
+        self._lifting.add(action_id)
+        try:
+            done: LiftResult = await _core(
+                AnalystActivities.lift_block_now, LiftInput(step, action_id)
+            )
+        except ActivityError as err:
+            raise ApplicationError(_cause(err), non_retryable=True) from None
+        finally:
+            self._lifting.discard(action_id)
+        self._lifted(done.action, step)
+        return done.at
+
+    def _lifted(self, ref: ActionRef, step: AnalystStep) -> None:
+        """After a lift: the action may be taken again, and the ticket and hook are told."""
+        st = self._state
+        st.active_keys.discard(ref.action_key)
+        st.generations[ref.action_key] = st.generations.get(ref.action_key, 1) + 1
         why = f": {step.reason}" if step.reason else ""
-        self._note(f"{block.action_id}:lifted", f"Lifted {block.action_key} by {step.actor}{why}")
-        if block.action_type:  # (blocks carried from older runs may not say)
-            self._hook(_ref_of(block), "lifted")
-        return at
+        self._note(f"{ref.action_id}:lifted", f"Lifted {ref.action_key} by {step.actor}{why}")
+        self._hook(dataclasses.replace(ref, status="applied"), "lifted")
 
     async def _extend(self, req: AnalystRequest, step: AnalystStep) -> AnalystResult:
         st = self._state
@@ -1288,22 +1319,6 @@ def _announces(action_type: str) -> bool:
 def _approver(req: DecisionRequest) -> str:
     """Who decides, for "distinct approvers": the principal, else the channel's actor."""
     return req.approver or req.actor
-
-
-def _ref_of(block: TimedBlock) -> ActionRef:
-    """The action of a timed block, for its "lifted" hook."""
-    return ActionRef(
-        action_id=block.action_id,
-        incident_id=block.incident_id,
-        action_key=block.action_key,
-        action_type=block.action_type,
-        risk="low",
-        tenant=block.tenant,
-        target=block.target,
-        technique=block.technique,
-        expires_at=block.expires_at,
-        status="applied",
-    )
 
 
 def _carry(ref: ActionRef) -> CarriedAction:

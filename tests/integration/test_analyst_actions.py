@@ -41,6 +41,10 @@ rules:
     actions:
       - {type: block_session, risk: low, duration: 15m}
       - {type: revoke_api_key, risk: high}
+  - name: quarantine
+    when: {techniques: ["AML.T0054*"]}
+    actions:
+      - {type: quarantine_model, risk: high}
 """
 
 
@@ -305,6 +309,12 @@ async def _ui_refuses_and_confirms(stack: Any, incident_id: str, approval_id: st
         assert (await stack.incident(incident_id))["approvals"][0]["status"] == "pending"
 
 
+def _approval(action: dict[str, Any]) -> str:
+    from soar.contracts import approval_id_for
+
+    return approval_id_for(action["action_id"])
+
+
 async def _exists(stack: Any, path: str) -> bool:
     return (await stack.http.get(path, headers=bearer("admin"))).status_code == 200
 
@@ -380,6 +390,33 @@ async def test_incidents_are_searchable_with_paging_and_link_to_temporal(
             stack.http, f"/v1/incidents/{own_id}/actions/{mine['action_id']}/lift", "analyst"
         )
         assert r.status_code == 403 and "their account" in r.json()["detail"]
+        # A block without an expiry (an approved quarantine) is lifted early too.
+        q = await stack.post_detection(
+            detection(
+                technique="AML.T0054",
+                subject={"tenant": "acme", "user": "u-q", "session": "s-q"},
+                evidence={"prompt": "x", "model": "m-q"},
+            )
+        )
+        q_id = q.json()["incident_id"]
+        quarantine = await eventually(
+            lambda: action_of(stack, q_id, "quarantine_model", "pending_approval")
+        )
+        await eventually(lambda: _exists(stack, f"/v1/approvals/{_approval(quarantine)}"))
+        ok = await stack.http.post(
+            f"/v1/approvals/{_approval(quarantine)}/decision",
+            json={"decision": "approve"},
+            headers=bearer("approver"),
+        )
+        assert ok.status_code in (200, 202), ok.text
+        await eventually(lambda: blocked(stack, "models", "m-q"), timeout=5)
+        applied = await eventually(lambda: action_of(stack, q_id, "quarantine_model", "applied"))
+        assert applied["expires_at"] is None and applied["analyst_actions"] == ["lift"]
+        release = f"/v1/incidents/{q_id}/actions/{applied['action_id']}/lift"
+        r = await act(stack.http, release, "analyst", reason="weights verified clean")
+        assert r.status_code == 200, r.text
+        assert not await blocked(stack, "models", "m-q")
+        assert (await act(stack.http, release, "analyst")).status_code == 409
         one = (await search(severity="high", subject="u-s1"))["incidents"][0]
         assert one["temporal_url"] == (
             "http://temporal-ui.example:8233/namespaces/default/workflows/incident-"

@@ -24,6 +24,7 @@ from soar.contracts import (
     ContainNowResult,
     ExtendInput,
     LiftInput,
+    LiftResult,
 )
 from soar.decisions import sign_decision
 from soar.domain import AnalystRequest, AnalystResult, DecisionRequest, DecisionResult
@@ -67,9 +68,21 @@ class AnalystFakes(Fakes):
             return ref
 
         @activity.defn(name="lift_block_now")
-        async def lift_now(inp: LiftInput) -> str:
+        async def lift_now(inp: LiftInput) -> LiftResult:
             fakes.log.append(f"lifted now {inp.action_id} by {inp.step.actor}")
-            return "2026-12-02T00:00:00+00:00"
+            session = inp.action_id.rsplit(":", 2)[-2]
+            ref = ActionRef(
+                action_id=inp.action_id,
+                incident_id=inp.step.incident_id,
+                action_key=f"block_session:{session}",
+                action_type="block_session",
+                risk="low",
+                tenant="acme",
+                target=session,
+                technique="AML.T0051",
+                status="lifted",
+            )
+            return LiftResult("2026-12-02T00:00:00+00:00", ref)
 
         @activity.defn(name="extend_block")
         async def extend(inp: ExtendInput) -> str:
@@ -173,7 +186,7 @@ async def test_analyst_state_survives_continue_as_new_and_close_keeps_true_posit
         lifted = await act(by_id, AnalystRequest("lift", "carol", "analyst", action_id=s1))
         assert lifted.status == "lifted"
         with pytest.raises(WorkflowUpdateFailedError) as again:
-            await act(by_id, AnalystRequest("lift", "carol", "analyst", action_id=s1))
+            await act(by_id, AnalystRequest("extend", "carol", "analyst", action_id=s1, seconds=60))
         assert "not a temporary block in force" in str(again.value.cause)
         with pytest.raises(WorkflowUpdateFailedError) as unsigned:
             await by_id.execute_update(
