@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from activities.actions import ActionActivities
+from activities.analyst import AnalystActivities
 from activities.approvals import ApprovalActivities
 from activities.containment import ContainmentActivities
 from activities.context import ActivityContext
@@ -23,6 +24,7 @@ def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
     """All of them: what the core worker registers (a workflow whose input names no external
     queue, e.g. one started before the bulkheads, runs every step on its own queue)."""
     c, a, p = ContainmentActivities(ctx), ActionActivities(ctx), ApprovalActivities(ctx)
+    n = AnalystActivities(ctx)
     return [
         c.contain_detection,
         c.enrich_incident,
@@ -34,6 +36,11 @@ def build_activities(ctx: ActivityContext) -> list[Callable[..., Any]]:
         p.record_decision,
         p.escalate_approval,
         p.expire_approval,
+        n.lift_block_now,
+        n.extend_block,
+        n.contain_now,
+        n.close_incident_as,
+        n.record_note,
         *build_external_activities(ctx),
     ]
 

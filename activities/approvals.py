@@ -159,6 +159,7 @@ class ApprovalActivities:
                     approver_groups=list(rule.approvers) if rule else [],
                     escalate_to=rule.escalate_to if rule else None,
                     votes=[],
+                    requested_by=inp.requested_by or None,
                 )
                 s.add(row)
                 await s.flush()
@@ -170,6 +171,8 @@ class ApprovalActivities:
                 "expires_at": ref.expires_at,
                 "rule": action.rule,
             }
+            if inp.requested_by:
+                details["requested_by"] = inp.requested_by
             if row.quorum > 1 or row.approver_groups or row.escalate_to:
                 details |= {
                     "quorum": row.quorum,
@@ -181,7 +184,7 @@ class ApprovalActivities:
                 LogEvent(
                     event_key=f"{approval_id}:requested",
                     event="approval.requested",
-                    actor=SYSTEM,
+                    actor=inp.requested_by or SYSTEM,
                     outcome="pending",
                     details=details,
                     **await _base(s, ref),

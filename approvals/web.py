@@ -52,17 +52,15 @@ from approvals.web_auth import (
 )
 from soar import actions
 from soar.api.deps import AppState, SessionDep, StateDep
-from soar.api.response import READERS, DecisionRefused, incident_json, send_decision
+from soar.api.response import READERS, DecisionRefused, send_decision
 from soar.auth import HasherBusy, identity_for_password, identity_for_token
-from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix, to_utc
+from soar.bounds import to_utc
 from soar.connectors import IncidentBrief
 from soar.domain import DecisionRequest
-from soar.models import Action, Approval, AtlasTechnique, Incident, Principal
+from soar.models import Action, Approval, Principal
 
 log = logging.getLogger("soar.ui")
 
-REFRESH_SECONDS = 10
-_TECHNIQUE_FILTER = re.compile(r"^[A-Za-z0-9.]{1,32}$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,80}$")
 # PostgreSQL refuses NUL in text, and control characters have no business in names or
 # comments: refused up front, so they can never turn into a 5xx or a failing activity.
@@ -393,6 +391,73 @@ async def approvals_page(
     )
 
 
+def _duration(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def undo_note(action: Action) -> tuple[bool, str]:
+    """Whether approving `action` can be undone, and how, in the words the approver reads."""
+    found = actions.find(action.action_type)
+    if found is not None and found.irreversible:
+        return False, f"This cannot be undone: {found.label} is irreversible."
+    if action.duration_seconds:
+        return True, (
+            f"This can be undone: it lifts itself after {_duration(action.duration_seconds)}, "
+            "and an analyst can lift it earlier."
+        )
+    return True, "This can be undone: it stays in force until it is lifted."
+
+
+def _comment(form: dict[str, str]) -> str | None:
+    comment = form.get("comment", "").strip() or None
+    if comment is not None and _CONTROL.search(comment):
+        raise UiError(400, "Bad comment", "The comment contains control characters.")
+    if comment is not None and len(comment) > 2000:
+        raise UiError(400, "Comment too long", "A comment may have at most 2000 characters.")
+    return comment
+
+
+@router.post("/approvals/{approval_id}/confirm")
+async def confirm_approval(
+    approval_id: str, request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    """Approve asks first: what it allows and whether it can be undone. Nothing changes
+    here; the page's form sends the decision."""
+    form = await read_form(request)
+    check_csrf(viewer.session, form)
+    if not viewer.can_decide:
+        raise UiError(403, "Not allowed", f"Your role ({viewer.role}) may not decide approvals.")
+    comment = _comment(form)
+    target = local_target(form.get("next"))
+    approval = await session.get(Approval, approval_id) if _ID.match(approval_id) else None
+    action = await session.get(Action, approval.action_id) if approval else None
+    if approval is None or action is None:
+        return redirect(state, target, Flash("error", "Not recorded: there is no such approval."))
+    if approval.status != "pending":
+        message = f"Not recorded: the approval is already {approval.status}."
+        return redirect(state, target, Flash("error", message))
+    brief = await incident_brief(session, approval.incident_id, state.settings)
+    undoable, undo = undo_note(action)
+    return render(
+        request,
+        state,
+        "confirm.html",
+        viewer=viewer,
+        card=ApprovalCard(approval, action, brief),
+        undoable=undoable,
+        undo=undo,
+        comment=comment or "",
+        next_url=target,
+        section="approvals",
+    )
+
+
 @router.post("/approvals/{approval_id}/decision")
 async def decide(
     approval_id: str, request: Request, state: StateDep, session: SessionDep, viewer: ViewerDep
@@ -412,11 +477,7 @@ async def decide(
     decision = form.get("decision", "")
     if decision not in ("approve", "reject"):
         raise UiError(400, "Bad request", "Choose Approve or Reject.")
-    comment = form.get("comment", "").strip() or None
-    if comment is not None and _CONTROL.search(comment):
-        raise UiError(400, "Bad comment", "The comment contains control characters.")
-    if comment is not None and len(comment) > 2000:
-        raise UiError(400, "Comment too long", "A comment may have at most 2000 characters.")
+    comment = _comment(form)
     target = local_target(form.get("next"))
     if not _ID.match(approval_id):
         return redirect(state, target, Flash("error", "Not recorded: there is no such approval."))
@@ -443,143 +504,6 @@ async def decide(
         message = f"{what}: your approval is recorded ({counted}); another approver is needed."
         return redirect(state, target, Flash("ok", message))
     return redirect(state, target, Flash("ok", f"{what}: {result.status} by {result.decided_by}."))
-
-
-# --- incidents -------------------------------------------------------------------------------
-
-
-@router.get("/incidents")
-async def incidents_page(
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    viewer: ViewerDep,
-    status: str = "",
-    technique: str = "",
-    subject: str = "",
-) -> Response:
-    status, technique, subject = status.strip(), technique.strip().upper(), subject.strip()
-    if status not in ("", "open", "closed"):
-        raise UiError(400, "Bad filter", "Status must be open or closed (or empty for any).")
-    if technique and not _TECHNIQUE_FILTER.match(technique):
-        raise UiError(400, "Bad filter", "Technique must look like AML.T0051 or AML.T0051.000.")
-    if len(subject) > 300 or _CONTROL.search(subject):
-        raise UiError(400, "Bad filter", "Subject: at most 300 characters, no control characters.")
-    q = select(Incident).order_by(Incident.opened_at.desc()).limit(200)
-    if status:
-        q = q.where(Incident.status == status)
-    if technique:
-        q = q.where(Incident.technique.like(like_prefix(technique), escape=LIKE_ESCAPE))
-    if subject:
-        q = q.where(Incident.subject_key.like(like_contains(subject), escape=LIKE_ESCAPE))
-    incidents = (await session.scalars(q)).all()
-    ids = [i.id for i in incidents]
-    pending = (
-        dict(
-            (
-                await session.execute(
-                    select(Approval.incident_id, func.count())
-                    .where(Approval.incident_id.in_(ids), Approval.status == "pending")
-                    .group_by(Approval.incident_id)
-                )
-            ).all()
-        )
-        if ids
-        else {}
-    )
-    names = (
-        dict(
-            (
-                await session.execute(
-                    select(AtlasTechnique.id, AtlasTechnique.name).where(
-                        AtlasTechnique.id.in_({i.technique for i in incidents})
-                    )
-                )
-            ).all()
-        )
-        if ids
-        else {}
-    )
-    filters = {"status": status, "technique": technique, "subject": subject}
-    return render(
-        request,
-        state,
-        "incidents.html",
-        viewer=viewer,
-        incidents=incidents,
-        pending=pending,
-        names=names,
-        section="incidents",
-        filters=filters,
-    )
-
-
-def _detail_pairs(details: dict[str, Any]) -> list[tuple[str, str]]:
-    """The few facts of an audit entry worth a glance; the full row is in /v1/audit."""
-    keys = (
-        "target",
-        "decision",
-        "comment",
-        "channel",
-        "until",
-        "expires_at",
-        "rules_fired",
-        "severity",
-        "confidence",
-        "risk_score",
-        "excerpt",
-        "ticket_key",
-        "error",
-        "reason",
-        "action_taken",
-        "text",
-    )
-    pairs = []
-    for k in keys:
-        v = details.get(k)
-        if v is None or v == "" or v == []:
-            continue
-        if k in ("until", "expires_at") and isinstance(v, str):
-            text = _when(v)
-        else:
-            text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-        pairs.append((k.replace("_", " "), text[:300]))
-    return pairs
-
-
-@router.get("/incidents/{incident_id}")
-async def incident_page(
-    incident_id: str,
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    viewer: ViewerDep,
-    refresh: str = "",
-) -> Response:
-    inc = await session.get(Incident, incident_id) if _ID.match(incident_id) else None
-    if inc is None:
-        raise UiError(404, "Not found", f"There is no incident {incident_id[:80]}.")
-    data = await incident_json(session, inc)
-    brief = await incident_brief(session, inc.id, state.settings)
-    cards = await _pending_cards(session, state, incident_id=inc.id)
-    actions = {a["action_id"]: a for a in data["actions"]}
-    for entry in data["timeline"]:
-        entry["pairs"] = _detail_pairs(entry["details"] or {})
-    live = inc.status == "open" and refresh != "off"
-    return render(
-        request,
-        state,
-        "incident.html",
-        viewer=viewer,
-        inc=data,
-        brief=brief,
-        cards=cards,
-        actions=actions,
-        section="incidents",
-        live=live,
-        paused=inc.status == "open" and not live,
-        refresh_seconds=REFRESH_SECONDS if live else 0,
-    )
 
 
 @router.api_route("/{rest:path}", methods=["GET", "POST"])

@@ -32,7 +32,7 @@ from soar.api.deps import AppState, SessionDep, StateDep
 from soar.api.response import READERS
 from soar.auth import PasswordHasher
 from soar.config import Settings
-from soar.domain import DECIDER_ROLES
+from soar.domain import ANALYST_ROLES, DECIDER_ROLES
 from soar.models import Principal, UiSessionRow
 from soar.ratelimit import TokenBuckets, retry_after
 
@@ -312,6 +312,11 @@ class Viewer:
     @property
     def can_decide(self) -> bool:
         return self.role in DECIDER_ROLES
+
+    @property
+    def can_act(self) -> bool:
+        """Lift, extend, contain now, close, add a note."""
+        return self.role in ANALYST_ROLES
 
 
 async def _principal(session: SessionDep, ui: UiSession | None) -> Principal | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from approvals import email_routes, slack_routes, web
+from approvals import email_routes, slack_routes, web, web_incidents
 from soar.api.app import create_api
 from soar.config import Settings
 
@@ -26,5 +26,6 @@ def create_app(
         webhook_secret=webhook_secret,
         temporal=temporal,
         # The e-mailed approval links before the UI's catch-all.
-        routers=(slack_routes.router, email_routes.router, web.router),
+        # The incidents' routes before web.router, whose last route answers 404 for the rest.
+        routers=(slack_routes.router, email_routes.router, web_incidents.router, web.router),
     )

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     temporal_address: str | None = None
     temporal_namespace: str = "default"
+    # Temporal's web UI, for links from an incident to its workflow run
+    # ({ui}/namespaces/{namespace}/workflows/{workflow id}).
+    temporal_ui_url: str = "http://localhost:8233"
     # A Temporal cluster over TLS: the client certificate and key (mTLS), the CA that signed
     # the server's certificate (unset: the system's roots), and an API key (Temporal Cloud).
     # Any of them turns TLS on; SOAR_TEMPORAL_TLS=true turns it on with none of them.
@@ -201,6 +204,13 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit():
             raise ValueError("must be host:port, e.g. temporal.example.com:7233")
         return v
+
+    @field_validator("temporal_ui_url")
+    @classmethod
+    def _check_temporal_ui(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")) or any(c in v for c in " \"'<>"):
+            raise ValueError("must be an http(s) URL, e.g. http://localhost:8233")
+        return v.rstrip("/")
 
     @field_validator("temporal_tls_cert", "temporal_tls_key", "temporal_tls_ca")
     @classmethod

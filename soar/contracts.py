@@ -104,6 +104,7 @@ class ApprovalInput:
     action: ActionRef
     timeout_seconds: int
     quorum: int = 0  # as the workflow counts it; 0 (older runs): the rule's
+    requested_by: str = ""  # an analyst's "contain now"; "" for the playbook
 
 
 def approval_id_for(action_id: str) -> str:
@@ -189,3 +190,60 @@ class StepFailure:
     reason: str
     action: ActionRef | None = None
     approval_id: str | None = None
+
+
+# --- an analyst's actions (update `analyst_action`, activities/analyst.py) ----------------
+
+
+@dataclass(frozen=True)
+class AnalystStep:
+    """Who asked, why, and the key of the log row (stable across retries and replays)."""
+
+    incident_id: str
+    actor: str
+    reason: str
+    event_key: str
+    channel: str = "api"
+
+
+@dataclass(frozen=True)
+class LiftInput:
+    step: AnalystStep
+    action_id: str
+    expires_at: str | None = None  # the block's expiry, when it is a timed one
+
+
+@dataclass(frozen=True)
+class LiftResult:
+    """When it was lifted, and the action (for the workflow's state and the "lifted" hook)."""
+
+    at: str
+    action: ActionRef
+
+
+@dataclass(frozen=True)
+class ExtendInput:
+    step: AnalystStep
+    action_id: str
+    expires_at: str  # the new expiry
+
+
+@dataclass(frozen=True)
+class ContainNowInput:
+    step: AnalystStep
+    action_id: str  # the planned (not in force) action to apply now
+    active_keys: tuple[str, ...] = ()
+    generations: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainNowResult:
+    action: ActionRef  # the new generation: applied, planned (run next) or pending_approval
+    generation: int
+    quorum: int = 1
+
+
+@dataclass(frozen=True)
+class AnalystCloseInput:
+    step: AnalystStep
+    disposition: str

@@ -12,6 +12,10 @@ signs, any verifies). Unset: the one `soar up` generated into SOAR_HOME, else a 
 key (the API and the worker then agree only inside one process, as in the tests). Required
 in production.
 
+An analyst's actions (lift, extend, contain now, close, note: `AnalystRequest`, the
+`analyst_action` update) are signed the same way by their gate (soar/api/analyst.py), under
+their own tag, so a signed action can never pass as a decision or the reverse.
+
 Replay of a signed decision: the approval id is signed, and an approval is decided once
 (first decision wins), so a captured request can at most repeat a decision already taken,
 and only within the freshness window.
@@ -26,20 +30,41 @@ import json
 import logging
 import secrets
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from soar.config import Settings
-from soar.domain import DecisionRequest
+from soar.domain import AnalystRequest, DecisionRequest
 
 log = logging.getLogger("soar.decisions")
 
 MAX_AGE = timedelta(minutes=5)  # a decision older than this is refused (stale)
 MAX_SKEW = timedelta(minutes=1)  # ... and one from further in the future
 _VERSION = "v1"
+_ANALYST_VERSION = "analyst-v1"
 _installed: list[bytes] = []
 _process_key: bytes | None = None
 
 
-def _message(req: DecisionRequest) -> bytes:
+def _message(req: DecisionRequest | AnalystRequest) -> bytes:
+    if isinstance(req, AnalystRequest):
+        # Its own tag: an analyst's signed request can never pass as a decision.
+        return json.dumps(
+            [
+                _ANALYST_VERSION,
+                req.kind,
+                req.actor,
+                req.role,
+                req.reason,
+                req.action_id,
+                req.seconds,
+                req.disposition,
+                req.channel,
+                req.issued_at,
+                req.nonce,
+            ],
+            separators=(",", ":"),
+            ensure_ascii=True,
+        ).encode()
     fields = [
         _VERSION,
         req.approval_id,
@@ -59,11 +84,14 @@ def _message(req: DecisionRequest) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _mac(key: bytes, req: DecisionRequest) -> str:
+_Signed = TypeVar("_Signed", DecisionRequest, AnalystRequest)
+
+
+def _mac(key: bytes, req: DecisionRequest | AnalystRequest) -> str:
     return hmac.new(key, _message(req), hashlib.sha256).hexdigest()
 
 
-def sign_decision(req: DecisionRequest, key: bytes, *, now: datetime) -> DecisionRequest:
+def sign_decision(req: _Signed, key: bytes, *, now: datetime) -> _Signed:
     """The request with its time, a fresh nonce and the signature over all of it."""
     stamped = dataclasses.replace(
         req, issued_at=now.isoformat(), nonce=secrets.token_hex(16), signature=""
@@ -71,7 +99,9 @@ def sign_decision(req: DecisionRequest, key: bytes, *, now: datetime) -> Decisio
     return dataclasses.replace(stamped, signature=_mac(key, stamped))
 
 
-def refusal(req: DecisionRequest, keys: list[bytes], *, now: datetime) -> str | None:
+def refusal(
+    req: DecisionRequest | AnalystRequest, keys: list[bytes], *, now: datetime
+) -> str | None:
     """Why the request must be refused (unsigned, bad signature, stale), or None."""
     if not keys:
         return "this worker holds no decision key (SOAR_DECISION_KEY)"

@@ -46,6 +46,15 @@ class Role(StrEnum):
 
 # Who may decide approvals (API, Slack, web UI, and the workflow's own check).
 DECIDER_ROLES = frozenset({Role.approver.value, Role.admin.value})
+# Who may act on an incident: lift or extend a block, contain now, close, add a note (API,
+# web UI, and the workflow's own check).
+ANALYST_ROLES = frozenset({Role.analyst.value, Role.admin.value})
+
+# How an analyst closes an incident (stored on the incident, counted in reports).
+DISPOSITIONS = ("true_positive", "false_positive", "benign")
+ANALYST_KINDS = ("lift", "extend", "contain", "close", "note")
+MAX_REASON = 1000  # an analyst's reason or note: attacker-reachable text, bounded
+MAX_EXTEND_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class Plan:
 WORKFLOW_PREFIX = "incident-"
 SIGNAL_DETECTION = "add_detection"
 UPDATE_DECIDE = "decide"
+UPDATE_ANALYST = "analyst_action"
 
 
 def workflow_id_for(incident_id: str) -> str:
@@ -166,6 +176,9 @@ class CarriedState:
     ticketing: bool = True
     hooked: tuple[str, ...] | None = None
     queued: tuple[DetectionFacts, ...] = ()  # signalled, not yet handled: handled first
+    # Closed by an analyst ("" while open): the disposition; the run only waits for its
+    # block timers, then ends.
+    closed_as: str = ""
 
 
 @dataclass(frozen=True)
@@ -199,6 +212,7 @@ class CarriedApproval:
     escalated: bool = False
     quorum: int = 1
     votes: tuple[tuple[str, str], ...] = ()  # (approver, actor) of each approval so far
+    requested_by: str = ""  # the analyst who asked for it ("" for the playbook)
 
 
 @dataclass(frozen=True)
@@ -249,3 +263,40 @@ class DecisionResult:
     confirmed: bool = True
     approvals: int = 0  # approvals given so far (status "pending": the quorum is not met)
     quorum: int = 1
+
+
+@dataclass(frozen=True)
+class AnalystRequest:
+    """An analyst's action on an incident (update `analyst_action`).
+
+    kind: lift (a block, early) | extend (a temporary block, by `seconds`) | contain (apply a
+    planned action now: low risk at once, high risk after a second person approves) | close
+    (with a `disposition`) | note. `actor` is the authenticated principal, never the body.
+    Signed by the API like a decision (soar/decisions.py); the nonce keys its log row."""
+
+    kind: str
+    actor: str
+    role: str
+    reason: str = ""
+    action_id: str = ""  # lift, extend, contain
+    seconds: int = 0  # extend
+    disposition: str = ""  # close
+    channel: str = "api"  # api | ui
+    issued_at: str = ""
+    nonce: str = ""
+    signature: str = ""
+
+
+@dataclass(frozen=True)
+class AnalystResult:
+    kind: str
+    status: str  # lifted | extended | applied | pending_approval | closed | noted
+    actor: str
+    at: str
+    action_id: str = ""
+    approval_id: str = ""
+    expires_at: str = ""  # extend: the new expiry; contain: the block's
+    disposition: str = ""
+    # False when the workflow accepted the request but had not finished it by the API's
+    # deadline (it will: its steps are retried until they land).
+    confirmed: bool = True

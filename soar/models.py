@@ -123,6 +123,10 @@ class Incident(Base):
     plan: Mapped[dict[str, Any] | None] = mapped_column()
     ticket_key: Mapped[str | None] = mapped_column(String(64))
     ticket_url: Mapped[str | None] = mapped_column(Text)
+    # Set when an analyst closes it (migration 0009): true_positive | false_positive | benign.
+    disposition: Mapped[str | None] = mapped_column(String(16))
+    closed_by: Mapped[str | None] = mapped_column(String(256))
+    close_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # At most one open incident per (tenant, subject): the database settles the race
@@ -248,6 +252,9 @@ class Approval(Base):
     )
     escalate_to: Mapped[str | None] = mapped_column(String(64))
     escalated_at: Mapped[datetime | None] = mapped_column()
+    # The analyst who asked for it with "contain now" (migration 0009); None: the playbook.
+    # Someone else must decide it.
+    requested_by: Mapped[str | None] = mapped_column(String(256))
     # The approvals given so far ({"by", "approver", "channel", "at", "comment"}), in order.
     votes: Mapped[list[dict[str, Any]]] = mapped_column(
         JSONB, default=list, server_default=text("'[]'::jsonb")

@@ -31,27 +31,36 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.actions import ActionActivities
+    from activities.analyst import AnalystActivities
     from activities.approvals import ApprovalActivities
     from activities.containment import ContainmentActivities
     from activities.summaries import SummaryActivities
     from activities.tickets import TicketActivities
     from soar import actions, decisions
+    from soar.bounds import has_unsafe_chars
     from soar.contracts import (
         ActionRef,
+        AnalystCloseInput,
+        AnalystStep,
         ApprovalEvent,
         ApprovalInput,
         ApprovalOutcome,
         ApprovalRef,
         CloseInput,
         ContainInput,
+        ContainNowInput,
+        ContainNowResult,
         DecisionRecord,
         EnrichInput,
+        ExtendInput,
         FailureInput,
         HookInput,
+        LiftInput,
+        LiftResult,
         StepFailure,
         SummariseInput,
         SummaryResult,
@@ -59,9 +68,17 @@ with workflow.unsafe.imports_passed_through():
         approval_id_for,
     )
     from soar.domain import (
+        ANALYST_KINDS,
+        ANALYST_ROLES,
         DECIDER_ROLES,
+        DISPOSITIONS,
+        MAX_EXTEND_SECONDS,
+        MAX_REASON,
         SIGNAL_DETECTION,
+        UPDATE_ANALYST,
         UPDATE_DECIDE,
+        AnalystRequest,
+        AnalystResult,
         CarriedAction,
         CarriedApproval,
         CarriedState,
@@ -127,6 +144,7 @@ class _Approval:
     # The approvals counted towards the quorum so far: (approver, actor), in order. Part of
     # the workflow's state (rebuilt on replay, carried across continue-as-new).
     votes: list[tuple[str, str]] = field(default_factory=list)
+    requested_by: str = ""  # an analyst's "contain now": someone else must decide it
 
 
 @dataclass
@@ -177,6 +195,14 @@ class IncidentWorkflow:
         self._handed: list[CarriedStep] = []
         self._last_note: _Step | None = None
         self._sleeping: set[str] = set()  # block timers waiting (not lifting): carriable
+        # An analyst's actions: each block's timer task (cancelled to lift or extend early),
+        # the disposition once an analyst closed the incident (carried), whether it closed
+        # by itself, and a "contain now" in flight.
+        self._lift_tasks: dict[str, asyncio.Task[object]] = {}
+        self._closed_as = inp.carried.closed_as if inp.carried is not None else ""
+        self._ended = False
+        self._containing = False
+        self._lifting: set[str] = set()  # actions without a timer being lifted now
         # Restored here, not in run(): a decision sent to the new run must find its approval
         # even when it is delivered in the run's very first activation.
         if inp.carried is not None:
@@ -188,6 +214,7 @@ class IncidentWorkflow:
                     waiting=True,
                     escalate_at=datetime.fromisoformat(c.escalate_at),
                     expire_at=datetime.fromisoformat(c.expire_at),
+                    requested_by=c.requested_by,
                 )
 
     # --- messages ---------------------------------------------------------------------------
@@ -320,6 +347,8 @@ class IncidentWorkflow:
         if approval.status != "pending":
             return f"approval {req.approval_id} is already {approval.status}"
         who = _approver(req)
+        if approval.requested_by and approval.requested_by in (who, req.actor):
+            return f"{req.actor} asked for this action; a second person must decide it"
         if req.decision == "approve" and any(w == who for w, _ in approval.votes):
             return (
                 f"{req.actor} has already approved {req.approval_id}; it needs "
@@ -331,6 +360,244 @@ class IncidentWorkflow:
     def pending_approvals(self) -> list[str]:
         return [k for k, a in self._approvals.items() if a.status == "pending"]
 
+    # --- an analyst's actions ----------------------------------------------------------------
+
+    @workflow.update(name=UPDATE_ANALYST)
+    async def analyst_action(self, req: AnalystRequest) -> AnalystResult:
+        iid = self._input.incident_id
+        step = AnalystStep(iid, req.actor, req.reason, f"{iid}:analyst:{req.nonce}", req.channel)
+        if req.kind == "lift":
+            block = self._state.timed_blocks.get(req.action_id)
+            if block is not None:
+                at = await self._lift_early(block, step)
+            else:
+                at = await self._lift_untimed(req.action_id, step)
+            return AnalystResult("lift", "lifted", req.actor, at, action_id=req.action_id)
+        if req.kind == "extend":
+            return await self._extend(req, step)
+        if req.kind == "contain":
+            return await self._contain_now(req, step)
+        if req.kind == "close":
+            return await self._close_as(req, step)
+        await _core(AnalystActivities.record_note, step)
+        self._note(step.event_key, f"Note by {req.actor}: {req.reason}")
+        return AnalystResult("note", "noted", req.actor, self._now_iso())
+
+    @analyst_action.validator
+    def _validate_analyst_action(self, req: AnalystRequest) -> None:
+        why = self._analyst_refusal(req)
+        if why is not None:
+            workflow.logger.warning(
+                "analyst.refused kind=%r actor=%r role=%r why: %s",
+                req.kind[:16],
+                req.actor[:200],
+                req.role[:32],
+                why,
+            )
+            raise ValueError(why)
+
+    def _analyst_refusal(self, req: AnalystRequest) -> str | None:
+        unsigned = decisions.refusal(req, decisions.installed_keys(), now=workflow.now())
+        if unsigned is not None:
+            return unsigned
+        if req.role not in ANALYST_ROLES:
+            return f"role {req.role!r} may not act on incidents (analyst or admin)"
+        if req.kind not in ANALYST_KINDS:
+            return f"unknown action {req.kind[:16]!r}: one of {', '.join(ANALYST_KINDS)}"
+        if len(req.reason) > MAX_REASON or has_unsafe_chars(req.reason, text=True, bidi=False):
+            return f"the reason must be at most {MAX_REASON} characters, without control characters"
+        if req.kind == "note" and not req.reason.strip():
+            return "a note needs some text"
+        closed = "the incident is closed" if self._closed_as or self._ended else None
+        if req.kind == "lift" and req.action_id not in self._state.timed_blocks:
+            # Not a timed block of this run: one without an expiry (the activity checks it is
+            # in force and not irreversible), once at a time.
+            if not req.action_id:
+                return "which action? (action_id)"
+            if req.action_id in self._lifting:
+                return f"{req.action_id[:80]} is being lifted"
+            return None
+        if req.kind in ("lift", "extend"):
+            block = self._state.timed_blocks.get(req.action_id)
+            if block is None:
+                return f"{req.action_id[:80]} is not a temporary block in force in this incident"
+            if datetime.fromisoformat(block.expires_at) <= workflow.now():
+                return f"{req.action_id[:80]} has reached its expiry: it is being lifted"
+            if req.kind == "extend" and not 0 < req.seconds <= MAX_EXTEND_SECONDS:
+                return f"extend by 1 to {MAX_EXTEND_SECONDS} seconds"
+            return None
+        if req.kind == "contain":
+            if closed:
+                return closed
+            if self._containing:
+                return "another contain now is in progress; try again in a moment"
+            return None if req.action_id else "which action? (action_id)"
+        if req.kind == "close":
+            if closed:
+                return closed
+            if self._containing:
+                return "a contain now is in progress; try again in a moment"
+            if req.disposition not in DISPOSITIONS:
+                return f"disposition must be one of {', '.join(DISPOSITIONS)}"
+            pending = sum(1 for a in self._approvals.values() if a.status == "pending")
+            if pending:
+                return f"{pending} approval(s) pending: decide them (or let them expire) first"
+        return None
+
+    async def _lift_early(self, block: TimedBlock, step: AnalystStep) -> str:
+        """Cancel the block's timer and lift it now; its timer lifts nothing later. The log
+        row has the timer's key, so a block is lifted once in the log."""
+        st = self._state
+        task = self._lift_tasks.pop(block.action_id, None)
+        if task is not None:
+            task.cancel()
+        st.timed_blocks.pop(block.action_id, None)  # a second lift is refused from here on
+        try:
+            done: LiftResult = await _core(
+                AnalystActivities.lift_block_now, LiftInput(step, block.action_id, block.expires_at)
+            )
+        except ActivityError as err:  # refused: the timer keeps its job
+            st.timed_blocks[block.action_id] = block
+            self._lift_timer(block)
+            raise ApplicationError(_cause(err), non_retryable=True) from None
+        self._lifted(done.action, step)
+        return done.at
+
+    async def _lift_untimed(self, action_id: str, step: AnalystStep) -> str:
+        """Lift an action in force without an expiry (e.g. an approved quarantine)."""
+        self._lifting.add(action_id)
+        try:
+            done: LiftResult = await _core(
+                AnalystActivities.lift_block_now, LiftInput(step, action_id)
+            )
+        except ActivityError as err:
+            raise ApplicationError(_cause(err), non_retryable=True) from None
+        finally:
+            self._lifting.discard(action_id)
+        self._lifted(done.action, step)
+        return done.at
+
+    def _lifted(self, ref: ActionRef, step: AnalystStep) -> None:
+        """After a lift: the action may be taken again, and the ticket and hook are told."""
+        st = self._state
+        st.active_keys.discard(ref.action_key)
+        st.generations[ref.action_key] = st.generations.get(ref.action_key, 1) + 1
+        why = f": {step.reason}" if step.reason else ""
+        self._note(f"{ref.action_id}:lifted", f"Lifted {ref.action_key} by {step.actor}{why}")
+        self._hook(dataclasses.replace(ref, status="applied"), "lifted")
+
+    async def _extend(self, req: AnalystRequest, step: AnalystStep) -> AnalystResult:
+        st = self._state
+        block = st.timed_blocks[req.action_id]
+        until = datetime.fromisoformat(block.expires_at) + timedelta(seconds=req.seconds)
+        moved = dataclasses.replace(block, expires_at=until.isoformat())
+        task = self._lift_tasks.pop(block.action_id, None)
+        if task is not None:
+            task.cancel()
+        st.timed_blocks[block.action_id] = moved
+        try:
+            await _core(
+                AnalystActivities.extend_block, ExtendInput(step, block.action_id, moved.expires_at)
+            )
+        except ActivityError as err:
+            st.timed_blocks[block.action_id] = block
+            self._lift_timer(block)
+            raise ApplicationError(_cause(err), non_retryable=True) from None
+        self._lift_timer(moved)
+        self._note(
+            step.event_key, f"Extended {block.action_key} until {moved.expires_at} by {req.actor}"
+        )
+        return AnalystResult(
+            "extend",
+            "extended",
+            req.actor,
+            self._now_iso(),
+            action_id=block.action_id,
+            expires_at=moved.expires_at,
+        )
+
+    async def _contain_now(self, req: AnalystRequest, step: AnalystStep) -> AnalystResult:
+        st = self._state
+        self._containing = True
+        try:
+            done: ContainNowResult = await _core(
+                AnalystActivities.contain_now,
+                ContainNowInput(
+                    step,
+                    req.action_id,
+                    tuple(sorted(st.active_keys)),
+                    tuple(sorted(st.generations.items())),
+                ),
+            )
+        except ActivityError as err:
+            raise ApplicationError(_cause(err), non_retryable=True) from None
+        finally:
+            self._containing = False
+        ref = done.action
+        st.active_keys.add(ref.action_key)
+        st.generations[ref.action_key] = done.generation
+        approval_id = ""
+        if ref.status == "applied":
+            self._note(
+                f"{ref.action_id}:applied",
+                f"Applied {ref.action_type} {ref.target} (contain now, by {req.actor})"
+                + (f" until {ref.expires_at}" if ref.expires_at else ""),
+            )
+            self._hook(ref, "applied")
+            if ref.expires_at:
+                block = TimedBlock(
+                    ref.action_id,
+                    ref.action_key,
+                    ref.expires_at,
+                    ref.action_type,
+                    ref.incident_id,
+                    ref.tenant,
+                    ref.target,
+                    ref.technique,
+                )
+                st.timed_blocks[ref.action_id] = block
+                self._lift_timer(block, ref)
+        elif ref.status == "pending_approval":
+            approval_id = approval_id_for(ref.action_id)
+            self._start_approval(ref, done.quorum, requested_by=req.actor)
+        return AnalystResult(
+            "contain",
+            ref.status,
+            req.actor,
+            self._now_iso(),
+            action_id=ref.action_id,
+            approval_id=approval_id,
+            expires_at=ref.expires_at or "",
+        )
+
+    async def _close_as(self, req: AnalystRequest, step: AnalystStep) -> AnalystResult:
+        """Close with a disposition. A false positive or a benign incident had no business
+        being blocked: its temporary blocks are lifted now. A true positive keeps them until
+        their time (the run waits for their timers, then ends)."""
+        self._closed_as = req.disposition  # before the first await: a second close is refused
+        if req.disposition != "true_positive":
+            why = f"closed as {req.disposition}" + (f": {req.reason}" if req.reason else "")
+            for block in list(self._state.timed_blocks.values()):
+                if datetime.fromisoformat(block.expires_at) <= workflow.now():
+                    continue  # being lifted by its timer
+                try:
+                    await self._lift_early(block, dataclasses.replace(step, reason=why))
+                except ApplicationError as err:  # not in force after all: its timer decides
+                    workflow.logger.warning("close: %s not lifted: %s", block.action_id, err)
+        try:
+            at = await _core(
+                AnalystActivities.close_incident_as, AnalystCloseInput(step, req.disposition)
+            )
+        except ActivityError as err:
+            self._closed_as = ""
+            raise ApplicationError(_cause(err), non_retryable=True) from None
+        self._note(
+            step.event_key,
+            f"Closed as {req.disposition} by {req.actor}"
+            + (f": {req.reason}" if req.reason else ""),
+        )
+        return AnalystResult("close", "closed", req.actor, at, disposition=req.disposition)
+
     # --- main loop --------------------------------------------------------------------------
 
     @workflow.run
@@ -340,8 +607,10 @@ class IncidentWorkflow:
             self._restore(inp.carried)
         window = timedelta(seconds=inp.correlation_window_seconds)
         while True:
+            if self._closed_as:
+                break  # closed by an analyst
             if not (self._v1 and self._queue):  # (no timer needed for a queue already there)
-                await _wait(lambda: bool(self._queue), window)
+                await _wait(lambda: bool(self._queue) or bool(self._closed_as), window)
             if self._queue:
                 while self._queue:
                     await self._handle(self._queue.pop(0))
@@ -384,19 +653,32 @@ class IncidentWorkflow:
                 continue
             # Quiet for a whole window: wait for what is still pending, then try to close.
             if self._busy():
-                await workflow.wait_condition(lambda: bool(self._queue) or not self._busy())
+                await workflow.wait_condition(
+                    lambda: bool(self._queue) or not self._busy() or bool(self._closed_as)
+                )
                 continue
+            if self._closed_as:
+                break
             closed = await _core(
                 ContainmentActivities.close_incident,
                 CloseInput(inp.incident_id, inp.correlation_window_seconds),
             )
             if closed:
+                self._ended = True
                 break
         # A detection signalled while the incident was closing (an outbox redelivery) is
         # still contained, on this incident's record.
         while self._queue:
             await self._handle(self._queue.pop(0))
         await workflow.wait_condition(lambda: not self._busy(timers=False))
+        while self._closed_as:
+            # Closed by an analyst: the blocks kept lift at their time (logged as ever).
+            await workflow.wait_condition(lambda: bool(self._queue) or not self._busy())
+            if not self._queue:
+                break
+            while self._queue:
+                await self._handle(self._queue.pop(0))
+        self._ended = True
         async with self._ticket_lock:
             await self._external(
                 TicketActivities.close_ticket,
@@ -809,10 +1091,18 @@ class IncidentWorkflow:
     def _lift_timer(self, block: TimedBlock, ref: ActionRef | None = None) -> None:
         # Carried across continue-as-new (as a timed block) while it sleeps, not while its
         # lift_block activity runs.
-        self._spawn(
+        task = self._spawn(
             self._lift_when_due(block, ref),
             timer=True,
             carriable=lambda: block.action_id in self._sleeping,
+        )
+        self._lift_tasks[block.action_id] = task
+        task.add_done_callback(
+            lambda t: (
+                self._lift_tasks.pop(block.action_id)
+                if self._lift_tasks.get(block.action_id) is t
+                else None
+            )
         )
 
     async def _lift_when_due(self, block: TimedBlock, ref: ActionRef | None = None) -> None:
@@ -850,12 +1140,15 @@ class IncidentWorkflow:
 
     # --- approvals --------------------------------------------------------------------------
 
-    def _start_approval(self, action: ActionRef, quorum: int = 1) -> None:
+    def _start_approval(self, action: ActionRef, quorum: int = 1, requested_by: str = "") -> None:
         # Known (and decidable) before its row is reported back: the row may be committed
         # and visible to people while the worker that wrote it dies.
         approval = self._approvals.setdefault(
             approval_id_for(action.action_id),
-            _Approval(ApprovalRef(approval_id_for(action.action_id), action, "", quorum)),
+            _Approval(
+                ApprovalRef(approval_id_for(action.action_id), action, "", quorum),
+                requested_by=requested_by,
+            ),
         )
         self._spawn(
             self._approval_flow(approval),
@@ -867,7 +1160,8 @@ class IncidentWorkflow:
         action = approval.ref.action
         quorum = approval.ref.quorum
         ref = await _core(
-            ApprovalActivities.request_approval, ApprovalInput(action, timeout, quorum)
+            ApprovalActivities.request_approval,
+            ApprovalInput(action, timeout, quorum, approval.requested_by),
         )
         # The quorum is the workflow's own (decisions may have been counted already).
         approval.ref = dataclasses.replace(ref, quorum=quorum)
@@ -966,6 +1260,7 @@ class IncidentWorkflow:
                 escalated=a.escalated,
                 quorum=a.ref.quorum,
                 votes=tuple(a.votes),
+                requested_by=a.requested_by,
             )
             for a in self._approvals.values()
             if a.status == "pending" and a.escalate_at is not None and a.expire_at is not None
@@ -982,6 +1277,7 @@ class IncidentWorkflow:
             ticketing=self._ticketing,
             hooked=None if self._hooked is None else tuple(sorted(self._hooked)),
             queued=tuple(self._queue),
+            closed_as=self._closed_as,
         )
         workflow.continue_as_new(
             dataclasses.replace(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from soar.api import docs, health, intake, response, stream
+from soar.api import analyst, docs, health, intake, response, stream
 from soar.api.deps import AppState
 from soar.api.jsonsafe import printable
 from soar.audit import api as audit_api
@@ -141,7 +141,14 @@ def create_api(
         # Never a stack trace to the caller; the detail is in the server log.
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    core = (health.router, intake.router, stream.router, response.router, audit_api.router)
+    core = (
+        health.router,
+        intake.router,
+        stream.router,
+        response.router,
+        analyst.router,
+        audit_api.router,
+    )
     for router in (*core, *routers):
         app.include_router(router)
     app.add_middleware(response.EnforcementFastPath, state=state)

@@ -96,8 +96,9 @@ _OPS: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
         ("401", "403", "404", "503"),
     ),
     ("get", "/v1/incidents"): (
-        "List incidents",
-        "Newest first; filter by status.",
+        "Search incidents",
+        "Newest first; filter by subject, technique, tactic, severity, status, disposition "
+        "and when they opened (`since`, `until`); `next` links the next page.",
         ("401", "403", "503"),
     ),
     ("get", "/v1/approvals"): (
@@ -115,6 +116,38 @@ _OPS: dict[tuple[str, str], tuple[str, str, tuple[str, ...]]] = {
         "Approve or reject an action",
         "Role approver or admin. First decision wins: a second one is answered 409. 202 "
         "means the decision is recorded and the workflow is applying it: poll the approval.",
+        ("202", "401", "403", "404", "409", "503"),
+    ),
+    # An analyst's actions (soar/api/analyst.py): roles analyst or admin.
+    ("post", "/v1/incidents/{incident_id}/actions/{action_id}/lift"): (
+        "Lift a block early",
+        "Role analyst or admin. The enforcement check says unblocked at once; the block's "
+        "timer lifts nothing later. `reason` is logged with who lifted it. 202: accepted, the "
+        "workflow is finishing it: poll the incident.",
+        ("202", "401", "403", "404", "409", "503"),
+    ),
+    ("post", "/v1/incidents/{incident_id}/actions/{action_id}/extend"): (
+        "Extend a temporary block",
+        "Role analyst or admin. Moves the expiry `minutes` later; the block lifts itself then.",
+        ("202", "401", "403", "404", "409", "503"),
+    ),
+    ("post", "/v1/incidents/{incident_id}/actions/{action_id}/contain"): (
+        "Contain now: apply a planned action",
+        "Role analyst or admin. An action not in force (skipped, expired, lifted, rejected) "
+        "applied again: low risk at once; high risk opens an approval that a different person "
+        "must decide.",
+        ("202", "401", "403", "404", "409", "503"),
+    ),
+    ("post", "/v1/incidents/{incident_id}/close"): (
+        "Close an incident with a disposition",
+        "Role analyst or admin. `true_positive` keeps its temporary blocks until their time; "
+        "`false_positive` and `benign` lift them now. Refused (409) while an approval is "
+        "pending. On a closed incident: sets or changes the disposition.",
+        ("202", "401", "403", "404", "409", "503"),
+    ),
+    ("post", "/v1/incidents/{incident_id}/notes"): (
+        "Add a note to an incident",
+        "Role analyst or admin. One row in the action log, and a comment on its ticket.",
         ("202", "401", "403", "404", "409", "503"),
     ),
     ("get", "/v1/audit"): (
@@ -155,6 +188,9 @@ _PARAMS = {
     "target": "the session id, API key or user id the gateway sees",
     "incident_id": "an incident id, as returned by `POST /v1/detections`",
     "approval_id": "an approval id, from `GET /v1/approvals`",
+    "action_id": "an action id, from the incident's `actions`",
+    "severity": "only incidents of this severity",
+    "disposition": "how an analyst closed it (`none`: not set)",
     "status": "only items in this state",
     "cursor": "the `next_cursor` of the previous page",
     "limit": "at most this many items",

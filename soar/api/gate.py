@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from soar import actions
 from soar.api.deps import AppState
 from soar.decisions import decision_keys, sign_decision
-from soar.domain import DecisionRequest
+from soar.domain import AnalystRequest, DecisionRequest
 from soar.models import Action, Approval, Detection, Incident, Principal, PrincipalAddress
 
 log = logging.getLogger("soar.approvals")
@@ -75,23 +76,29 @@ async def decider_identities(session: AsyncSession, actor: str) -> set[str]:
     return {_norm(x) for x in found if x}
 
 
-async def subject_identities(session: AsyncSession, approval: Approval) -> set[str]:
+async def incident_subjects(session: AsyncSession, incident_id: str) -> set[str]:
+    """The users an incident is about: its correlation key's and every detection's."""
     out: set[str] = set()
-    action = await session.get(Action, approval.action_id)
-    spec = actions.find(action.action_type) if action is not None else None
-    if action is not None and spec is not None and spec.target == "user":
-        out.add(action.target)
-    incident = await session.get(Incident, approval.incident_id)
+    incident = await session.get(Incident, incident_id)
     if incident is not None and incident.subject_key.startswith("user:"):
         out.add(incident.subject_key.removeprefix("user:"))
     users = await session.scalars(
         select(Detection.subject_user)
-        .where(Detection.incident_id == approval.incident_id, Detection.subject_user.is_not(None))
+        .where(Detection.incident_id == incident_id, Detection.subject_user.is_not(None))
         .distinct()
         .limit(_MAX_SUBJECTS)
     )
     out |= {u for u in users if u}
     return {_norm(x) for x in out if _norm(x)}
+
+
+async def subject_identities(session: AsyncSession, approval: Approval) -> set[str]:
+    out: set[str] = set()
+    action = await session.get(Action, approval.action_id)
+    spec = actions.find(action.action_type) if action is not None else None
+    if action is not None and spec is not None and spec.target == "user":
+        out.add(_norm(action.target))
+    return out | await incident_subjects(session, approval.incident_id)
 
 
 async def self_approval(session: AsyncSession, approval: Approval, req: DecisionRequest) -> bool:
@@ -100,7 +107,26 @@ async def self_approval(session: AsyncSession, approval: Approval, req: Decision
     )
 
 
-def signed(state: AppState, req: DecisionRequest) -> DecisionRequest:
+async def own_request(session: AsyncSession, approval: Approval, req: DecisionRequest) -> bool:
+    """Whether the decider is the analyst who asked for the action ("contain now"): a second
+    person must decide it."""
+    if not approval.requested_by:
+        return False
+    mine = await decider_identities(session, req.actor)
+    return bool(mine & await decider_identities(session, approval.requested_by))
+
+
+async def own_incident(session: AsyncSession, incident_id: str, actor: str) -> bool:
+    """Whether the analyst is one of the incident's subjects (may not act on it)."""
+    return bool(
+        await decider_identities(session, actor) & await incident_subjects(session, incident_id)
+    )
+
+
+_Req = TypeVar("_Req", DecisionRequest, AnalystRequest)
+
+
+def signed(state: AppState, req: _Req) -> _Req:
     keys = state.extras.get("decision_keys")
     if not isinstance(keys, tuple):
         keys = decision_keys(state.settings)

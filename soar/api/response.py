@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVarTuple
 from urllib.parse import parse_qsl
 
@@ -33,8 +33,17 @@ from soar.api.deps import (
 )
 from soar.approvers import decision_refusal
 from soar.auth import Identity, identity_for_token, token_hash
-from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
+from soar.bounds import (
+    LIKE_ESCAPE,
+    check_query_datetime,
+    invalid,
+    like_contains,
+    like_prefix,
+)
+from soar.config import Settings
 from soar.domain import DECIDER_ROLES, UPDATE_DECIDE, DecisionRequest, DecisionResult
+from soar.incident_search import IncidentFilter, SearchError, search_incidents, temporal_run_url
+from soar.incidents import analyst_options
 from soar.metrics import DECISIONS
 from soar.models import Action as ActionRow
 from soar.models import ActionLogEntry, Approval, ApprovalMessage, Detection, Incident
@@ -296,7 +305,9 @@ async def announced_on(session: SessionDep, ids: list[str]) -> dict[str, list[st
     return {k: sorted(v) for k, v in found.items()}
 
 
-async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
+async def incident_json(
+    session: SessionDep, inc: Incident, settings: Settings | None = None
+) -> dict[str, Any]:
     dets = (
         await session.scalars(
             select(Detection).where(Detection.incident_id == inc.id).order_by(Detection.received_at)
@@ -313,6 +324,7 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
         )
     ).all()
     by_id = {a.id: a for a in action_rows}
+    can = analyst_options(list(action_rows), datetime.now(UTC))
     announced = await announced_on(session, [a.id for a in approvals])
     timeline = (
         await session.scalars(
@@ -337,6 +349,14 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
         "enrichment": inc.enrichment,
         "plan": inc.plan,
         "ticket": {"key": inc.ticket_key, "url": inc.ticket_url} if inc.ticket_key else None,
+        "disposition": inc.disposition,
+        "closed_by": inc.closed_by,
+        "close_reason": inc.close_reason,
+        "temporal_url": temporal_run_url(
+            settings.temporal_ui_url, settings.temporal_namespace, inc.workflow_id
+        )
+        if settings is not None
+        else None,
         "detections": [
             {
                 "detection_id": d.external_id,
@@ -370,6 +390,9 @@ async def incident_json(session: SessionDep, inc: Incident) -> dict[str, Any]:
                 "expires_at": _ts(a.expires_at),
                 "finished_at": _ts(a.finished_at),
                 "error": a.error,
+                "irreversible": bool((d := actions.find(a.action_type)) and d.irreversible),
+                # What an analyst can do with it now (POST .../actions/{id}/<one of these>).
+                "analyst_actions": can.get(a.id, []),
             }
             for a in action_rows
         ],
@@ -406,41 +429,75 @@ def _incident_filters(q: Select[*_Ts], technique: str | None, subject: str | Non
 
 @router.get("/v1/incidents/{incident_id}", tags=["incidents"])
 async def get_incident(
-    incident_id: str, session: SessionDep, _: Identity = require_roles(*READERS)
+    incident_id: str,
+    session: SessionDep,
+    state: StateDep,
+    _: Identity = require_roles(*READERS),
 ) -> dict[str, Any]:
     inc = await session.get(Incident, incident_id)
     if inc is None:
         raise HTTPException(404, f"incident {incident_id} not found")
-    return await incident_json(session, inc)
+    return await incident_json(session, inc, state.settings)
+
+
+def incident_summary(i: Incident, settings: Settings) -> dict[str, Any]:
+    return {
+        "incident_id": i.id,
+        "status": i.status,
+        "tenant": i.tenant,
+        "subject": i.subject_key,
+        "technique": i.technique,
+        "severity": i.severity,
+        "opened_at": _ts(i.opened_at),
+        "closed_at": _ts(i.closed_at),
+        "detection_count": i.detection_count,
+        "risk_score": i.risk_score,
+        "disposition": i.disposition,
+        "ticket": {"key": i.ticket_key, "url": i.ticket_url} if i.ticket_key else None,
+        "temporal_url": temporal_run_url(
+            settings.temporal_ui_url, settings.temporal_namespace, i.workflow_id
+        ),
+    }
 
 
 @router.get("/v1/incidents", tags=["incidents"])
 async def list_incidents(
     session: SessionDep,
+    state: StateDep,
     _: Identity = require_roles(*READERS),
     status: Literal["open", "closed"] | None = None,
-    technique: str | None = None,
-    subject: str | None = None,
+    technique: str | None = Query(None, max_length=32, description="e.g. AML.T0051 (prefix)"),
+    tactic: str | None = Query(None, max_length=32, description="e.g. AML.TA0005"),
+    subject: str | None = Query(None, max_length=300, description="part of the subject key"),
+    severity: Literal["info", "low", "medium", "high", "critical"] | None = None,
+    disposition: Literal["true_positive", "false_positive", "benign", "none"] | None = Query(
+        None, description="how an analyst closed it; `none`: not set"
+    ),
+    since: datetime | None = Query(None, description="opened at or after (ISO 8601)"),
+    until: datetime | None = Query(None, description="opened before (ISO 8601)"),
+    cursor: str | None = Query(None, max_length=200),
     limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:
-    q = select(Incident).order_by(Incident.opened_at.desc()).limit(limit)
-    if status:
-        q = q.where(Incident.status == status)
-    rows = (await session.scalars(_incident_filters(q, technique, subject))).all()
+    """Newest first; `next` links the following page (same filters) while there is one."""
+    since, until = check_query_datetime(since, "since"), check_query_datetime(until, "until")
+    f = IncidentFilter(
+        subject=subject or "",
+        technique=(technique or "").strip(),
+        tactic=(tactic or "").strip(),
+        severity=severity or "",
+        status=status or "",
+        disposition=disposition or "",
+        since=since,
+        until=until,
+    )
+    try:
+        page = await search_incidents(session, f, limit=limit, cursor=cursor)
+    except SearchError as exc:
+        raise invalid(exc.field, exc.message) from None
     return {
-        "incidents": [
-            {
-                "incident_id": i.id,
-                "status": i.status,
-                "subject": i.subject_key,
-                "technique": i.technique,
-                "severity": i.severity,
-                "opened_at": _ts(i.opened_at),
-                "detection_count": i.detection_count,
-                "risk_score": i.risk_score,
-            }
-            for i in rows
-        ]
+        "incidents": [incident_summary(i, state.settings) for i in page.incidents],
+        "next_cursor": page.next_cursor,
+        "next": page.next_link("/v1/incidents", f, limit),
     }
 
 
@@ -548,6 +605,11 @@ async def send_decision(
         raise DecisionRefused(409, f"approval {approval_id} is already {approval.status}")
     if await gate.self_approval(session, approval, req):
         why = f"{req.actor} may not decide an action against their own account"
+        gate.log_refusal(req, why)
+        DECISIONS.labels(channel=req.channel, outcome="refused").inc()
+        raise DecisionRefused(403, why)
+    if await gate.own_request(session, approval, req):
+        why = f"{req.actor} asked for this action; a second person must decide it"
         gate.log_refusal(req, why)
         DECISIONS.labels(channel=req.channel, outcome="refused").inc()
         raise DecisionRefused(403, why)

@@ -357,10 +357,15 @@ def durations(values: list[float]) -> dict[str, Any]:
 _APPROVAL_STATES = ("approved", "rejected", "expired", "pending")
 
 
+# How analysts closed the incidents ("undetermined": not said, or still open).
+_DISPOSITIONS = ("true_positive", "false_positive", "benign", "undetermined")
+
+
 def _bucket() -> dict[str, Any]:
     return {
         "detections": 0,
         "incidents": 0,
+        "dispositions": dict.fromkeys(_DISPOSITIONS, 0),
         "blocks_applied": 0,
         "approvals": dict.fromkeys(_APPROVAL_STATES, 0),
         "_ttc": [],
@@ -395,12 +400,15 @@ async def summary(
     for technique, n in det:
         bucket(technique)["detections"] += n
     inc = await session.execute(
-        select(Incident.technique, func.count())
+        select(Incident.technique, Incident.disposition, func.count())
         .where(Incident.opened_at >= since, Incident.opened_at < until)
-        .group_by(Incident.technique)
+        .group_by(Incident.technique, Incident.disposition)
     )
-    for technique, n in inc:
-        bucket(technique)["incidents"] += n
+    for technique, disposition, n in inc:
+        b = bucket(technique)
+        b["incidents"] += n
+        key = disposition if disposition in _DISPOSITIONS else "undetermined"
+        b["dispositions"][key] += n
     blocks_by_action: dict[str, int] = {}
     blk = await session.execute(
         select(Incident.technique, Action.action_type, func.count())
@@ -492,6 +500,8 @@ def _add(into: dict[str, Any], b: dict[str, Any]) -> None:
         into[k] += b[k]
     for k, v in b["approvals"].items():
         into["approvals"][k] = into["approvals"].get(k, 0) + v
+    for k, v in b["dispositions"].items():
+        into["dispositions"][k] = into["dispositions"].get(k, 0) + v
     into["_ttc"].extend(b["_ttc"])
     into["_ttd"].extend(b["_ttd"])
 
@@ -500,6 +510,7 @@ def _public(b: dict[str, Any]) -> dict[str, Any]:
     return {
         "detections": b["detections"],
         "incidents": b["incidents"],
+        "dispositions": b["dispositions"],
         "blocks_applied": b["blocks_applied"],
         "approvals": b["approvals"],
         "time_to_contain_seconds": durations(b["_ttc"]),

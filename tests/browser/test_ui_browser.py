@@ -144,6 +144,10 @@ async def test_approver_signs_in_approves_and_sees_the_action_applied(
 
         await card.get_by_label("Comment").fill("Key leaked in a completion; revoke it.")
         await card.get_by_role("button", name="Approve").click()
+        # Approve asks first, and says that a revocation cannot be undone.
+        await expect(page.get_by_role("heading", level=1)).to_contain_text("Revoke API key")
+        await expect(page.get_by_role("note")).to_contain_text("Cannot be undone.")
+        await page.get_by_role("button", name="Yes, approve").click()
         await expect(page.get_by_role("status")).to_contain_text("approved by alice")
         await expect(page.get_by_text("No approval is waiting.")).to_be_visible()
 

@@ -1,9 +1,10 @@
 """IncidentWorkflow replays the histories of earlier versions: runs recorded (with the fake
 activities of test_incident_workflow.py) from the code before the bulkheads (`v0-*`, no
-`bulkheads-v1` marker) and from the code before the action registry (`v1-*`), and from a
-real stack with the assessment as a local activity and the offline summary written by it
-(`v2-*`, tests/integration/test_record_histories.py). A change that would make a running
-incident fail on its next workflow task fails here."""
+`bulkheads-v1` marker), from the code before the action registry (`v1-*`), and runs with an
+analyst's actions (`v2-*`, test_analyst_workflow.py with SOAR_RECORD_HISTORIES) or with the
+assessment as a local activity and the offline summary written by it (`v2-*`, recorded from
+a real stack by tests/integration/test_record_histories.py). A change that would make a
+running incident fail on its next workflow task fails here."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ HISTORIES = sorted((Path(__file__).parents[1] / "fixtures" / "histories").glob("
 
 def test_there_are_histories_of_both_versions() -> None:
     names = {p.name[:2] for p in HISTORIES}
-    assert names == {"v0", "v1", "v2"} and len(HISTORIES) >= 16
+    assert names == {"v0", "v1", "v2"} and len(HISTORIES) >= 18
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.name.removesuffix(".json.gz"))
