@@ -17,6 +17,7 @@ from rich.console import Console
 
 from soar.config import Settings
 from soar.db import safe_url
+from soar.escape import terminal_text
 from soar.sources import new_secret
 from soar.stack.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from soar.stack.proc import free_port, port_in_use
@@ -149,7 +150,8 @@ def _run_stack(
         line = explain(exc)
         if line is None:
             raise
-        err.print(f"[red]error:[/red] {line}", highlight=False)
+        for part in line.splitlines():
+            err.print(f"[red]error:[/red] {terminal_text(part)}", highlight=False)
         return 1
     if port_in_use(settings.api_host, settings.api_port):
         err.print(
@@ -195,6 +197,17 @@ def _run_stack(
             from soar.stack.bootstrap import migrate_and_seed
 
             catalog = migrate_and_seed(db_url)
+            from soar.stack.preflight import catalog_known_ids
+
+            try:  # its patterns against the catalog now loaded, before anything starts
+                check_policy(settings, catalog_known_ids(db_url))
+            except Exception as exc:
+                line = explain(exc)
+                if line is None:
+                    raise
+                for part in line.splitlines():
+                    err.print(f"[red]error:[/red] {terminal_text(part)}", highlight=False)
+                return 1
             gateway = f"{GATEWAY_PRINCIPAL}:gateway:{ensure_gateway_token(settings)}"
             admin = f"{ADMIN_PRINCIPAL}:admin:{ensure_admin_token(settings)}"
             tokens = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
