@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
@@ -22,6 +23,9 @@ from soar.sources import new_secret
 from soar.stack.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from soar.stack.proc import free_port, port_in_use
 from soar.stack.temporal import EmbeddedTemporal, EmbeddedTemporalError
+
+if TYPE_CHECKING:
+    from soar.stack.console import ConsoleFeed
 
 
 def ensure_webhook_secret(settings: Settings) -> tuple[str, str]:
@@ -285,12 +289,19 @@ def _run_stack(
             highlight=False,
             markup=False,
         )
-        console.print("Press Ctrl-C to stop.")
-        while not stopping:
-            if any(c.poll() is not None for c in children):
-                err.print("[red]error:[/red] the worker or the API exited; stopping")
-                return 1
-            time.sleep(0.3)
+        console.print("Press Ctrl-C to stop. Detections, blocks and decisions show below.")
+        from soar.stack.console import ConsoleFeed
+
+        feed = ConsoleFeed(db_url)
+        try:
+            while not stopping:
+                if any(c.poll() is not None for c in children):
+                    err.print("[red]error:[/red] the worker or the API exited; stopping")
+                    return 1
+                _show_feed(feed, console, err)
+                time.sleep(0.3)
+        finally:
+            feed.close()
         return 0
     except (EmbeddedPostgresError, EmbeddedTemporalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -309,6 +320,17 @@ def _run_stack(
         if pg:
             pg.stop()
         console.print("stopped.")
+
+
+def _show_feed(feed: ConsoleFeed, console: Console, err: Console) -> None:
+    """The console's lines since the last call; a database hiccup only skips a beat."""
+    try:
+        lines = feed.poll()
+    except Exception as exc:
+        err.print(f"[yellow]note:[/yellow] console feed: {terminal_text(type(exc).__name__)}")
+        return
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def stop_children(children: list[subprocess.Popen[bytes]], *, grace: float, err: Console) -> bool:
