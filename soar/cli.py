@@ -25,7 +25,7 @@ from soar.posture import posture_app
 from soar.sources_cli import sources_app
 
 if TYPE_CHECKING:
-    from soar.policy.playbook import KnownIds
+    from soar.policy.playbook import KnownIds, Playbook
 
 
 class _Soar(TyperGroup):
@@ -278,17 +278,10 @@ def policy_check(
 ) -> None:
     """Validate a playbook: every problem, one line each with the line and the reason (exit
     code 1 if any); technique and tactic patterns must match the ATLAS catalog."""
-    from soar.policy import PlaybookError, load_playbook
     from soar.policy.playbook import risk_notes
 
     known = _known_ids(atlas)
-    try:
-        pb = load_playbook(file, known=known)
-    except PlaybookError as exc:
-        for problem in exc.problems:
-            console.print(f"[red]error:[/red] {terminal_text(problem.message)}", highlight=False)
-        count = len(exc.problems)
-        raise fail(f"{file}: {count} problem{'s' if count > 1 else ''}", 1) from None
+    pb = _playbook_or_exit(file, known)
     out.print(
         f"{file}: playbook {pb.name!r} is valid ({len(pb.rules)} rules; patterns checked "
         f"against {known.source})",
@@ -299,6 +292,21 @@ def policy_check(
         console.print(
             f"[yellow]warning:[/yellow] {terminal_text(f'{file} {note}')}", highlight=False
         )
+
+
+def _playbook_or_exit(file: Path | str, known: KnownIds | None = None) -> Playbook:
+    """The playbook, or each of its problems on a line of its own and exit code 1."""
+    from soar.policy import PlaybookError, default_playbook, load_playbook
+
+    if file == "default":
+        return default_playbook()
+    try:
+        return load_playbook(file, known=known)
+    except PlaybookError as exc:
+        for problem in exc.problems:
+            console.print(f"[red]error:[/red] {terminal_text(problem.message)}", highlight=False)
+        count = len(exc.problems)
+        raise fail(f"{file}: {count} problem{'s' if count > 1 else ''}", 1) from None
 
 
 def _known_ids(atlas: Path | None) -> KnownIds:
@@ -314,10 +322,7 @@ def _known_ids(atlas: Path | None) -> KnownIds:
         except (OSError, CatalogError) as exc:
             raise fail(f"--atlas: {exc}", 1) from None
         return KnownIds.of(catalog, f"ATLAS {catalog.version} ({atlas})")
-    try:
-        url = settings_or_exit().database_url
-    except typer.Exit:
-        url = None
+    url = settings_or_exit().database_url
     if url:
         from soar.stack.preflight import catalog_known_ids
 
@@ -326,11 +331,12 @@ def _known_ids(atlas: Path | None) -> KnownIds:
         except Exception as exc:
             from soar.errors import explain
 
-            if explain(exc) is None:
+            why = explain(exc)
+            if why is None:
                 raise
             console.print(
-                "[yellow]note:[/yellow] the database is not reachable; patterns are checked "
-                "against the built-in catalog",
+                f"[yellow]note:[/yellow] {terminal_text(why)}; patterns are checked against "
+                "the built-in catalog",
                 highlight=False,
             )
     return KnownIds.of(BUILTIN_CATALOG, f"the built-in ATLAS catalog {BUILTIN_CATALOG.version}")
@@ -348,12 +354,9 @@ def policy_explain(
     """Show which rules fire for a detection and the resulting plan, without running it."""
     from soar.intake.schema import DetectionInvalid, parse_detection
     from soar.intake.service import to_facts
-    from soar.policy import PlaybookError, default_playbook, evaluate, explain, load_playbook
+    from soar.policy import evaluate, explain
 
-    try:
-        pb = default_playbook() if file == "default" else load_playbook(file)
-    except PlaybookError as exc:
-        raise fail(str(exc), 1) from None
+    pb = _playbook_or_exit(file)
     try:
         body = json.loads(detection.read_text())
         det, _ = parse_detection(body)

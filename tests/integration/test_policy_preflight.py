@@ -71,3 +71,40 @@ def test_a_technique_the_loaded_catalog_lacks_is_refused(
     policy.write_text(policy.read_text().replace("AML.T9051*", "AML.T0051*"))
     code, lines = start(command, policy, db_url)
     assert code == 1 and not any("SOAR_POLICY_FILE" in ln for ln in lines), lines
+
+
+def test_soar_up_checks_the_playbook_against_the_catalog_before_the_worker_starts(
+    tmp_path: Path, db_url: str, temporal_address: str
+) -> None:
+    import subprocess
+    import sys
+
+    from soar.stack.proc import free_port
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "name: p\nrules:\n  - name: r\n    when: {tactics: ['AML.TA0099']}\n"
+        "    actions: [{type: notify, risk: low}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOAR_")}
+    env.update(
+        SOAR_HOME=str(tmp_path / "home"),
+        SOAR_DATABASE_URL=db_url,
+        SOAR_TEMPORAL_ADDRESS=temporal_address,
+        SOAR_API_PORT=str(free_port()),
+        SOAR_POLICY_FILE=str(policy),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "atlas_soar", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        f"error: SOAR_POLICY_FILE: {policy} line 4: rules[0].when.tactics[0]: 'AML.TA0099' "
+        "matches no tactic in the loaded ATLAS catalog builtin-2 (built-in)"
+    ], done.stderr
+    assert "is ready" not in done.stdout and "Traceback" not in done.stdout + done.stderr

@@ -226,3 +226,31 @@ def test_the_default_playbook_passes_every_check() -> None:
     assert load_playbook_text(text, "default", known=BUILTIN).rules == default_playbook().rules
     full = KnownIds.of(parse_atlas_file(_reference()), "ATLAS 5.6.0")
     assert load_playbook_text(text, "default", known=full).name == "default"
+
+
+def test_without_a_reachable_database_the_built_in_catalog_is_used_and_said(
+    tmp_path: Path,
+) -> None:
+    from atlas_soar.cli import app
+
+    path = write(tmp_path, UNKNOWN_PATTERN.replace('"AML.T9051*", ', ""))
+    clean = {k: None for k in os.environ if k.startswith("SOAR_")}
+    env = {**clean, "SOAR_HOME": "/nonexistent"}
+    env["SOAR_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/soar"
+    result = CliRunner().invoke(app, ["policy", "check", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    note = next(ln for ln in result.output.splitlines() if ln.startswith("note:"))
+    assert "database is unreachable" in note and "built-in catalog" in note
+
+
+def test_explain_names_every_problem_too(tmp_path: Path) -> None:
+    from atlas_soar.cli import app
+
+    path = write(tmp_path, THREE_MISTAKES)
+    det = tmp_path / "det.json"
+    det.write_text("{}")
+    result = CliRunner().invoke(app, ["policy", "explain", str(path), str(det)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert [ln.split(": ", 2)[1].split(" line ")[-1] for ln in lines[:3]] == ["5", "7", "11"]
+    assert lines[3] == f"error: {path}: 3 problems"
