@@ -692,11 +692,22 @@ class _Parser:
 
 
 def risk_notes(playbook: Playbook) -> list[str]:
-    """Where a rule runs without approval an action whose definition asks for one."""
-    return [
+    """Where a rule runs without approval an action whose definition asks for one, and where
+    it asks an approver to revoke an API key without blocking the key in the meantime."""
+    notes = [
         f"line {spec.line}: rule {rule.name!r}: {spec.action_type} runs with risk low, "
         "without an approval (its default risk is high)"
         for rule in playbook.rules
         for spec in rule.actions
         if spec.risk == Risk.low and actions.definition(spec.action_type).default_risk == Risk.high
     ]
+    for rule in playbook.rules:
+        types = {(a.action_type, a.risk) for a in rule.actions}
+        revoke = next((a for a in rule.actions if a.action_type == "revoke_api_key"), None)
+        if revoke and revoke.risk == Risk.high and ("block_api_key", Risk.low) not in types:
+            notes.append(
+                f"line {revoke.line}: rule {rule.name!r}: the key stays usable while its "
+                "revocation waits for an approver; add {type: block_api_key, risk: low, "
+                "duration: 15m} to contain it at once"
+            )
+    return notes

@@ -254,3 +254,13 @@ def test_explain_names_every_problem_too(tmp_path: Path) -> None:
     lines = result.output.splitlines()
     assert [ln.split(": ", 2)[1].split(" line ")[-1] for ln in lines[:3]] == ["5", "7", "11"]
     assert lines[3] == f"error: {path}: 3 problems"
+
+
+def test_a_revocation_without_a_block_meanwhile_is_warned(tmp_path: Path) -> None:
+    text = IRREVERSIBLE.replace("revoke_api_key, risk: low", "revoke_api_key, risk: high")
+    code, lines = check(write(tmp_path, text))
+    assert code == 0 and not any("warning:" in ln for ln in lines), lines
+    code, lines = check(write(tmp_path, text.replace("block_api_key", "block_session")))
+    assert code == 0
+    (warning,) = [ln for ln in lines if ln.startswith("warning:")]
+    assert "line 7: rule 'r': the key stays usable while its revocation waits" in warning
