@@ -123,6 +123,7 @@ class ConsoleFeed:
         with self._engine.connect() as conn:
             head = conn.execute(select(func.max(ActionLogEntry.seq))).scalar()
         self.after = int(head or 0)
+        self.failing = False  # the last poll failed (the caller says so once)
 
     def poll(self) -> list[str]:
         out: list[str] = []

@@ -327,8 +327,11 @@ def _show_feed(feed: ConsoleFeed, console: Console, err: Console) -> None:
     try:
         lines = feed.poll()
     except Exception as exc:
-        err.print(f"[yellow]note:[/yellow] console feed: {terminal_text(type(exc).__name__)}")
+        if not feed.failing:  # once, not every beat
+            err.print(f"[yellow]note:[/yellow] console feed: {terminal_text(type(exc).__name__)}")
+        feed.failing = True
         return
+    feed.failing = False
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
 
