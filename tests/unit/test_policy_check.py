@@ -264,3 +264,31 @@ def test_a_revocation_without_a_block_meanwhile_is_warned(tmp_path: Path) -> Non
     assert code == 0
     (warning,) = [ln for ln in lines if ln.startswith("warning:")]
     assert "line 7: rule 'r': the key stays usable while its revocation waits" in warning
+
+
+@pytest.mark.parametrize(
+    ("technique", "severity"),
+    [("AML.T0057", "critical"), ("AML.T0043", "critical"), ("AML.T0024.000", "low")],
+)
+def test_the_default_playbook_blocks_a_key_at_once_whenever_it_asks_to_revoke_it(
+    technique: str, severity: str
+) -> None:
+    from soar.domain import DetectionFacts, Subject
+    from soar.policy import evaluate
+
+    facts = DetectionFacts(
+        detection_id="d-1",
+        technique=technique,
+        severity=severity,
+        confidence=0.9,
+        source="gw",
+        observed_at="2026-12-02T06:00:00Z",
+        subject=Subject(tenant="acme", api_key="k-1"),
+    )
+    plan = {
+        a.action_type: (a.risk, a.target, a.duration_seconds)
+        for a in evaluate(default_playbook(), facts).actions
+    }
+    assert plan["block_api_key"] == ("low", "k-1", 900)
+    assert plan["revoke_api_key"] == ("high", "k-1", None)
+    assert "block_session" not in plan and "disable_user" not in plan
