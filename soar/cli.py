@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -19,9 +19,13 @@ from soar.audit.cli import audit_app
 from soar.audit.cli import report as audit_report
 from soar.config import Settings, SettingsError, load_settings
 from soar.detect.cli import detect as detect_command
+from soar.escape import terminal_text
 from soar.ingest.cli import ingest as ingest_command
 from soar.posture import posture_app
 from soar.sources_cli import sources_app
+
+if TYPE_CHECKING:
+    from soar.policy.playbook import KnownIds, Playbook
 
 
 class _Soar(TyperGroup):
@@ -40,7 +44,8 @@ class _Soar(TyperGroup):
             line = explain(exc)
             if line is None:
                 raise
-            console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+            for part in line.splitlines():  # several mistakes: one line each
+                console.print(f"[red]error:[/red] {terminal_text(part)}", highlight=False)
             raise typer.Exit(1) from None
 
 
@@ -88,14 +93,15 @@ def settings_or_exit(*, find_stack: bool = True) -> Settings:
 def preflight(settings: Settings, url: str) -> str:
     """Policy, database and migrations checked before a long-running command starts; the
     playbook's name. A failure is one line and exit code 1."""
-    from soar.stack.preflight import NotReady, check_database, check_policy
+    from soar.stack.preflight import NotReady, catalog_known_ids, check_database, check_policy
 
-    playbook = check_policy(settings)  # a PlaybookError is explained by _Soar
+    check_policy(settings)  # named even when the database is down (PlaybookError: _Soar)
     try:
         check_database(url)
     except NotReady as exc:
         raise fail(str(exc), 1) from None
-    return playbook
+    # Its technique and tactic patterns against the catalog detections are checked against.
+    return check_policy(settings, catalog_known_ids(url))
 
 
 def production_or_exit(settings: Settings, process: Literal["api", "worker"]) -> None:
@@ -260,18 +266,80 @@ def atlas_show(technique: Annotated[str, typer.Argument(help="e.g. AML.T0051.001
 
 
 @policy_app.command("check")
-def policy_check(file: Annotated[Path, typer.Argument(help="playbook YAML")]) -> None:
-    """Validate a playbook; errors name the line and the reason."""
-    from soar.policy import PlaybookError, load_playbook
+def policy_check(
+    file: Annotated[Path, typer.Argument(help="playbook YAML")],
+    atlas: Annotated[
+        Path | None,
+        typer.Option(
+            help="check technique and tactic patterns against this ATLAS.yaml release "
+            "(default: the catalog in the database, else the built-in one)"
+        ),
+    ] = None,
+) -> None:
+    """Validate a playbook: every problem, one line each with the line and the reason (exit
+    code 1 if any); technique and tactic patterns must match the ATLAS catalog."""
     from soar.policy.playbook import risk_notes
 
-    try:
-        pb = load_playbook(file)
-    except PlaybookError as exc:
-        raise fail(str(exc), 1) from None
-    out.print(f"{file}: playbook {pb.name!r} is valid ({len(pb.rules)} rules)")
+    known = _known_ids(atlas)
+    pb = _playbook_or_exit(file, known)
+    out.print(
+        f"{file}: playbook {pb.name!r} is valid ({len(pb.rules)} rules; patterns checked "
+        f"against {known.source})",
+        highlight=False,
+        markup=False,
+    )
     for note in risk_notes(pb):
-        console.print(f"[yellow]warning:[/yellow] {file} {note}", highlight=False)
+        console.print(
+            f"[yellow]warning:[/yellow] {terminal_text(f'{file} {note}')}", highlight=False
+        )
+
+
+def _playbook_or_exit(file: Path | str, known: KnownIds | None = None) -> Playbook:
+    """The playbook, or each of its problems on a line of its own and exit code 1."""
+    from soar.policy import PlaybookError, default_playbook, load_playbook
+
+    if file == "default":
+        return default_playbook()
+    try:
+        return load_playbook(file, known=known)
+    except PlaybookError as exc:
+        for problem in exc.problems:
+            console.print(f"[red]error:[/red] {terminal_text(problem.message)}", highlight=False)
+        count = len(exc.problems)
+        raise fail(f"{file}: {count} problem{'s' if count > 1 else ''}", 1) from None
+
+
+def _known_ids(atlas: Path | None) -> KnownIds:
+    """What `soar policy check` checks patterns against: an ATLAS.yaml given, else the
+    catalog of the database (SOAR_DATABASE_URL or the running `make run` stack), else the
+    built-in catalog."""
+    from soar.atlas import BUILTIN_CATALOG, CatalogError, parse_atlas_file
+    from soar.policy import KnownIds
+
+    if atlas is not None:
+        try:
+            catalog = parse_atlas_file(atlas)
+        except (OSError, CatalogError) as exc:
+            raise fail(f"--atlas: {exc}", 1) from None
+        return KnownIds.of(catalog, f"ATLAS {catalog.version} ({atlas})")
+    url = settings_or_exit().database_url
+    if url:
+        from soar.stack.preflight import catalog_known_ids
+
+        try:
+            return catalog_known_ids(url)
+        except Exception as exc:
+            from soar.errors import explain
+
+            why = explain(exc)
+            if why is None:
+                raise
+            console.print(
+                f"[yellow]note:[/yellow] {terminal_text(why)}; patterns are checked against "
+                "the built-in catalog",
+                highlight=False,
+            )
+    return KnownIds.of(BUILTIN_CATALOG, f"the built-in ATLAS catalog {BUILTIN_CATALOG.version}")
 
 
 @policy_app.command("explain")
@@ -286,12 +354,9 @@ def policy_explain(
     """Show which rules fire for a detection and the resulting plan, without running it."""
     from soar.intake.schema import DetectionInvalid, parse_detection
     from soar.intake.service import to_facts
-    from soar.policy import PlaybookError, default_playbook, evaluate, explain, load_playbook
+    from soar.policy import evaluate, explain
 
-    try:
-        pb = default_playbook() if file == "default" else load_playbook(file)
-    except PlaybookError as exc:
-        raise fail(str(exc), 1) from None
+    pb = _playbook_or_exit(file)
     try:
         body = json.loads(detection.read_text())
         det, _ = parse_detection(body)

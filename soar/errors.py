@@ -39,7 +39,7 @@ def _where_db() -> str:
 
 
 def explain(exc: BaseException) -> str | None:
-    """One line for a known mistake, or None."""
+    """One line for a known mistake (a playbook with several: one line each), or None."""
     import httpx
     import psycopg
     import sqlalchemy.exc
@@ -47,8 +47,8 @@ def explain(exc: BaseException) -> str | None:
     from soar.policy.playbook import PlaybookError
 
     for e in _chain(exc):
-        if isinstance(e, PlaybookError):
-            return f"SOAR_POLICY_FILE: {e}"
+        if isinstance(e, PlaybookError):  # every problem, one line each
+            return "\n".join(f"SOAR_POLICY_FILE: {p.message}" for p in e.problems)
         if isinstance(e, psycopg.Error):
             state = getattr(e, "sqlstate", None)
             if state in _NOT_MIGRATED:

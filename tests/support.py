@@ -157,6 +157,13 @@ class Stack:
         data: dict[str, Any] = r.json()
         return data
 
+    async def revoked(self, key: str, tenant: str = "acme") -> bool:
+        """The API key is blocked for good (revoked), not only for a while: the default
+        playbook blocks a leaking key for 15 minutes at once, while its revocation waits for
+        an approver."""
+        status = await self.enforcement("api-keys", key, tenant)
+        return bool(status["blocked"]) and status["until"] is None
+
     async def incident(self, incident_id: str) -> dict[str, Any]:
         r = await self.http.get(f"/v1/incidents/{incident_id}", headers=bearer("admin"))
         assert r.status_code == 200, r.text

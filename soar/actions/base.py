@@ -109,10 +109,13 @@ class Target:
 class ActionDefinition:
     """One action type. `label` is the imperative an approver reads ("Revoke API key"),
     `past` what happened ("Revoked API key"). `temporary`: a playbook may give it a
-    `duration`, after which it lifts itself; `irreversible`: nothing can undo it.
-    `default_risk` is what a rule should ask for: `soar policy check` warns when a playbook
-    runs it with less. `hook_events` are the outbound hook calls it makes (`applied`,
-    `lifted`); `applied_event` is its audit event once done."""
+    `duration`, after which it lifts itself; `irreversible`: nothing can undo it;
+    `drastic`: it locks a person out until someone acts (disabling a user). A playbook refuses
+    an irreversible or drastic action as `risk: low` unless its rule says
+    `allow_irreversible_low_risk: true` (`must_be_approved`). `default_risk` is what a rule
+    should ask for: `soar policy check` warns when a playbook runs it with less.
+    `hook_events` are the outbound hook calls it makes (`applied`, `lifted`);
+    `applied_event` is its audit event once done."""
 
     name: str
     label: str
@@ -125,6 +128,7 @@ class ActionDefinition:
     resolve: Callable[[DetectionFacts, Mapping[str, str]], str | None] | None = None
     temporary: bool = False
     irreversible: bool = False
+    drastic: bool = False
     hook_events: tuple[str, ...] = ()
     applied_event: str = "action.applied"
     ocsf: Ocsf = Ocsf()
@@ -134,6 +138,11 @@ class ActionDefinition:
             raise ValueError(f"{self.name}: needs exactly one of enforcement and resolve")
         if (self.executor == "enforcement") != (self.enforcement is not None):
             raise ValueError(f"{self.name}: enforcement goes with the enforcement executor")
+
+    @property
+    def must_be_approved(self) -> bool:
+        """A playbook may run it without an approval only by an explicit opt-in."""
+        return self.irreversible or self.drastic
 
     @property
     def enforces(self) -> bool:

@@ -13,6 +13,7 @@ ACTION = ActionDefinition(
     target="user",
     enforcement=Enforcement(BLOCK, (USER,)),
     temporary=True,
+    drastic=True,
     hook_events=("applied", "lifted"),
     ocsf=Ocsf(activity=(2, "Evict"), disposition=(24, "Access Revoked"), control=(2, "Denied")),
 )

@@ -122,6 +122,29 @@ def load_catalog(session: Session, catalog: Catalog, *, source: str) -> LoadResu
 
 
 @dataclass(frozen=True)
+class CatalogIds:
+    """The IDs of the loaded catalog (what playbook patterns are checked against)."""
+
+    version: str
+    source: str
+    techniques: frozenset[str]
+    tactics: frozenset[str]
+
+
+def catalog_ids(session: Session) -> CatalogIds | None:
+    """The technique and tactic IDs in the database; None when no catalog is loaded."""
+    current = current_version(session)
+    if current is None:
+        return None
+    return CatalogIds(
+        version=current.version,
+        source=current.source,
+        techniques=frozenset(session.scalars(select(AtlasTechnique.id))),
+        tactics=frozenset(session.scalars(select(AtlasTactic.id))),
+    )
+
+
+@dataclass(frozen=True)
 class TechniqueInfo:
     id: str
     name: str

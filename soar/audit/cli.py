@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -343,10 +344,24 @@ def search(
     event: EventOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=query.MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, typer.Option(help="continue after a previous page")] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="one line a row, every value in full (for less -S)")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="one JSON object a line (the fields of `export --format jsonl`); the next "
+            "page's cursor goes to stderr",
+        ),
+    ] = False,
 ) -> None:
-    """Show matching rows as a table, oldest first; prints the cursor of the next page."""
-    from rich.table import Table
+    """Show matching rows, oldest first, within the terminal's width (COLUMNS): a table when
+    it fits, else one block a row; long values wrap. Prints the cursor of the next page."""
+    from soar.audit.table import WIDE, print_rows, row_json_line
 
+    if wide and as_json:
+        raise _fail("--wide and --json: choose one")
     f = _filters(
         incident_id=incident_id,
         technique=technique,
@@ -367,28 +382,22 @@ def search(
         result: query.AuditPage = _run_async(page)
     except query.AuditQueryError as exc:
         raise _fail(f"--{exc.field}: {exc.message}") from None
-    table = Table(
-        "seq", "at", "event", "action", "outcome", "actor", "incident", "technique", "subject"
-    )
-    for r in result.items:
-        # Every cell is attacker-reachable (actor, subject, ...): no markup, no escapes.
-        cells = (
-            str(r["seq"]),
-            formats.iso(r["at"])[:19].replace("T", " "),
-            r["event"],
-            r["action"] or "",
-            r["outcome"],
-            r["actor"],
-            r["incident_id"] or "",
-            r["technique"] or "",
-            r["subject"] or "",
-        )
-        table.add_row(*(terminal_text(c) for c in cells))
-    _out().print(table)
-    if result.next_cursor:
-        _out().print(f"more: --cursor {result.next_cursor}", highlight=False)
+    more = f"more: --cursor {result.next_cursor}" if result.next_cursor else None
+    if as_json:
+        for r in result.items:
+            sys.stdout.write(row_json_line(r) + "\n")
+        sys.stdout.flush()
+        if more:
+            _err().print(more, highlight=False, markup=False)
+        return
+    width = WIDE if wide else shutil.get_terminal_size((120, 24)).columns
+    console = Console(width=width, highlight=False, soft_wrap=False)
+    if result.items:
+        print_rows(console, result.items, wide=wide)
+    if more:
+        console.print(more, markup=False)
     elif not result.items:
-        _out().print("no matching rows")
+        console.print("no matching rows")
 
 
 def report(

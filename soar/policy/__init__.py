@@ -7,6 +7,7 @@ from soar.policy.engine import RuleVerdict, evaluate, explain
 from soar.policy.playbook import (
     ActionSpec,
     Condition,
+    KnownIds,
     Playbook,
     PlaybookError,
     Rule,
@@ -19,6 +20,7 @@ from soar.policy.playbook import (
 __all__ = [
     "ActionSpec",
     "Condition",
+    "KnownIds",
     "Playbook",
     "PlaybookError",
     "Rule",

@@ -32,26 +32,37 @@ A playbook maps detections to response actions::
                                          #   needed; the first reject ends it
         escalate_to: sre-oncall          # optional: at half the approval timeout this group
                                          #   is notified and may decide too
+        allow_irreversible_low_risk: true  # optional (default false): the rule may run an
+                                         #   irreversible action (revoke_api_key) or one
+                                         #   that locks a person out (disable_user) with
+                                         #   risk: low, i.e. without an approval
 
 Every mistake is refused at load time with a `PlaybookError` naming the source, the line of
 the offending node and the path to it, e.g.
-``playbook.yaml line 14: rules[2].when.severity_at_least: 'severe' is not one of info, ...``.
-Unknown keys, duplicate mapping keys and duplicate rule names are errors too: a typo in a
-security policy must never silently turn a rule off.
+``playbook.yaml line 14: rules[2].when.severity_at_least: 'severe' is not one of info, ...``;
+a file with several mistakes is refused with all of them (`PlaybookError.problems`, one line
+each, in the order of the file). Unknown keys, duplicate mapping keys and duplicate rule
+names are errors too: a typo in a security policy must never silently turn a rule off. With
+`known` (the loaded ATLAS catalog's IDs), a technique or tactic pattern that matches none of
+them is an error as well (`AML.T9051*`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from soar import actions
+from soar.atlas.parse import Catalog
 from soar.domain import Risk, Severity
 
 DEFAULT_PLAYBOOK_RESOURCE = "default_playbook.yaml"
@@ -60,7 +71,17 @@ _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _TOP_KEYS = ("name", "description", "rules")
-_RULE_KEYS = ("name", "description", "when", "actions", "approvers", "quorum", "escalate_to")
+OPT_IN = "allow_irreversible_low_risk"
+_RULE_KEYS = (
+    "name",
+    "description",
+    "when",
+    "actions",
+    "approvers",
+    "quorum",
+    "escalate_to",
+    OPT_IN,
+)
 _APPROVAL_KEYS = ("approvers", "quorum", "escalate_to")
 MAX_QUORUM = 10
 GROUP_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -76,10 +97,15 @@ _CONDITION_KEYS = (
     "any",
 )
 _ACTION_KEYS = ("type", "risk", "duration", "params")
+_T = TypeVar("_T")
 
 
 class PlaybookError(ValueError):
-    """An invalid playbook. `line` is 1-based (None when the file could not be read)."""
+    """An invalid playbook. `line` is 1-based (None when the file could not be read).
+
+    A playbook with several mistakes is refused with all of them: `problems` lists each (one
+    line of `str()` each, in the order of the file); `line`, `path` and `reason` are those of
+    the first."""
 
     def __init__(self, source: str, line: int | None, path: str, reason: str) -> None:
         self.source = source
@@ -87,7 +113,38 @@ class PlaybookError(ValueError):
         self.path = path
         self.reason = reason
         where = source if line is None else f"{source} line {line}"
-        super().__init__(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
+        self.message = f"{where}: {path}: {reason}" if path else f"{where}: {reason}"
+        self.problems: tuple[PlaybookError, ...] = (self,)
+        super().__init__(self.message)
+
+    @classmethod
+    def of(cls, problems: Sequence[PlaybookError]) -> PlaybookError:
+        """One error carrying every problem (at least one)."""
+        first = problems[0]
+        if len(problems) == 1:
+            return first
+        error = cls(first.source, first.line, first.path, first.reason)
+        error.problems = tuple(problems)
+        error.args = ("\n".join(p.message for p in problems),)
+        return error
+
+
+@dataclass(frozen=True)
+class KnownIds:
+    """The ATLAS IDs technique and tactic patterns are checked against: each pattern must
+    match at least one of them. `source` says which catalog, for the messages."""
+
+    techniques: frozenset[str]
+    tactics: frozenset[str]
+    source: str
+
+    @classmethod
+    def of(cls, catalog: Catalog, source: str) -> KnownIds:
+        return cls(
+            techniques=frozenset(t.id.upper() for t in catalog.techniques),
+            tactics=frozenset(t.id.upper() for t in catalog.tactics),
+            source=source,
+        )
 
 
 @dataclass(frozen=True)
@@ -145,16 +202,20 @@ class Playbook:
         return next((r for r in self.rules if r.name == name), None)
 
 
-def load_playbook(path: str | Path) -> Playbook:
+def load_playbook(path: str | Path, *, known: KnownIds | None = None) -> Playbook:
+    """The playbook in a file. `known`: check technique and tactic patterns against these
+    IDs (None: not checked)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PlaybookError(source, None, "", f"cannot read the playbook: {exc}") from exc
-    return load_playbook_text(text, source)
+    return load_playbook_text(text, source, known=known)
 
 
-def load_playbook_text(text: str, source: str = "<playbook>") -> Playbook:
+def load_playbook_text(
+    text: str, source: str = "<playbook>", *, known: KnownIds | None = None
+) -> Playbook:
     try:
         # compose, not load: the node tree keeps the line of every value.
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -167,7 +228,7 @@ def load_playbook_text(text: str, source: str = "<playbook>") -> Playbook:
         raise PlaybookError(source, None, "", f"invalid YAML: {exc}") from exc
     if root is None:
         raise PlaybookError(source, 1, "", "the playbook is empty")
-    return _Parser(source).playbook(root)
+    return _Parser(source, known).playbook(root)
 
 
 @lru_cache(maxsize=1)
@@ -192,32 +253,57 @@ def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
-class _Parser:
-    """Walks the composed node tree, building the dataclasses or raising PlaybookError."""
+class _Recorded(Exception):
+    """A part has problems, recorded already: the caller leaves it out."""
 
-    def __init__(self, source: str) -> None:
+
+class _Parser:
+    """Walks the composed node tree, building the dataclasses. A mistake is recorded and the
+    walk goes on with the next value, so that one run names every problem; `playbook`
+    raises them all at the end as one PlaybookError."""
+
+    def __init__(self, source: str, known: KnownIds | None = None) -> None:
         self.source = source
+        self.known = known
+        self.problems: list[PlaybookError] = []
         self._constructor = yaml.constructor.SafeConstructor()
 
     def error(self, node: Node, path: str, reason: str) -> PlaybookError:
         return PlaybookError(self.source, _line(node), path, reason)
 
+    def problem(self, node: Node, path: str, reason: str) -> None:
+        self.problems.append(self.error(node, path, reason))
+
+    def attempt(self, make: Callable[..., _T], *args: Any) -> _T | None:
+        """make(*args), or None with its PlaybookError recorded."""
+        try:
+            return make(*args)
+        except PlaybookError as exc:
+            self.problems.extend(exc.problems)
+            return None
+        except _Recorded:
+            return None
+
     # -- generic node helpers -------------------------------------------------------------
 
     def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
+        """The known keys of a mapping; unknown, duplicate or non-string keys are recorded
+        as problems and left out."""
         if not isinstance(node, MappingNode):
             raise self.error(node, path, f"expected a mapping with keys {', '.join(allowed)}")
         out: dict[str, Node] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-                raise self.error(key_node, path, "keys must be plain strings")
+                self.problem(key_node, path, "keys must be plain strings")
+                continue
             key = str(key_node.value)
             key_path = f"{path}.{key}" if path else key
             if key not in allowed:
-                raise self.error(key_node, key_path, f"unknown key (allowed: {', '.join(allowed)})")
-            if key in out:
-                raise self.error(key_node, key_path, "duplicate key")
-            out[key] = value_node
+                self.problem(key_node, key_path, f"unknown key (allowed: {', '.join(allowed)})")
+            elif key in out:
+                self.problem(key_node, key_path, "duplicate key")
+            else:
+                out[key] = value_node
         return out
 
     def require(self, fields: dict[str, Node], key: str, parent: Node, path: str) -> Node:
@@ -259,64 +345,138 @@ class _Parser:
             raise self.error(node, path, f"{value!r} is not one of {', '.join(options)}")
         return value
 
+    def boolean(self, node: Node, path: str) -> bool:
+        value = self.scalar(node, path)
+        if not isinstance(value, bool):
+            raise self.error(node, path, f"expected true or false, got {value!r}")
+        return value
+
     # -- schema ----------------------------------------------------------------------------
 
     def playbook(self, root: Node) -> Playbook:
         fields = self.mapping(root, "", _TOP_KEYS)
-        name = self.string(self.require(fields, "name", root, ""), "name")
+        name = self.attempt(lambda: self.string(self.require(fields, "name", root, ""), "name"))
         description = (
-            self.string(fields["description"], "description") if "description" in fields else ""
-        )
-        rules_node = self.require(fields, "rules", root, "")
-        rules: list[Rule] = []
-        seen: dict[str, int] = {}
-        for index, rule_node in enumerate(self.sequence(rules_node, "rules", "rules")):
-            rule = self.rule(rule_node, f"rules[{index}]")
-            if rule.name in seen:
-                name_node = self.mapping(rule_node, "", _RULE_KEYS)["name"]
-                raise self.error(
-                    name_node,
-                    f"rules[{index}].name",
-                    f"duplicate rule name {rule.name!r} (first defined on line {seen[rule.name]})",
-                )
-            seen[rule.name] = rule.line
-            rules.append(rule)
-        return Playbook(name=name, rules=tuple(rules), source=self.source, description=description)
-
-    def rule(self, node: Node, path: str) -> Rule:
-        fields = self.mapping(node, path, _RULE_KEYS)
-        name = self.string(self.require(fields, "name", node, path), f"{path}.name")
-        description = (
-            self.string(fields["description"], f"{path}.description")
+            self.attempt(lambda: self.string(fields["description"], "description"))
             if "description" in fields
             else ""
         )
-        when = self.condition(self.require(fields, "when", node, path), f"{path}.when")
-        action_nodes = self.sequence(
-            self.require(fields, "actions", node, path), f"{path}.actions", "actions"
+        rules: list[Rule] = []
+        seen: dict[str, int] = {}
+        rule_nodes = self.attempt(
+            lambda: self.sequence(self.require(fields, "rules", root, ""), "rules", "rules")
         )
-        actions = tuple(
-            self.action(action_node, f"{path}.actions[{index}]")
-            for index, action_node in enumerate(action_nodes)
+        for index, rule_node in enumerate(rule_nodes or ()):
+            rule = self.attempt(self.rule, rule_node, f"rules[{index}]", seen)
+            if rule is not None:
+                rules.append(rule)
+        if self.problems:
+            # In the order of the file (a stable sort: one line's problems as found).
+            raise PlaybookError.of(sorted(self.problems, key=lambda p: p.line or 0))
+        assert name is not None
+        return Playbook(
+            name=name, rules=tuple(rules), source=self.source, description=description or ""
         )
-        approvers, quorum, escalate_to = self.approval(fields, actions, path)
+
+    def rule(self, node: Node, path: str, seen: dict[str, int]) -> Rule | None:
+        """The rule, or None when it has a problem (recorded). `seen`: rule name -> line."""
+        before = len(self.problems)
+        fields = self.mapping(node, path, _RULE_KEYS)
+        name = self.attempt(
+            lambda: self.string(self.require(fields, "name", node, path), f"{path}.name")
+        )
+        if name is not None and name in seen:
+            self.problem(
+                fields["name"],
+                f"{path}.name",
+                f"duplicate rule name {name!r} (first defined on line {seen[name]})",
+            )
+        elif name is not None:
+            seen[name] = _line(node)
+        description = (
+            self.attempt(lambda: self.string(fields["description"], f"{path}.description"))
+            if "description" in fields
+            else ""
+        )
+        when = self.attempt(
+            lambda: self.condition(self.require(fields, "when", node, path), f"{path}.when")
+        )
+        action_nodes = self.attempt(
+            lambda: self.sequence(
+                self.require(fields, "actions", node, path), f"{path}.actions", "actions"
+            )
+        )
+        parsed: list[tuple[int, Node, ActionSpec]] = []
+        for index, action_node in enumerate(action_nodes or ()):
+            spec = self.attempt(self.action, action_node, f"{path}.actions[{index}]")
+            if spec is not None:
+                parsed.append((index, action_node, spec))
+        specs = [spec for _, _, spec in parsed]
+        # With an action left out by a mistake, what the rule asks approvers for is unknown.
+        complete = action_nodes is not None and len(specs) == len(action_nodes)
+        approval = self.attempt(lambda: self.approval(fields, tuple(specs), path, complete))
+        self.irreversible_low_risk(fields, parsed, path, complete)
+        if len(self.problems) > before:
+            return None
+        assert name is not None and when is not None and approval is not None
+        approvers, quorum, escalate_to = approval
         return Rule(
             name=name,
             when=when,
-            actions=actions,
-            description=description,
+            actions=tuple(specs),
+            description=description or "",
             line=_line(node),
             approvers=approvers,
             quorum=quorum,
             escalate_to=escalate_to,
         )
 
+    def irreversible_low_risk(
+        self,
+        fields: dict[str, Node],
+        parsed: list[tuple[int, Node, ActionSpec]],
+        path: str,
+        complete: bool,
+    ) -> None:
+        """An action nothing can undo (or that locks a person out) runs without an approval
+        only when the rule says so in so many words. `parsed`: (index, node, spec) of the
+        actions that loaded; `complete`: all of them did."""
+        allowed = False
+        if OPT_IN in fields:
+            allowed = bool(self.attempt(self.boolean, fields[OPT_IN], f"{path}.{OPT_IN}"))
+        guarded = [
+            (index, node, spec)
+            for index, node, spec in parsed
+            if spec.risk == Risk.low and actions.definition(spec.action_type).must_be_approved
+        ]
+        if allowed and complete and not guarded:
+            self.problem(
+                fields[OPT_IN],
+                f"{path}.{OPT_IN}",
+                "the rule runs no irreversible action with risk: low (nothing to allow)",
+            )
+        if allowed:
+            return
+        for index, node, spec in guarded:
+            definition = actions.definition(spec.action_type)
+            what = "is irreversible" if definition.irreversible else "locks a person out"
+            self.problem(
+                node,
+                f"{path}.actions[{index}].risk",
+                f"{spec.action_type} {what}: risk: low would run it without an approval; "
+                f"use risk: high, or set {OPT_IN}: true on the rule if that is meant",
+            )
+
     def approval(
-        self, fields: dict[str, Node], actions: tuple[ActionSpec, ...], path: str
+        self,
+        fields: dict[str, Node],
+        actions: tuple[ActionSpec, ...],
+        path: str,
+        complete: bool = True,
     ) -> tuple[tuple[str, ...], int, str | None]:
         """The rule's `approvers`, `quorum` and `escalate_to`."""
         given = [k for k in _APPROVAL_KEYS if k in fields]
-        if given and not any(a.risk == Risk.high for a in actions):
+        if given and complete and not any(a.risk == Risk.high for a in actions):
             key = given[0]
             raise self.error(
                 fields[key],
@@ -364,8 +524,9 @@ class _Parser:
         return value
 
     def condition(self, node: Node, path: str) -> Condition:
+        before = len(self.problems)
         fields = self.mapping(node, path, _CONDITION_KEYS)
-        if not fields:
+        if not fields and len(self.problems) == before:
             # An empty `when` would match every detection; make a catch-all explicit.
             raise self.error(
                 node,
@@ -378,41 +539,36 @@ class _Parser:
         repeat = None
         any_of: tuple[Condition, ...] = ()
         if "techniques" in fields:
-            techniques = self.patterns(fields["techniques"], f"{path}.techniques")
+            techniques = self.attempt(
+                lambda: self.patterns(fields["techniques"], f"{path}.techniques", "technique")
+            )
         if "tactics" in fields:
-            tactics = self.patterns(fields["tactics"], f"{path}.tactics")
+            tactics = self.attempt(
+                lambda: self.patterns(fields["tactics"], f"{path}.tactics", "tactic")
+            )
         if "severity_at_least" in fields:
-            severity = Severity(
-                self.choice(
+            chosen = self.attempt(
+                lambda: self.choice(
                     fields["severity_at_least"],
                     f"{path}.severity_at_least",
                     [s.value for s in Severity],
                 )
             )
+            severity = Severity(chosen) if chosen is not None else None
         if "confidence_at_least" in fields:
-            value_node = fields["confidence_at_least"]
-            confidence = self.number(value_node, f"{path}.confidence_at_least")
-            if not 0.0 <= confidence <= 1.0:
-                raise self.error(
-                    value_node,
-                    f"{path}.confidence_at_least",
-                    f"{confidence:g} is outside 0..1",
-                )
+            confidence = self.attempt(lambda: self.confidence(fields["confidence_at_least"], path))
         if "repeat_count_at_least" in fields:
-            value_node = fields["repeat_count_at_least"]
-            value = self.scalar(value_node, f"{path}.repeat_count_at_least")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise self.error(
-                    value_node,
-                    f"{path}.repeat_count_at_least",
-                    f"expected a whole number >= 1, got {value!r}",
-                )
-            repeat = value
+            repeat = self.attempt(lambda: self.repeat(fields["repeat_count_at_least"], path))
         if "any" in fields:
-            subs = self.sequence(fields["any"], f"{path}.any", "conditions")
-            any_of = tuple(
-                self.condition(sub, f"{path}.any[{index}]") for index, sub in enumerate(subs)
-            )
+            subs = self.attempt(lambda: self.sequence(fields["any"], f"{path}.any", "conditions"))
+            parsed = [
+                self.attempt(self.condition, sub, f"{path}.any[{index}]")
+                for index, sub in enumerate(subs or ())
+            ]
+            any_of = tuple(c for c in parsed if c is not None)
+        if len(self.problems) > before:
+            # The caller must not build a rule on a partial condition.
+            raise _Recorded
         return Condition(
             techniques=techniques,
             tactics=tactics,
@@ -423,74 +579,135 @@ class _Parser:
             line=_line(node),
         )
 
-    def patterns(self, node: Node, path: str) -> tuple[str, ...]:
-        items = self.sequence(node, path, "patterns")
-        # ATLAS ids are upper case; normalising here makes the match case-insensitive.
-        return tuple(
-            self.string(item, f"{path}[{index}]").upper() for index, item in enumerate(items)
-        )
+    def confidence(self, node: Node, path: str) -> float:
+        value = self.number(node, f"{path}.confidence_at_least")
+        if not 0.0 <= value <= 1.0:
+            raise self.error(node, f"{path}.confidence_at_least", f"{value:g} is outside 0..1")
+        return value
+
+    def repeat(self, node: Node, path: str) -> int:
+        value = self.scalar(node, f"{path}.repeat_count_at_least")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(
+                node,
+                f"{path}.repeat_count_at_least",
+                f"expected a whole number >= 1, got {value!r}",
+            )
+        return value
+
+    def patterns(self, node: Node, path: str, kind: str) -> tuple[str, ...]:
+        """Technique or tactic patterns; with a catalog, each must match one of its IDs."""
+        before = len(self.problems)
+        out: list[str] = []
+        for index, item in enumerate(self.sequence(node, path, "patterns")):
+            # ATLAS ids are upper case; normalising here makes the match case-insensitive.
+            text = self.attempt(self.string, item, f"{path}[{index}]")
+            if text is None:
+                continue
+            pattern = text.upper()
+            if self.known is not None:
+                ids = self.known.techniques if kind == "technique" else self.known.tactics
+                if not any(fnmatchcase(i, pattern) for i in ids):
+                    self.problem(
+                        item,
+                        f"{path}[{index}]",
+                        f"{pattern!r} matches no {kind} in {self.known.source}",
+                    )
+                    continue
+            out.append(pattern)
+        if len(self.problems) > before:
+            raise _Recorded
+        return tuple(out)
 
     def action(self, node: Node, path: str) -> ActionSpec:
+        before = len(self.problems)
         fields = self.mapping(node, path, _ACTION_KEYS)
-        type_node = self.require(fields, "type", node, path)
-        action_type = self.choice(type_node, f"{path}.type", actions.names())
-        definition = actions.definition(action_type)
+        action_type = self.attempt(
+            lambda: self.choice(
+                self.require(fields, "type", node, path), f"{path}.type", actions.names()
+            )
+        )
+        definition = actions.definition(action_type) if action_type is not None else None
         # Risk is required: defaulting either way would hide whether a human must approve.
-        risk = Risk(
-            self.choice(
+        chosen = self.attempt(
+            lambda: self.choice(
                 self.require(fields, "risk", node, path), f"{path}.risk", [r.value for r in Risk]
             )
         )
         duration_seconds = None
-        if "duration" in fields:
-            duration_node = fields["duration"]
-            if not definition.temporary:
-                temporary = [a.name for a in actions.ACTIONS.values() if a.temporary]
-                raise self.error(
-                    duration_node,
-                    f"{path}.duration",
-                    f"{action_type} is not temporary; duration only applies to "
-                    + ", ".join(sorted(temporary)),
-                )
-            raw = self.scalar(duration_node, f"{path}.duration")
-            try:
-                if not isinstance(raw, str):
-                    raise ValueError(f"{raw!r} has no unit; write it like 30s, 15m, 4h or 1d")
-                duration_seconds = parse_duration(raw)
-            except ValueError as exc:
-                raise self.error(duration_node, f"{path}.duration", str(exc)) from exc
+        if "duration" in fields and definition is not None:
+            duration_seconds = self.attempt(
+                lambda: self.duration(fields["duration"], f"{path}.duration", definition)
+            )
         params: dict[str, str] = {}
         if "params" in fields:
-            params_node = fields["params"]
-            if not isinstance(params_node, MappingNode):
-                raise self.error(params_node, f"{path}.params", "expected a mapping of strings")
-            for key_node, value_node in params_node.value:
-                key = self.string(key_node, f"{path}.params")
-                value_path = f"{path}.params.{key}"
-                if key in params:
-                    raise self.error(key_node, value_path, "duplicate key")
-                value = self.scalar(value_node, value_path)
-                if value is None or isinstance(value, list | dict):
-                    raise self.error(value_node, value_path, "expected a string value")
-                # The source text, so `on: yes` stays "yes" rather than becoming "True".
-                params[key] = str(value_node.value)
-            for key, reason in definition.param_errors(params):
-                raise self.error(params_node, f"{path}.params.{key}", reason)
+            params = self.attempt(lambda: self.params(fields["params"], path, definition)) or {}
+        if len(self.problems) > before:
+            raise _Recorded
+        assert action_type is not None and chosen is not None
         return ActionSpec(
             action_type=action_type,
-            risk=risk,
+            risk=Risk(chosen),
             duration_seconds=duration_seconds,
             params=params,
             line=_line(node),
         )
 
+    def duration(self, node: Node, path: str, definition: actions.ActionDefinition) -> int:
+        if not definition.temporary:
+            temporary = [a.name for a in actions.ACTIONS.values() if a.temporary]
+            raise self.error(
+                node,
+                path,
+                f"{definition.name} is not temporary; duration only applies to "
+                + ", ".join(sorted(temporary)),
+            )
+        raw = self.scalar(node, path)
+        try:
+            if not isinstance(raw, str):
+                raise ValueError(f"{raw!r} has no unit; write it like 30s, 15m, 4h or 1d")
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise self.error(node, path, str(exc)) from exc
+
+    def params(
+        self, node: Node, path: str, definition: actions.ActionDefinition | None
+    ) -> dict[str, str]:
+        if not isinstance(node, MappingNode):
+            raise self.error(node, f"{path}.params", "expected a mapping of strings")
+        params: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            key = self.string(key_node, f"{path}.params")
+            value_path = f"{path}.params.{key}"
+            if key in params:
+                raise self.error(key_node, value_path, "duplicate key")
+            value = self.scalar(value_node, value_path)
+            if value is None or isinstance(value, list | dict):
+                raise self.error(value_node, value_path, "expected a string value")
+            # The source text, so `on: yes` stays "yes" rather than becoming "True".
+            params[key] = str(value_node.value)
+        for key, reason in definition.param_errors(params) if definition else ():
+            raise self.error(node, f"{path}.params.{key}", reason)
+        return params
+
 
 def risk_notes(playbook: Playbook) -> list[str]:
-    """Where a rule runs without approval an action whose definition asks for one."""
-    return [
+    """Where a rule runs without approval an action whose definition asks for one, and where
+    it asks an approver to revoke an API key without blocking the key in the meantime."""
+    notes = [
         f"line {spec.line}: rule {rule.name!r}: {spec.action_type} runs with risk low, "
         "without an approval (its default risk is high)"
         for rule in playbook.rules
         for spec in rule.actions
         if spec.risk == Risk.low and actions.definition(spec.action_type).default_risk == Risk.high
     ]
+    for rule in playbook.rules:
+        types = {(a.action_type, a.risk) for a in rule.actions}
+        revoke = next((a for a in rule.actions if a.action_type == "revoke_api_key"), None)
+        if revoke and revoke.risk == Risk.high and ("block_api_key", Risk.low) not in types:
+            notes.append(
+                f"line {revoke.line}: rule {rule.name!r}: the key stays usable while its "
+                "revocation waits for an approver; add {type: block_api_key, risk: low, "
+                "duration: 15m} to contain it at once"
+            )
+    return notes

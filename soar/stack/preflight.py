@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from soar.config import Settings
 from soar.db import make_sync_engine
+from soar.policy.playbook import KnownIds
 
 
 class NotReady(Exception):
@@ -31,12 +32,38 @@ def head_revision() -> str:
     return head or ""
 
 
-def check_policy(settings: Settings) -> str:
-    """The playbook's name; a bad one raises PlaybookError (soar.errors names the variable)."""
+def check_policy(settings: Settings, known: KnownIds | None = None) -> str:
+    """The playbook's name; a bad one raises PlaybookError (soar.errors names the variable).
+    `known`: also check its technique and tactic patterns against these IDs (those of the
+    loaded catalog, `catalog_known_ids`)."""
     from soar.policy import default_playbook, load_playbook
 
-    book = load_playbook(settings.policy_file) if settings.policy_file else default_playbook()
-    return book.name
+    if settings.policy_file:
+        return load_playbook(settings.policy_file, known=known).name
+    return default_playbook().name
+
+
+def catalog_known_ids(url: str) -> KnownIds:
+    """The IDs of the catalog loaded in the database, else (none loaded yet: `soar migrate`
+    loads it) of the built-in catalog."""
+    from sqlalchemy.orm import Session
+
+    from soar.atlas.builtin import BUILTIN_CATALOG
+    from soar.atlas.store import catalog_ids
+
+    engine = make_sync_engine(url)
+    try:
+        with Session(engine) as session:
+            found = catalog_ids(session)
+    finally:
+        engine.dispose()
+    if found is None or not found.techniques:
+        return KnownIds.of(BUILTIN_CATALOG, f"the built-in ATLAS catalog {BUILTIN_CATALOG.version}")
+    return KnownIds(
+        techniques=frozenset(i.upper() for i in found.techniques),
+        tactics=frozenset(i.upper() for i in found.tactics),
+        source=f"the loaded ATLAS catalog {found.version} ({found.source})",
+    )
 
 
 def check_database(url: str) -> None:

@@ -11,16 +11,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
 
 from soar.config import Settings
 from soar.db import safe_url
+from soar.escape import terminal_text
 from soar.sources import new_secret
 from soar.stack.postgres import EmbeddedPostgres, EmbeddedPostgresError
 from soar.stack.proc import free_port, port_in_use
 from soar.stack.temporal import EmbeddedTemporal, EmbeddedTemporalError
+
+if TYPE_CHECKING:
+    from soar.stack.console import ConsoleFeed
 
 
 def ensure_webhook_secret(settings: Settings) -> tuple[str, str]:
@@ -149,7 +154,8 @@ def _run_stack(
         line = explain(exc)
         if line is None:
             raise
-        err.print(f"[red]error:[/red] {line}", highlight=False)
+        for part in line.splitlines():
+            err.print(f"[red]error:[/red] {terminal_text(part)}", highlight=False)
         return 1
     if port_in_use(settings.api_host, settings.api_port):
         err.print(
@@ -195,6 +201,17 @@ def _run_stack(
             from soar.stack.bootstrap import migrate_and_seed
 
             catalog = migrate_and_seed(db_url)
+            from soar.stack.preflight import catalog_known_ids
+
+            try:  # its patterns against the catalog now loaded, before anything starts
+                check_policy(settings, catalog_known_ids(db_url))
+            except Exception as exc:
+                line = explain(exc)
+                if line is None:
+                    raise
+                for part in line.splitlines():
+                    err.print(f"[red]error:[/red] {terminal_text(part)}", highlight=False)
+                return 1
             gateway = f"{GATEWAY_PRINCIPAL}:gateway:{ensure_gateway_token(settings)}"
             admin = f"{ADMIN_PRINCIPAL}:admin:{ensure_admin_token(settings)}"
             tokens = settings.api_tokens.get_secret_value() if settings.api_tokens else ""
@@ -272,12 +289,19 @@ def _run_stack(
             highlight=False,
             markup=False,
         )
-        console.print("Press Ctrl-C to stop.")
-        while not stopping:
-            if any(c.poll() is not None for c in children):
-                err.print("[red]error:[/red] the worker or the API exited; stopping")
-                return 1
-            time.sleep(0.3)
+        console.print("Press Ctrl-C to stop. Detections, blocks and decisions show below.")
+        from soar.stack.console import ConsoleFeed
+
+        feed = ConsoleFeed(db_url)
+        try:
+            while not stopping:
+                if any(c.poll() is not None for c in children):
+                    err.print("[red]error:[/red] the worker or the API exited; stopping")
+                    return 1
+                _show_feed(feed, console, err)
+                time.sleep(0.3)
+        finally:
+            feed.close()
         return 0
     except (EmbeddedPostgresError, EmbeddedTemporalError) as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -296,6 +320,20 @@ def _run_stack(
         if pg:
             pg.stop()
         console.print("stopped.")
+
+
+def _show_feed(feed: ConsoleFeed, console: Console, err: Console) -> None:
+    """The console's lines since the last call; a database hiccup only skips a beat."""
+    try:
+        lines = feed.poll()
+    except Exception as exc:
+        if not feed.failing:  # once, not every beat
+            err.print(f"[yellow]note:[/yellow] console feed: {terminal_text(type(exc).__name__)}")
+        feed.failing = True
+        return
+    feed.failing = False
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def stop_children(children: list[subprocess.Popen[bytes]], *, grace: float, err: Console) -> bool:

@@ -151,10 +151,7 @@ async def test_approver_signs_in_approves_and_sees_the_action_applied(
         await expect(page.get_by_role("status")).to_contain_text("approved by alice")
         await expect(page.get_by_text("No approval is waiting.")).to_be_visible()
 
-        async def revoked() -> bool:
-            return bool((await stack.enforcement("api-keys", "k-1"))["blocked"])
-
-        await eventually(revoked, timeout=20)
+        await eventually(lambda: stack.revoked("k-1"), timeout=20)
         await page.get_by_role("link", name=incident_id).first.click()
         await expect(page.get_by_role("heading", level=1)).to_contain_text(incident_id)
         actions = page.get_by_role("region", name="Actions", exact=True)

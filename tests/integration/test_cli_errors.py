@@ -80,7 +80,10 @@ def _free_port() -> int:
 
 def _bad_policy(tmp_path: Path) -> Path:
     bad = tmp_path / "policy.yaml"
-    bad.write_text("name: broken\nrules:\n  - name: r\n    when: {severity_at_least: huge}\n")
+    bad.write_text(
+        "name: broken\nrules:\n  - name: r\n    when: {severity_at_least: huge}\n"
+        "    actions: [{type: notify, risk: low}]\n"
+    )
     return bad
 
 

@@ -115,7 +115,7 @@ async def test_critical_leakage_waits_for_approval_then_revokes_key(
         inc = await stack.incident(iid)
         revoke = [a for a in inc["actions"] if a["type"] == "revoke_api_key"]
         assert revoke and revoke[0]["status"] == "pending_approval"
-        assert not (await stack.enforcement("api-keys", "k-77"))["blocked"]
+        assert not await stack.revoked("k-77")  # blocked for 15 minutes only, not revoked
 
         refused = await stack.http.post(
             f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("auditor")
@@ -128,13 +128,9 @@ async def test_critical_leakage_waits_for_approval_then_revokes_key(
         )
         assert ok.status_code == 200, ok.text
         assert ok.json()["status"] == "approved"
-        await eventually(lambda: _key_blocked(stack, "k-77"), timeout=10)
+        await eventually(lambda: stack.revoked("k-77"), timeout=10)
         second = await stack.http.post(
             f"/v1/approvals/{apr}/decision", json={"decision": "reject"}, headers=bearer("admin")
         )
         assert second.status_code == 409
         assert "already approved" in second.json()["detail"]
-
-
-async def _key_blocked(stack, key):  # type: ignore[no-untyped-def]
-    return (await stack.enforcement("api-keys", key))["blocked"]

@@ -79,7 +79,7 @@ async def test_raw_temporal_client_cannot_approve_but_the_api_can(
         # Nothing taken, nothing recorded: still pending, the key not revoked.
         row = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
         assert row.json()["status"] == "pending" and row.json()["decided_by"] is None
-        assert not (await stack.enforcement("api-keys", "k-t"))["blocked"]
+        assert not await stack.revoked("k-t")
         assert (await action_of(stack, iid, revoke["action_id"]))["status"] == "pending_approval"
 
         # The same decision through the API (the gate signs it): taken.
@@ -87,13 +87,9 @@ async def test_raw_temporal_client_cannot_approve_but_the_api_can(
             f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("admin")
         )
         assert ok.status_code in (200, 202), ok.text
-        await eventually(lambda: _blocked(stack, "api-keys", "k-t"), timeout=20)
+        await eventually(lambda: stack.revoked("k-t"), timeout=20)
         row = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
         assert row.json()["status"] == "approved" and row.json()["decided_by"] == "admin-user"
-
-
-async def _blocked(stack: Any, kind: str, target: str) -> bool:
-    return bool((await stack.enforcement(kind, target))["blocked"])
 
 
 async def test_no_self_approval(

@@ -99,7 +99,8 @@ async def test_no_decision_in_time_escalates_then_expires(
         evs = events(db_url, iid)
         assert evs.index("approval.requested") < evs.index("approval.escalated")
         assert evs.index("approval.escalated") < evs.index("approval.expired")
-        assert not (await stack.enforcement("api-keys", "k-x"))["blocked"]
+        assert not await stack.revoked("k-x")  # only blocked for a while
+        assert (await stack.enforcement("api-keys", "k-x"))["blocked"]
         inc = await stack.incident(iid)
         assert [a["status"] for a in inc["approvals"]] == ["expired"]
         assert {a["type"]: a["status"] for a in inc["actions"]}["revoke_api_key"] == "expired"
@@ -187,7 +188,7 @@ async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothin
                 assert ok.status_code in (200, 202), ok.text
                 if ok.status_code == 202:
                     assert ok.json()["poll"] == f"/v1/approvals/{a['approval_id']}"
-            await eventually(lambda: _blocked(stack, "api-keys", "k-k"), timeout=30)
+            await eventually(lambda: stack.revoked("k-k"), timeout=30)
             await eventually(lambda: _blocked(stack, "users", "u-k"), timeout=30)
             await eventually(lambda: len(hooks.calls) == 3, timeout=30)
         finally:
@@ -206,8 +207,13 @@ async def test_worker_killed_between_block_and_approval_loses_and_repeats_nothin
         cur.execute("SELECT * FROM action_log ORDER BY seq")
         cols = [d.name for d in cur.description or ()]
         rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-    assert dict(applied) == {"block_session": 1, "revoke_api_key": 1, "disable_user": 1}
-    assert blocks == (3,)
+    assert dict(applied) == {
+        "block_session": 1,
+        "block_api_key": 1,
+        "revoke_api_key": 1,
+        "disable_user": 1,
+    }
+    assert blocks == (4,)
     verdict = verify_rows(rows)
     assert verdict.problem is None and verdict.checked == len(rows)
 

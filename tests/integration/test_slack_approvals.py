@@ -236,7 +236,7 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         assert "AML.T0057" in json.dumps(message.params["blocks"])
         await eventually(lambda: approval_row(db_url, approval_id).slack_ts, timeout=10)
         assert await blocked(stack, "sessions", "s-77")  # contained without waiting
-        assert not await blocked(stack, "api-keys", KEY)
+        assert not await stack.revoked(KEY)
 
         # A forged or replayed click is refused before anything is read.
         payload = click(slack, message, approval_id, "soar_approve", "U-ALICE", reply_to="x")
@@ -273,7 +273,7 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         assert refused[0].outcome == "refused"
         assert refused[0].details["slack_user_id"] == "U-MALLORY"
         assert approval_row(db_url, approval_id).status == "pending"
-        assert not await blocked(stack, "api-keys", KEY)
+        assert not await stack.revoked(KEY)
         # The 401s above left no trace.
         assert all(r.actor != "slack:U-ALICE" for r in refused)
         assert "x" not in slack.responses
@@ -284,7 +284,7 @@ async def test_approve_in_slack_applies_once_and_refuses_everything_after(
         r = await interact(stack, payload)
         assert r.status_code == 200 and r.content == b""
         assert time.monotonic() - t0 < 3.0
-        await eventually(lambda: blocked(stack, "api-keys", KEY), timeout=15)
+        await eventually(lambda: stack.revoked(KEY), timeout=15)
         updated = await eventually(lambda: updates_of(slack, message.response["ts"]), timeout=10)
         assert not any(has_buttons(u) for u in updated)
         assert "Approved by slack:U-ALICE at " in updated[-1].params["text"]
@@ -395,7 +395,7 @@ async def test_reject_with_a_reason_from_the_modal(
         )
         assert "Rejected by slack:U-ALICE" in updated[-1].params["text"]
         assert not has_buttons(updated[-1])
-        assert not await blocked(stack, "api-keys", KEY)
+        assert not await stack.revoked(KEY)
 
 
 async def test_rate_limited_post_is_retried_by_the_sdk(
@@ -467,7 +467,7 @@ async def test_slack_down_never_blocks_containment_or_the_decision(
         )
         assert r.status_code == 200, r.text
         assert r.json()["status"] == "approved"
-        await eventually(lambda: blocked(stack, "api-keys", KEY), timeout=15)
+        await eventually(lambda: stack.revoked(KEY), timeout=15)
         assert not any(c.ok for c in slack.calls)  # Slack never answered
 
 
@@ -517,13 +517,13 @@ async def test_reminder_at_half_time_then_expired(
         assert not has_buttons(update)
         assert "not taken" in json.dumps(update.params["blocks"])
         assert approval_row(db_url, approval_id).status == "expired"
-        assert not await blocked(stack, "api-keys", KEY)
+        assert not await stack.revoked(KEY)
 
         # A click on the expired message: refused, with a reason the user understands.
         payload = click(slack, message, approval_id, "soar_approve", "U-ALICE", reply_to="late")
         assert (await interact(stack, payload)).status_code == 200
         assert "already expired" in slack.wait_for_response("late")[0]["text"]
-        assert not await blocked(stack, "api-keys", KEY)
+        assert not await stack.revoked(KEY)
 
 
 def test_a_long_rate_limit_is_left_to_the_activity_retry(slack: FakeSlack) -> None:

@@ -56,6 +56,13 @@ def test_up_with_existing_servers_then_ctrl_c(
         assert not (home / "pgdata").exists() and not (home / "temporal.db").exists()
         assert (home / "webhook-secret").read_text().startswith("whsec_")
         _try_it_as_the_readme_says(home, port)
+        # The console says what happened, one line each: the detection and the block.
+        wanted = ("detection  AML.T0051", "applied    Blocked session s-try")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(any(w in ln for ln in lines) for w in wanted):
+            time.sleep(0.1)
+        for w in wanted:
+            assert sum(w in ln for ln in lines) == 1, "".join(lines)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

@@ -243,11 +243,7 @@ async def test_approver_decides_in_the_ui(
             page = (await http.get(r.headers["location"])).text
             assert "approved by approver-user" in page
 
-            async def revoked() -> bool:
-                status = await stack.enforcement("api-keys", "k-1")
-                return bool(status["blocked"])
-
-            await eventually(revoked, timeout=20)
+            await eventually(lambda: stack.revoked("k-1"), timeout=20)
             inc = await stack.incident(incident_id)
             ap = next(a for a in inc["approvals"] if a["approval_id"] == approval_id)
             decided = (ap["status"], ap["decided_by"], ap["channel"], ap["comment"])

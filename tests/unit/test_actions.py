@@ -124,6 +124,7 @@ rules:
     when: {severity_at_least: info}
     actions:
       - {type: revoke_api_key, risk: low}
+    allow_irreversible_low_risk: true
 """
     playbook = load_playbook_text(text, "p.yaml")
     (note,) = risk_notes(playbook)
