@@ -453,6 +453,11 @@ def _print_report(out: Console, data: dict[str, Any]) -> None:
         f"pending {a.get('pending', 0)}",
         highlight=False,
     )
+    if dispositions := t.get("dispositions"):
+        out.print(
+            "closed as: " + ", ".join(f"{k} {v}" for k, v in dispositions.items()),
+            highlight=False,
+        )
     out.print(f"time to contain p50/p95: {_secs(t['time_to_contain_seconds'])}", highlight=False)
     out.print(f"time to decision p50/p95: {_secs(t['time_to_decision_seconds'])}", highlight=False)
     for key, title in (("by_technique", "technique"), ("by_tactic", "tactic")):

@@ -15,6 +15,7 @@ import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from typer.testing import CliRunner
 
+from atlas_soar.cli import app
 from soar.decisions import sign_decision
 from soar.domain import UPDATE_ANALYST, AnalystRequest, AnalystResult
 from tests.support import (
@@ -156,6 +157,11 @@ async def test_lift_early_contain_again_close_as_false_positive(
         assert [i["incident_id"] for i in found.json()["incidents"]] == [iid]
         summary = await stack.http.get("/v1/reports/summary", headers=bearer("auditor"))
         assert summary.json()["totals"]["dispositions"]["false_positive"] == 1
+        report = await asyncio.to_thread(
+            CliRunner().invoke, app, ["report"], env={"SOAR_DATABASE_URL": db_url}
+        )
+        assert report.exit_code == 0, report.output
+        assert "false_positive 1" in report.stdout.split("closed as:", 1)[1].splitlines()[0]
 
         # A closed incident's workflow has ended: a note and a new disposition still land.
         await eventually(lambda: _ended(temporal_client, inc["workflow_id"]), timeout=10)
@@ -164,8 +170,6 @@ async def test_lift_early_contain_again_close_as_false_positive(
         r = await act(stack.http, close, "admin", disposition="benign", reason="reclassified")
         assert r.status_code == 200, r.text
         assert (await stack.incident(iid))["disposition"] == "benign"
-
-    from atlas_soar.cli import app
 
     env = {"SOAR_DATABASE_URL": db_url}
     out = await asyncio.to_thread(CliRunner().invoke, app, ["report", "--json"], env=env)
