@@ -29,6 +29,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 
+from soar.detect.matcher import Regex
 from soar.redact import _INVISIBLE
 
 __all__ = ["Normalised", "Signals", "deleet", "normalise", "rot13"]
@@ -136,31 +137,61 @@ _HOMOGLYPHS.update(
 _LOOKALIKES: Final = frozenset(
     chr(c) for c in _HOMOGLYPHS if chr(c).isalpha() and ord(chr(c)) < 0x1F000
 )
+# (non-ASCII only: the upper case of a dotless i is "I")
 _LOOKALIKE_CLASS: Final = "".join(
-    sorted(_LOOKALIKES | {c.upper() for c in _LOOKALIKES if len(c.upper()) == 1})
+    sorted(
+        c
+        for c in _LOOKALIKES | {c.upper() for c in _LOOKALIKES if len(c.upper()) == 1}
+        if not c.isascii()
+    )
 )
 _ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
-# A whole run of non-ASCII characters (it starts where the previous character is ASCII).
-_NON_ASCII_RUN = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f]++")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]++")
+
+
+# A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
+# part of the match and dropped from the span). RE2: linear, however long the runs.
+_NON_LATIN_RUN = "[^\\x00-\\x7f]"
+_LOOKALIKE_RE2 = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _LOOKALIKE_CLASS) + "]"
+_MIXED_RUN = Regex(
+    f"[A-Za-z]{_NON_LATIN_RUN}*{_LOOKALIKE_RE2}{_NON_LATIN_RUN}*"
+    f"|{_NON_LATIN_RUN}*{_LOOKALIKE_RE2}{_NON_LATIN_RUN}*[A-Za-z]"
+)
+_MAX_MIXED: Final = 16
 
 
 def _mixed_script(text: str) -> list[tuple[int, int]]:
     """Runs of non-ASCII characters that hold a Cyrillic/Greek lookalike and touch a Latin
-    letter ("ign\\u043ere", with a Cyrillic o)."""
+    letter ("ign\\u043ere", with a Cyrillic o); the first :data:`_MAX_MIXED` of them."""
     if _ANY_LOOKALIKE.search(text) is None:
         return []
     out = []
-    for m in _NON_ASCII_RUN.finditer(text):
-        if _ANY_LOOKALIKE.search(m.group(0)) is None:
-            continue
-        before = text[m.start() - 1 : m.start()]
-        after = text[m.end() : m.end() + 1]
-        if (before.isascii() and before.isalpha()) or (after.isascii() and after.isalpha()):
-            out.append(m.span())
+    for start, end in _MIXED_RUN.finditer_text(text):
+        if text[start].isascii():
+            start += 1
+        if text[end - 1].isascii():
+            end -= 1
+        out.append((start, end))
+        if len(out) >= _MAX_MIXED:
+            break
     return out
 
 
-_NON_ASCII = re.compile(r"[^\x00-\x7f]++")
+def _fold_lookalikes(low: str) -> str:
+    """``low.translate(_HOMOGLYPHS)``, faster: the table maps only non-ASCII characters, and
+    CPython translates a non-ASCII string with one dictionary look-up per character, so a text
+    with a few non-ASCII characters has only its non-ASCII runs translated."""
+    if low.isascii():
+        return low
+    if 8 * (len(low) - len(low.encode("ascii", "ignore"))) > len(low):
+        return low.translate(_HOMOGLYPHS)
+    return _NON_ASCII.sub(_translate_run, low)
+
+
+def _translate_run(m: re.Match[str]) -> str:
+    return m.group(0).translate(_HOMOGLYPHS)
+
+
 # Terminal escape sequences (CSI, OSC, two-character ESC sequences, C1 CSI) and control codes
 # other than tab, newline and carriage return: dropped like invisible characters, so that
 # "ig\x1b[0mnore" reads "ignore". Every repetition is bounded or possessive (linear).
@@ -253,7 +284,7 @@ def _fold(chunk: str) -> str:
     low = chunk.lower()
     if len(low) != len(chunk):  # e.g. U+0130 lowers to two code points: keep lengths aligned
         low = "".join(c if len(c.lower()) != 1 else c.lower() for c in chunk)
-    return low.translate(_HOMOGLYPHS)
+    return _fold_lookalikes(low)
 
 
 def normalise(text: str) -> Normalised:
@@ -268,7 +299,7 @@ def normalise(text: str) -> Normalised:
         if len(nfkc) == len(text) and len(low) == len(text):
             # one to one: no map needed (the common case of typographic quotes and emoji)
             signals.mixed_script.extend(_mixed_script(text))
-            return Normalised(low.translate(_HOMOGLYPHS), text, nfkc, [], [], [], signals)
+            return Normalised(_fold_lookalikes(low), text, nfkc, [], [], [], signals)
     parts: list[str] = []
     cased: list[str] = []
     norm: list[int] = []

@@ -169,7 +169,7 @@ rules:
     score: 0.5
     why: test
     keywords: [hello]
-    pattern: 'hello\\W++world'
+    pattern: 'hello\\W+world'
 """
 
 
@@ -182,17 +182,34 @@ def test_a_pack_loads_and_scans() -> None:
 @pytest.mark.parametrize(
     ("replace", "line", "reason"),
     [
-        (("pattern: 'hello\\W++world'", "pattern: '(a+)+b'"), 8, "unbounded quantifier"),
-        (("pattern: 'hello\\W++world'", "pattern: '(a|b)\\1'"), 8, "backreferences"),
-        (("pattern: 'hello\\W++world'", "pattern: '(?:a{0,90}){0,90}'"), 8, "nested"),
-        (("pattern: 'hello\\W++world'", "pattern: '[z-a]'"), 8, "invalid regular expression"),
+        (("pattern: 'hello\\W+world'", "pattern: '(a++)b'"), 8, "possessive"),
+        (("pattern: 'hello\\W+world'", "pattern: '(a|b)\\1'"), 8, "backreferences"),
+        (("pattern: 'hello\\W+world'", "pattern: '(?<!x)a'"), 8, "lookbehind"),
+        (("pattern: 'hello\\W+world'", "pattern: 'a(?!b)'"), 8, "lookahead"),
+        (("pattern: 'hello\\W+world'", "pattern: '(?:a{0,90}){0,90}'"), 8, "nested"),
+        (
+            ("pattern: 'hello\\W+world'", "pattern: '[^)]{0,999}x[^)]{0,999}y[^)]{0,999}'"),
+            8,
+            "too large",
+        ),
+        (("pattern: 'hello\\W+world'", "pattern: '[z-a]'"), 8, "invalid regular expression"),
+        (
+            ("    pattern: 'hello\\W+world'\n", "    detector: pii\n    unless: x\n"),
+            9,
+            "only a pattern",
+        ),
+        (
+            ("    pattern: 'hello\\W+world'\n", "    pattern: 'a'\n    unless: '(?=a)'\n"),
+            9,
+            "lookahead",
+        ),
         (("technique: AML.T0051", "technique: AML.T9999"), 4, "not in the ATLAS catalog"),
         (("technique: AML.T0051", "technique: T1059"), 4, "not an ATLAS ID"),
         (("score: 0.5", "score: 1.5"), 5, "(0, 1]"),
         (("why: test", "wy: test"), 6, "unknown key 'wy'"),
         (("keywords: [hello]", "keywords: [Hello]"), 7, "lower case"),
-        (("    pattern: 'hello\\W++world'\n", "    detector: magic\n"), 8, "not one of"),
-        (("    pattern: 'hello\\W++world'\n", ""), 3, "exactly one of"),
+        (("    pattern: 'hello\\W+world'\n", "    detector: magic\n"), 8, "not one of"),
+        (("    pattern: 'hello\\W+world'\n", ""), 3, "exactly one of"),
         (("  - id: t.one", "  - id: T One"), 3, "lower-case"),
         (("why: test", "why: test\n    why: again"), 7, "duplicate key"),
         (("rules:", "rules: []\nx:"), 3, "unknown key"),
@@ -210,6 +227,20 @@ def test_a_bad_pack_is_refused_with_line_and_reason(
     assert str(err).startswith(f"bad.yaml line {line}: ")
     if reason:
         assert reason in err.reason
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+b", "(a|aa)*c", "(x+x+)+y", "(?:a*)*b|a{0,999}c"])
+def test_patterns_that_backtrack_catastrophically_elsewhere_are_linear(pattern: str) -> None:
+    """Under a backtracking engine (Python's re) each of these takes exponential or quadratic
+    time on a long run of "a"/"x" with no match; RE2 reads the text once."""
+    text = GOOD.replace("hello\\W+world", pattern).replace("    keywords: [hello]\n", "")
+    pack = load_pack_text(text, "t.yaml", KNOWN_TECHNIQUES)
+    engine = Engine([pack])
+    for text in ("hello " + "a" * 200_000, "hello " + "x" * 200_000):
+        start = time.perf_counter()
+        assert engine.scan(text) == []
+        assert time.perf_counter() - start < 0.5, pattern
+    assert [f.rule for f in engine.scan("hello aaab xxy c")] == ["t.one"]
 
 
 def test_duplicate_rule_ids_and_broken_yaml() -> None:

@@ -1,0 +1,144 @@
+"""RE2 behind a small typed interface: the regular expressions of the rule packs.
+
+Rule patterns are compiled with RE2 (the ``google-re2`` binding), whose automata match in time
+linear in the text, whatever the pattern: no backtracking, so no pattern can be made slow by
+its input. All matching is on UTF-8 ``bytes`` (offsets are byte offsets); the engine encodes
+each text once. :class:`PatternSet` runs many patterns in one pass over the text (``RE2::Set``)
+and says which of them match somewhere; :class:`Regex` then finds where.
+
+RE2 syntax is Perl's without backreferences, lookaround assertions, possessive quantifiers or
+atomic groups; ``\\w``, ``\\b``, ``\\s`` and ``\\d`` are ASCII (the engine matches lower-cased,
+NFKC-normalised text, where that is what the rules mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import re2
+
+__all__ = ["MAX_PROGRAM", "PatternError", "PatternSet", "Regex"]
+
+# The largest compiled program (RE2 instructions) one rule pattern may have: bounded
+# repetitions are expanded (``[^)]{0,500}`` is 500 copies), so this bounds the memory and the
+# cost per character of a pattern; since RE2 never backtracks, an unbounded ``*`` is the cheap
+# way to say "any number".
+MAX_PROGRAM: Final = 5_000
+# Memory budgets (program and lazily built DFA states) of one pattern and of one set: when its
+# DFA cache fills up RE2 empties it and goes on (a single pattern may also fall back to its NFA),
+# so the budget is speed, not correctness; a set's budget is larger, since it holds every rule.
+_MAX_MEM: Final = 8 << 20
+_MAX_MEM_SET: Final = 48 << 20
+
+
+class PatternError(ValueError):
+    """A pattern RE2 refuses, with the reason in words."""
+
+
+def _options(max_mem: int) -> Any:
+    opts = re2.Options()
+    opts.log_errors = False
+    opts.max_mem = max_mem
+    return opts
+
+
+_OPTIONS: Final = _options(_MAX_MEM)
+_SET_OPTIONS: Final = _options(_MAX_MEM_SET)
+
+_REASONS: Final = (
+    ("invalid perl operator: (?<", "lookbehind assertions are not supported (RE2 syntax)"),
+    ("invalid perl operator: (?=", "lookahead assertions are not supported (RE2 syntax)"),
+    ("invalid perl operator: (?!", "lookahead assertions are not supported (RE2 syntax)"),
+    ("invalid perl operator: (?>", "atomic groups are not supported (RE2 syntax)"),
+    (
+        "bad repetition operator: ++",
+        "possessive quantifiers are not supported (RE2 syntax; RE2 never backtracks, so a plain "
+        "quantifier is as fast)",
+    ),
+    ("bad repetition operator: *+", "possessive quantifiers are not supported (RE2 syntax)"),
+    ("bad repetition operator: ?+", "possessive quantifiers are not supported (RE2 syntax)"),
+    ("bad repetition operator: }+", "possessive quantifiers are not supported (RE2 syntax)"),
+    ("invalid escape sequence: \\1", "backreferences are not allowed"),
+    (
+        "invalid repetition size",
+        "repetition bound over 1000, or nested bounds multiplying to more than 1000 (RE2's limit; "
+        "RE2 never backtracks, so an unbounded '*' or '+' is as safe)",
+    ),
+)
+
+
+def _reason(message: str) -> str:
+    for needle, why in _REASONS:
+        if message.startswith(needle):
+            return why
+    if "invalid escape sequence: \\" in message and message[-1:].isdigit():
+        return "backreferences are not allowed"
+    return f"invalid regular expression: {message}"
+
+
+def _error_text(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+
+
+class Regex:
+    """One compiled pattern, matched on UTF-8 bytes."""
+
+    __slots__ = ("_re", "_re_str", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            self._re = re2.compile(source.encode("utf-8"), _OPTIONS)
+        except re2.error as exc:
+            raise PatternError(_reason(_error_text(exc))) from exc
+        self._re_str: Any = None
+        size = int(self._re.programsize)
+        if size > MAX_PROGRAM:
+            raise PatternError(
+                f"the pattern is too large ({size} RE2 instructions, at most {MAX_PROGRAM}): "
+                "use smaller repetition bounds"
+            )
+
+    def search(self, data: bytes, pos: int = 0) -> tuple[int, int] | None:
+        m = self._re.search(data, pos)
+        return None if m is None else (int(m.start()), int(m.end()))
+
+    def match(self, data: bytes, pos: int) -> bool:
+        """Whether the pattern matches starting exactly at ``pos``."""
+        return self._re.match(data, pos) is not None
+
+    def finditer(self, data: bytes, pos: int = 0) -> Iterator[tuple[int, int]]:
+        for m in self._re.finditer(data, pos):
+            yield int(m.start()), int(m.end())
+
+    def finditer_text(self, text: str) -> Iterator[tuple[int, int]]:
+        """Matches in a ``str``, as character offsets (the binding maps them, in one pass)."""
+        if self._re_str is None:
+            self._re_str = re2.compile(self.source, _OPTIONS)
+        for m in self._re_str.finditer(text):
+            yield int(m.start()), int(m.end())
+
+
+class PatternSet:
+    """Several patterns run in one pass; :meth:`match` gives the indexes of those that match."""
+
+    __slots__ = ("_set", "size")
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        self._set = re2.Set.SearchSet(_SET_OPTIONS)
+        for source in sources:
+            try:
+                self._set.Add(source.encode("utf-8"))
+            except re2.error as exc:
+                raise PatternError(_reason(_error_text(exc))) from exc
+        self.size = len(sources)
+        if sources:
+            self._set.Compile()
+
+    def match(self, data: bytes) -> list[int]:
+        if not self.size:
+            return []
+        got = self._set.Match(data)
+        return [] if got is None else sorted(int(i) for i in got)
