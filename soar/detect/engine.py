@@ -42,18 +42,17 @@ from typing import Final, Literal
 
 from soar.detect import leakage
 from soar.detect.catalog import KNOWN_TECHNIQUES
-from soar.detect.matcher import PatternSet
+from soar.detect.matcher import PatternSet, Regex
 from soar.detect.normalise import Normalised, deleet, normalise, rot13
 from soar.detect.rules import Rule, RulePack, builtin_packs
 
 __all__ = ["MAX_CHARS", "Engine", "Finding", "technique_scores"]
 
 MAX_CHARS: Final = 262_144
-# Whole runs: the leftmost match is at the start of a run, and a shorter run cannot match (so
-# no lookbehind is needed, which keeps the scan for the first character fast).
-_B64_SEGMENT = re.compile(r"[A-Za-z0-9+/_-]{20,}+={0,2}+")
-_HEX_SEGMENT = re.compile(r"[0-9a-f]{20,}+")
-_HEX_ESCAPES = re.compile(r"(?:\\x[0-9a-f]{2}){6,}+")
+# Whole runs (RE2: the leftmost match starts where a run starts and takes all of it).
+_B64_SEGMENT = Regex(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+_HEX_SEGMENT = Regex(r"[0-9a-f]{20,}")
+_HEX_ESCAPES = Regex(r"(?:\\x[0-9a-f]{2}){6,}")
 # In the set: the text may hold an encoded segment (on the lower-cased text, so a superset of
 # the base64 runs of the cased one).
 _ENCODED_HINT: Final = r"[a-z0-9+/_-]{20}|(?:\\x[0-9a-f]{2}){6}"
@@ -219,25 +218,25 @@ class Engine:
         first: Finding | None = None
         budget = _MAX_DECODED
         segments = 0
-        candidates = [(m, "base64") for m in _B64_SEGMENT.finditer(norm.cased)]
-        candidates += [(m, "hex") for m in _HEX_SEGMENT.finditer(norm.text)]
+        candidates = [(m, "base64") for m in _B64_SEGMENT.finditer_text(norm.cased)]
+        candidates += [(m, "hex") for m in _HEX_SEGMENT.finditer_text(norm.text)]
         if "\\x" in norm.text:
-            candidates += [(m, "hex") for m in _HEX_ESCAPES.finditer(norm.text)]
-        for m, how in candidates:
+            candidates += [(m, "hex") for m in _HEX_ESCAPES.finditer_text(norm.text)]
+        for (start, end), how in candidates:
             if segments >= _MAX_SEGMENTS or budget <= 0:
                 break
-            segment = m.group(0)
             if how == "base64":
+                segment = norm.cased[start:end]
                 if segment.islower() or segment.isupper() or segment.isdigit():
                     continue  # an identifier, a hex digest or a number, not base64 text
                 decoded = _decode_base64(segment[: budget * 2])
             else:
-                decoded = _decode_hex(segment[: budget * 4])
+                decoded = _decode_hex(norm.text[start:end][: budget * 4])
             if decoded is None:
                 continue
             segments += 1
             budget -= len(decoded)
-            span = norm.original_span(m.start(), m.end())
+            span = norm.original_span(start, end)
             inner = normalise(decoded)
             inner_data = _utf8(inner.text)
             hits: dict[str, Finding] = {}
