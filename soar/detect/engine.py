@@ -153,9 +153,8 @@ class Engine:
         c = self._compiled[kind]
         found: dict[str, Finding] = {}
         data = _utf8(norm.text)
-        hits = c.set.match(data)
-        flags = c.flags(hits)
-        _Pass(c, norm, data, found).run(hits)
+        flags = c.flags(data)
+        _Pass(c, norm, data, found).run(c.set.match(data))
         if flags.leet:
             leet, changed = deleet(norm.text)
             if changed:
@@ -259,9 +258,10 @@ class _Flags:
 
 
 class _Compiled:
-    """The rules of one kind as one RE2 set. Set entries: each pattern rule's pattern, then
-    the hints (an encoded-looking run; a leetspeak form of a keyword word; the ROT13 of each
-    keyword word of four letters or more, unless that is a keyword itself)."""
+    """The rules of one kind as RE2 sets: the pattern rules' patterns (in sets of
+    :data:`soar.detect.matcher.GROUP`), and one set of hints: an encoded-looking run; a
+    leetspeak form of a keyword word; the ROT13 of each keyword word of four letters or more,
+    unless that is a keyword itself."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
@@ -270,26 +270,27 @@ class _Compiled:
         self.rank = {i: (-r.score, i) for i, r in enumerate(self.pattern_rules)}
         self.keywords = tuple(_Keywords.of(r) for r in self.pattern_rules)
         sources = [r.pattern.source for r in self.pattern_rules if r.pattern is not None]
+        self.n_rules = len(sources)
+        self.set = PatternSet(sources)
         words = {w.decode() for r in self.pattern_rules for w in r.words}
         phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
-        self.n_rules = len(sources)
-        self.encoded_entry = len(sources)
-        sources.append(_ENCODED_HINT)
+        hints = [_ENCODED_HINT]
         leet = _leet_hint(w for w in words | phrase_words if len(w) >= 4 and w.isalpha())
-        self.leet_entry = len(sources) if leet else -1
+        self.leet_entry = len(hints) if leet else -1
         if leet:
-            sources.append(leet)
-        self.rot13_first = len(sources)
-        sources.extend(
+            hints.append(leet)
+        self.rot13_first = len(hints)
+        hints.extend(
             rf"\b{r}\b"
             for w in sorted(words)
             if len(w) >= 4 and w.isascii() and w.isalpha() and (r := rot13(w)) not in words
         )
-        self.set = PatternSet(sources)
+        self.hints = PatternSet(hints, group=len(hints))
 
-    def flags(self, hits: list[int]) -> _Flags:
+    def flags(self, data: bytes) -> _Flags:
+        hits = self.hints.match(data)
         return _Flags(
-            self.encoded_entry in hits,
+            0 in hits,
             self.leet_entry in hits,
             sum(1 for i in hits if i >= self.rot13_first),
         )
