@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -219,6 +220,14 @@ _HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}]|{_INVISIBLE.pattern.removes
 _HIDDEN_START = re.compile(
     f"[{_CONTROL_CHARS}{_INVISIBLE.pattern.removeprefix('[').removesuffix(']+')}]"
 )
+# The same class for RE2, to test a whole non-ASCII text at once (sre tests a class with astral
+# ranges, such as the tag characters, slowly).
+_HIDDEN_START_RE2 = Regex(
+    "".join(
+        c if c.isascii() and c.isprintable() else f"\\x{{{ord(c):x}}}"
+        for c in _HIDDEN_START.pattern
+    )
+)
 # A word mixing Latin letters and Cyrillic/Greek lookalikes (before folding).
 _LATIN = re.compile(r"[a-z]")
 
@@ -301,13 +310,29 @@ def _fold(chunk: str) -> str:
     return _fold_lookalikes(low)
 
 
+def _hidden_runs(text: str) -> Iterator[re.Match[str]]:
+    """``_HIDDEN.finditer(text)``, faster: find where a run can start with the one-class
+    search, and match the run there (every character of that class starts a run)."""
+    pos = 0
+    while True:
+        start = _HIDDEN_START.search(text, pos)
+        if start is None:
+            return
+        m = _HIDDEN.match(text, start.start())
+        if m is None:  # pragma: no cover - every start character is a run by itself
+            pos = start.start() + 1
+            continue
+        yield m
+        pos = m.end()
+
+
 def normalise(text: str) -> Normalised:
     """Normalise ``text`` (see the module docstring). Linear in ``len(text)``."""
     signals = Signals()
     if text.isascii():
         if _CONTROL.search(text) is None:
             return Normalised(text.lower(), text, text, [], [], [], signals)
-    elif _HIDDEN_START.search(text) is None:
+    elif _HIDDEN_START_RE2.search(text.encode("utf-8", "surrogatepass")) is None:
         nfkc = unicodedata.normalize("NFKC", text)
         low = nfkc.lower()
         if len(nfkc) == len(text) and len(low) == len(text):
@@ -356,7 +381,7 @@ def normalise(text: str) -> Normalised:
             emit(text[pos:end], pos, end)
 
     pos = 0
-    for m in _HIDDEN.finditer(text):
+    for m in _hidden_runs(text):
         visible(pos, m.start())
         run = m.group(0)
         tags = [i for i, ch in enumerate(run) if _TAG_FIRST <= ord(ch) <= _TAG_LAST]
