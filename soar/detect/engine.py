@@ -259,9 +259,9 @@ class _Flags:
 
 class _Compiled:
     """The rules of one kind as RE2 sets: the pattern rules' patterns (in sets of
-    :data:`soar.detect.matcher.GROUP`), and one set of hints: an encoded-looking run; a
-    leetspeak form of a keyword word; the ROT13 of each keyword word of four letters or more,
-    unless that is a keyword itself."""
+    :data:`soar.detect.matcher.GROUP`), and the hints: an encoded-looking run; a leetspeak form
+    of a keyword word; the ROT13 of each keyword word of four letters or more, unless that is
+    a keyword itself."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
@@ -274,25 +274,23 @@ class _Compiled:
         self.set = PatternSet(sources)
         words = {w.decode() for r in self.pattern_rules for w in r.words}
         phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
-        hints = [_ENCODED_HINT]
+        # three sets: together, their automaton would be several times larger
+        self.encoded = PatternSet([_ENCODED_HINT])
         leet = _leet_hint(w for w in words | phrase_words if len(w) >= 4 and w.isalpha())
-        self.leet_entry = len(hints) if leet else -1
-        if leet:
-            hints.append(leet)
-        self.rot13_first = len(hints)
-        hints.extend(
+        self.leet = PatternSet([leet] if leet else [])
+        rot13_words = [
             rf"\b{r}\b"
             for w in sorted(words)
             if len(w) >= 4 and w.isascii() and w.isalpha() and (r := rot13(w)) not in words
-        )
-        self.hints = PatternSet(hints, group=len(hints))
+        ]
+        # one set (literal words make a small automaton), one entry each, to count them
+        self.rot13_words = PatternSet(rot13_words, group=max(len(rot13_words), 1))
 
     def flags(self, data: bytes) -> _Flags:
-        hits = self.hints.match(data)
         return _Flags(
-            0 in hits,
-            self.leet_entry in hits,
-            sum(1 for i in hits if i >= self.rot13_first),
+            bool(self.encoded.match(data)),
+            bool(self.leet.match(data)),
+            len(self.rot13_words.match(data)),
         )
 
 

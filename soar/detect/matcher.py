@@ -137,6 +137,8 @@ class PatternSet:
         self.size = len(sources)
         group = group or GROUP
         self._sets: list[tuple[int, Any]] = []
+        if not sources:
+            return
         for first in range(0, len(sources), group):
             one = re2.Set.SearchSet(_SET_OPTIONS)
             for source in sources[first : first + group]:
