@@ -138,12 +138,27 @@ def test_linear_time_on_hostile_input(engine: Engine) -> None:
         "\u200b" * 100_000 + "x",
         "A" * 200_000,  # one long base64-looking run
         ("ignore previous " + "x" * 50) * 2_000,
+        _keyword_salad(engine, 262_144),  # every rule partly matching everywhere
     ]
     for text in hostile:
         start = time.perf_counter()
         engine.scan(text)
         engine.scan(text, "output")
         assert time.perf_counter() - start < 2.0, text[:20]
+
+
+def _keyword_salad(engine: Engine, size: int) -> str:
+    import random
+
+    rng = random.Random(1)
+    keywords = sorted({k for r in engine.rules("prompt") for k in r.keywords})
+    seps = [" ", " ", ", ", ". ", "\n", " the ", " you ", "'s ", "!", "-"]
+    parts: list[str] = []
+    n = 0
+    while n < size:
+        parts.append(rng.choice(keywords) + rng.choice(seps))
+        n += len(parts[-1])
+    return "".join(parts)[:size]
 
 
 def test_cost_per_kib_is_tens_of_microseconds(engine: Engine) -> None:
