@@ -89,7 +89,7 @@ def _error_text(exc: BaseException) -> str:
 class Regex:
     """One compiled pattern, matched on UTF-8 bytes."""
 
-    __slots__ = ("_re", "_re_str", "source")
+    __slots__ = ("_re", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -97,7 +97,6 @@ class Regex:
             self._re = re2.compile(source.encode("utf-8"), _OPTIONS)
         except re2.error as exc:
             raise PatternError(_reason(_error_text(exc))) from exc
-        self._re_str: Any = None
         size = int(self._re.programsize)
         if size > MAX_PROGRAM:
             raise PatternError(
@@ -118,11 +117,19 @@ class Regex:
             yield int(m.start()), int(m.end())
 
     def finditer_text(self, text: str) -> Iterator[tuple[int, int]]:
-        """Matches in a ``str``, as character offsets (the binding maps them, in one pass)."""
-        if self._re_str is None:
-            self._re_str = re2.compile(self.source, _OPTIONS)
-        for m in self._re_str.finditer(text):
-            yield int(m.start()), int(m.end())
+        """Matches in a ``str``, as character offsets. Lone surrogates (which a JSON string
+        may carry) are passed through as bytes no pattern matches, never an error."""
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) == len(text):
+            yield from self.finditer(data)
+            return
+        at_byte = at_char = 0
+        for start, end in self.finditer(data):
+            at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
+            first = at_char
+            at_char += len(data[start:end].decode("utf-8", "surrogatepass"))
+            at_byte = end
+            yield first, at_char
 
 
 class PatternSet:

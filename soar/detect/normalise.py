@@ -166,15 +166,26 @@ def _mixed_script(text: str) -> list[tuple[int, int]]:
     letter ("ign\\u043ere", with a Cyrillic o); the first :data:`_MAX_MIXED` of them."""
     if _ANY_LOOKALIKE.search(text) is None:
         return []
-    out = []
-    for start, end in _MIXED_RUN.finditer_text(text):
-        if text[start].isascii():
-            start += 1
-        if text[end - 1].isascii():
-            end -= 1
-        out.append((start, end))
-        if len(out) >= _MAX_MIXED:
+    data = text.encode("utf-8", "surrogatepass")
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while len(out) < _MAX_MIXED:
+        m = _MIXED_RUN.search(data, pos)
+        if m is None:
             break
+        start, end = m
+        # the Latin letter a match ends with may start the next run's match: search on from it
+        pos = end - 1 if data[end - 1 : end].isalpha() else end
+        if data[start : start + 1].isalpha():
+            start += 1
+        if data[end - 1 : end].isalpha():
+            end -= 1
+        out.append(
+            (
+                len(data[:start].decode("utf-8", "surrogatepass")),
+                len(data[:end].decode("utf-8", "surrogatepass")),
+            )
+        )
     return out
 
 
@@ -339,7 +350,6 @@ def normalise(text: str) -> Normalised:
             # one to one: no map needed (the common case of typographic quotes and emoji)
             signals.mixed_script.extend(_mixed_script(text))
             return Normalised(_fold_lookalikes(low), text, nfkc, [], [], [], signals)
-    parts: list[str] = []
     cased: list[str] = []
     norm: list[int] = []
     orig: list[int] = []
@@ -354,11 +364,14 @@ def normalise(text: str) -> Normalised:
         orig.append(o_start)
         orig_end.append(o_end)
         cased.append(piece)
-        parts.append(_fold(piece))
         produced += len(piece)
 
     def visible(start: int, end: int) -> None:
-        """Copy ``text[start:end]`` (no invisible characters), NFKC and folded."""
+        """Copy ``text[start:end]`` (no invisible characters), NFKC (folded at the end)."""
+        segment = text[start:end]
+        if segment.isascii():
+            emit(segment, start, end)
+            return
         pos = start
         for m in _NON_ASCII.finditer(text, start, end):
             if m.start() > pos:
@@ -403,7 +416,8 @@ def normalise(text: str) -> Normalised:
             signals.bidi.append((m.start(), m.end()))
         pos = m.end()
     visible(pos, len(text))
-    return Normalised("".join(parts), text, "".join(cased), norm, orig, orig_end, signals)
+    joined = "".join(cased)
+    return Normalised(_fold(joined), text, joined, norm, orig, orig_end, signals)
 
 
 def deleet(text: str) -> tuple[str, list[tuple[int, int]]]:
