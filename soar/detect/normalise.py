@@ -147,7 +147,6 @@ _LOOKALIKE_CLASS: Final = "".join(
     )
 )
 _ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
-_NON_ASCII = re.compile(r"[^\x00-\x7f]++")
 
 
 # A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
@@ -195,9 +194,16 @@ def _fold_lookalikes(low: str) -> str:
     with a few non-ASCII characters has only its non-ASCII runs translated."""
     if low.isascii():
         return low
+    for typographic, plain in _PUNCTUATION:  # the common case: str.replace is a fast scan
+        if typographic in low:
+            low = low.replace(typographic, plain)
+    if low.isascii():
+        return low
+    data = low.encode("utf-8", "surrogatepass")
+    if _FOLDED_RE2.search(data) is None:
+        return low
     if 8 * (len(low) - len(low.encode("ascii", "ignore"))) > len(low):
         return low.translate(_HOMOGLYPHS)
-    data = low.encode("utf-8", "surrogatepass")
     parts = []
     pos = 0
     for start, end in _NON_ASCII_RE2.finditer(data):
@@ -211,6 +217,29 @@ def _fold_lookalikes(low: str) -> str:
 
 # A run of non-ASCII characters, found by RE2 in the UTF-8 bytes (much faster than sre).
 _NON_ASCII_RE2 = Regex(r"[^\x00-\x7f]+")
+# The typographic quotes and dashes of the table, replaced first; then any other character the
+# table maps.
+_PUNCTUATION: Final = tuple(
+    (chr(c), v)
+    for c, v in sorted(_HOMOGLYPHS.items())
+    if 0x2010 <= c <= 0x201D and isinstance(v, str)
+)
+_FOLDED_RE2 = Regex("[" + "".join(f"\\x{{{c:x}}}" for c in sorted(_HOMOGLYPHS)) + "]")
+
+
+def _non_ascii_runs(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The runs of non-ASCII characters of ``text[start:end]`` (character offsets)."""
+    segment = text[start:end]
+    data = segment.encode("utf-8", "surrogatepass")
+    out = []
+    at_byte, at_char = 0, start
+    for a, b in _NON_ASCII_RE2.finditer(data):
+        at_char += a - at_byte  # only ASCII before a run: one byte per character
+        first = at_char
+        at_char += len(data[a:b].decode("utf-8", "surrogatepass"))
+        at_byte = b
+        out.append((first, at_char))
+    return out
 
 
 # Terminal escape sequences (CSI, OSC, two-character ESC sequences, C1 CSI) and control codes
@@ -373,23 +402,23 @@ def normalise(text: str) -> Normalised:
             emit(segment, start, end)
             return
         pos = start
-        for m in _NON_ASCII.finditer(text, start, end):
-            if m.start() > pos:
-                emit(text[pos : m.start()], pos, m.start())
-            run = m.group(0)
+        for run_start, run_end in _non_ascii_runs(text, start, end):
+            if run_start > pos:
+                emit(text[pos:run_start], pos, run_start)
+            run = text[run_start:run_end]
             if _LOOKALIKES.intersection(run.lower()) and (
-                _LATIN.search(text[max(start, m.start() - 1) : m.start()].lower())
-                or _LATIN.search(text[m.end() : min(end, m.end() + 1)].lower())
+                _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
+                or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
             ):
-                signals.mixed_script.append((m.start(), m.end()))
+                signals.mixed_script.append((run_start, run_end))
             nfkc = unicodedata.normalize("NFKC", run)
             if len(nfkc) == len(run):
-                emit(nfkc, m.start(), m.end())
+                emit(nfkc, run_start, run_end)
             else:
                 # Map character by character so that a span stays as narrow as possible.
                 for k, ch in enumerate(run):
-                    emit(unicodedata.normalize("NFKC", ch), m.start() + k, m.start() + k + 1)
-            pos = m.end()
+                    emit(unicodedata.normalize("NFKC", ch), run_start + k, run_start + k + 1)
+            pos = run_end
         if pos < end:
             emit(text[pos:end], pos, end)
 
