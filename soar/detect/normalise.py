@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from soar.detect.matcher import Regex
+from soar.detect.matcher import PatternSet, Regex
 from soar.redact import _INVISIBLE
 
 __all__ = ["Normalised", "Signals", "deleet", "normalise", "rot13"]
@@ -160,12 +160,14 @@ _MIXED_RUN = Regex(
 _MAX_MIXED: Final = 16
 
 
-def _mixed_script(text: str) -> list[tuple[int, int]]:
+def _mixed_script(text: str, data: bytes | None = None) -> list[tuple[int, int]]:
     """Runs of non-ASCII characters that hold a Cyrillic/Greek lookalike and touch a Latin
-    letter ("ign\\u043ere", with a Cyrillic o); the first :data:`_MAX_MIXED` of them."""
-    if _ANY_LOOKALIKE.search(text) is None:
-        return []
-    data = text.encode("utf-8", "surrogatepass")
+    letter ("ign\\u043ere", with a Cyrillic o); the first :data:`_MAX_MIXED` of them.
+    ``data``: the text's UTF-8, when the caller knows that it holds a lookalike."""
+    if data is None:
+        if _ANY_LOOKALIKE.search(text) is None:
+            return []
+        data = text.encode("utf-8", "surrogatepass")
     out: list[tuple[int, int]] = []
     pos = 0
     while len(out) < _MAX_MIXED:
@@ -268,6 +270,8 @@ _HIDDEN_START_RE2 = Regex(
         for c in _HIDDEN_START.pattern
     )
 )
+# Both questions about a non-ASCII text in one pass: a hidden character? a lookalike?
+_TEXT_CHECKS = PatternSet([_HIDDEN_START_RE2.source, _LOOKALIKE_RE2], group=2)
 # A word mixing Latin letters and Cyrillic/Greek lookalikes (before folding).
 _LATIN = re.compile(r"[a-z]")
 
@@ -372,13 +376,17 @@ def normalise(text: str) -> Normalised:
     if text.isascii():
         if _CONTROL.search(text) is None:
             return Normalised(text.lower(), text, text, [], [], [], signals)
-    elif _HIDDEN_START_RE2.search(text.encode("utf-8", "surrogatepass")) is None:
-        nfkc = unicodedata.normalize("NFKC", text)
-        low = nfkc.lower()
-        if len(nfkc) == len(text) and len(low) == len(text):
-            # one to one: no map needed (the common case of typographic quotes and emoji)
-            signals.mixed_script.extend(_mixed_script(text))
-            return Normalised(_fold_lookalikes(low), text, nfkc, [], [], [], signals)
+    else:
+        data = text.encode("utf-8", "surrogatepass")
+        checks = _TEXT_CHECKS.match(data)
+        if 0 not in checks:  # nothing hidden
+            nfkc = unicodedata.normalize("NFKC", text)
+            low = nfkc.lower()
+            if len(nfkc) == len(text) and len(low) == len(text):
+                # one to one: no map needed (the common case of typographic quotes and emoji)
+                if 1 in checks:
+                    signals.mixed_script.extend(_mixed_script(text, data))
+                return Normalised(_fold_lookalikes(low), text, nfkc, [], [], [], signals)
     cased: list[str] = []
     norm: list[int] = []
     orig: list[int] = []
