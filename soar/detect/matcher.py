@@ -86,10 +86,30 @@ def _error_text(exc: BaseException) -> str:
     return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
 
 
+# The binding's own compiled object answers ``Match(anchor, bytes, pos, endpos)`` with the
+# spans; calling it directly skips the generator and match object its ``finditer`` builds
+# around each call (about a tenth of the cost of a scan of an attack text). The binding is
+# pinned (requirements.lock); should a version lack it, the public ``finditer`` is used.
+_UNANCHORED: Final = getattr(re2, "_Anchor", None) and re2._Anchor.UNANCHORED
+
+
+def _raw_matcher(compiled: Any) -> Any:
+    raw = getattr(compiled, "_regexp", None)
+    if raw is None or _UNANCHORED is None:
+        return None
+    try:
+        spans = raw.Match(_UNANCHORED, b"", 0, 0)
+        if not (isinstance(spans, list) and spans and len(spans[0]) == 2):
+            return None
+    except (AttributeError, TypeError, re2.error):
+        return None
+    return raw.Match
+
+
 class Regex:
     """One compiled pattern, matched on UTF-8 bytes."""
 
-    __slots__ = ("_re", "source")
+    __slots__ = ("_raw", "_re", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -97,6 +117,7 @@ class Regex:
             self._re = re2.compile(source.encode("utf-8"), _OPTIONS)
         except re2.error as exc:
             raise PatternError(_reason(_error_text(exc))) from exc
+        self._raw = _raw_matcher(self._re)
         size = int(self._re.programsize)
         if size > MAX_PROGRAM:
             raise PatternError(
@@ -105,16 +126,24 @@ class Regex:
             )
 
     def search(self, data: bytes, pos: int = 0) -> tuple[int, int] | None:
-        m = self._re.search(data, pos)
-        return None if m is None else (int(m.start()), int(m.end()))
+        return next(self.finditer(data, pos), None)
 
     def match(self, data: bytes, pos: int) -> bool:
         """Whether the pattern matches starting exactly at ``pos``."""
         return self._re.match(data, pos) is not None
 
     def finditer(self, data: bytes, pos: int = 0) -> Iterator[tuple[int, int]]:
-        for m in self._re.finditer(data, pos):
-            yield int(m.start()), int(m.end())
+        if self._raw is None:
+            for m in self._re.finditer(data, pos):
+                yield int(m.start()), int(m.end())
+            return
+        match, end = self._raw, len(data)
+        while pos <= end:
+            start, stop = match(_UNANCHORED, data, pos, end)[0]
+            if start < 0:
+                return
+            yield start, stop
+            pos = stop if stop > start else stop + 1
 
     def finditer_text(self, text: str) -> Iterator[tuple[int, int]]:
         """Matches in a ``str``, as character offsets. Lone surrogates (which a JSON string

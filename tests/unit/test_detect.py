@@ -649,3 +649,19 @@ def test_mixed_script_runs_match_a_plain_definition() -> None:
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
         assert n._mixed_script(text) == reference(text), repr(text)
+
+
+def test_the_direct_match_calls_agree_with_the_bindings_finditer() -> None:
+    import random
+
+    rng = random.Random(4)
+    patterns = [r"a*", r"\bab\w*", r"(?:x|yy)+", r"[^\x00-\x7f]+", r"", r"b\W+a", r"é|ü+"]
+    alphabet = ["a", "b", "x", "y", " ", "é", "ü", "\n"]
+    for source in patterns:
+        direct, plain = Regex(source), Regex(source)
+        plain._raw = None  # the binding's public finditer
+        assert direct._raw is not None
+        for _ in range(300):
+            data = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))).encode()
+            pos = rng.randint(0, len(data))
+            assert list(direct.finditer(data, pos)) == list(plain.finditer(data, pos)), source
