@@ -18,10 +18,11 @@ Spans are offsets in the *original* input (``text[start:end]``), widened to whol
 that normalisation merged or split. The text scanned is at most :data:`MAX_CHARS` characters
 (the head); :func:`technique_scores` combines the findings into one score per technique.
 
-Matching (:mod:`soar.detect.matcher`): the patterns of all rules of a kind form one RE2 set,
-which reads the text once and says which patterns match somewhere; the same pass says whether
-the text holds a long base64/hex-looking run, a leetspeak form of a keyword or ROT13 forms of
-keywords, so that ordinary text skips those decodings. Only the rules the set names run on
+Matching (:mod:`soar.detect.matcher`): the patterns of the rules of a kind form RE2 sets (of
+:data:`soar.detect.matcher.GROUP` patterns), each of which reads the text once and says which
+of its patterns match somewhere; three small sets say whether the text holds a long
+base64/hex-looking run, a leetspeak form of a keyword or ROT13 forms of keywords, so that
+ordinary text skips those decodings. Only the rules the sets name run on
 their own (RE2 again) to find where: the first match that holds one of the rule's keywords
 (and that its ``unless`` pattern does not match) is the finding. Candidates run by decreasing
 score, and not at all once their technique has reached a combined score of 0.97 (so a finding
