@@ -18,6 +18,8 @@ combined score of the techniques in that family is >= --threshold. Speed: micros
 of UTF-8 input for each text scanned (p50 / p99; the best of --repeat runs of each text, since
 the machine may be shared), over all corpora, one core; also for texts of 1 KiB or more alone
 (per-KiB figures of short texts mostly measure the fixed cost of a call, reported per text).
+Also reported, not scored: the same texts as a stream (each once, in order), first by a fresh
+engine and then again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from soar.detect import Engine, technique_scores
+from soar.detect.catalog import KNOWN_TECHNIQUES
+from soar.detect.rules import builtin_packs
 
 DATA = Path(__file__).with_name("data")
 FAMILIES = ("AML.T0051", "AML.T0054", "AML.T0056")
@@ -210,6 +214,27 @@ def main() -> None:
                         for x in engine.scan(r["text"])
                     ]
                     print(f"  FP   {r['id']} {sorted(f)}: {hits}")
+
+    # Once each, in corpus order, as a service sees them: RE2 builds its automata lazily, so a
+    # fresh engine's first pass includes building them, and a text that only follows other
+    # texts does not find its own states in the CPU caches (the best-of-N figures above do).
+    fresh = Engine(builtin_packs(KNOWN_TECHNIQUES))
+    texts = [row["text"] for row in attacks + benign]
+    print("\nspeed on a stream (each text once, in corpus order, both parts):")
+    for label in ("fresh engine, first pass", "second pass"):
+        per, total_t, total_kib = [], 0.0, 0.0
+        for text in texts:
+            t0 = time.thread_time()
+            fresh.scan(text)
+            dt = time.thread_time() - t0
+            size = len(text.encode("utf-8"))
+            per.append(dt * 1e6 / max(size / 1024, 1.0))
+            total_t += dt
+            total_kib += size / 1024
+        print(
+            f"  {label}: p50 {pct(per, 0.5):.1f}, p99 {pct(per, 0.99):.1f}, "
+            f"mean {total_t * 1e6 / total_kib:.1f} µs/KiB"
+        )
 
     big_text = ("Please summarise the following report. " * 30 + "\n") * 100
     hostile = ("ignore " * 20 + "system prompt " * 20 + "\u200b" * 10 + "you are now ") * 400

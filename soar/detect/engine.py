@@ -6,7 +6,8 @@ matched (its first match), ordered by position. What is scanned:
 * the normalised text (:mod:`soar.detect.normalise`: terminal escape sequences, control codes
   and invisible characters dropped, tag characters decoded, NFKC, lower case, lookalikes
   folded);
-* the tokens that leetspeak decoding changes (``1gn0r3 411 pr3v10u5``), in the decoded text;
+* the tokens that leetspeak decoding changes (``1gn0r3 411 pr3v10u5``), in the decoded text,
+  when one of them decodes to a rule keyword;
 * the ROT13 of the text, when it holds at least two rule keywords that the text itself does
   not (a ROT13-encoded instruction);
 * each base64 segment (>= 20 characters) and each hex run (>= 20 digits, or ``\\x41``
@@ -17,16 +18,16 @@ Spans are offsets in the *original* input (``text[start:end]``), widened to whol
 that normalisation merged or split. The text scanned is at most :data:`MAX_CHARS` characters
 (the head); :func:`technique_scores` combines the findings into one score per technique.
 
-Cost: one combined pass splits the text into its set of words; a rule is a candidate only
-when one of its keywords occurs (a set intersection for words, ``in`` for phrases). A rule's
-keywords are its *anchors*: its pattern runs only in bounded windows around the places where
-they occur (``[at - w, at + len(keyword) + w]``, merged; ``w`` the longest match the pattern
-can make, at most :data:`WINDOW`), never over the rest of the text; so a match must hold one
-of its rule's keywords and be at most ``w`` characters long. Candidates run by decreasing
-score, and not at all once their technique has reached a combined score of 0.97 (so a
-finding list names the rules that sufficed, not necessarily every rule that would match).
-Patterns are checked at load time to be linear (see :mod:`soar.detect.rules`), so each window
-costs time linear in its length, and each text position is in at most one window per rule.
+Matching (:mod:`soar.detect.matcher`): the patterns of the rules of a kind form RE2 sets (of
+:data:`soar.detect.matcher.GROUP` patterns), each of which reads the text once and says which
+of its patterns match somewhere; three small sets say whether the text holds a long
+base64/hex-looking run, a leetspeak form of a keyword or ROT13 forms of keywords, so that
+ordinary text skips those decodings. Only the rules the sets name run on
+their own (RE2 again) to find where: the first match that holds one of the rule's keywords
+(and that its ``unless`` pattern does not match) is the finding. Candidates run by decreasing
+score, and not at all once their technique has reached a combined score of 0.97 (so a finding
+list names the rules that sufficed, not necessarily every rule that would match). RE2 never
+backtracks: every pass is linear in the length of the text, whatever the rules.
 """
 
 from __future__ import annotations
@@ -34,40 +35,60 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import importlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from soar.detect import leakage
 from soar.detect.catalog import KNOWN_TECHNIQUES
+from soar.detect.matcher import PatternSet, Regex
 from soar.detect.normalise import Normalised, deleet, normalise, rot13
 from soar.detect.rules import Rule, RulePack, builtin_packs
 
-__all__ = ["MAX_CHARS", "WINDOW", "Engine", "Finding", "technique_scores"]
+__all__ = ["MAX_CHARS", "Engine", "Finding", "technique_scores"]
 
 MAX_CHARS: Final = 262_144
-# The widest window a pattern runs in on either side of one of its keywords.
-WINDOW: Final = 240
-_B64_SEGMENT = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{20,}+={0,2}+")
-_HEX_SEGMENT = re.compile(r"(?<![0-9a-f])[0-9a-f]{20,}+")
-_HEX_ESCAPES = re.compile(r"(?:\\x[0-9a-f]{2}){6,}+")
-_ALNUM: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-_WORD_TAIL = re.compile(r"[a-z0-9]{0,64}+")
+# Whole runs (RE2: the leftmost match starts where a run starts and takes all of it).
+_B64_SEGMENT = Regex(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+_HEX_SEGMENT = Regex(r"[0-9a-f]{20,}")
+_HEX_ESCAPES = Regex(r"(?:\\x[0-9a-f]{2}){6,}")
+# In the set: the text may hold an encoded segment (on the lower-cased text, so a superset of
+# the base64 runs of the cased one).
+_ENCODED_HINT: Final = r"[a-z0-9+/_-]{20}|(?:\\x[0-9a-f]{2}){6}"
 _MAX_SEGMENTS: Final = 16
 _MAX_DECODED: Final = 65_536
 # Once a technique's combined score reaches this, its remaining rules are skipped.
 _ENOUGH: Final = 0.97
-# ASCII punctuation and whitespace become word separators for the keyword prefilter.
+# Matches of one rule tried in one pass before it is given up (each must hold a keyword).
+_MAX_TRIES: Final = 32
+# ASCII punctuation and whitespace become word separators for the keyword check.
 _SEPARATORS = bytes(range(33, 48)) + bytes(range(58, 65)) + bytes(range(91, 97))
 _SEPARATORS += bytes(range(123, 127)) + b"\t\n\r\x0b\x0c"
 _TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
+_ALNUM_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+# How far the keyword check looks for the rest of a word a match cuts.
+_WORD_REACH: Final = 64
+# Leetspeak: the characters that decode to each letter (normalise._LEET, inverted), and those
+# a leet token may be made of.
+_LEET_FOR: Final = {
+    "o": "0",
+    "i": "1!",
+    "e": "3",
+    "a": "4@",
+    "s": "5$",
+    "t": "7",
+    "b": "8",
+    "g": "9",
+    "l": "|",
+}
+_LEET_CLASS: Final = r"a-z0-9@$!|"
 
 
-def _words(text: str) -> frozenset[bytes]:
-    return frozenset(text.encode("utf-8", "surrogatepass").translate(_TO_SPACE).split())
+def _utf8(text: str) -> bytes:
+    # a lone surrogate becomes "?": one byte for one character, so offsets stay mappable
+    return text.encode("utf-8", "replace")
 
 
 ScanKind = Literal["prompt", "output"]
@@ -117,7 +138,7 @@ class Engine:
             kind: tuple(r for p in self.packs for r in p.rules if r.applies_to(kind))
             for kind in ("prompt", "output")
         }
-        self._indexes = {kind: _index(rules) for kind, rules in self._by_kind.items()}
+        self._compiled = {kind: _Compiled(rules) for kind, rules in self._by_kind.items()}
 
     @classmethod
     def default(cls) -> Engine:
@@ -130,23 +151,26 @@ class Engine:
         if kind not in self._by_kind:
             raise ValueError(f"kind must be 'prompt' or 'output', not {kind!r}")
         norm = normalise(text[:MAX_CHARS])
-        rules = self._by_kind[kind]
-        index = self._indexes[kind]
+        c = self._compiled[kind]
         found: dict[str, Finding] = {}
-        words = _words(norm.text)
-        _Pass(rules, index, norm, norm.text, words, found).run()
-        leet, changed = deleet(norm.text)
-        if changed:
-            leet_words = _words(" ".join(leet[a:b] for a, b in changed))
-            note = " (after leetspeak decoding)"
-            _Pass(rules, index, norm, leet, leet_words, found, note, only=changed).run()
-        if len(words & index.strong_rot13) >= 2:  # keywords written in ROT13
-            rot = rot13(norm.text)
-            rot_words = _words(rot) - words
-            _Pass(rules, index, norm, rot, rot_words, found, " (after ROT13 decoding)").run()
-        for rule in rules:
+        data = _utf8(norm.text)
+        flags = c.flags(data)
+        _Pass(c, norm, data, found).run(c.set.match(data))
+        if flags.leet:
+            leet, changed = deleet(norm.text)
+            if changed:
+                leet_data = _utf8(leet)
+                only = _byte_spans(norm.text, data, changed)
+                note = " (after leetspeak decoding)"
+                _Pass(c, norm, leet_data, found, note, only=only).run(c.set.match(leet_data))
+        if flags.rot13 >= 2:  # keywords written in ROT13
+            rot_data = _utf8(rot13(norm.text))
+            _Pass(c, norm, rot_data, found, " (after ROT13 decoding)").run(c.set.match(rot_data))
+        for rule in c.rules:
             if rule.detector is not None and rule.id not in found:
-                finding = self._detector(rule, norm, kind, found)
+                if rule.detector == "encoded" and not flags.encoded:
+                    continue  # no run of 20 base64/hex characters: nothing encoded
+                finding = self._detector(rule, norm, c, found)
                 if finding is not None:
                     found[rule.id] = finding
         return sorted(found.values(), key=lambda f: (f.span, f.technique, f.rule))
@@ -154,7 +178,7 @@ class Engine:
     # -- internals --------------------------------------------------------------------------
 
     def _detector(
-        self, rule: Rule, norm: Normalised, kind: str, found: dict[str, Finding]
+        self, rule: Rule, norm: Normalised, c: _Compiled, found: dict[str, Finding]
     ) -> Finding | None:
         sig = norm.signals
         if rule.detector == "invisible":
@@ -181,7 +205,7 @@ class Engine:
                 return self._hit(rule, norm.original_span(start, end), what)
             return None
         if rule.detector == "encoded":
-            return self._encoded(rule, norm, kind, found)
+            return self._encoded(rule, norm, c, found)
         return None  # pragma: no cover - the loader only accepts known detectors
 
     @staticmethod
@@ -189,38 +213,35 @@ class Engine:
         return Finding(rule.technique, rule.id, rule.score, span, f"{rule.why}: {what}")
 
     def _encoded(
-        self, rule: Rule, norm: Normalised, kind: str, found: dict[str, Finding]
+        self, rule: Rule, norm: Normalised, c: _Compiled, found: dict[str, Finding]
     ) -> Finding | None:
         first: Finding | None = None
         budget = _MAX_DECODED
         segments = 0
-        if len(max(norm.cased.split(), key=len, default="")) < 20:
-            return None  # no run of 20 characters without a space: nothing encoded
-        candidates = [(m, "base64") for m in _B64_SEGMENT.finditer(norm.cased)]
-        candidates += [(m, "hex") for m in _HEX_SEGMENT.finditer(norm.text)]
+        candidates = [(m, "base64") for m in _B64_SEGMENT.finditer_text(norm.cased)]
+        candidates += [(m, "hex") for m in _HEX_SEGMENT.finditer_text(norm.text)]
         if "\\x" in norm.text:
-            candidates += [(m, "hex") for m in _HEX_ESCAPES.finditer(norm.text)]
-        rules = self._by_kind[kind]
-        index = self._indexes[kind]
-        for m, how in candidates:
+            candidates += [(m, "hex") for m in _HEX_ESCAPES.finditer_text(norm.text)]
+        for (start, end), how in candidates:
             if segments >= _MAX_SEGMENTS or budget <= 0:
                 break
-            segment = m.group(0)
             if how == "base64":
+                segment = norm.cased[start:end]
                 if segment.islower() or segment.isupper() or segment.isdigit():
                     continue  # an identifier, a hex digest or a number, not base64 text
                 decoded = _decode_base64(segment[: budget * 2])
             else:
-                decoded = _decode_hex(segment[: budget * 4])
+                decoded = _decode_hex(norm.text[start:end][: budget * 4])
             if decoded is None:
                 continue
             segments += 1
             budget -= len(decoded)
-            span = norm.original_span(m.start(), m.end())
+            span = norm.original_span(start, end)
             inner = normalise(decoded)
+            inner_data = _utf8(inner.text)
             hits: dict[str, Finding] = {}
             note = f" (inside {how})"
-            _Pass(rules, index, inner, inner.text, _words(inner.text), hits, note, span).run()
+            _Pass(c, inner, inner_data, hits, note, span).run(c.set.match(inner_data))
             hits = {k: v for k, v in hits.items() if k not in found}
             if hits:
                 found.update(hits)
@@ -230,140 +251,191 @@ class Engine:
         return first
 
 
+@dataclass(frozen=True)
+class _Flags:
+    encoded: bool
+    leet: bool
+    rot13: int
+
+
+class _Compiled:
+    """The rules of one kind as RE2 sets: the pattern rules' patterns (in sets of
+    :data:`soar.detect.matcher.GROUP`), and the hints: an encoded-looking run; a leetspeak form
+    of a keyword word; the ROT13 of each keyword word of four letters or more, unless that is
+    a keyword itself."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        # rank of each pattern rule (by entry index): higher scores first
+        self.rank = {i: (-r.score, i) for i, r in enumerate(self.pattern_rules)}
+        self.keywords = tuple(_Keywords.of(r) for r in self.pattern_rules)
+        sources = [r.pattern.source for r in self.pattern_rules if r.pattern is not None]
+        self.n_rules = len(sources)
+        self.set = PatternSet(sources)
+        words = {w.decode() for r in self.pattern_rules for w in r.words}
+        phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
+        # three sets: together, their automaton would be several times larger
+        self.encoded = PatternSet([_ENCODED_HINT])
+        leet = _leet_hint(w for w in words | phrase_words if len(w) >= 4 and w.isalpha())
+        self.leet = PatternSet([leet] if leet else [])
+        rot13_words = [
+            rf"\b{r}\b"
+            for w in sorted(words)
+            if len(w) >= 4 and w.isascii() and w.isalpha() and (r := rot13(w)) not in words
+        ]
+        # one set (literal words make a small automaton), one entry each, to count them
+        self.rot13_words = PatternSet(rot13_words, group=max(len(rot13_words), 1))
+
+    def flags(self, data: bytes) -> _Flags:
+        return _Flags(
+            bool(self.encoded.match(data)),
+            bool(self.leet.match(data)),
+            len(self.rot13_words.match(data)),
+        )
+
+
+@dataclass(frozen=True)
+class _Keywords:
+    """A rule's keywords as bytes: whole words and substrings; none: any match counts."""
+
+    words: frozenset[bytes]
+    phrases: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, rule: Rule) -> _Keywords:
+        return cls(rule.words, tuple(_utf8(p) for p in rule.phrases))
+
+    def held_by(self, data: bytes, start: int, end: int) -> bool:
+        if not self.words and not self.phrases:
+            return True
+        piece = data[start:end]
+        if any(p in piece for p in self.phrases):
+            return True
+        if not self.words:
+            return False
+        # the words the match touches, whole (a match may start or end inside a word)
+        lo, hi, n = start, end, len(data)
+        while lo > 0 and start - lo < _WORD_REACH and data[lo - 1] in _ALNUM_BYTES:
+            lo -= 1
+        while hi < n and hi - end < _WORD_REACH and data[hi] in _ALNUM_BYTES:
+            hi += 1
+        return not self.words.isdisjoint(data[lo:hi].translate(_TO_SPACE).split())
+
+
 class _Pass:
-    """One scan of one variant of the text: candidates by keyword, patterns in windows."""
+    """One scan of one variant of the text (UTF-8 ``data``, the set's hits given)."""
 
     def __init__(
         self,
-        rules: Sequence[Rule],
-        index: _Index,
+        compiled: _Compiled,
         norm: Normalised,
-        text: str,
-        words: frozenset[bytes],
+        data: bytes,
         found: dict[str, Finding],
         note: str = "",
         span: tuple[int, int] | None = None,
         only: list[tuple[int, int]] | None = None,
     ) -> None:
-        self.rules = rules
-        self.index = index
+        self.c = compiled
         self.norm = norm
-        self.text = text
-        self.words = words
+        self.data = data
         self.found = found
         self.note = note
         self.span = span
-        # restrict keyword occurrences to these (sorted, disjoint) spans
+        # a match counts only when it overlaps one of these (sorted, disjoint) byte spans
         self.only = only
-        self._at: dict[str, list[int]] = {}
 
-    def run(self) -> None:
-        index, text = self.index, self.text
-        anchors: dict[int, list[str]] = {}
-        for word in self.words & index.words.keys():
-            kw = word.decode("utf-8", "surrogatepass")
-            for i in index.words[word]:
-                anchors.setdefault(i, []).append(kw)
-        for phrase, which in index.phrases:
-            if phrase in text:
-                for i in which:
-                    anchors.setdefault(i, []).append(phrase)
-        words = self.words
-        for head in words & index.headed.keys():
-            for phrase, need, which in index.headed[head]:
-                if need <= words and phrase in text:
-                    for i in which:
-                        anchors.setdefault(i, []).append(phrase)
-        for i in index.always:
-            anchors.setdefault(i, [])
-        if not anchors:
+    def run(self, hits: list[int]) -> None:
+        c = self.c
+        candidates = [i for i in hits if i < c.n_rules]
+        if not candidates:
             return
         miss: dict[str, float] = {}
         for f in self.found.values():
             miss[f.technique] = miss.get(f.technique, 1.0) * (1.0 - f.score)
-        for i in sorted(anchors, key=index.rank.__getitem__):
-            rule = self.rules[i]
-            if rule.pattern is None or rule.id in self.found:
+        for i in sorted(candidates, key=c.rank.__getitem__):
+            rule = c.pattern_rules[i]
+            if rule.id in self.found:
                 continue
             if 1.0 - miss.get(rule.technique, 1.0) >= _ENOUGH:
                 continue
-            m = self._search(rule.pattern, anchors[i], index.reach[i])
+            m = self._first(rule, c.keywords[i])
             if m is None:
                 continue
-            where = self.span if self.span is not None else self.norm.original_span(*m)
+            if self.span is not None:
+                where = self.span
+            else:
+                where = self.norm.original_span(self._char(m[0]), self._char(m[1]))
             self.found[rule.id] = Finding(
                 rule.technique, rule.id, rule.score, where, rule.why + self.note
             )
             miss[rule.technique] = miss.get(rule.technique, 1.0) * (1.0 - rule.score)
 
-    def _search(
-        self, pattern: re.Pattern[str], keywords: list[str], reach: int
-    ) -> tuple[int, int] | None:
-        text = self.text
-        if not keywords:  # a rule without keywords runs on the whole text
-            m = pattern.search(text)
-            return None if m is None else (m.start(), m.end())
-        end_of_text = len(text)
-        spans: list[tuple[int, int]] = []
-        for kw in keywords:
-            n = len(kw)
-            spans.extend(
-                (max(at - reach, 0), min(at + n + reach, end_of_text))
-                for at in self._occurrences(kw)
-            )
-        if not spans:
-            return None
-        spans.sort()
-        windows: list[tuple[int, int]] = []
-        lo, hi = spans[0]
-        for a, b in spans[1:]:
-            if a <= hi:
-                hi = max(hi, b)
-            else:
-                windows.append((lo, hi))
-                lo, hi = a, b
-        windows.append((lo, hi))
-        for start, stop in windows:
-            # a window never ends inside a word: \b and lookaheads see what follows
-            tail = _WORD_TAIL.match(text, stop) if stop < end_of_text else None
-            if tail is not None:
-                stop = tail.end()
-            m = pattern.search(text, start, stop)
-            if m is not None:
-                return m.start(), m.end()
+    def _first(self, rule: Rule, keywords: _Keywords) -> tuple[int, int] | None:
+        """The first match of ``rule`` that counts, in byte offsets."""
+        assert rule.pattern is not None
+        data, only, unless = self.data, self.only, rule.unless
+        for tries, (start, end) in enumerate(rule.pattern.finditer(data)):
+            if tries >= _MAX_TRIES:
+                break
+            if only is not None and not _overlaps(only, start, end):
+                continue
+            if unless is not None and unless.match(data, start):
+                continue
+            if keywords.held_by(data, start, end):
+                return start, end
         return None
 
-    def _occurrences(self, kw: str) -> list[int]:
-        """Where ``kw`` occurs (a word keyword: as a whole word), cached per pass."""
-        got = self._at.get(kw)
-        if got is not None:
-            return got
-        text = self.text
-        whole = kw[0] in _ALNUM and kw[-1] in _ALNUM and _IS_WORD.fullmatch(kw) is not None
-        out: list[int] = []
-        n = len(kw)
-        at = text.find(kw)
-        while at >= 0:
-            if not whole or (
-                (at == 0 or text[at - 1] not in _ALNUM)
-                and (at + n >= len(text) or text[at + n] not in _ALNUM)
-            ):
-                out.append(at)
-            at = text.find(kw, at + n)
-        if self.only is not None:
-            only = self.only
-            starts = [a for a, _ in only]
-            kept = []
-            for at in out:
-                j = bisect.bisect_right(starts, at + n - 1) - 1
-                if j >= 0 and only[j][1] > at:
-                    kept.append(at)
-            out = kept
-        self._at[kw] = out
-        return out
+    def _char(self, offset: int) -> int:
+        """A byte offset of ``data`` as a character offset of the normalised text."""
+        if len(self.data) == len(self.norm.text):
+            return offset
+        return len(self.data[:offset].decode("utf-8", "replace"))
 
 
-_IS_WORD = re.compile(r"[a-z0-9]++")
+def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    j = bisect.bisect_right(spans, (end, end)) - 1
+    while j >= 0 and spans[j][1] > start:
+        if spans[j][0] < end:
+            return True
+        j -= 1
+    return False
+
+
+def _byte_spans(text: str, data: bytes, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans of ``text`` (sorted, disjoint) as byte spans of ``data`` (its UTF-8)."""
+    if len(data) == len(text):
+        return spans
+    out: list[tuple[int, int]] = []
+    at = off = 0
+    for a, b in spans:
+        off += len(_utf8(text[at:a]))
+        start = off
+        off += len(_utf8(text[a:b]))
+        out.append((start, off))
+        at = b
+    return out
+
+
+def _leet_hint(words: Iterable[str]) -> str:
+    """A pattern for a token that spells one of ``words`` with at least one leet character
+    (a token of letters, digits and leet symbols, as :func:`soar.detect.normalise.deleet`
+    decodes)."""
+    alternatives = []
+    for w in sorted(set(words)):
+        for k, ch in enumerate(w):
+            if ch not in _LEET_FOR:
+                continue
+            head = re.escape(w[:k])
+            tail = "".join(
+                f"[{re.escape(x + _LEET_FOR[x])}]" if x in _LEET_FOR else re.escape(x)
+                for x in w[k + 1 :]
+            )
+            alternatives.append(f"{head}[{re.escape(_LEET_FOR[ch])}]{tail}")
+    if not alternatives:
+        return ""
+    edge = f"[^{_LEET_CLASS}]"
+    return f"(?:^|{edge})(?:{'|'.join(alternatives)})(?:{edge}|$)"
 
 
 def _printable(text: str) -> str | None:
@@ -394,82 +466,6 @@ def _decode_hex(segment: str) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return _printable(text)
-
-
-@dataclass(frozen=True)
-class _Index:
-    """Which rules (by position) each keyword word or phrase enables; ``always``: no keywords.
-    ``rank``: the order candidates run in; ``reach``: each rule's window on either side of a
-    keyword; ``strong_rot13``: the ROT13 of keyword words of four letters or more (unless
-    that is a keyword itself), two of which in a text make it worth decoding."""
-
-    words: dict[bytes, tuple[int, ...]]
-    # phrases that start with a word, checked only when that word occurs
-    # (phrase, the words it is made of, which must all occur, rules)
-    headed: dict[bytes, tuple[tuple[str, frozenset[bytes], tuple[int, ...]], ...]]
-    # phrases that start with punctuation or symbols, always checked
-    phrases: tuple[tuple[str, tuple[int, ...]], ...]
-    always: tuple[int, ...]
-    rank: dict[int, tuple[float, int]]
-    reach: dict[int, int]
-    strong_rot13: frozenset[bytes]
-
-
-_ROT13_BYTES: Final = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"nopqrstuvwxyzabcdefghijklm")
-_HEAD = re.compile(r"[a-z0-9]++(?=[^a-z0-9]|$)")
-# a phrase of whole words: each of its words must be in the text's word set
-_WHOLE_WORDS = re.compile(r"[a-z0-9]++(?: [a-z0-9]++)*+")
-
-
-def _max_width(pattern: re.Pattern[str]) -> int:
-    """The longest match ``pattern`` can make, capped at :data:`WINDOW`."""
-    try:
-        sre_parse: Any = importlib.import_module("re._parser")
-        width = int(sre_parse.parse(pattern.pattern).getwidth()[1])
-    except (ImportError, re.error, AttributeError):  # pragma: no cover - other interpreters
-        return WINDOW
-    return min(width, WINDOW)
-
-
-def _index(rules: Sequence[Rule]) -> _Index:
-    words: dict[bytes, list[int]] = {}
-    phrases: dict[str, list[int]] = {}
-    always: list[int] = []
-    rank: dict[int, tuple[float, int]] = {}
-    reach: dict[int, int] = {}
-    for i, rule in enumerate(rules):
-        if rule.pattern is None:
-            continue
-        rank[i] = (-rule.score, i)
-        reach[i] = _max_width(rule.pattern)
-        if not rule.keywords:
-            always.append(i)
-        for w in rule.words:
-            words.setdefault(w, []).append(i)
-        for p in rule.phrases:
-            phrases.setdefault(p, []).append(i)
-    headed: dict[bytes, list[tuple[str, frozenset[bytes], tuple[int, ...]]]] = {}
-    loose: list[tuple[str, tuple[int, ...]]] = []
-    for p, v in phrases.items():
-        head = _HEAD.match(p)
-        if head is not None:
-            need = _words(p) if _WHOLE_WORDS.fullmatch(p) else frozenset({head.group(0).encode()})
-            headed.setdefault(head.group(0).encode(), []).append((p, need, tuple(v)))
-        else:
-            loose.append((p, tuple(v)))
-    return _Index(
-        {w: tuple(v) for w, v in words.items()},
-        {h: tuple(v) for h, v in headed.items()},
-        tuple(loose),
-        tuple(always),
-        rank,
-        reach,
-        frozenset(
-            r
-            for w in words
-            if len(w) >= 4 and w.isalpha() and (r := w.translate(_ROT13_BYTES)) not in words
-        ),
-    )
 
 
 @lru_cache(maxsize=1)

@@ -26,9 +26,11 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from soar.detect.matcher import PatternSet, Regex
 from soar.redact import _INVISIBLE
 
 __all__ = ["Normalised", "Signals", "deleet", "normalise", "rot13"]
@@ -136,31 +138,112 @@ _HOMOGLYPHS.update(
 _LOOKALIKES: Final = frozenset(
     chr(c) for c in _HOMOGLYPHS if chr(c).isalpha() and ord(chr(c)) < 0x1F000
 )
+# (non-ASCII only: the upper case of a dotless i is "I")
 _LOOKALIKE_CLASS: Final = "".join(
-    sorted(_LOOKALIKES | {c.upper() for c in _LOOKALIKES if len(c.upper()) == 1})
+    sorted(
+        c
+        for c in _LOOKALIKES | {c.upper() for c in _LOOKALIKES if len(c.upper()) == 1}
+        if not c.isascii()
+    )
 )
 _ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
-# A whole run of non-ASCII characters (it starts where the previous character is ASCII).
-_NON_ASCII_RUN = re.compile(r"(?<![^\x00-\x7f])[^\x00-\x7f]++")
 
 
-def _mixed_script(text: str) -> list[tuple[int, int]]:
+# A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
+# part of the match and dropped from the span). RE2: linear, however long the runs.
+_NON_LATIN_RUN = "[^\\x00-\\x7f]"
+_LOOKALIKE_RE2 = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in _LOOKALIKE_CLASS) + "]"
+_MIXED_RUN = Regex(
+    f"[A-Za-z]{_NON_LATIN_RUN}*{_LOOKALIKE_RE2}{_NON_LATIN_RUN}*"
+    f"|{_NON_LATIN_RUN}*{_LOOKALIKE_RE2}{_NON_LATIN_RUN}*[A-Za-z]"
+)
+_MAX_MIXED: Final = 16
+
+
+def _mixed_script(text: str, data: bytes | None = None) -> list[tuple[int, int]]:
     """Runs of non-ASCII characters that hold a Cyrillic/Greek lookalike and touch a Latin
-    letter ("ign\\u043ere", with a Cyrillic o)."""
-    if _ANY_LOOKALIKE.search(text) is None:
-        return []
-    out = []
-    for m in _NON_ASCII_RUN.finditer(text):
-        if _ANY_LOOKALIKE.search(m.group(0)) is None:
-            continue
-        before = text[m.start() - 1 : m.start()]
-        after = text[m.end() : m.end() + 1]
-        if (before.isascii() and before.isalpha()) or (after.isascii() and after.isalpha()):
-            out.append(m.span())
+    letter ("ign\\u043ere", with a Cyrillic o); the first :data:`_MAX_MIXED` of them.
+    ``data``: the text's UTF-8, when the caller knows that it holds a lookalike."""
+    if data is None:
+        if _ANY_LOOKALIKE.search(text) is None:
+            return []
+        data = text.encode("utf-8", "surrogatepass")
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while len(out) < _MAX_MIXED:
+        m = _MIXED_RUN.search(data, pos)
+        if m is None:
+            break
+        start, end = m
+        # the Latin letter a match ends with may start the next run's match: search on from it
+        pos = end - 1 if data[end - 1 : end].isalpha() else end
+        if data[start : start + 1].isalpha():
+            start += 1
+        if data[end - 1 : end].isalpha():
+            end -= 1
+        out.append(
+            (
+                len(data[:start].decode("utf-8", "surrogatepass")),
+                len(data[:end].decode("utf-8", "surrogatepass")),
+            )
+        )
     return out
 
 
-_NON_ASCII = re.compile(r"[^\x00-\x7f]++")
+def _fold_lookalikes(low: str) -> str:
+    """``low.translate(_HOMOGLYPHS)``, faster: the table maps only non-ASCII characters, and
+    CPython translates a non-ASCII string with one dictionary look-up per character, so a text
+    with a few non-ASCII characters has only its non-ASCII runs translated."""
+    if low.isascii():
+        return low
+    for typographic, plain in _PUNCTUATION:  # the common case: str.replace is a fast scan
+        if typographic in low:
+            low = low.replace(typographic, plain)
+    if low.isascii():
+        return low
+    data = low.encode("utf-8", "surrogatepass")
+    if _FOLDED_RE2.search(data) is None:
+        return low
+    if 8 * (len(low) - len(low.encode("ascii", "ignore"))) > len(low):
+        return low.translate(_HOMOGLYPHS)
+    parts = []
+    pos = 0
+    for start, end in _NON_ASCII_RE2.finditer(data):
+        parts.append(data[pos:start])
+        run = data[start:end].decode("utf-8", "surrogatepass").translate(_HOMOGLYPHS)
+        parts.append(run.encode("utf-8", "surrogatepass"))
+        pos = end
+    parts.append(data[pos:])
+    return b"".join(parts).decode("utf-8", "surrogatepass")
+
+
+# A run of non-ASCII characters, found by RE2 in the UTF-8 bytes (much faster than sre).
+_NON_ASCII_RE2 = Regex(r"[^\x00-\x7f]+")
+# The typographic quotes and dashes of the table, replaced first; then any other character the
+# table maps.
+_PUNCTUATION: Final = tuple(
+    (chr(c), v)
+    for c, v in sorted(_HOMOGLYPHS.items())
+    if 0x2010 <= c <= 0x201D and isinstance(v, str)
+)
+_FOLDED_RE2 = Regex("[" + "".join(f"\\x{{{c:x}}}" for c in sorted(_HOMOGLYPHS)) + "]")
+
+
+def _non_ascii_runs(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The runs of non-ASCII characters of ``text[start:end]`` (character offsets)."""
+    segment = text[start:end]
+    data = segment.encode("utf-8", "surrogatepass")
+    out = []
+    at_byte, at_char = 0, start
+    for a, b in _NON_ASCII_RE2.finditer(data):
+        at_char += a - at_byte  # only ASCII before a run: one byte per character
+        first = at_char
+        at_char += len(data[a:b].decode("utf-8", "surrogatepass"))
+        at_byte = b
+        out.append((first, at_char))
+    return out
+
+
 # Terminal escape sequences (CSI, OSC, two-character ESC sequences, C1 CSI) and control codes
 # other than tab, newline and carriage return: dropped like invisible characters, so that
 # "ig\x1b[0mnore" reads "ignore". Every repetition is bounded or possessive (linear).
@@ -174,6 +257,21 @@ _ANSI: Final = (
 _CONTROL_CHARS: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 _HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}]|{_INVISIBLE.pattern.removesuffix('+')})++")
+# Every character a hidden run can start with, as one class: searching for it is a tight loop,
+# while searching for _HIDDEN itself tries its alternatives at every position.
+_HIDDEN_START = re.compile(
+    f"[{_CONTROL_CHARS}{_INVISIBLE.pattern.removeprefix('[').removesuffix(']+')}]"
+)
+# The same class for RE2, to test a whole non-ASCII text at once (sre tests a class with astral
+# ranges, such as the tag characters, slowly).
+_HIDDEN_START_RE2 = Regex(
+    "".join(
+        c if c.isascii() and c.isprintable() else f"\\x{{{ord(c):x}}}"
+        for c in _HIDDEN_START.pattern
+    )
+)
+# Both questions about a non-ASCII text in one pass: a hidden character? a lookalike?
+_TEXT_CHECKS = PatternSet([_HIDDEN_START_RE2.source, _LOOKALIKE_RE2], group=2)
 # A word mixing Latin letters and Cyrillic/Greek lookalikes (before folding).
 _LATIN = re.compile(r"[a-z]")
 
@@ -253,7 +351,23 @@ def _fold(chunk: str) -> str:
     low = chunk.lower()
     if len(low) != len(chunk):  # e.g. U+0130 lowers to two code points: keep lengths aligned
         low = "".join(c if len(c.lower()) != 1 else c.lower() for c in chunk)
-    return low.translate(_HOMOGLYPHS)
+    return _fold_lookalikes(low)
+
+
+def _hidden_runs(text: str) -> Iterator[re.Match[str]]:
+    """``_HIDDEN.finditer(text)``, faster: find where a run can start with the one-class
+    search, and match the run there (every character of that class starts a run)."""
+    pos = 0
+    while True:
+        start = _HIDDEN_START.search(text, pos)
+        if start is None:
+            return
+        m = _HIDDEN.match(text, start.start())
+        if m is None:  # pragma: no cover - every start character is a run by itself
+            pos = start.start() + 1
+            continue
+        yield m
+        pos = m.end()
 
 
 def normalise(text: str) -> Normalised:
@@ -262,14 +376,17 @@ def normalise(text: str) -> Normalised:
     if text.isascii():
         if _CONTROL.search(text) is None:
             return Normalised(text.lower(), text, text, [], [], [], signals)
-    elif _HIDDEN.search(text) is None:
-        nfkc = unicodedata.normalize("NFKC", text)
-        low = nfkc.lower()
-        if len(nfkc) == len(text) and len(low) == len(text):
-            # one to one: no map needed (the common case of typographic quotes and emoji)
-            signals.mixed_script.extend(_mixed_script(text))
-            return Normalised(low.translate(_HOMOGLYPHS), text, nfkc, [], [], [], signals)
-    parts: list[str] = []
+    else:
+        data = text.encode("utf-8", "surrogatepass")
+        checks = _TEXT_CHECKS.match(data)
+        if 0 not in checks:  # nothing hidden
+            nfkc = unicodedata.normalize("NFKC", text)
+            low = nfkc.lower()
+            if len(nfkc) == len(text) and len(low) == len(text):
+                # one to one: no map needed (the common case of typographic quotes and emoji)
+                if 1 in checks:
+                    signals.mixed_script.extend(_mixed_script(text, data))
+                return Normalised(_fold_lookalikes(low), text, nfkc, [], [], [], signals)
     cased: list[str] = []
     norm: list[int] = []
     orig: list[int] = []
@@ -284,34 +401,37 @@ def normalise(text: str) -> Normalised:
         orig.append(o_start)
         orig_end.append(o_end)
         cased.append(piece)
-        parts.append(_fold(piece))
         produced += len(piece)
 
     def visible(start: int, end: int) -> None:
-        """Copy ``text[start:end]`` (no invisible characters), NFKC and folded."""
+        """Copy ``text[start:end]`` (no invisible characters), NFKC (folded at the end)."""
+        segment = text[start:end]
+        if segment.isascii():
+            emit(segment, start, end)
+            return
         pos = start
-        for m in _NON_ASCII.finditer(text, start, end):
-            if m.start() > pos:
-                emit(text[pos : m.start()], pos, m.start())
-            run = m.group(0)
+        for run_start, run_end in _non_ascii_runs(text, start, end):
+            if run_start > pos:
+                emit(text[pos:run_start], pos, run_start)
+            run = text[run_start:run_end]
             if _LOOKALIKES.intersection(run.lower()) and (
-                _LATIN.search(text[max(start, m.start() - 1) : m.start()].lower())
-                or _LATIN.search(text[m.end() : min(end, m.end() + 1)].lower())
+                _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
+                or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
             ):
-                signals.mixed_script.append((m.start(), m.end()))
+                signals.mixed_script.append((run_start, run_end))
             nfkc = unicodedata.normalize("NFKC", run)
             if len(nfkc) == len(run):
-                emit(nfkc, m.start(), m.end())
+                emit(nfkc, run_start, run_end)
             else:
                 # Map character by character so that a span stays as narrow as possible.
                 for k, ch in enumerate(run):
-                    emit(unicodedata.normalize("NFKC", ch), m.start() + k, m.start() + k + 1)
-            pos = m.end()
+                    emit(unicodedata.normalize("NFKC", ch), run_start + k, run_start + k + 1)
+            pos = run_end
         if pos < end:
             emit(text[pos:end], pos, end)
 
     pos = 0
-    for m in _HIDDEN.finditer(text):
+    for m in _hidden_runs(text):
         visible(pos, m.start())
         run = m.group(0)
         tags = [i for i, ch in enumerate(run) if _TAG_FIRST <= ord(ch) <= _TAG_LAST]
@@ -333,7 +453,8 @@ def normalise(text: str) -> Normalised:
             signals.bidi.append((m.start(), m.end()))
         pos = m.end()
     visible(pos, len(text))
-    return Normalised("".join(parts), text, "".join(cased), norm, orig, orig_end, signals)
+    joined = "".join(cased)
+    return Normalised(_fold(joined), text, joined, norm, orig, orig_end, signals)
 
 
 def deleet(text: str) -> tuple[str, list[tuple[int, int]]]:

@@ -13,34 +13,40 @@ A pack::
         why: "..."                  # required, the explanation shown with a finding
         keywords: [ignore, forget]  # optional: lower-case words (letters and digits, matched
                                     #   as whole words) or phrases (anything else, matched
-                                    #   as substrings), one of which must occur in the
-                                    #   normalised text before the pattern runs
-        pattern: '...'              # a regular expression run on the normalised (lower-case)
-                                    #   text, or
+                                    #   as substrings); a match of the pattern counts only
+                                    #   when it holds one of them
+        pattern: '...'              # a regular expression (RE2 syntax) run on the normalised
+                                    #   (lower-case) text, or
         detector: secrets           # a built-in detector: secrets | pii | invisible |
                                     #   mixed-script | encoded (exactly one of pattern/detector)
+        unless: '...'               # optional, with pattern: a match is discarded when this
+                                    #   pattern (RE2) also matches at its start (an exception
+                                    #   such as "you are now ready", which RE2, having no
+                                    #   lookahead, cannot write inside the pattern)
 
-Patterns must run in linear time: every quantifier is bounded (``{0,40}``) or possessive
-(``*+``, ``++``, ``?+``), bounds are at most 2000 and a bounded quantifier inside another one
-may not multiply to more than 4000; backreferences and conditional groups are refused. A
-pattern that breaks a rule is an error at load time, like any other mistake; the message names
-the file, the line and the path, e.g.
-``prompt.yaml line 12: rules[3].pattern: unbounded quantifier '*': bound it ({0,N}) or make
-it possessive (*+)``.
+Patterns are RE2 (:mod:`soar.detect.matcher`): matching is linear in the text for any pattern,
+by construction (no backtracking). What RE2 does not have is refused at load time, like any
+other mistake: backreferences, lookaround assertions, possessive quantifiers, atomic groups;
+so is a pattern whose compiled program is over :data:`soar.detect.matcher.MAX_PROGRAM`
+instructions (bounded repetitions are expanded: ``(?:a{0,90}){0,90}`` is too large). The
+message names the file, the line and the path, e.g.
+``prompt.yaml line 12: rules[3].pattern: lookbehind assertions are not supported (RE2
+syntax)``.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from soar.detect.matcher import PatternError, Regex
 
 __all__ = [
     "DETECTORS",
@@ -56,11 +62,19 @@ Kind = Literal["prompt", "output", "both"]
 DETECTORS: Final = ("secrets", "pii", "invisible", "mixed-script", "encoded")
 
 _TOP_KEYS = ("pack", "description", "rules")
-_RULE_KEYS = ("id", "technique", "kind", "score", "why", "keywords", "pattern", "detector")
+_RULE_KEYS = (
+    "id",
+    "technique",
+    "kind",
+    "score",
+    "why",
+    "keywords",
+    "pattern",
+    "detector",
+    "unless",
+)
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TECHNIQUE_RE = re.compile(r"AML\.T\d{4}(?:\.\d{3})?")
-_MAX_BOUND: Final = 2000
-_MAX_NESTED: Final = 4000
 _MAX_PATTERN: Final = 4000
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
@@ -88,8 +102,9 @@ class Rule:
     # keywords split for the prefilter: whole words (UTF-8 bytes) and substrings
     words: frozenset[bytes] = frozenset()
     phrases: tuple[str, ...] = ()
-    pattern: re.Pattern[str] | None = None
+    pattern: Regex | None = None
     detector: str | None = None
+    unless: Regex | None = None
     pack: str = ""
     line: int = 0
 
@@ -149,64 +164,6 @@ def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
-def check_linear(pattern: str) -> str | None:
-    """Why ``pattern`` could backtrack super-linearly, or None when it is safe."""
-    try:  # CPython's own regex parser (private, hence looked up at run time)
-        sre_parse: Any = importlib.import_module("re._parser")
-        const: Any = importlib.import_module("re._constants")
-    except ImportError:  # pragma: no cover - other interpreters
-        return None
-    try:
-        tree = sre_parse.parse(pattern)
-    except re.error as exc:
-        return f"invalid regular expression: {exc}"
-    return _walk(tree, 1, const)
-
-
-def _walk(items: Any, outer: int, const: Any) -> str | None:
-    for op, av in items:
-        if op in (const.MAX_REPEAT, const.MIN_REPEAT):
-            lo, hi, sub = av
-            if hi == const.MAXREPEAT:
-                sign = "*" if lo == 0 else "+"
-                return (
-                    f"unbounded quantifier {sign!r}: bound it ({{0,N}}) or make it possessive "
-                    f"({sign}+)"
-                )
-            if hi > _MAX_BOUND:
-                return f"quantifier bound {hi} is over {_MAX_BOUND}"
-            factor = outer * max(hi, 1)
-            if factor > _MAX_NESTED:
-                return f"nested quantifiers multiply to {factor}, over {_MAX_NESTED}"
-            why = _walk(sub, factor, const)
-            if why:
-                return why
-        elif op == const.POSSESSIVE_REPEAT:
-            why = _walk(av[2], outer, const)
-            if why:
-                return why
-        elif op in (const.GROUPREF, const.GROUPREF_EXISTS):
-            return "backreferences and conditional groups are not allowed"
-        elif op == const.SUBPATTERN:
-            why = _walk(av[-1], outer, const)
-            if why:
-                return why
-        elif op == const.ATOMIC_GROUP:
-            why = _walk(av, outer, const)
-            if why:
-                return why
-        elif op in (const.ASSERT, const.ASSERT_NOT):
-            why = _walk(av[1], outer, const)
-            if why:
-                return why
-        elif op == const.BRANCH:
-            for branch in av[1]:
-                why = _walk(branch, outer, const)
-                if why:
-                    return why
-    return None
-
-
 class _Parser:
     def __init__(self, source: str, known: frozenset[str] | None) -> None:
         self.source = source
@@ -250,6 +207,15 @@ class _Parser:
         if not isinstance(value, str) or not value.strip():
             raise self.error(node, path, "expected a non-empty string")
         return value
+
+    def regex(self, node: Node, path: str) -> Regex:
+        source = self.string(node, path)
+        if len(source) > _MAX_PATTERN:
+            raise self.error(node, path, f"longer than {_MAX_PATTERN} characters")
+        try:
+            return Regex(source)
+        except PatternError as exc:
+            raise self.error(node, path, str(exc)) from exc
 
     def pack(self, root: Node) -> RulePack:
         fields = self.mapping(root, "", _TOP_KEYS)
@@ -310,20 +276,13 @@ class _Parser:
             keywords = tuple(words)
         if ("pattern" in fields) == ("detector" in fields):
             raise self.error(node, path, "give exactly one of 'pattern' and 'detector'")
-        pattern: re.Pattern[str] | None = None
+        pattern: Regex | None = None
         detector: str | None = None
+        unless: Regex | None = None
         if "pattern" in fields:
-            p_node = fields["pattern"]
-            source = self.string(p_node, f"{path}.pattern")
-            if len(source) > _MAX_PATTERN:
-                raise self.error(p_node, f"{path}.pattern", f"longer than {_MAX_PATTERN} chars")
-            why_not = check_linear(source)
-            if why_not:
-                raise self.error(p_node, f"{path}.pattern", why_not)
-            try:
-                pattern = re.compile(source)
-            except re.error as exc:  # pragma: no cover - check_linear parsed it already
-                raise self.error(p_node, f"{path}.pattern", f"invalid regex: {exc}") from exc
+            pattern = self.regex(fields["pattern"], f"{path}.pattern")
+            if "unless" in fields:
+                unless = self.regex(fields["unless"], f"{path}.unless")
         else:
             d_node = fields["detector"]
             detector = self.string(d_node, f"{path}.detector")
@@ -331,6 +290,8 @@ class _Parser:
                 raise self.error(
                     d_node, f"{path}.detector", f"{detector!r} is not one of {', '.join(DETECTORS)}"
                 )
+            if "unless" in fields:
+                raise self.error(fields["unless"], f"{path}.unless", "only a pattern can have one")
         return Rule(
             id=rule_id,
             technique=technique,
@@ -342,6 +303,7 @@ class _Parser:
             phrases=tuple(k for k in keywords if not _WORD_RE.fullmatch(k)),
             pattern=pattern,
             detector=detector,
+            unless=unless,
             pack=pack,
             line=_line(node),
         )

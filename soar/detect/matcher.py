@@ -1,0 +1,196 @@
+"""RE2 behind a small typed interface: the regular expressions of the rule packs.
+
+Rule patterns are compiled with RE2 (the ``google-re2`` binding), whose automata match in time
+linear in the text, whatever the pattern: no backtracking, so no pattern can be made slow by
+its input. All matching is on UTF-8 ``bytes`` (offsets are byte offsets); the engine encodes
+each text once. :class:`PatternSet` runs many patterns in one pass over the text (``RE2::Set``)
+and says which of them match somewhere; :class:`Regex` then finds where.
+
+RE2 syntax is Perl's without backreferences, lookaround assertions, possessive quantifiers or
+atomic groups; ``\\w``, ``\\b``, ``\\s`` and ``\\d`` are ASCII (the engine matches lower-cased,
+NFKC-normalised text, where that is what the rules mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import re2
+
+__all__ = ["MAX_PROGRAM", "PatternError", "PatternSet", "Regex"]
+
+# The largest compiled program (RE2 instructions) one rule pattern may have: bounded
+# repetitions are expanded (``[^)]{0,500}`` is 500 copies), so this bounds the memory and the
+# cost per character of a pattern; since RE2 never backtracks, an unbounded ``*`` is the cheap
+# way to say "any number".
+MAX_PROGRAM: Final = 5_000
+# Memory budgets (program and lazily built DFA states) of one pattern and of one set: when its
+# DFA cache fills up RE2 empties it and goes on (a single pattern may also fall back to its NFA),
+# so the budget is speed, not correctness; a set's budget is larger, since it holds many rules.
+_MAX_MEM: Final = 8 << 20
+_MAX_MEM_SET: Final = 48 << 20
+# Patterns per RE2 set (see PatternSet): measured on the bench corpora, sets of 20 rules keep
+# their DFAs within the memory budget over a stream of varied texts, while one set of all rules
+# overflowed it and started over again and again (more than ten times slower); sets of 10 were
+# built faster on new text but cost more passes per text.
+GROUP: Final = 20
+
+
+class PatternError(ValueError):
+    """A pattern RE2 refuses, with the reason in words."""
+
+
+def _options(max_mem: int) -> Any:
+    opts = re2.Options()
+    opts.log_errors = False
+    opts.max_mem = max_mem
+    return opts
+
+
+_OPTIONS: Final = _options(_MAX_MEM)
+_SET_OPTIONS: Final = _options(_MAX_MEM_SET)
+
+_REASONS: Final = (
+    ("invalid perl operator: (?<", "lookbehind assertions are not supported (RE2 syntax)"),
+    ("invalid perl operator: (?=", "lookahead assertions are not supported (RE2 syntax)"),
+    ("invalid perl operator: (?!", "lookahead assertions are not supported (RE2 syntax)"),
+    ("invalid perl operator: (?>", "atomic groups are not supported (RE2 syntax)"),
+    (
+        "bad repetition operator: ++",
+        "possessive quantifiers are not supported (RE2 syntax; RE2 never backtracks, so a plain "
+        "quantifier is as fast)",
+    ),
+    ("bad repetition operator: *+", "possessive quantifiers are not supported (RE2 syntax)"),
+    ("bad repetition operator: ?+", "possessive quantifiers are not supported (RE2 syntax)"),
+    ("bad repetition operator: }+", "possessive quantifiers are not supported (RE2 syntax)"),
+    ("invalid escape sequence: \\1", "backreferences are not allowed"),
+    (
+        "invalid repetition size",
+        "repetition bound over 1000, or nested bounds multiplying to more than 1000 (RE2's limit; "
+        "RE2 never backtracks, so an unbounded '*' or '+' is as safe)",
+    ),
+)
+
+
+def _reason(message: str) -> str:
+    for needle, why in _REASONS:
+        if message.startswith(needle):
+            return why
+    if "invalid escape sequence: \\" in message and message[-1:].isdigit():
+        return "backreferences are not allowed"
+    return f"invalid regular expression: {message}"
+
+
+def _error_text(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+
+
+# The binding's own compiled object answers ``Match(anchor, bytes, pos, endpos)`` with the
+# spans; calling it directly skips the generator and match object its ``finditer`` builds
+# around each call (about a tenth of the cost of a scan of an attack text). The binding is
+# pinned (requirements.lock); should a version lack it, the public ``finditer`` is used.
+_UNANCHORED: Final = getattr(re2, "_Anchor", None) and re2._Anchor.UNANCHORED
+
+
+def _raw_matcher(compiled: Any) -> Any:
+    raw = getattr(compiled, "_regexp", None)
+    if raw is None or _UNANCHORED is None:
+        return None
+    try:
+        spans = raw.Match(_UNANCHORED, b"", 0, 0)
+        if not (isinstance(spans, list) and spans and len(spans[0]) == 2):
+            return None
+    except (AttributeError, TypeError, re2.error):
+        return None
+    return raw.Match
+
+
+class Regex:
+    """One compiled pattern, matched on UTF-8 bytes."""
+
+    __slots__ = ("_raw", "_re", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            self._re = re2.compile(source.encode("utf-8"), _OPTIONS)
+        except re2.error as exc:
+            raise PatternError(_reason(_error_text(exc))) from exc
+        self._raw = _raw_matcher(self._re)
+        size = int(self._re.programsize)
+        if size > MAX_PROGRAM:
+            raise PatternError(
+                f"the pattern is too large ({size} RE2 instructions, at most {MAX_PROGRAM}): "
+                "use smaller repetition bounds"
+            )
+
+    def search(self, data: bytes, pos: int = 0) -> tuple[int, int] | None:
+        return next(self.finditer(data, pos), None)
+
+    def match(self, data: bytes, pos: int) -> bool:
+        """Whether the pattern matches starting exactly at ``pos``."""
+        return self._re.match(data, pos) is not None
+
+    def finditer(self, data: bytes, pos: int = 0) -> Iterator[tuple[int, int]]:
+        if self._raw is None:
+            for m in self._re.finditer(data, pos):
+                yield int(m.start()), int(m.end())
+            return
+        match, end = self._raw, len(data)
+        while pos <= end:
+            start, stop = match(_UNANCHORED, data, pos, end)[0]
+            if start < 0:
+                return
+            yield start, stop
+            pos = stop if stop > start else stop + 1
+
+    def finditer_text(self, text: str) -> Iterator[tuple[int, int]]:
+        """Matches in a ``str``, as character offsets. Lone surrogates (which a JSON string
+        may carry) are passed through as bytes no pattern matches, never an error."""
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) == len(text):
+            yield from self.finditer(data)
+            return
+        at_byte = at_char = 0
+        for start, end in self.finditer(data):
+            at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
+            first = at_char
+            at_char += len(data[start:end].decode("utf-8", "surrogatepass"))
+            at_byte = end
+            yield first, at_char
+
+
+class PatternSet:
+    """Several patterns run over the text together; :meth:`match` gives the indexes of those
+    that match. The patterns are split into RE2 sets of at most ``group`` patterns, one pass
+    each: the DFA of one set tracks all its patterns at once, and its number of states can grow
+    with the product of theirs, so smaller sets are built faster on new text."""
+
+    __slots__ = ("_sets", "size")
+
+    def __init__(self, sources: Sequence[str], group: int = 0) -> None:
+        self.size = len(sources)
+        group = group or GROUP
+        self._sets: list[tuple[int, Any]] = []
+        if not sources:
+            return
+        for first in range(0, len(sources), group):
+            one = re2.Set.SearchSet(_SET_OPTIONS)
+            for source in sources[first : first + group]:
+                try:
+                    one.Add(source.encode("utf-8"))
+                except re2.error as exc:
+                    raise PatternError(_reason(_error_text(exc))) from exc
+            one.Compile()
+            self._sets.append((first, one))
+
+    def match(self, data: bytes) -> list[int]:
+        out: list[int] = []
+        for first, one in self._sets:
+            got = one.Match(data)
+            if got:
+                out.extend(first + int(i) for i in got)
+        out.sort()
+        return out
