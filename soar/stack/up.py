@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -225,6 +225,7 @@ def _run_stack(
                 SOAR_DECISION_KEY=ensure_decision_key(settings),
                 SOAR_API_TOKENS=",".join(t for t in (tokens, gateway, admin) if t),
             )
+            env |= temporal_ui_env(tp, os.environ)
             status.update("starting the worker and the API ...")
             for cmd in ("worker", "api"):
                 children.append(
@@ -361,3 +362,10 @@ def stop_children(children: list[subprocess.Popen[bytes]], *, grace: float, err:
 def _name(c: subprocess.Popen[bytes]) -> str:
     args = c.args if isinstance(c.args, list) else [str(c.args)]
     return f"the {args[-1]}" if args else "a child"
+
+
+def temporal_ui_env(tp: EmbeddedTemporal | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The embedded Temporal's UI for the incident pages' links, unless one is configured."""
+    if tp is None or "SOAR_TEMPORAL_UI_URL" in environ:
+        return {}
+    return {"SOAR_TEMPORAL_UI_URL": tp.ui_url}

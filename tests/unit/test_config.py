@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from soar.config import SettingsError, load_settings
@@ -140,3 +142,13 @@ def test_smtp_credentials_come_from_the_url_or_the_two_settings(
     monkeypatch.setenv("SOAR_SMTP_PASSWORD", "s3cret")
     ep = smtp_endpoint(load_settings(_env_file=None))
     assert (ep.port, ep.tls, ep.user, ep.password) == (587, False, "relay", "s3cret")
+
+
+def test_make_run_links_the_incident_pages_to_its_own_temporal_ui(tmp_path: Path) -> None:
+    from soar.stack.temporal import EmbeddedTemporal
+    from soar.stack.up import temporal_ui_env
+
+    tp = EmbeddedTemporal(tmp_path / "t.db", port=7233, ui_port=18233)
+    assert temporal_ui_env(tp, {}) == {"SOAR_TEMPORAL_UI_URL": "http://127.0.0.1:18233"}
+    assert temporal_ui_env(tp, {"SOAR_TEMPORAL_UI_URL": "https://t.example"}) == {}
+    assert temporal_ui_env(None, {}) == {}
