@@ -156,6 +156,7 @@ async def load_approval_brief(
         escalated=row.escalated_at is not None,
         risk=action.risk,
         rule=action.rule,
+        duration_seconds=action.duration_seconds,
     )
 
 

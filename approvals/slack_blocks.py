@@ -15,6 +15,7 @@ from typing import Any
 
 from approvals.channels import Outcome, outcome_sentence, progress_text, rule_text
 from approvals.channels import action_label as action_label  # the channels' shared label
+from soar import actions
 from soar.api.jsonsafe import parse_json_sync
 from soar.connectors import ApprovalBrief, IncidentBrief
 
@@ -180,8 +181,8 @@ def decision_buttons(a: ApprovalBrief) -> Block:
         "text": {
             "type": "mrkdwn",
             "text": _clip(
-                f"{escape(action_label(a.action_type))} {_code(a.target)} "
-                "now. This cannot be undone from Slack.",
+                f"{escape(action_label(a.action_type))} {_code(a.target)} now. "
+                + escape(actions.undo_note(a.action_type, a.duration_seconds)[1]),
                 300,
             ),
         },

@@ -391,27 +391,9 @@ async def approvals_page(
     )
 
 
-def _duration(seconds: int) -> str:
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400} d"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    if seconds % 60 == 0:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
-
-
 def undo_note(action: Action) -> tuple[bool, str]:
-    """Whether approving `action` can be undone, and how, in the words the approver reads."""
-    found = actions.find(action.action_type)
-    if found is not None and found.irreversible:
-        return False, f"This cannot be undone: {found.label} is irreversible."
-    if action.duration_seconds:
-        return True, (
-            f"This can be undone: it lifts itself after {_duration(action.duration_seconds)}, "
-            "and an analyst can lift it earlier."
-        )
-    return True, "This can be undone: it stays in force until it is lifted."
+    """Whether approving `action` can be undone, and how (soar.actions.undo_note)."""
+    return actions.undo_note(action.action_type, action.duration_seconds)
 
 
 def _comment(form: dict[str, str]) -> str | None:

@@ -89,6 +89,7 @@ class ApprovalBrief:
     escalated: bool = False
     risk: str = "high"
     rule: str = ""
+    duration_seconds: int | None = None  # of the action, if it lifts itself
 
     def sent(self, channel: str, kind: str = "announce") -> tuple[ChannelMessage, ...]:
         return tuple(m for m in self.messages if m.channel == channel and m.kind == kind)

@@ -13,12 +13,14 @@ from soar.actions.registry import (
     EFFECTS,
     TARGET_KINDS,
     definition,
+    duration_text,
     effects_for,
     enforcement_types,
     find,
     kind_of_path,
     label,
     names,
+    undo_note,
 )
 
 __all__ = [
@@ -32,10 +34,12 @@ __all__ = [
     "Ocsf",
     "TargetKind",
     "definition",
+    "duration_text",
     "effects_for",
     "enforcement_types",
     "find",
     "kind_of_path",
     "label",
     "names",
+    "undo_note",
 ]

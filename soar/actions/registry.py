@@ -107,5 +107,29 @@ def label(name: str) -> str:
     return found.label if found else name.replace("_", " ").capitalize()
 
 
+def duration_text(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def undo_note(name: str, duration_seconds: int | None) -> tuple[bool, str]:
+    """Whether approving an action of this type can be undone, and how, in the words an
+    approver reads (the web UI's confirmation page, Slack's confirmation dialog)."""
+    found = ACTIONS.get(name)
+    if found is not None and found.irreversible:
+        return False, f"This cannot be undone: {found.label} is irreversible."
+    if duration_seconds:
+        return True, (
+            f"This can be undone: it lifts itself after {duration_text(duration_seconds)}, "
+            "and an analyst can lift it earlier."
+        )
+    return True, "This can be undone: it stays in force until it is lifted."
+
+
 def kind_of_path(path: str) -> TargetKind | None:
     return next((k for k in TARGET_KINDS.values() if k.path == path), None)

@@ -238,3 +238,14 @@ def test_reminder_mentions_only_slack_addresses_and_says_it_was_escalated() -> N
     text = b.reminder_text(approval(escalate_to="ciso", escalated=True))
     assert "<@U-ALICE>" in text and "<@U-BOB>" in text and "carol" not in text
     assert "escalated to ciso" in text
+
+
+def test_the_approve_dialog_says_whether_the_action_can_be_undone() -> None:
+    def dialog(**over: Any) -> str:
+        found = {b["action_id"]: b for b in buttons(b.approval_blocks(approval(**over)))}
+        return str(found["soar_approve"]["confirm"]["text"]["text"])
+
+    assert "This cannot be undone: Revoke API key is irreversible." in dialog()
+    timed = dialog(action_type="block_session", target="s-1", duration_seconds=900)
+    assert "lifts itself after 15 min" in timed
+    assert "stays in force until it is lifted" in dialog(action_type="disable_user", target="u")
