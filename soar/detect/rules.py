@@ -43,10 +43,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Final, Literal
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node, SequenceNode
 
 from soar.detect.matcher import PatternError, Regex
+from soar.yamlnodes import NodeError, NodeParser, compose, line_of, read_text
 
 __all__ = [
     "DETECTORS",
@@ -79,16 +79,10 @@ _MAX_PATTERN: Final = 4000
 _WORD_RE = re.compile(r"[a-z0-9]+")
 
 
-class RulePackError(ValueError):
-    """An invalid rule pack. ``line`` is 1-based (None when the file could not be read)."""
+class RulePackError(NodeError):
+    """An invalid rule pack. ``line`` is 1-based (None when the file could not be read).
 
-    def __init__(self, source: str, line: int | None, path: str, reason: str) -> None:
-        self.source = source
-        self.line = line
-        self.path = path
-        self.reason = reason
-        where = source if line is None else f"{source} line {line}"
-        super().__init__(f"{where}: {path}: {reason}" if path else f"{where}: {reason}")
+    The loader stops at the first mistake: ``problems`` holds just this one."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +115,8 @@ class RulePack:
 
 
 def load_pack(path: str | Path, known_techniques: Iterable[str] | None = None) -> RulePack:
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulePackError(source, None, "", f"cannot read the rule pack: {exc}") from exc
-    return load_pack_text(text, source, known_techniques)
+    text = read_text(path, RulePackError, "the rule pack")
+    return load_pack_text(text, str(path), known_techniques)
 
 
 def load_pack_text(
@@ -134,17 +124,7 @@ def load_pack_text(
 ) -> RulePack:
     """Parse and validate one pack. ``known_techniques``: the IDs a rule may name (None: any
     well-formed ID)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "malformed YAML"
-        raise RulePackError(source, line, "", f"invalid YAML: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise RulePackError(source, None, "", f"invalid YAML: {exc}") from exc
-    if root is None:
-        raise RulePackError(source, 1, "", "the rule pack is empty")
+    root = compose(text, source, RulePackError, "the rule pack")
     known = frozenset(known_techniques) if known_techniques is not None else None
     return _Parser(source, known).pack(root)
 
@@ -160,53 +140,26 @@ def builtin_packs(known_techniques: Iterable[str] | None = None) -> tuple[RulePa
     return tuple(packs)
 
 
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
+class _Parser(NodeParser[RulePackError]):
+    """Raises the first problem, in the wording rule packs have always used."""
 
+    collect = False
+    strip = False
+    KEY_NOT_STRING = "keys must be strings"
+    NOT_SCALAR = "expected a single value"
 
-class _Parser:
     def __init__(self, source: str, known: frozenset[str] | None) -> None:
-        self.source = source
+        super().__init__(source, RulePackError)
         self.known = known
-        self._constructor = yaml.constructor.SafeConstructor()
 
-    def error(self, node: Node, path: str, reason: str) -> RulePackError:
-        return RulePackError(self.source, _line(node), path, reason)
+    def unknown_key(self, key: str, allowed: tuple[str, ...]) -> str:
+        return f"unknown key {key!r} (allowed: {', '.join(allowed)})"
 
-    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
-        if not isinstance(node, MappingNode):
-            raise self.error(node, path, f"expected a mapping with keys {', '.join(allowed)}")
-        out: dict[str, Node] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-                raise self.error(key_node, path, "keys must be strings")
-            key = str(key_node.value)
-            where = f"{path}.{key}" if path else key
-            if key not in allowed:
-                raise self.error(
-                    key_node, where, f"unknown key {key!r} (allowed: {', '.join(allowed)})"
-                )
-            if key in out:
-                raise self.error(key_node, where, "duplicate key")
-            out[key] = value_node
-        return out
+    def missing_key(self, path: str, key: str) -> tuple[str, str]:
+        return (f"{path}.{key}" if path else key), "required key is missing"
 
-    def require(self, fields: dict[str, Node], key: str, parent: Node, path: str) -> Node:
-        if key not in fields:
-            where = f"{path}.{key}" if path else key
-            raise self.error(parent, where, "required key is missing")
-        return fields[key]
-
-    def scalar(self, node: Node, path: str) -> object:
-        if not isinstance(node, ScalarNode):
-            raise self.error(node, path, "expected a single value")
-        return self._constructor.construct_object(node)
-
-    def string(self, node: Node, path: str) -> str:
-        value = self.scalar(node, path)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(node, path, "expected a non-empty string")
-        return value
+    def not_a_string(self, value: object) -> str:
+        return "expected a non-empty string"
 
     def regex(self, node: Node, path: str) -> Regex:
         source = self.string(node, path)
@@ -234,6 +187,7 @@ class _Parser:
                 raise self.error(item, f"rules[{i}].id", f"duplicate rule id {rule.id!r}")
             seen.add(rule.id)
             rules.append(rule)
+        self.raise_problems()  # none: this parser raises each as found
         return RulePack(name, tuple(rules), self.source, description)
 
     def rule(self, node: Node, path: str, pack: str) -> Rule:
@@ -305,5 +259,5 @@ class _Parser:
             detector=detector,
             unless=unless,
             pack=pack,
-            line=_line(node),
+            line=line_of(node),
         )

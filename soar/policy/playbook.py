@@ -50,20 +50,18 @@ them is an error as well (`AML.T9051*`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node
 
 from soar import actions
 from soar.atlas.parse import Catalog
 from soar.domain import Risk, Severity
+from soar.yamlnodes import NodeError, NodeParser, Recorded, compose, line_of, read_text
 
 DEFAULT_PLAYBOOK_RESOURCE = "default_playbook.yaml"
 
@@ -97,36 +95,14 @@ _CONDITION_KEYS = (
     "any",
 )
 _ACTION_KEYS = ("type", "risk", "duration", "params")
-_T = TypeVar("_T")
 
 
-class PlaybookError(ValueError):
+class PlaybookError(NodeError):
     """An invalid playbook. `line` is 1-based (None when the file could not be read).
 
     A playbook with several mistakes is refused with all of them: `problems` lists each (one
     line of `str()` each, in the order of the file); `line`, `path` and `reason` are those of
     the first."""
-
-    def __init__(self, source: str, line: int | None, path: str, reason: str) -> None:
-        self.source = source
-        self.line = line
-        self.path = path
-        self.reason = reason
-        where = source if line is None else f"{source} line {line}"
-        self.message = f"{where}: {path}: {reason}" if path else f"{where}: {reason}"
-        self.problems: tuple[PlaybookError, ...] = (self,)
-        super().__init__(self.message)
-
-    @classmethod
-    def of(cls, problems: Sequence[PlaybookError]) -> PlaybookError:
-        """One error carrying every problem (at least one)."""
-        first = problems[0]
-        if len(problems) == 1:
-            return first
-        error = cls(first.source, first.line, first.path, first.reason)
-        error.problems = tuple(problems)
-        error.args = ("\n".join(p.message for p in problems),)
-        return error
 
 
 @dataclass(frozen=True)
@@ -205,29 +181,14 @@ class Playbook:
 def load_playbook(path: str | Path, *, known: KnownIds | None = None) -> Playbook:
     """The playbook in a file. `known`: check technique and tactic patterns against these
     IDs (None: not checked)."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlaybookError(source, None, "", f"cannot read the playbook: {exc}") from exc
-    return load_playbook_text(text, source, known=known)
+    text = read_text(path, PlaybookError, "the playbook")
+    return load_playbook_text(text, str(path), known=known)
 
 
 def load_playbook_text(
     text: str, source: str = "<playbook>", *, known: KnownIds | None = None
 ) -> Playbook:
-    try:
-        # compose, not load: the node tree keeps the line of every value.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "malformed YAML"
-        raise PlaybookError(source, line, "", f"invalid YAML: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise PlaybookError(source, None, "", f"invalid YAML: {exc}") from exc
-    if root is None:
-        raise PlaybookError(source, 1, "", "the playbook is empty")
+    root = compose(text, source, PlaybookError, "the playbook")
     return _Parser(source, known).playbook(root)
 
 
@@ -249,107 +210,14 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-class _Recorded(Exception):
-    """A part has problems, recorded already: the caller leaves it out."""
-
-
-class _Parser:
+class _Parser(NodeParser[PlaybookError]):
     """Walks the composed node tree, building the dataclasses. A mistake is recorded and the
     walk goes on with the next value, so that one run names every problem; `playbook`
     raises them all at the end as one PlaybookError."""
 
     def __init__(self, source: str, known: KnownIds | None = None) -> None:
-        self.source = source
+        super().__init__(source, PlaybookError)
         self.known = known
-        self.problems: list[PlaybookError] = []
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    def error(self, node: Node, path: str, reason: str) -> PlaybookError:
-        return PlaybookError(self.source, _line(node), path, reason)
-
-    def problem(self, node: Node, path: str, reason: str) -> None:
-        self.problems.append(self.error(node, path, reason))
-
-    def attempt(self, make: Callable[..., _T], *args: Any) -> _T | None:
-        """make(*args), or None with its PlaybookError recorded."""
-        try:
-            return make(*args)
-        except PlaybookError as exc:
-            self.problems.extend(exc.problems)
-            return None
-        except _Recorded:
-            return None
-
-    # -- generic node helpers -------------------------------------------------------------
-
-    def mapping(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Node]:
-        """The known keys of a mapping; unknown, duplicate or non-string keys are recorded
-        as problems and left out."""
-        if not isinstance(node, MappingNode):
-            raise self.error(node, path, f"expected a mapping with keys {', '.join(allowed)}")
-        out: dict[str, Node] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
-                self.problem(key_node, path, "keys must be plain strings")
-                continue
-            key = str(key_node.value)
-            key_path = f"{path}.{key}" if path else key
-            if key not in allowed:
-                self.problem(key_node, key_path, f"unknown key (allowed: {', '.join(allowed)})")
-            elif key in out:
-                self.problem(key_node, key_path, "duplicate key")
-            else:
-                out[key] = value_node
-        return out
-
-    def require(self, fields: dict[str, Node], key: str, parent: Node, path: str) -> Node:
-        if key not in fields:
-            raise self.error(parent, path, f"missing required key {key!r}")
-        return fields[key]
-
-    def sequence(self, node: Node, path: str, what: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise self.error(node, path, f"expected a list of {what}")
-        if not node.value:
-            raise self.error(node, path, f"must list at least one of {what}")
-        return list(node.value)
-
-    def scalar(self, node: Node, path: str) -> object:
-        if not isinstance(node, ScalarNode):
-            raise self.error(node, path, "expected a single value, not a list or mapping")
-        try:
-            return self._constructor.construct_object(node)
-        except yaml.YAMLError as exc:
-            raise self.error(node, path, f"cannot read value: {exc}") from exc
-
-    def string(self, node: Node, path: str) -> str:
-        value = self.scalar(node, path)
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(node, path, f"expected a non-empty string, got {value!r}")
-        return value.strip()
-
-    def number(self, node: Node, path: str) -> float:
-        value = self.scalar(node, path)
-        # bool is an int subclass: `true` must not pass as 1.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(node, path, f"expected a number, got {value!r}")
-        return float(value)
-
-    def choice(self, node: Node, path: str, options: list[str]) -> str:
-        value = self.scalar(node, path)
-        if not isinstance(value, str) or value not in options:
-            raise self.error(node, path, f"{value!r} is not one of {', '.join(options)}")
-        return value
-
-    def boolean(self, node: Node, path: str) -> bool:
-        value = self.scalar(node, path)
-        if not isinstance(value, bool):
-            raise self.error(node, path, f"expected true or false, got {value!r}")
-        return value
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -370,9 +238,7 @@ class _Parser:
             rule = self.attempt(self.rule, rule_node, f"rules[{index}]", seen)
             if rule is not None:
                 rules.append(rule)
-        if self.problems:
-            # In the order of the file (a stable sort: one line's problems as found).
-            raise PlaybookError.of(sorted(self.problems, key=lambda p: p.line or 0))
+        self.raise_problems()
         assert name is not None
         return Playbook(
             name=name, rules=tuple(rules), source=self.source, description=description or ""
@@ -392,7 +258,7 @@ class _Parser:
                 f"duplicate rule name {name!r} (first defined on line {seen[name]})",
             )
         elif name is not None:
-            seen[name] = _line(node)
+            seen[name] = line_of(node)
         description = (
             self.attempt(lambda: self.string(fields["description"], f"{path}.description"))
             if "description" in fields
@@ -425,7 +291,7 @@ class _Parser:
             when=when,
             actions=tuple(specs),
             description=description or "",
-            line=_line(node),
+            line=line_of(node),
             approvers=approvers,
             quorum=quorum,
             escalate_to=escalate_to,
@@ -497,19 +363,7 @@ class _Parser:
                 approvers.append(group)
         quorum = 1
         if "quorum" in fields:
-            node = fields["quorum"]
-            value = self.scalar(node, f"{path}.quorum")
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or not 1 <= value <= MAX_QUORUM
-            ):
-                raise self.error(
-                    node,
-                    f"{path}.quorum",
-                    f"expected a whole number 1..{MAX_QUORUM}, got {value!r}",
-                )
-            quorum = value
+            quorum = self.whole_number(fields["quorum"], f"{path}.quorum", 1, MAX_QUORUM)
         escalate_to = (
             self.group(fields["escalate_to"], f"{path}.escalate_to")
             if "escalate_to" in fields
@@ -558,7 +412,12 @@ class _Parser:
         if "confidence_at_least" in fields:
             confidence = self.attempt(lambda: self.confidence(fields["confidence_at_least"], path))
         if "repeat_count_at_least" in fields:
-            repeat = self.attempt(lambda: self.repeat(fields["repeat_count_at_least"], path))
+            repeat = self.attempt(
+                self.whole_number,
+                fields["repeat_count_at_least"],
+                f"{path}.repeat_count_at_least",
+                1,
+            )
         if "any" in fields:
             subs = self.attempt(lambda: self.sequence(fields["any"], f"{path}.any", "conditions"))
             parsed = [
@@ -568,7 +427,7 @@ class _Parser:
             any_of = tuple(c for c in parsed if c is not None)
         if len(self.problems) > before:
             # The caller must not build a rule on a partial condition.
-            raise _Recorded
+            raise Recorded
         return Condition(
             techniques=techniques,
             tactics=tactics,
@@ -576,23 +435,13 @@ class _Parser:
             confidence_at_least=confidence,
             repeat_count_at_least=repeat,
             any_of=any_of,
-            line=_line(node),
+            line=line_of(node),
         )
 
     def confidence(self, node: Node, path: str) -> float:
         value = self.number(node, f"{path}.confidence_at_least")
         if not 0.0 <= value <= 1.0:
             raise self.error(node, f"{path}.confidence_at_least", f"{value:g} is outside 0..1")
-        return value
-
-    def repeat(self, node: Node, path: str) -> int:
-        value = self.scalar(node, f"{path}.repeat_count_at_least")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.error(
-                node,
-                f"{path}.repeat_count_at_least",
-                f"expected a whole number >= 1, got {value!r}",
-            )
         return value
 
     def patterns(self, node: Node, path: str, kind: str) -> tuple[str, ...]:
@@ -616,7 +465,7 @@ class _Parser:
                     continue
             out.append(pattern)
         if len(self.problems) > before:
-            raise _Recorded
+            raise Recorded
         return tuple(out)
 
     def action(self, node: Node, path: str) -> ActionSpec:
@@ -643,14 +492,14 @@ class _Parser:
         if "params" in fields:
             params = self.attempt(lambda: self.params(fields["params"], path, definition)) or {}
         if len(self.problems) > before:
-            raise _Recorded
+            raise Recorded
         assert action_type is not None and chosen is not None
         return ActionSpec(
             action_type=action_type,
             risk=Risk(chosen),
             duration_seconds=duration_seconds,
             params=params,
-            line=_line(node),
+            line=line_of(node),
         )
 
     def duration(self, node: Node, path: str, definition: actions.ActionDefinition) -> int:

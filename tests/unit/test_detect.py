@@ -226,6 +226,7 @@ def test_a_pack_loads_and_scans() -> None:
         (("technique: AML.T0051", "technique: AML.T9999"), 4, "not in the ATLAS catalog"),
         (("technique: AML.T0051", "technique: T1059"), 4, "not an ATLAS ID"),
         (("score: 0.5", "score: 1.5"), 5, "(0, 1]"),
+        (("score: 0.5", "score: !foo 0.5"), 5, "cannot read value"),
         (("why: test", "wy: test"), 6, "unknown key 'wy'"),
         (("keywords: [hello]", "keywords: [Hello]"), 7, "lower case"),
         (("    pattern: 'hello\\W+world'\n", "    detector: magic\n"), 8, "not one of"),
@@ -247,6 +248,14 @@ def test_a_bad_pack_is_refused_with_line_and_reason(
     assert str(err).startswith(f"bad.yaml line {line}: ")
     if reason:
         assert reason in err.reason
+
+
+def test_a_pack_is_refused_at_its_first_mistake() -> None:
+    text = GOOD.replace("score: 0.5", "score: 1.5").replace("[hello]", "[Hello]")
+    with pytest.raises(RulePackError) as info:
+        load_pack_text(text, "bad.yaml", KNOWN_TECHNIQUES)
+    assert info.value.line == 5 and info.value.problems == (info.value,)
+    assert str(info.value) == "bad.yaml line 5: rules[0].score: expected a number in (0, 1]"
 
 
 @pytest.mark.parametrize("pattern", ["(a+)+b", "(a|aa)*c", "(x+x+)+y", "(?:a*)*b|a{0,999}c"])
