@@ -186,6 +186,8 @@ class NodeParser(Generic[E]):
             return self._constructor.construct_object(node)
         except yaml.YAMLError as exc:
             raise self.error(node, path, f"cannot read value: {exc}") from exc
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. `!!int abc`
+            raise self.error(node, path, f"cannot read value {node.value!r} as {node.tag}") from exc
 
     def string(self, node: Node, path: str) -> str:
         value = self.scalar(node, path)

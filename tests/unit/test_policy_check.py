@@ -108,6 +108,17 @@ def test_a_mistake_does_not_hide_the_next_in_the_same_mapping() -> None:
     ]
 
 
+def test_a_value_its_tag_cannot_read_is_a_problem_with_its_line() -> None:
+    text = "name: p\nrules:\n  - name: r\n    when: {repeat_count_at_least: !!int abc}\n"
+    text += "    actions: [{type: notify, risk: low}]\n"
+    with pytest.raises(PlaybookError) as info:
+        load_playbook_text(text, "p.yaml")
+    assert [(p.line, p.path) for p in info.value.problems] == [
+        (4, "rules[0].when.repeat_count_at_least")
+    ]
+    assert "cannot read value 'abc'" in str(info.value)
+
+
 UNKNOWN_PATTERN = """
     name: p
     rules:
