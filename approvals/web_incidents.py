@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import func, select
+from temporalio.service import RPCError
 
 from activities.context import incident_brief
 from approvals.web import (
@@ -28,7 +29,7 @@ from approvals.web_auth import Flash, UiError, Viewer, ViewerDep, check_csrf, re
 from soar.api.analyst import ActionRefused, send_analyst_action
 from soar.api.deps import SessionDep, StateDep
 from soar.api.response import incident_json
-from soar.bounds import has_unsafe_chars
+from soar.bounds import EARLIEST, QUERY_LATEST, has_unsafe_chars
 from soar.domain import DISPOSITIONS, MAX_EXTEND_SECONDS, MAX_REASON, AnalystRequest
 from soar.incident_search import (
     DISPOSITION_FILTERS,
@@ -68,9 +69,16 @@ def _day(value: str, name: str) -> date | None:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise UiError(400, "Bad filter", f"{name}: a date such as 2026-12-01.") from None
+    if not EARLIEST.date() <= day < QUERY_LATEST.date():
+        raise UiError(
+            400,
+            "Bad filter",
+            f"{name}: a date from {EARLIEST.date()} to before {QUERY_LATEST.date()}.",
+        )
+    return day
 
 
 @router.get("/incidents")
@@ -288,6 +296,10 @@ async def _act(
         return redirect(state, target, Flash("error", f"Not done: {exc}."))
     except HTTPException as exc:  # Temporal unreachable
         return redirect(state, target, Flash("error", f"Not done: {exc.detail}."))
+    except RPCError:  # Temporal unavailable or too slow to answer
+        return redirect(
+            state, target, Flash("error", "Not done: Temporal is not answering; try again.")
+        )
     if not result.confirmed:
         message = f"{what}: accepted; the incident shows it once it is done."
     else:
@@ -327,7 +339,9 @@ async def extend(
     def build(form: dict[str, str]) -> AnalystRequest:
         reason = _text(form, "reason", "Reason")
         raw = form.get("minutes", "").strip()
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_EXTEND_SECONDS // 60:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not (
+            1 <= int(raw) <= MAX_EXTEND_SECONDS // 60
+        ):
             raise UiError(
                 400, "Bad extension", f"Extend by 1 to {MAX_EXTEND_SECONDS // 60} minutes."
             )

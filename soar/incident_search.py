@@ -8,14 +8,14 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from soar.bounds import LIKE_ESCAPE, like_contains, like_prefix
+from soar.bounds import EARLIEST, LIKE_ESCAPE, QUERY_LATEST, like_contains, like_prefix
 from soar.domain import DISPOSITIONS, Severity
 from soar.models import AtlasTechnique, AtlasTechniqueTactic, Incident
 
@@ -94,7 +94,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(at)
         if not isinstance(iid, str) or when.tzinfo is None or len(iid) > 80:
             raise ValueError
-    except (ValueError, TypeError):
+        when = when.astimezone(UTC)  # (OverflowError near the ends of the datetime range)
+        if not EARLIEST <= when <= QUERY_LATEST:
+            raise ValueError
+    except (ValueError, TypeError, OverflowError):
         raise SearchError("cursor", "malformed cursor") from None
     return when, iid
 

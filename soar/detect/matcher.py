@@ -144,7 +144,12 @@ class Regex:
             if start < 0:
                 return
             yield start, stop
-            pos = stop if stop > start else stop + 1
+            if stop > start:
+                pos = stop
+            else:  # an empty match: on to the next character, not into the middle of one
+                pos = stop + 1
+                while pos < end and data[pos] & 0xC0 == 0x80:
+                    pos += 1
 
     def finditer_text(self, text: str) -> Iterator[tuple[int, int]]:
         """Matches in a ``str``, as character offsets. Lone surrogates (which a JSON string

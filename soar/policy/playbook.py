@@ -65,7 +65,7 @@ from soar.yamlnodes import NodeError, NodeParser, Recorded, compose, line_of, re
 
 DEFAULT_PLAYBOOK_RESOURCE = "default_playbook.yaml"
 
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d{1,12})\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 _TOP_KEYS = ("name", "description", "rules")
@@ -199,6 +199,11 @@ def default_playbook() -> Playbook:
     return load_playbook_text(text, DEFAULT_PLAYBOOK_RESOURCE)
 
 
+# A block, an approval window or a repeat window longer than a year is a typo; far larger
+# ones would overflow the database's integer column or a timedelta at containment.
+MAX_DURATION_SECONDS = 365 * 86400
+
+
 def parse_duration(text: str) -> int:
     """'15m' -> 900. Raises ValueError on anything else."""
     match = _DURATION_RE.match(text)
@@ -207,6 +212,8 @@ def parse_duration(text: str) -> int:
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"{text!r}: a duration must be positive")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r}: a duration must be at most 365d")
     return seconds
 
 

@@ -4,7 +4,9 @@ LIKE wildcards in filters match themselves, on the API and in the web UI."""
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -209,3 +211,37 @@ async def test_like_wildcards_match_themselves_in_the_ui(stack: Stack) -> None:
         for technique in ("%", "_", "AML.T005%"):
             r = await http.get("/ui/incidents", params={"technique": technique})
             assert r.status_code == 400 and "Technique must" in r.text
+
+
+async def test_incident_search_dates_and_cursors_at_the_ends_of_time_are_a_400_or_422(
+    stack: Stack,
+) -> None:
+    # The year 9999 (one day added overflows), year 1 at +23:59 in a forged cursor.
+    forged = base64.urlsafe_b64encode(
+        json.dumps(["0001-01-01T00:00:00+23:59", "x"]).encode()
+    ).decode()
+    for params in ({"cursor": forged}, {"cursor": "!!"}):
+        r = await stack.http.get("/v1/incidents", params=params, headers=bearer("auditor"))
+        assert r.status_code == 422, (params, r.status_code, r.text)
+    async with httpx.AsyncClient(base_url=stack.api.url) as http:
+        r = await http.get("/ui/login")
+        m = _CSRF.search(r.text)
+        assert m
+        r = await http.post(
+            "/ui/login", data={"csrf": html.unescape(m.group(1)), "token": TOKENS["analyst"]}
+        )
+        assert r.status_code == 303
+        for params in ({"until": "9999-12-31"}, {"since": "0001-01-01"}, {"cursor": forged}):
+            r = await http.get("/ui/incidents", params=params)
+            assert r.status_code == 400, (params, r.status_code, r.text)
+        page = await http.get("/ui/incidents")
+        iid = re.search(r"/ui/incidents/(inc-[0-9a-f]+)", page.text)
+        assert iid
+        csrf = _CSRF.search((await http.get(f"/ui/incidents/{iid.group(1)}")).text)
+        assert csrf
+        for minutes in ("\u00b2", "9" * 5000, "-5", "0"):
+            r = await http.post(
+                f"/ui/incidents/{iid.group(1)}/actions/act-x/extend",
+                data={"csrf": html.unescape(csrf.group(1)), "minutes": minutes, "reason": "r"},
+            )
+            assert r.status_code == 400, (minutes[:10], r.status_code, r.text[:200])

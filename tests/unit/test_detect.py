@@ -677,3 +677,11 @@ def test_the_direct_match_calls_agree_with_the_bindings_finditer() -> None:
             data = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))).encode()
             pos = rng.randint(0, len(data))
             assert list(direct.finditer(data, pos)) == list(plain.finditer(data, pos)), source
+
+
+def test_a_pattern_that_matches_empty_text_steps_over_whole_characters() -> None:
+    from soar.detect.matcher import Regex
+
+    spans = list(Regex("x*").finditer_text("éxa€"))
+    assert ("éxa€"[1:2], (1, 2)) == ("x", spans[1])
+    assert all(0 <= a <= b <= 4 for a, b in spans)

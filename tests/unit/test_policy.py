@@ -474,6 +474,13 @@ def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
+@pytest.mark.parametrize("text", ["366d", "99999999999d", "9" * 5000 + "s", "0m"])
+def test_a_duration_out_of_range_is_refused(text: str) -> None:
+    # (A year of seconds at most: more would overflow the column or a timedelta in containment.)
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
 def test_playbook_types_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         default_playbook().name = "x"  # type: ignore[misc]
