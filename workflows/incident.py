@@ -203,6 +203,11 @@ class IncidentWorkflow:
         self._ended = False
         self._containing = False
         self._lifting: set[str] = set()  # actions without a timer being lifted now
+        # Serialising an analyst's actions with containment and with each other: a detection
+        # being contained (its result not yet taken up), and the timed blocks being lifted or
+        # extended now. Each is refused by the validator while the other is in flight.
+        self._handling = False
+        self._block_busy: set[str] = set()
         # Restored here, not in run(): a decision sent to the new run must find its approval
         # even when it is delivered in the run's very first activation.
         if inp.carried is not None:
@@ -366,6 +371,11 @@ class IncidentWorkflow:
     async def analyst_action(self, req: AnalystRequest) -> AnalystResult:
         iid = self._input.incident_id
         step = AnalystStep(iid, req.actor, req.reason, f"{iid}:analyst:{req.nonce}", req.channel)
+        # The validator refused these already, unless two requests came in one activation
+        # (each validated before the other's handler ran): checked again here, before any await.
+        busy = self._analyst_busy(req)
+        if busy is not None:
+            raise ApplicationError(busy, non_retryable=True)
         if req.kind == "lift":
             block = self._state.timed_blocks.get(req.action_id)
             if block is not None:
@@ -396,6 +406,19 @@ class IncidentWorkflow:
             )
             raise ValueError(why)
 
+    def _analyst_busy(self, req: AnalystRequest) -> str | None:
+        if req.kind in ("lift", "extend") and req.action_id in self._block_busy:
+            return f"{req.action_id[:80]} is being lifted or extended; try again in a moment"
+        if req.kind == "lift" and req.action_id in self._lifting:
+            return f"{req.action_id[:80]} is being lifted"
+        if req.kind == "lift" and req.action_id not in self._state.timed_blocks and self._handling:
+            return "a detection is being contained; try again in a moment"
+        if req.kind in ("contain", "close") and self._containing:
+            return "a contain now is in progress; try again in a moment"
+        if req.kind == "contain" and self._handling:
+            return "a detection is being contained; try again in a moment"
+        return None
+
     def _analyst_refusal(self, req: AnalystRequest) -> str | None:
         unsigned = decisions.refusal(req, decisions.installed_keys(), now=workflow.now())
         if unsigned is not None:
@@ -416,11 +439,15 @@ class IncidentWorkflow:
                 return "which action? (action_id)"
             if req.action_id in self._lifting:
                 return f"{req.action_id[:80]} is being lifted"
+            if self._handling:  # (a block it just applied is not a timed block here yet)
+                return "a detection is being contained; try again in a moment"
             return None
         if req.kind in ("lift", "extend"):
             block = self._state.timed_blocks.get(req.action_id)
             if block is None:
                 return f"{req.action_id[:80]} is not a temporary block in force in this incident"
+            if req.action_id in self._block_busy:
+                return f"{req.action_id[:80]} is being lifted or extended; try again in a moment"
             if datetime.fromisoformat(block.expires_at) <= workflow.now():
                 return f"{req.action_id[:80]} has reached its expiry: it is being lifted"
             if req.kind == "extend" and not 0 < req.seconds <= MAX_EXTEND_SECONDS:
@@ -431,6 +458,8 @@ class IncidentWorkflow:
                 return closed
             if self._containing:
                 return "another contain now is in progress; try again in a moment"
+            if self._handling:
+                return "a detection is being contained; try again in a moment"
             return None if req.action_id else "which action? (action_id)"
         if req.kind == "close":
             if closed:
@@ -452,6 +481,7 @@ class IncidentWorkflow:
         if task is not None:
             task.cancel()
         st.timed_blocks.pop(block.action_id, None)  # a second lift is refused from here on
+        self._block_busy.add(block.action_id)
         try:
             done: LiftResult = await _core(
                 AnalystActivities.lift_block_now, LiftInput(step, block.action_id, block.expires_at)
@@ -460,6 +490,8 @@ class IncidentWorkflow:
             st.timed_blocks[block.action_id] = block
             self._lift_timer(block)
             raise ApplicationError(_cause(err), non_retryable=True) from None
+        finally:
+            self._block_busy.discard(block.action_id)
         self._lifted(done.action, step)
         return done.at
 
@@ -495,6 +527,7 @@ class IncidentWorkflow:
         if task is not None:
             task.cancel()
         st.timed_blocks[block.action_id] = moved
+        self._block_busy.add(block.action_id)
         try:
             await _core(
                 AnalystActivities.extend_block, ExtendInput(step, block.action_id, moved.expires_at)
@@ -503,6 +536,8 @@ class IncidentWorkflow:
             st.timed_blocks[block.action_id] = block
             self._lift_timer(block)
             raise ApplicationError(_cause(err), non_retryable=True) from None
+        finally:
+            self._block_busy.discard(block.action_id)
         self._lift_timer(moved)
         self._note(
             step.event_key, f"Extended {block.action_key} until {moved.expires_at} by {req.actor}"
@@ -580,6 +615,11 @@ class IncidentWorkflow:
             for block in list(self._state.timed_blocks.values()):
                 if datetime.fromisoformat(block.expires_at) <= workflow.now():
                     continue  # being lifted by its timer
+                if (
+                    self._state.timed_blocks.get(block.action_id) is not block
+                    or block.action_id in self._block_busy
+                ):
+                    continue  # lifted or being changed by another analyst meanwhile
                 try:
                     await self._lift_early(block, dataclasses.replace(step, reason=why))
                 except ApplicationError as err:  # not in force after all: its timer decides
@@ -747,21 +787,29 @@ class IncidentWorkflow:
         st.detection_count += 1
         self._run_detections += 1
         inp = self._input
+        if self._containing:
+            # An analyst's "contain now" is choosing a new generation of an action: plan after
+            # it, from the keys it leaves, so the two never take the same action row.
+            await workflow.wait_condition(lambda: not self._containing)
         # A local activity: containment runs in the same workflow task, without a round trip
         # through the server's activity queue. It is short and idempotent, so re-running it
         # after a worker crash is safe.
-        result = await workflow.execute_local_activity_method(
-            ContainmentActivities.contain_detection,
-            ContainInput(
-                incident_id=inp.incident_id,
-                detection=det,
-                repeat_count=st.detection_count,
-                active_keys=tuple(sorted(st.active_keys)),
-                generations=tuple(sorted(st.generations.items())),
-            ),
-            start_to_close_timeout=_CORE_TIMEOUT,
-            retry_policy=_FAST,
-        )
+        self._handling = True
+        try:
+            result = await workflow.execute_local_activity_method(
+                ContainmentActivities.contain_detection,
+                ContainInput(
+                    incident_id=inp.incident_id,
+                    detection=det,
+                    repeat_count=st.detection_count,
+                    active_keys=tuple(sorted(st.active_keys)),
+                    generations=tuple(sorted(st.generations.items())),
+                ),
+                start_to_close_timeout=_CORE_TIMEOUT,
+                retry_policy=_FAST,
+            )
+        finally:
+            self._handling = False
         for ref in (*result.applied, *result.deferred, *result.needs_approval):
             st.active_keys.add(ref.action_key)
         self._ticketing = result.ticketing

@@ -4,6 +4,7 @@ lifts nothing, and closing as a true positive keeps the other blocks until their
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import uuid
@@ -214,3 +215,60 @@ async def test_analyst_state_survives_continue_as_new_and_close_keeps_true_posit
     assert "lift block_session:s-1" not in lifts  # its timer did nothing
     assert {f"lift block_session:s-{n}" for n in range(2, 9)} <= set(lifts)
     assert fakes.log.count("run revoke_api_key:k-1") == 1
+
+
+class SlowExtendFakes(AnalystFakes):
+    """Extending takes a while, so a second request on the same block arrives meanwhile."""
+
+    def activities(self) -> list[object]:
+        found = [a for a in super().activities() if activity_name(a) != "extend_block"]
+
+        @activity.defn(name="extend_block")
+        async def extend(inp: ExtendInput) -> str:
+            self.log.append(f"extending {inp.action_id}")
+            await asyncio.sleep(1.0)
+            return inp.expires_at
+
+        return [*found, extend]
+
+
+def activity_name(fn: object) -> str:
+    defn = getattr(fn, "__temporal_activity_definition", None)
+    return str(getattr(defn, "name", ""))
+
+
+async def test_a_block_being_extended_is_not_lifted_meanwhile_and_its_timer_stays_dead(
+    env: Any,  # noqa: F811
+) -> None:
+    fakes, tq = SlowExtendFakes(), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
+        handle = await start(env, tq, det(0))
+        iid = handle.id.removeprefix("incident-")
+
+        async def contained() -> bool:
+            return "contain d-0 x1" in fakes.log
+
+        await wait_for(contained, "first detection contained")
+        s0 = f"{iid}:block_session:s-9:1"
+        extending = asyncio.create_task(
+            act(handle, AnalystRequest("extend", "carol", "analyst", action_id=s0, seconds=60))
+        )
+
+        async def started() -> bool:
+            return f"extending {s0}" in fakes.log
+
+        await wait_for(started, "extend in flight")
+        with pytest.raises(WorkflowUpdateFailedError) as busy:
+            await act(handle, AnalystRequest("lift", "dave", "analyst", action_id=s0))
+        assert "being lifted or extended" in str(busy.value.cause)
+        assert (await extending).status == "extended"
+        # Now it may be lifted, once; its timer then lifts nothing.
+        lifted = await act(handle, AnalystRequest("lift", "dave", "analyst", action_id=s0))
+        assert lifted.status == "lifted"
+        closed = await act(handle, AnalystRequest("close", "dave", "analyst", disposition="benign"))
+        assert closed.status == "closed"
+        assert await handle.result() == "closed"
+    assert fakes.log.count(f"lifted now {s0} by dave") == 1
+    assert "lift block_session:s-9" not in fakes.log
