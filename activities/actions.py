@@ -183,7 +183,8 @@ class ActionActivities:
             if row is None:
                 return False
             lifted = await lift_block(s, action_id=block.action_id, now=now())
-            row.status = "expired"
+            if row.status == "applied":  # (not one an analyst lifted meanwhile)
+                row.status = "expired"
             row.finished_at = row.finished_at or now()
             inc = await s.get(Incident, row.incident_id)
             await append(

@@ -83,7 +83,7 @@ _LIVE = ("applied", "pending_approval", "approved")
 
 def analyst_options(rows: list[Action], at: datetime) -> dict[str, list[str]]:
     """For each action, what an analyst can do with it now: `lift` (in force and not
-    irreversible), `extend` (a temporary low-risk block in force), `contain` (an enforcement
+    irreversible), `extend` (a temporary block in force), `contain` (an enforcement
     action not in force whose kind of action is not in force or awaiting a decision in this
     incident). The workflow decides in the end."""
     live = set()
@@ -100,8 +100,9 @@ def analyst_options(rows: list[Action], at: datetime) -> dict[str, list[str]]:
         in_force = r.status == "applied" and (r.expires_at is None or r.expires_at > at)
         if in_force and not found.irreversible:
             can.append("lift")
-        # Only the low-risk ones have a timer in the workflow (approved ones do not).
-        if in_force and r.expires_at is not None and r.risk == "low":
+        # Every temporary one has a timer in the workflow (an approved one since the patch
+        # approved-timer-v1; for an older run the workflow refuses, saying why).
+        if in_force and r.expires_at is not None:
             can.append("extend")
         if r.status in CONTAINABLE and r.action_key.split("#", 1)[0] not in live:
             can.append("contain")

@@ -108,6 +108,9 @@ PATCH_SUMMARY = "summary-v1"
 # The assessment as a local activity: no activity task through the server (it is short,
 # idempotent, and touches only PostgreSQL, like containment).
 PATCH_LOCAL_ASSESS = "local-assess-v1"
+# An approved action with a duration (e.g. disable_user for a day) lifts itself at its time,
+# like a low-risk block: logged, hooked ("lifted"), and liftable or extendable by an analyst.
+PATCH_APPROVED_TIMER = "approved-timer-v1"
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -1063,17 +1066,18 @@ class IncidentWorkflow:
             ActionActivities.deliver_hook, hook, seconds=30, retry=_EXTERNAL_V0, failed=failed
         )
 
-    async def _run_action(self, ref: ActionRef) -> None:
+    async def _run_action(self, ref: ActionRef) -> bool:
         if _is_ticket(ref.action_type):
             async with self._ticket_lock:
-                await self._execute_action(ref)
-            return
-        if await self._execute_action(ref) and _announces(ref.action_type):
+                return await self._execute_action(ref)
+        done = await self._execute_action(ref)
+        if done and _announces(ref.action_type):
             self._note(f"{ref.action_id}:applied", f"Applied {ref.action_type} {ref.target}")
             if self._v1:
                 self._hook(ref, "applied")
             else:
                 await self._deliver_hook(ref, "applied")
+        return done
 
     async def _execute_action(self, ref: ActionRef, step: _Step | None = None) -> bool:
         if self._v1 and not _enforces(ref.action_type):  # a notice or a ticket: external
@@ -1280,7 +1284,28 @@ class IncidentWorkflow:
             return
         await workflow.wait_condition(lambda: approval.recorded)
         if approval.status == "approved":
-            await self._run_action(action)
+            applied = await self._run_action(action)
+            if (
+                applied
+                and action.duration_seconds
+                and _enforces(action.action_type)
+                and workflow.patched(PATCH_APPROVED_TIMER)
+            ):
+                # (Its expiry in the store is counted from when the activity applied it, a
+                # moment before this: the timer lifts it just after it lapsed there.)
+                until = workflow.now() + timedelta(seconds=action.duration_seconds)
+                block = TimedBlock(
+                    action.action_id,
+                    action.action_key,
+                    until.isoformat(),
+                    action.action_type,
+                    action.incident_id,
+                    action.tenant,
+                    action.target,
+                    action.technique,
+                )
+                self._state.timed_blocks[action.action_id] = block
+                self._lift_timer(block, dataclasses.replace(action, expires_at=block.expires_at))
         else:
             self._state.active_keys.discard(action.action_key)
 

@@ -703,3 +703,42 @@ async def test_votes_are_carried_across_continue_as_new(env: WorkflowEnvironment
         assert (done.status, done.approvals) == ("approved", 2)
         assert await handle.result() == "closed"
     assert fakes.log.count("run revoke_api_key:k-1") == 1
+
+
+class TimedApprovalFakes(Fakes):
+    """The high-risk action is a day-long `disable_user`, not a revocation."""
+
+    def _ref(self, inp: ContainInput, kind: str, risk: str, target: str) -> ActionRef:
+        if kind != "revoke_api_key":
+            return super()._ref(inp, kind, risk, target)
+        return dataclasses.replace(
+            super()._ref(inp, "disable_user", risk, "u-1"),
+            action_key="revoke_api_key:k-1",  # (the fake contain tracks it by this key)
+            duration_seconds=86400,
+        )
+
+
+async def test_an_approved_action_with_a_duration_lifts_itself_at_its_time(
+    env: WorkflowEnvironment,
+) -> None:
+    fakes, tq = TimedApprovalFakes(high_risk=True), "tq-" + uuid.uuid4().hex[:6]
+    async with Worker(
+        env.client, task_queue=tq, workflows=[IncidentWorkflow], activities=fakes.activities()
+    ):
+        handle = await start(env, tq, det(1))
+        apr = approval_id_for(f"{handle.id.removeprefix('incident-')}:disable_user:u-1:1")  # type: ignore[attr-defined]
+        for _ in range(100):
+            if apr in fakes.approvals and "announced" in fakes.log:
+                break
+            await env.sleep(1)
+        await handle.execute_update(  # type: ignore[attr-defined]
+            "decide", await signed(DecisionRequest(apr, "approve", "bob", "approver"))
+        )
+        assert await handle.result() == "closed"  # type: ignore[attr-defined]
+    assert fakes.log.count("run revoke_api_key:k-1") == 1
+    run, lift = (
+        fakes.log.index("run revoke_api_key:k-1"),
+        fakes.log.index("lift revoke_api_key:k-1"),
+    )
+    assert run < lift < fakes.log.index("closed")
+    assert "hook lifted revoke_api_key:k-1" in fakes.log
