@@ -144,12 +144,7 @@ class Regex:
             if start < 0:
                 return
             yield start, stop
-            if stop > start:
-                pos = stop
-            else:  # an empty match: on to the next character, not into the middle of one
-                pos = stop + 1
-                while pos < end and data[pos] & 0xC0 == 0x80:
-                    pos += 1
+            pos = stop if stop > start else stop + 1
 
     def finditer_text(self, text: str) -> Iterator[tuple[int, int]]:
         """Matches in a ``str``, as character offsets. Lone surrogates (which a JSON string
@@ -160,6 +155,8 @@ class Regex:
             return
         at_byte = at_char = 0
         for start, end in self.finditer(data):
+            if start == end and start < len(data) and data[start] & 0xC0 == 0x80:
+                continue  # an empty match inside a character (the bytes are stepped one by one)
             at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
             first = at_char
             at_char += len(data[start:end].decode("utf-8", "surrogatepass"))
