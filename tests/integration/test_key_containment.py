@@ -68,7 +68,7 @@ async def test_a_critical_leak_by_a_key_alone_blocks_the_key_at_once_and_asks_to
             json={"decision": "approve"},
             headers=bearer("approver"),
         )
-        assert ok.status_code == 200, ok.text
+        assert ok.status_code in (200, 202), ok.text  # (202: recorded a moment later)
         await eventually(lambda: stack.revoked("k-leak"), timeout=15)
 
 

@@ -150,7 +150,7 @@ async def test_metrics_after_detections_flow(
             json={"decision": "reject", "comment": "false positive"},
             headers=bearer("approver"),
         )
-        assert ok.status_code == 200, ok.text
+        assert ok.status_code in (200, 202), ok.text  # (202: recorded a moment later)
 
         async def decided_shown() -> Samples | None:
             found = samples((await stack.http.get("/metrics")).text)
