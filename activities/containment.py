@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, bindparam, func, or_, select, text, update
+from sqlalchemy import Boolean, Float, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -338,8 +338,13 @@ class ContainmentActivities:
                 events.append(summary_event(inp.incident_id, det, facts, outcome))
             # The summary (summarise_incident) is written beside it: the last one is kept.
             await s.execute(
-                _ENRICH_UPDATE_ALL if summarised else _ENRICH_UPDATE,
-                {"iid": inp.incident_id, "score": score, "enrichment": enrichment},
+                _ENRICH_UPDATE,
+                {
+                    "iid": inp.incident_id,
+                    "score": score,
+                    "enrichment": enrichment,
+                    "with_analysis": summarised,
+                },
             )
             await write_many(
                 s,
@@ -414,21 +419,19 @@ _ENRICH_UPDATE = text(
     "UPDATE incidents SET"
     " risk_score = CASE WHEN risk_score IS NULL OR :score >= risk_score"
     "  THEN :score ELSE risk_score END,"
-    " enrichment = CASE WHEN jsonb_typeof(enrichment->'analysis') IS DISTINCT FROM 'null'"
+    " enrichment = CASE WHEN NOT :with_analysis"
+    "  AND jsonb_typeof(enrichment->'analysis') IS DISTINCT FROM 'null'"
     "  AND enrichment ? 'analysis'"
     "  THEN :enrichment || jsonb_build_object('analysis', enrichment->'analysis')"
     "  ELSE :enrichment END"
     " WHERE id = :iid"
-).bindparams(bindparam("enrichment", type_=JSONB), bindparam("score", type_=Float))
-
-
-_ENRICH_UPDATE_ALL = text(
-    "UPDATE incidents SET"
-    " risk_score = CASE WHEN risk_score IS NULL OR :score >= risk_score"
-    "  THEN :score ELSE risk_score END,"
-    " enrichment = :enrichment"
-    " WHERE id = :iid"
-).bindparams(bindparam("enrichment", type_=JSONB), bindparam("score", type_=Float))
+).bindparams(
+    bindparam("enrichment", type_=JSONB),
+    bindparam("score", type_=Float),
+    bindparam("with_analysis", type_=Boolean),
+)
+"""The assessment beside the incident; the summary already there is kept unless this one
+brings its own (`with_analysis`)."""
 
 
 def action_event(

@@ -311,6 +311,25 @@ def _request(viewer: Viewer, kind: str, **fields: Any) -> AnalystRequest:
     return AnalystRequest(kind=kind, actor=viewer.name, role=viewer.role, channel="ui", **fields)
 
 
+async def _on_action(
+    kind: str,
+    title: str,
+    incident_id: str,
+    action_id: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    viewer: ViewerDep,
+) -> Response:
+    """Lift or contain now: an action and a reason."""
+
+    def build(form: dict[str, str]) -> AnalystRequest:
+        reason = _text(form, "reason", "Reason")
+        return _request(viewer, kind, action_id=action_id[:80], reason=reason)
+
+    return await _act(request, state, session, viewer, incident_id, title, build)
+
+
 @router.post("/incidents/{incident_id}/actions/{action_id}/lift")
 async def lift(
     incident_id: str,
@@ -320,11 +339,7 @@ async def lift(
     session: SessionDep,
     viewer: ViewerDep,
 ) -> Response:
-    def build(form: dict[str, str]) -> AnalystRequest:
-        reason = _text(form, "reason", "Reason")
-        return _request(viewer, "lift", action_id=action_id[:80], reason=reason)
-
-    return await _act(request, state, session, viewer, incident_id, "Lift", build)
+    return await _on_action("lift", "Lift", incident_id, action_id, request, state, session, viewer)
 
 
 @router.post("/incidents/{incident_id}/actions/{action_id}/extend")
@@ -361,11 +376,9 @@ async def contain(
     session: SessionDep,
     viewer: ViewerDep,
 ) -> Response:
-    def build(form: dict[str, str]) -> AnalystRequest:
-        reason = _text(form, "reason", "Reason")
-        return _request(viewer, "contain", action_id=action_id[:80], reason=reason)
-
-    return await _act(request, state, session, viewer, incident_id, "Contain now", build)
+    return await _on_action(
+        "contain", "Contain now", incident_id, action_id, request, state, session, viewer
+    )
 
 
 @router.post("/incidents/{incident_id}/close")

@@ -328,17 +328,14 @@ class IncidentWorkflow:
     def _validate_decision(self, req: DecisionRequest) -> None:
         # Validators do not run on replay: histories recorded before decisions were signed
         # replay unchanged, and a refusal leaves nothing in the history.
-        why = self._decision_refusal(req)
-        if why is not None:
-            workflow.logger.warning(
-                "approval.refused approval=%r actor=%r role=%r channel=%r why: %s",
-                req.approval_id[:100],
-                req.actor[:200],
-                req.role[:32],
-                req.channel[:32],
-                why,
-            )
-            raise ValueError(why)
+        _refuse(
+            self._decision_refusal(req),
+            "approval.refused",
+            approval=req.approval_id[:100],
+            actor=req.actor[:200],
+            role=req.role[:32],
+            channel=req.channel[:32],
+        )
 
     def _decision_refusal(self, req: DecisionRequest) -> str | None:
         # The signature first: nothing in an unsigned request (role, actor) is believed.
@@ -398,16 +395,13 @@ class IncidentWorkflow:
 
     @analyst_action.validator
     def _validate_analyst_action(self, req: AnalystRequest) -> None:
-        why = self._analyst_refusal(req)
-        if why is not None:
-            workflow.logger.warning(
-                "analyst.refused kind=%r actor=%r role=%r why: %s",
-                req.kind[:16],
-                req.actor[:200],
-                req.role[:32],
-                why,
-            )
-            raise ValueError(why)
+        _refuse(
+            self._analyst_refusal(req),
+            "analyst.refused",
+            kind=req.kind[:16],
+            actor=req.actor[:200],
+            role=req.role[:32],
+        )
 
     def _analyst_busy(self, req: AnalystRequest) -> str | None:
         if req.kind in ("lift", "extend") and req.action_id in self._block_busy:
@@ -440,17 +434,14 @@ class IncidentWorkflow:
             # in force and not irreversible), once at a time.
             if not req.action_id:
                 return "which action? (action_id)"
-            if req.action_id in self._lifting:
-                return f"{req.action_id[:80]} is being lifted"
-            if self._handling:  # (a block it just applied is not a timed block here yet)
-                return "a detection is being contained; try again in a moment"
-            return None
+            # (busy: a block a detection just applied is not a timed block here yet)
+            return self._analyst_busy(req)
         if req.kind in ("lift", "extend"):
             block = self._state.timed_blocks.get(req.action_id)
             if block is None:
                 return f"{req.action_id[:80]} is not a temporary block in force in this incident"
-            if req.action_id in self._block_busy:
-                return f"{req.action_id[:80]} is being lifted or extended; try again in a moment"
+            if busy := self._analyst_busy(req):
+                return busy
             if datetime.fromisoformat(block.expires_at) <= workflow.now():
                 return f"{req.action_id[:80]} has reached its expiry: it is being lifted"
             if req.kind == "extend" and not 0 < req.seconds <= MAX_EXTEND_SECONDS:
@@ -459,16 +450,14 @@ class IncidentWorkflow:
         if req.kind == "contain":
             if closed:
                 return closed
-            if self._containing:
-                return "another contain now is in progress; try again in a moment"
-            if self._handling:
-                return "a detection is being contained; try again in a moment"
-            return None if req.action_id else "which action? (action_id)"
+            if not req.action_id:
+                return "which action? (action_id)"
+            return self._analyst_busy(req)
         if req.kind == "close":
             if closed:
                 return closed
-            if self._containing:
-                return "a contain now is in progress; try again in a moment"
+            if busy := self._analyst_busy(req):
+                return busy
             if req.disposition not in DISPOSITIONS:
                 return f"disposition must be one of {', '.join(DISPOSITIONS)}"
             pending = sum(1 for a in self._approvals.values() if a.status == "pending")
@@ -1421,6 +1410,15 @@ async def _core(fn: Callable[[Any, _P], Awaitable[_R]], arg: _P, *, seconds: int
     return await workflow.execute_activity_method(
         fn, arg, start_to_close_timeout=timedelta(seconds=seconds), retry_policy=_FAST
     )
+
+
+def _refuse(why: str | None, event: str, **fields: str) -> None:
+    """A validator's refusal: logged (fields bounded by the caller), then raised."""
+    if why is None:
+        return
+    said = " ".join(f"{k}={v!r}" for k, v in fields.items())
+    workflow.logger.warning("%s %s why: %s", event, said, why)
+    raise ValueError(why)
 
 
 async def _gave_up(name: str) -> None:
