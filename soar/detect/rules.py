@@ -23,6 +23,10 @@ A pack::
                                     #   pattern (RE2) also matches at its start (an exception
                                     #   such as "you are now ready", which RE2, having no
                                     #   lookahead, cannot write inside the pattern)
+        group: role-play            # optional: rules of one group (and technique) are one
+                                    #   piece of evidence: only the highest score of the group
+                                    #   counts, however many of its rules match (see
+                                    #   soar.detect.engine.technique_scores)
 
 Patterns are RE2 (:mod:`soar.detect.matcher`): matching is linear in the text for any pattern,
 by construction (no backtracking). What RE2 does not have is refused at load time, like any
@@ -72,6 +76,7 @@ _RULE_KEYS = (
     "pattern",
     "detector",
     "unless",
+    "group",
 )
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TECHNIQUE_RE = re.compile(r"AML\.T\d{4}(?:\.\d{3})?")
@@ -101,6 +106,8 @@ class Rule:
     unless: Regex | None = None
     pack: str = ""
     line: int = 0
+    # rules of one group (and technique) count as one piece of evidence
+    group: str = ""
 
     def applies_to(self, kind: str) -> bool:
         return self.kind == "both" or self.kind == kind
@@ -246,7 +253,14 @@ class _Parser(NodeParser[RulePackError]):
                 )
             if "unless" in fields:
                 raise self.error(fields["unless"], f"{path}.unless", "only a pattern can have one")
+        group = ""
+        if "group" in fields:
+            group = self.string(fields["group"], f"{path}.group")
+            if not _ID_RE.fullmatch(group):
+                why = "use lower-case letters, digits, '.', '_', '-'"
+                raise self.error(fields["group"], f"{path}.group", why)
         return Rule(
+            group=group,
             id=rule_id,
             technique=technique,
             kind=kind,  # type: ignore[arg-type]
