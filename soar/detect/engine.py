@@ -126,13 +126,13 @@ def technique_scores(findings: Iterable[Finding]) -> dict[str, float]:
 
 
 def _combined(findings: Iterable[Finding]) -> dict[str, float]:
-    best: dict[tuple[str, str], float] = {}
+    best: dict[tuple[str, str, str], float] = {}
     for f in findings:
-        key = (f.technique, f.group or "\0" + f.rule)
+        key = (f.technique, f.group, "" if f.group else f.rule)
         if f.score > best.get(key, 0.0):
             best[key] = f.score
     miss: dict[str, float] = {}
-    for (technique, _), score in best.items():
+    for (technique, _, _), score in best.items():
         miss[technique] = miss.get(technique, 1.0) * (1.0 - score)
     return {t: 1.0 - m for t, m in miss.items()}
 
@@ -384,11 +384,7 @@ class _Pass:
             self.found[rule.id] = Finding(
                 rule.technique, rule.id, rule.score, where, rule.why + self.note, rule.group
             )
-            if rule.group:
-                reached = _combined(self.found.values())
-            else:
-                before = reached.get(rule.technique, 0.0)
-                reached[rule.technique] = 1.0 - (1.0 - before) * (1.0 - rule.score)
+            reached = _combined(self.found.values())
 
     def _first(self, rule: Rule, keywords: _Keywords) -> tuple[int, int] | None:
         """The first match of ``rule`` that counts, in byte offsets."""
