@@ -43,6 +43,7 @@ from typing import Final, Literal
 
 from soar.detect import leakage
 from soar.detect.catalog import KNOWN_TECHNIQUES
+from soar.detect.lexical import WordModel, builtin_models, first_word_at, words_of
 from soar.detect.matcher import PatternSet, Regex
 from soar.detect.normalise import Normalised, deleet, normalise, rot13
 from soar.detect.rules import Rule, RulePack, builtin_packs
@@ -140,8 +141,10 @@ def _combined(findings: Iterable[Finding]) -> dict[str, float]:
 class Engine:
     """A set of rules, split by the kind of text they apply to."""
 
-    def __init__(self, packs: Sequence[RulePack]) -> None:
+    def __init__(self, packs: Sequence[RulePack], models: Sequence[WordModel] = ()) -> None:
         self.packs = tuple(packs)
+        # word models (soar.detect.lexical) read prompts: they were trained on prompts
+        self.models = tuple(models)
         seen: set[str] = set()
         names = [p.name for p in self.packs]
         if len(set(names)) != len(names):
@@ -151,6 +154,10 @@ class Engine:
                 if rule.id in seen:
                     raise ValueError(f"{pack.source} line {rule.line}: duplicate rule id {rule.id}")
                 seen.add(rule.id)
+        for model in self.models:
+            if model.rule in seen:
+                raise ValueError(f"word model {model.name}: duplicate rule id {model.rule}")
+            seen.add(model.rule)
         self._by_kind: dict[str, tuple[Rule, ...]] = {
             kind: tuple(r for p in self.packs for r in p.rules if r.applies_to(kind))
             for kind in ("prompt", "output")
@@ -190,9 +197,34 @@ class Engine:
                 finding = self._detector(rule, norm, c, found)
                 if finding is not None:
                     found[rule.id] = finding
+        if kind == "prompt" and self.models:
+            self._models(norm, data, found)
         return sorted(found.values(), key=lambda f: (f.span, f.technique, f.rule))
 
     # -- internals --------------------------------------------------------------------------
+
+    def _models(self, norm: Normalised, data: bytes, found: dict[str, Finding]) -> None:
+        reached = _combined(found.values())
+        words = words_of(data)
+        for model in self.models:
+            if reached.get(model.technique, 0.0) >= _ENOUGH:
+                continue  # the rules have said enough
+            p, top = model.probability(words)
+            if not top:
+                continue
+            at = first_word_at(data, top[0])
+            start = len(data[:at].decode("utf-8", "replace")) if len(data) != len(norm.text) else at
+            end = start + len(top[0].decode("utf-8", "replace"))
+            named = ", ".join(w.decode("utf-8", "replace") for w in top)
+            why = f"{model.why}: p={p:.2f}; words that weighed most: {named}"
+            found[model.rule] = Finding(
+                model.technique,
+                model.rule,
+                model.score,
+                norm.original_span(start, end),
+                why,
+                f"model:{model.name}",
+            )
 
     def _detector(
         self, rule: Rule, norm: Normalised, c: _Compiled, found: dict[str, Finding]
@@ -485,4 +517,4 @@ def _decode_hex(segment: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def _default_engine() -> Engine:
-    return Engine(builtin_packs(KNOWN_TECHNIQUES))
+    return Engine(builtin_packs(KNOWN_TECHNIQUES), builtin_models(KNOWN_TECHNIQUES))

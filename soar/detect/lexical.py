@@ -1,0 +1,158 @@
+"""A word model: one more piece of evidence for a technique, learned from labelled prompts.
+
+Rules name the phrases of an attack; many jailbreak prompts have none of them and are still
+written in words that benign prompts seldom use together ("unfiltered", "dan", "openai",
+"policies", "stay in character" ...). A :class:`WordModel` is a logistic regression over the
+*set* of words of the normalised text (lower case, NFKC, lookalikes folded: the text the rules
+read), each word weighing ``1 / sqrt(number of distinct words)``, so that a long text is not
+flagged for its length. When the probability reaches the model's ``threshold`` the engine adds
+one finding of the model's ``score`` (in its own group), whose span is the first occurrence of
+the word that weighed most and whose explanation names the words that weighed most.
+
+Texts of fewer than ``min_words`` distinct words get no finding from the model: in a short
+text each word weighs so much that two of them ("openai chatgpt") could decide; short texts
+are left to the rules.
+
+The model only adds evidence: it never lowers the score of a rule's finding, so text written
+to look benign to it (padding) takes the engine back to its rules, no lower.
+
+Models are JSON files (``soar/detect/models/*.json``), made by ``bench/train_lexical.py`` from
+the *dev* part of the benchmark corpora only; the file records what it was trained on. A file
+is validated on load like a rule pack: a wrong or missing field is a :class:`WordModelError`
+that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+
+__all__ = ["WordModel", "WordModelError", "builtin_models", "first_word_at", "words_of"]
+
+# Bytes that separate words: ASCII other than letters and digits (bytes of UTF-8 sequences,
+# >= 0x80, are kept, so a word may hold non-ASCII letters).
+_SEPARATORS: Final = bytes(b for b in range(128) if not (48 <= b <= 57 or 97 <= b <= 122))
+_TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
+# Words named in a finding's explanation.
+_NAMED: Final = 5
+_MAX_WORD: Final = 64
+
+
+def words_of(data: bytes) -> set[bytes]:
+    """The distinct words of normalised (lower-case) UTF-8 text."""
+    return set(data.translate(_TO_SPACE).split())
+
+
+def first_word_at(data: bytes, word: bytes) -> int:
+    """The byte offset of the first occurrence of ``word`` as a whole word in ``data``
+    (-1 if none)."""
+    at = (b" " + data.translate(_TO_SPACE) + b" ").find(b" " + word + b" ")
+    return at
+
+
+class WordModelError(ValueError):
+    """A model file that is not a valid word model (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class WordModel:
+    name: str
+    technique: str
+    rule: str
+    score: float
+    threshold: float
+    # texts of fewer distinct words get no finding: a few words say too little (rules read
+    # short texts)
+    min_words: int
+    why: str
+    bias: float
+    weights: Mapping[bytes, float]
+    trained_on: Mapping[str, Any]
+
+    def probability(self, words: set[bytes]) -> tuple[float, list[bytes]]:
+        """The model's probability for a text of these words, and the words that weighed
+        most for it (positive weights, highest first)."""
+        if len(words) < max(self.min_words, 1):
+            return 0.0, []
+        weights = self.weights
+        hit = words & weights.keys()
+        total = math.fsum(map(weights.__getitem__, hit))
+        z = self.bias + total / math.sqrt(len(words))
+        p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+        if p < self.threshold:
+            return p, []
+        top = sorted((w for w in hit if weights[w] > 0), key=lambda w: (-weights[w], w))
+        return p, top[:_NAMED]
+
+    @classmethod
+    def from_json(
+        cls, text: str, source: str, known_techniques: Iterable[str] | None = None
+    ) -> WordModel:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WordModelError(f"{source} line {exc.lineno}: not JSON: {exc.msg}") from None
+        if not isinstance(doc, dict):
+            raise WordModelError(f"{source}: the model must be a JSON object")
+
+        def need(key: str, kind: type | tuple[type, ...]) -> Any:
+            if key not in doc:
+                raise WordModelError(f"{source}: {key}: required")
+            value = doc[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise WordModelError(f"{source}: {key}: wrong type ({type(value).__name__})")
+            return value
+
+        name = need("model", str)
+        technique = need("technique", str)
+        if known_techniques is not None and technique not in set(known_techniques):
+            raise WordModelError(f"{source}: technique: {technique!r} is not in the ATLAS catalog")
+        rule = need("rule", str)
+        score = float(need("score", (int, float)))
+        threshold = float(need("threshold", (int, float)))
+        for key, value in (("score", score), ("threshold", threshold)):
+            if not 0.0 < value <= 1.0:
+                raise WordModelError(f"{source}: {key}: must be in (0, 1], not {value}")
+        min_words = need("min_words", int)
+        if min_words < 0:
+            raise WordModelError(f"{source}: min_words: must be >= 0, not {min_words}")
+        why = need("why", str)
+        bias = float(need("bias", (int, float)))
+        raw = need("weights", dict)
+        weights: dict[bytes, float] = {}
+        for word, weight in raw.items():
+            # a word of the normalised text: of ASCII, only lower-case letters and digits
+            if not (0 < len(word) <= _MAX_WORD) or word.translate(_TO_SPACE_STR) != word:
+                raise WordModelError(f"{source}: weights[{word[:_MAX_WORD]!r}]: not a word")
+            if not isinstance(weight, int | float) or isinstance(weight, bool):
+                raise WordModelError(f"{source}: weights[{word!r}]: not a number")
+            if not math.isfinite(weight):
+                raise WordModelError(f"{source}: weights[{word!r}]: not finite")
+            weights[word.encode("utf-8")] = float(weight)
+        if not math.isfinite(bias):
+            raise WordModelError(f"{source}: bias: not finite")
+        trained_on = doc.get("trained_on", {})
+        if not isinstance(trained_on, dict):
+            raise WordModelError(f"{source}: trained_on: must be an object")
+        return cls(
+            name, technique, rule, score, threshold, min_words, why, bias, weights, trained_on
+        )
+
+
+# the same separators, for checking a word of a model file (str)
+_TO_SPACE_STR: Final = str.maketrans({chr(b): " " for b in _SEPARATORS})
+
+
+def builtin_models(known_techniques: Iterable[str] | None = None) -> tuple[WordModel, ...]:
+    """The models shipped in ``soar/detect/models/*.json``, in file name order."""
+    known = tuple(known_techniques) if known_techniques is not None else None
+    folder = resources.files("soar.detect.models")
+    models = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            models.append(WordModel.from_json(entry.read_text("utf-8"), entry.name, known))
+    return tuple(models)

@@ -1,0 +1,1 @@
+"""Word models of the detection engine (JSON, made by bench/train_lexical.py)."""
