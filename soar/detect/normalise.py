@@ -135,9 +135,12 @@ _HOMOGLYPHS: Final = str.maketrans(
 _HOMOGLYPHS.update(
     {base + i: chr(ord("a") + i) for base in (0x1F1E6, 0x1F150, 0x1F170) for i in range(26)}
 )
+# The letters that make a word "mixed-script". The dotless i is folded for matching like the
+# others, but it is an ordinary letter of Turkish and Azerbaijani words ("s\u0131cak"), not a
+# sign of disguise.
 _LOOKALIKES: Final = frozenset(
     chr(c) for c in _HOMOGLYPHS if chr(c).isalpha() and ord(chr(c)) < 0x1F000
-)
+) - {"\u0131"}
 # (non-ASCII only: the upper case of a dotless i is "I")
 _LOOKALIKE_CLASS: Final = "".join(
     sorted(
