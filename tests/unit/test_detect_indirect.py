@@ -82,6 +82,7 @@ def test_an_order_planted_in_a_document_is_an_injection(rule: str, sentence: str
     "sentence",
     [
         "If you ignore the noise, the trend is clear.",
+        "Ignore the noise. The foundational text states the facts.",
         "Users sometimes ask how the model works; we answer in the FAQ.",
         "The assistant must be polite and concise.",
         "Stop the timer when the test is done.",
