@@ -181,3 +181,13 @@ def test_the_shipped_model_is_what_the_training_script_makes() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_docs_list_every_rule_and_the_model_with_their_scores() -> None:
+    doc = (ROOT / "docs" / "detectors.md").read_text("utf-8")
+    for pack in builtin_packs(KNOWN_TECHNIQUES):
+        for rule in pack.rules:
+            row = f"| `{rule.id}` | {rule.technique} | {rule.kind} | {rule.score:g} |"
+            assert row in doc, f"docs/detectors.md has no row {row!r}"
+    (model,) = builtin_models(KNOWN_TECHNIQUES)
+    assert f"`{model.rule}`" in doc and f"threshold {model.threshold:g}" in doc
