@@ -204,9 +204,13 @@ class Engine:
     # -- internals --------------------------------------------------------------------------
 
     def _models(self, norm: Normalised, data: bytes, found: dict[str, Finding]) -> None:
+        # n distinct words take at least 2n - 1 bytes: a shorter text is below every minimum
+        models = [m for m in self.models if len(data) >= 2 * m.min_words - 1]
+        if not models:
+            return
         reached = _combined(found.values())
         words = words_of(data)
-        for model in self.models:
+        for model in models:
             if reached.get(model.technique, 0.0) >= _ENOUGH:
                 continue  # the rules have said enough
             p, top = model.probability(words)
