@@ -39,7 +39,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from soar.detect import leakage
 from soar.detect.catalog import KNOWN_TECHNIQUES
@@ -57,6 +57,13 @@ _HEX_ESCAPES = Regex(r"(?:\\x[0-9a-f]{2}){6,}")
 # In the set: the text may hold an encoded segment (on the lower-cased text, so a superset of
 # the base64 runs of the cased one).
 _ENCODED_HINT: Final = r"[a-z0-9+/_-]{20}|(?:\\x[0-9a-f]{2}){6}"
+# Its first half without RE2: the bytes of that class become "e", every other byte a space, and
+# the text holds such a run when the result holds 20 "e" in a row (bytes.translate and a
+# substring search are a fraction of the fixed cost of a set pass); the set runs only when the
+# text holds "\\x" (its second half).
+_ENCODED_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789+/_-")
+_ENCODED_MASK: Final = bytes(0x65 if b in _ENCODED_BYTES else 0x20 for b in range(256))
+_ENCODED_RUN: Final = b"e" * 20
 _MAX_SEGMENTS: Final = 16
 _MAX_DECODED: Final = 65_536
 # Once a technique's combined score reaches this, its remaining rules are skipped.
@@ -84,6 +91,9 @@ _LEET_FOR: Final = {
     "l": "|",
 }
 _LEET_CLASS: Final = r"a-z0-9@$!|"
+# Every byte but the leet characters: a text without any of those cannot hold a leet token
+# (``data.translate(None, _NOT_LEET)`` is then empty), so the leet set need not run.
+_NOT_LEET: Final = bytes(b for b in range(256) if chr(b) not in "".join(_LEET_FOR.values()))
 
 
 def _utf8(text: str) -> bytes:
@@ -137,6 +147,23 @@ def _combined(findings: Iterable[Finding]) -> dict[str, float]:
     return {t: 1.0 - m for t, m in miss.items()}
 
 
+def _combined_one(findings: Iterable[Finding], technique: str) -> float:
+    """``_combined(findings).get(technique, 0.0)``, the same arithmetic in the same order,
+    looking at that technique only."""
+    best: dict[tuple[str, str], float] = {}
+    for f in findings:
+        if f.technique == technique:
+            key = (f.group, "" if f.group else f.rule)
+            if f.score > best.get(key, 0.0):
+                best[key] = f.score
+    if not best:
+        return 0.0
+    miss = 1.0
+    for score in best.values():
+        miss *= 1.0 - score
+    return 1.0 - miss
+
+
 class Engine:
     """A set of rules, split by the kind of text they apply to."""
 
@@ -183,8 +210,8 @@ class Engine:
         if flags.rot13 >= 2:  # keywords written in ROT13
             rot_data = _utf8(rot13(norm.text))
             _Pass(c, norm, rot_data, found, " (after ROT13 decoding)").run(c.set.match(rot_data))
-        for rule in c.rules:
-            if rule.detector is not None and rule.id not in found:
+        for rule in c.detector_rules:
+            if rule.id not in found:
                 if rule.detector == "encoded" and not flags.encoded:
                     continue  # no run of 20 base64/hex characters: nothing encoded
                 finding = self._detector(rule, norm, c, found)
@@ -268,8 +295,7 @@ class Engine:
         return first
 
 
-@dataclass(frozen=True)
-class _Flags:
+class _Flags(NamedTuple):
     encoded: bool
     leet: bool
     rot13: int
@@ -284,6 +310,7 @@ class _Compiled:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        self.detector_rules = tuple(r for r in self.rules if r.detector is not None)
         # rank of each pattern rule (by entry index): higher scores first
         self.rank = {i: (-r.score, i) for i, r in enumerate(self.pattern_rules)}
         self.keywords = tuple(_Keywords.of(r) for r in self.pattern_rules)
@@ -305,11 +332,11 @@ class _Compiled:
         self.rot13_words = PatternSet(rot13_words, group=max(len(rot13_words), 1))
 
     def flags(self, data: bytes) -> _Flags:
-        return _Flags(
-            bool(self.encoded.match(data)),
-            bool(self.leet.match(data)),
-            len(self.rot13_words.match(data)),
-        )
+        encoded = _ENCODED_RUN in data.translate(_ENCODED_MASK)
+        if not encoded and b"\\x" in data:
+            encoded = bool(self.encoded.match(data))
+        leet = bool(data.translate(None, _NOT_LEET)) and bool(self.leet.match(data))
+        return _Flags(encoded, leet, len(self.rot13_words.match(data)))
 
 
 @dataclass(frozen=True)
@@ -324,13 +351,15 @@ class _Keywords:
         return cls(rule.words, tuple(_utf8(p) for p in rule.phrases))
 
     def held_by(self, data: bytes, start: int, end: int) -> bool:
-        if not self.words and not self.phrases:
+        if self.phrases:
+            piece = data[start:end]
+            for p in self.phrases:
+                if p in piece:
+                    return True
+            if not self.words:
+                return False
+        elif not self.words:
             return True
-        piece = data[start:end]
-        if any(p in piece for p in self.phrases):
-            return True
-        if not self.words:
-            return False
         # the words the match touches, whole (a match may start or end inside a word)
         lo, hi, n = start, end, len(data)
         while lo > 0 and start - lo < _WORD_REACH and data[lo - 1] in _ALNUM_BYTES:
@@ -363,16 +392,21 @@ class _Pass:
         self.only = only
 
     def run(self, hits: list[int]) -> None:
-        c = self.c
-        candidates = [i for i in hits if i < c.n_rules]
-        if not candidates:
+        if not hits:
             return
-        reached = _combined(self.found.values())
-        for i in sorted(candidates, key=c.rank.__getitem__):
+        c, found = self.c, self.found
+        # the combined score of each technique looked at, computed when first needed and again
+        # after a finding of it (only that technique's score changes)
+        reached: dict[str, float] = {}
+        for i in sorted(hits, key=c.rank.__getitem__):
             rule = c.pattern_rules[i]
-            if rule.id in self.found:
+            if rule.id in found:
                 continue
-            if reached.get(rule.technique, 0.0) >= _ENOUGH:
+            technique = rule.technique
+            score = reached.get(technique)
+            if score is None:
+                score = reached[technique] = _combined_one(found.values(), technique)
+            if score >= _ENOUGH:
                 continue
             m = self._first(rule, c.keywords[i])
             if m is None:
@@ -381,10 +415,10 @@ class _Pass:
                 where = self.span
             else:
                 where = self.norm.original_span(self._char(m[0]), self._char(m[1]))
-            self.found[rule.id] = Finding(
-                rule.technique, rule.id, rule.score, where, rule.why + self.note, rule.group
+            found[rule.id] = Finding(
+                technique, rule.id, rule.score, where, rule.why + self.note, rule.group
             )
-            reached = _combined(self.found.values())
+            del reached[technique]
 
     def _first(self, rule: Rule, keywords: _Keywords) -> tuple[int, int] | None:
         """The first match of ``rule`` that counts, in byte offsets."""
