@@ -6,9 +6,11 @@
 Scans every text of the bench corpora (the texts bench/detect.py measures) and obfuscated
 variants of each (zero-width characters, fullwidth forms, leetspeak, base64, ROT13, Cyrillic
 lookalikes, emoji, tag characters, terminal escapes, hex) as a prompt and as an output, and
-writes (``--dump``) or compares with a file (``--compare``) the findings of each scan
-(``Finding.as_dict``). ``--root`` imports ``soar`` from another checkout (for instance an
-export of an older commit), so that the two versions are compared on the same texts.
+normalises each one that is not plain printable ASCII; it writes (``--dump``) or compares with
+a file (``--compare``) the findings of each scan (``Finding.as_dict``) and a digest of each
+normalisation (the text, the signals and the map back to the original text, through
+``original_span``). ``--root`` imports ``soar`` from another checkout (for instance an export
+of an older commit), so that the two versions are compared on the same texts.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import codecs
+import hashlib
 import json
 import random
 import sys
@@ -72,6 +75,7 @@ def main() -> None:
 
     sys.path.insert(0, args.root)
     from soar.detect import Engine  # imported from --root
+    from soar.detect.normalise import normalise
 
     sys.path.insert(0, str(HERE.parent))
     from detect import DATA, load_jsonl, stdlib_benign  # the corpora of bench/detect.py
@@ -88,8 +92,27 @@ def main() -> None:
             for kind in ("prompt", "output"):
                 key = f"{n}:{row.get('id', '')}:{name}:{kind}"
                 out[key] = [f.as_dict() for f in engine.scan(text, kind)]  # type: ignore[arg-type]
-    n_findings = sum(len(v) for v in out.values())
-    print(f"{len(out)} scans of {len(rows)} texts, {n_findings} findings (soar from {args.root})")
+    # normalisation itself, on the texts that are not plain ASCII: the text, the cased text,
+    # the signals and where spans of the normalised text map back to
+    norms: dict[str, str] = {}
+    for n, row in enumerate(rows):
+        for name, text in variants(row["text"], random.Random(n)):
+            if text.isascii() and text.isprintable():
+                continue
+            norm = normalise(text)
+            size = len(norm.text)
+            spans = [norm.original_span(i, min(i + w, size)) for w in (1, 9) for i in range(size)]
+            spans += [norm.original_span(i, i) for i in range(size + 1)]
+            digest = hashlib.sha256(
+                repr((norm.text, norm.cased, vars(norm.signals), spans)).encode("utf-8", "replace")
+            ).hexdigest()
+            norms[f"{n}:{row.get('id', '')}:{name}:normalise"] = digest
+    out.update({k: [{"normalised": v}] for k, v in norms.items()})
+    n_findings = sum(len(v) for v in out.values()) - len(norms)
+    print(
+        f"{len(out) - len(norms)} scans of {len(rows)} texts, {n_findings} findings, "
+        f"{len(norms)} normalisations (soar from {args.root})"
+    )
     if args.dump:
         Path(args.dump).write_text(json.dumps(out, sort_keys=True), encoding="utf-8")
     if args.compare:

@@ -148,20 +148,9 @@ def _combined(findings: Iterable[Finding]) -> dict[str, float]:
 
 
 def _combined_one(findings: Iterable[Finding], technique: str) -> float:
-    """``_combined(findings).get(technique, 0.0)``, the same arithmetic in the same order,
-    looking at that technique only."""
-    best: dict[tuple[str, str], float] = {}
-    for f in findings:
-        if f.technique == technique:
-            key = (f.group, "" if f.group else f.rule)
-            if f.score > best.get(key, 0.0):
-                best[key] = f.score
-    if not best:
-        return 0.0
-    miss = 1.0
-    for score in best.values():
-        miss *= 1.0 - score
-    return 1.0 - miss
+    """``_combined(findings).get(technique, 0.0)``: the same function on that technique's
+    findings (in the same order, so the same arithmetic)."""
+    return _combined([f for f in findings if f.technique == technique]).get(technique, 0.0)
 
 
 class Engine:

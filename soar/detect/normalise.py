@@ -409,26 +409,42 @@ def normalise(text: str) -> Normalised:
         if segment.isascii():
             emit(segment, start, end)
             return
-        pos = start
+        # The common case: NFKC keeps the segment as it is (then it keeps each non-ASCII run
+        # alone as it is: a run is bounded by ASCII characters, which compose with nothing
+        # after them) and no lookalike is there to report: one piece, mapped one to one.
+        lookalikes = not _LOOKALIKES.isdisjoint(segment.lower())
+        if not lookalikes and unicodedata.is_normalized("NFKC", segment):
+            emit(segment, start, end)
+            return
+        # Otherwise run by run. Pieces that keep their length are mapped one to one: they are
+        # emitted together, as one piece (the same map as one piece each).
+        pieces: list[str] = []
+        same_from = pos = start
         for run_start, run_end in _non_ascii_runs(text, start, end):
-            if run_start > pos:
-                emit(text[pos:run_start], pos, run_start)
+            pieces.append(text[pos:run_start])
             run = text[run_start:run_end]
-            if _LOOKALIKES.intersection(run.lower()) and (
-                _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
-                or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
+            if (
+                lookalikes
+                and _LOOKALIKES.intersection(run.lower())
+                and (
+                    _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
+                    or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
+                )
             ):
                 signals.mixed_script.append((run_start, run_end))
             nfkc = unicodedata.normalize("NFKC", run)
             if len(nfkc) == len(run):
-                emit(nfkc, run_start, run_end)
+                pieces.append(nfkc)
             else:
+                emit("".join(pieces), same_from, run_start)
+                pieces = []
                 # Map character by character so that a span stays as narrow as possible.
                 for k, ch in enumerate(run):
                     emit(unicodedata.normalize("NFKC", ch), run_start + k, run_start + k + 1)
+                same_from = run_end
             pos = run_end
-        if pos < end:
-            emit(text[pos:end], pos, end)
+        pieces.append(text[pos:end])
+        emit("".join(pieces), same_from, end)
 
     pos = 0
     for m in _hidden_runs(text):
