@@ -92,6 +92,7 @@ def _error_text(exc: BaseException) -> str:
 # around each call (about a tenth of the cost of a scan of an attack text). The binding is
 # pinned (requirements.lock); should a version lack it, the public ``finditer`` is used.
 _UNANCHORED: Final = getattr(re2, "_Anchor", None) and re2._Anchor.UNANCHORED
+_ANCHOR_START: Final = getattr(re2, "_Anchor", None) and re2._Anchor.ANCHOR_START
 
 
 def _raw_matcher(compiled: Any) -> Any:
@@ -131,7 +132,11 @@ class Regex:
 
     def match(self, data: bytes, pos: int) -> bool:
         """Whether the pattern matches starting exactly at ``pos``."""
-        return self._re.match(data, pos) is not None
+        if self._raw is None or _ANCHOR_START is None:
+            return self._re.match(data, pos) is not None
+        end = len(data)
+        pos = max(0, min(pos, end))
+        return bool(self._raw(_ANCHOR_START, data, pos, end)[0][0] >= 0)
 
     def finditer(self, data: bytes, pos: int = 0) -> Iterator[tuple[int, int]]:
         if self._raw is None:

@@ -147,6 +147,8 @@ _LOOKALIKE_CLASS: Final = "".join(
     )
 )
 _ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
+# The lookalikes themselves, to search lower-cased text (``_LOOKALIKES & set(s)`` is slower).
+_LOWER_LOOKALIKE = re.compile("[" + "".join(sorted(_LOOKALIKES)) + "]")
 
 
 # A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
@@ -256,6 +258,9 @@ _ANSI: Final = (
 )
 _CONTROL_CHARS: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# The ASCII bytes that are not control codes: an ASCII text holds a control code when its
+# bytes with these deleted are not empty (faster than _CONTROL.search).
+_NOT_CONTROL_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 _HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}]|{_INVISIBLE.pattern.removesuffix('+')})++")
 # Every character a hidden run can start with, as one class: searching for it is a tight loop,
 # while searching for _HIDDEN itself tries its alternatives at every position.
@@ -374,7 +379,7 @@ def normalise(text: str) -> Normalised:
     """Normalise ``text`` (see the module docstring). Linear in ``len(text)``."""
     signals = Signals()
     if text.isascii():
-        if _CONTROL.search(text) is None:
+        if not text.encode("ascii").translate(None, _NOT_CONTROL_ASCII):
             return Normalised(text.lower(), text, text, [], [], [], signals)
     else:
         data = text.encode("utf-8", "surrogatepass")
@@ -412,7 +417,7 @@ def normalise(text: str) -> Normalised:
         # The common case: NFKC keeps the segment as it is (then it keeps each non-ASCII run
         # alone as it is: a run is bounded by ASCII characters, which compose with nothing
         # after them) and no lookalike is there to report: one piece, mapped one to one.
-        lookalikes = not _LOOKALIKES.isdisjoint(segment.lower())
+        lookalikes = _LOWER_LOOKALIKE.search(segment.lower()) is not None
         if not lookalikes and unicodedata.is_normalized("NFKC", segment):
             emit(segment, start, end)
             return
@@ -425,7 +430,7 @@ def normalise(text: str) -> Normalised:
             run = text[run_start:run_end]
             if (
                 lookalikes
-                and _LOOKALIKES.intersection(run.lower())
+                and _LOWER_LOOKALIKE.search(run.lower())
                 and (
                     _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
                     or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
