@@ -20,14 +20,14 @@ that normalisation merged or split. The text scanned is at most :data:`MAX_CHARS
 
 Matching (:mod:`soar.detect.matcher`): the patterns of the rules of a kind form RE2 sets (of
 :data:`soar.detect.matcher.GROUP` patterns), each of which reads the text once and says which
-of its patterns match somewhere; three small sets say whether the text holds a long
-base64/hex-looking run, a leetspeak form of a keyword or ROT13 forms of keywords, so that
-ordinary text skips those decodings. Only the rules the sets name run on
-their own (RE2 again) to find where: the first match that holds one of the rule's keywords
-(and that its ``unless`` pattern does not match) is the finding. Candidates run by decreasing
-score, and not at all once their technique has reached a combined score of 0.97 (so a finding
-list names the rules that sufficed, not necessarily every rule that would match). RE2 never
-backtracks: every pass is linear in the length of the text, whatever the rules.
+of its patterns match somewhere; a byte check says whether the text holds a long
+base64/hex-looking run, and one small set whether it holds a leetspeak form of a keyword or
+ROT13 forms of keywords, so that ordinary text skips those decodings. Only the rules the sets
+name run on their own (RE2 again) to find where: the first match that holds one of the rule's
+keywords (and that its ``unless`` pattern does not match) is the finding. Candidates run by
+decreasing score, and not at all once their technique has reached a combined score of 0.97 (so
+a finding list names the rules that sufficed, not necessarily every rule that would match). RE2
+never backtracks: every pass is linear in the length of the text, whatever the rules.
 """
 
 from __future__ import annotations
@@ -91,9 +91,6 @@ _LEET_FOR: Final = {
     "l": "|",
 }
 _LEET_CLASS: Final = r"a-z0-9@$!|"
-# Every byte but the leet characters: a text without any of those cannot hold a leet token
-# (``data.translate(None, _NOT_LEET)`` is then empty), so the leet set need not run.
-_NOT_LEET: Final = bytes(b for b in range(256) if chr(b) not in "".join(_LEET_FOR.values()))
 
 
 def _utf8(text: str) -> bytes:
@@ -308,24 +305,28 @@ class _Compiled:
         self.set = PatternSet(sources)
         words = {w.decode() for r in self.pattern_rules for w in r.words}
         phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
-        # three sets: together, their automaton would be several times larger
+        # the encoded hint alone: with the others, its run of 20 would multiply their states
         self.encoded = PatternSet([_ENCODED_HINT])
         leet = _leet_hint(w for w in words | phrase_words if len(w) >= 4 and w.isalpha())
-        self.leet = PatternSet([leet] if leet else [])
         rot13_words = [
             rf"\b{r}\b"
             for w in sorted(words)
             if len(w) >= 4 and w.isascii() and w.isalpha() and (r := rot13(w)) not in words
         ]
-        # one set (literal words make a small automaton), one entry each, to count them
-        self.rot13_words = PatternSet(rot13_words, group=max(len(rot13_words), 1))
+        # one set for the leet hint (entry 0, if any) and the ROT13 words (literal words make a
+        # small automaton), one entry each, to count them: one pass for both
+        self.has_leet = bool(leet)
+        hints = [leet, *rot13_words] if leet else rot13_words
+        self.hints = PatternSet(hints, group=max(len(hints), 1))
 
     def flags(self, data: bytes) -> _Flags:
         encoded = _ENCODED_RUN in data.translate(_ENCODED_MASK)
         if not encoded and b"\\x" in data:
             encoded = bool(self.encoded.match(data))
-        leet = bool(data.translate(None, _NOT_LEET)) and bool(self.leet.match(data))
-        return _Flags(encoded, leet, len(self.rot13_words.match(data)))
+        hits = self.hints.match(data)
+        if self.has_leet and hits and hits[0] == 0:
+            return _Flags(encoded, True, len(hits) - 1)
+        return _Flags(encoded, False, len(hits))
 
 
 @dataclass(frozen=True)
