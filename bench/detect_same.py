@@ -45,6 +45,8 @@ def variants(text: str, rng: random.Random) -> list[tuple[str, str]]:
     hexed = "data: " + text[:200].encode("utf-8").hex() + " done"
     accents = " ".join(w + "\u00e9" if i % 5 == 1 else w for i, w in enumerate(words))
     mixed = "".join(c.upper() if rng.random() < 0.3 else c for c in text)
+    # the ohm sign lower-cases to an omega (a lookalike); an ellipsis changes the length
+    ohm = text.replace("w", "\u2126").replace(". ", "\u2026 ", 3)
     return [
         ("plain", text),
         ("zw", zw),
@@ -61,6 +63,7 @@ def variants(text: str, rng: random.Random) -> list[tuple[str, str]]:
         ("hex", hexed),
         ("accents", accents),
         ("mixed-case", mixed),
+        ("ohm-ellipsis", ohm),
     ]
 
 

@@ -149,6 +149,8 @@ _LOOKALIKE_CLASS: Final = "".join(
 _ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
 # The lookalikes themselves, to search lower-cased text (``_LOOKALIKES & set(s)`` is slower).
 _LOWER_LOOKALIKE = re.compile("[" + "".join(sorted(_LOOKALIKES)) + "]")
+# The one character outside _LOOKALIKE_CLASS whose lower case holds a lookalike.
+_OHM: Final = "\u2126"
 
 
 # A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
@@ -378,12 +380,16 @@ def _hidden_runs(text: str) -> Iterator[re.Match[str]]:
 def normalise(text: str) -> Normalised:
     """Normalise ``text`` (see the module docstring). Linear in ``len(text)``."""
     signals = Signals()
+    # whether a character of the text may lower-case to a lookalike: one of the class, or
+    # the only other one, the ohm sign (which lower-cases to an omega)
+    maybe_lookalike = False
     if text.isascii():
         if not text.encode("ascii").translate(None, _NOT_CONTROL_ASCII):
             return Normalised(text.lower(), text, text, [], [], [], signals)
     else:
         data = text.encode("utf-8", "surrogatepass")
         checks = _TEXT_CHECKS.match(data)
+        maybe_lookalike = 1 in checks or _OHM in text
         if 0 not in checks:  # nothing hidden
             nfkc = unicodedata.normalize("NFKC", text)
             low = nfkc.lower()
@@ -417,7 +423,7 @@ def normalise(text: str) -> Normalised:
         # The common case: NFKC keeps the segment as it is (then it keeps each non-ASCII run
         # alone as it is: a run is bounded by ASCII characters, which compose with nothing
         # after them) and no lookalike is there to report: one piece, mapped one to one.
-        lookalikes = _LOWER_LOOKALIKE.search(segment.lower()) is not None
+        lookalikes = maybe_lookalike and _LOWER_LOOKALIKE.search(segment.lower()) is not None
         if not lookalikes and unicodedata.is_normalized("NFKC", segment):
             emit(segment, start, end)
             return
