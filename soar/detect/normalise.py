@@ -361,17 +361,31 @@ def _fold(chunk: str) -> str:
     return _fold_lookalikes(low)
 
 
-def _hidden_runs(text: str) -> Iterator[re.Match[str]]:
+def _hidden_runs(text: str, data: bytes | None = None) -> Iterator[re.Match[str]]:
     """``_HIDDEN.finditer(text)``, faster: find where a run can start with the one-class
-    search, and match the run there (every character of that class starts a run)."""
-    pos = 0
-    while True:
-        start = _HIDDEN_START.search(text, pos)
-        if start is None:
-            return
-        m = _HIDDEN.match(text, start.start())
+    search, and match the run there (every character of that class starts a run). The
+    search is RE2's on ``data`` (the text's UTF-8, surrogates passed) when given: sre tests
+    a class with astral ranges slowly on a text with astral characters (emoji)."""
+    if data is None:
+        pos = 0
+        while True:
+            start = _HIDDEN_START.search(text, pos)
+            if start is None:
+                return
+            m = _HIDDEN.match(text, start.start())
+            if m is None:  # pragma: no cover - every start character is a run by itself
+                pos = start.start() + 1
+                continue
+            yield m
+            pos = m.end()
+    pos = at_byte = at_char = 0
+    for first, _ in _HIDDEN_START_RE2.finditer(data):
+        at_char += len(data[at_byte:first].decode("utf-8", "surrogatepass"))
+        at_byte = first
+        if at_char < pos:
+            continue  # inside the run just matched
+        m = _HIDDEN.match(text, at_char)
         if m is None:  # pragma: no cover - every start character is a run by itself
-            pos = start.start() + 1
             continue
         yield m
         pos = m.end()
@@ -383,6 +397,7 @@ def normalise(text: str) -> Normalised:
     # whether a character of the text may lower-case to a lookalike: one of the class, or
     # the only other one, the ohm sign (which lower-cases to an omega)
     maybe_lookalike = False
+    data: bytes | None = None  # the UTF-8 of a non-ASCII text
     if text.isascii():
         if not text.encode("ascii").translate(None, _NOT_CONTROL_ASCII):
             return Normalised(text.lower(), text, text, [], [], [], signals)
@@ -392,8 +407,7 @@ def normalise(text: str) -> Normalised:
         maybe_lookalike = 1 in checks or _OHM in text
         if 0 not in checks:  # nothing hidden
             nfkc = unicodedata.normalize("NFKC", text)
-            low = nfkc.lower()
-            if len(nfkc) == len(text) and len(low) == len(text):
+            if len(nfkc) == len(text) and len(low := nfkc.lower()) == len(text):
                 # one to one: no map needed (the common case of typographic quotes and emoji)
                 if 1 in checks:
                     signals.mixed_script.extend(_mixed_script(text, data))
@@ -458,7 +472,7 @@ def normalise(text: str) -> Normalised:
         emit("".join(pieces), same_from, end)
 
     pos = 0
-    for m in _hidden_runs(text):
+    for m in _hidden_runs(text, data):
         visible(pos, m.start())
         run = m.group(0)
         tags = [i for i, ch in enumerate(run) if _TAG_FIRST <= ord(ch) <= _TAG_LAST]
