@@ -414,15 +414,21 @@ class _Pass:
         """The first match of ``rule`` that counts, in byte offsets."""
         assert rule.pattern is not None
         data, only, unless = self.data, self.only, rule.unless
-        for tries, (start, end) in enumerate(rule.pattern.finditer(data)):
-            if tries >= _MAX_TRIES:
+        after, size, next_match = 0, len(data), rule.pattern.next_match
+        for _ in range(_MAX_TRIES):  # Regex.finditer, one call per match
+            if after > size:
                 break
+            m = next_match(data, after)
+            if m is None:
+                break
+            start, end = m
+            after = end if end > start else end + 1
             if only is not None and not _overlaps(only, start, end):
                 continue
             if unless is not None and unless.match(data, start):
                 continue
             if keywords.held_by(data, start, end):
-                return start, end
+                return m
         return None
 
     def _char(self, offset: int) -> int:

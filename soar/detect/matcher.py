@@ -130,6 +130,14 @@ class Regex:
     def search(self, data: bytes, pos: int = 0) -> tuple[int, int] | None:
         return next(self.finditer(data, pos), None)
 
+    def next_match(self, data: bytes, pos: int) -> tuple[int, int] | None:
+        """The first match at or after ``pos`` (``0 <= pos <= len(data)``), as
+        :meth:`finditer` would give it from there: one call, no generator."""
+        if self._raw is None:
+            return next(self.finditer(data, pos), None)
+        start, stop = self._raw(_UNANCHORED, data, pos, len(data))[0]
+        return None if start < 0 else (start, stop)
+
     def match(self, data: bytes, pos: int) -> bool:
         """Whether the pattern matches starting exactly at ``pos``."""
         if self._raw is None or _ANCHOR_START is None:
