@@ -75,6 +75,8 @@ _SEPARATORS = bytes(range(33, 48)) + bytes(range(58, 65)) + bytes(range(91, 97))
 _SEPARATORS += bytes(range(123, 127)) + b"\t\n\r\x0b\x0c"
 _TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
 _ALNUM_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+# Every byte but the UTF-8 continuation bytes (0x80-0xBF).
+_NOT_CONTINUATION: Final = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
 # How far the keyword check looks for the rest of a word a match cuts.
 _WORD_REACH: Final = 64
 # Leetspeak: the characters that decode to each letter (normalise._LEET, inverted), and those
@@ -435,7 +437,9 @@ class _Pass:
         """A byte offset of ``data`` as a character offset of the normalised text."""
         if len(self.data) == len(self.norm.text):
             return offset
-        return len(self.data[:offset].decode("utf-8", "replace"))
+        # the characters of the (valid UTF-8) prefix are its bytes that do not continue one
+        # (as many as it decodes to, a character cut at the end counting as one)
+        return offset - len(self.data[:offset].translate(None, _NOT_CONTINUATION))
 
 
 def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:

@@ -115,6 +115,27 @@ def test_one_technique_score_is_the_combined_score() -> None:
             assert e._combined_one(findings, technique) == want
 
 
+def test_next_match_steps_like_finditer() -> None:
+    rng = random.Random(12)
+    for source in ("ab+", "a*", r"\bno\b", "x|yz", "(?:é|e)s", ""):
+        regex = Regex(source)
+        for _ in range(200):
+            data = "".join(rng.choice("abxyzé no") for _ in range(rng.randint(0, 8))).encode()
+            got, pos = [], 0
+            while pos <= len(data) and (m := regex.next_match(data, pos)) is not None:
+                got.append(m)
+                pos = m[1] if m[1] > m[0] else m[1] + 1
+            assert got == list(regex.finditer(data)), (source, data)
+
+
+def test_character_offsets_count_the_bytes_that_start_a_character() -> None:
+    text = "aé€\U0001f600b\ufffd?"
+    data = text.encode("utf-8")
+    for offset in range(len(data) + 1):
+        want = len(data[:offset].decode("utf-8", "replace"))
+        assert offset - len(data[:offset].translate(None, e._NOT_CONTINUATION)) == want
+
+
 def test_anchored_match_is_the_binding_match() -> None:
     rng = random.Random(8)
     for source in ("ab+", "a*", r"\bno\b", "x|yz", "(?:é|e)s"):
