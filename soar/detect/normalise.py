@@ -277,6 +277,7 @@ _HIDDEN_START_RE2 = Regex(
         for c in _HIDDEN_START.pattern
     )
 )
+_HIDDEN_STARTS_RE2 = Regex(_HIDDEN_START_RE2.source + "+")
 # Both questions about a non-ASCII text in one pass: a hidden character? a lookalike?
 _TEXT_CHECKS = PatternSet([_HIDDEN_START_RE2.source, _LOOKALIKE_RE2], group=2)
 # A word mixing Latin letters and Cyrillic/Greek lookalikes (before folding).
@@ -378,12 +379,14 @@ def _hidden_runs(text: str, data: bytes | None = None) -> Iterator[re.Match[str]
                 continue
             yield m
             pos = m.end()
+    # Each match is a whole run of start characters: a hidden run that starts in it takes it
+    # all (every start character continues a run), so no other run can start inside it.
     pos = at_byte = at_char = 0
-    for first, _ in _HIDDEN_START_RE2.finditer(data):
+    for first, _ in _HIDDEN_STARTS_RE2.finditer(data):
         at_char += len(data[at_byte:first].decode("utf-8", "surrogatepass"))
         at_byte = first
         if at_char < pos:
-            continue  # inside the run just matched
+            continue  # inside the run just matched (an escape sequence's payload)
         m = _HIDDEN.match(text, at_char)
         if m is None:  # pragma: no cover - every start character is a run by itself
             continue
