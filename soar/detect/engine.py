@@ -307,7 +307,8 @@ class _Compiled:
         self.set = PatternSet(sources)
         words = {w.decode() for r in self.pattern_rules for w in r.words}
         phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
-        # the encoded hint alone: with the others, its run of 20 would multiply their states
+        # the encoded hint in its own set (run only on text with "\\x", see flags); the leet
+        # hint and the ROT13 words together: one pass, measured faster than a set each
         self.encoded = PatternSet([_ENCODED_HINT])
         leet = _leet_hint(w for w in words | phrase_words if len(w) >= 4 and w.isalpha())
         rot13_words = [
