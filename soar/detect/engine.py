@@ -20,14 +20,14 @@ that normalisation merged or split. The text scanned is at most :data:`MAX_CHARS
 
 Matching (:mod:`soar.detect.matcher`): the patterns of the rules of a kind form RE2 sets (of
 :data:`soar.detect.matcher.GROUP` patterns), each of which reads the text once and says which
-of its patterns match somewhere; three small sets say whether the text holds a long
-base64/hex-looking run, a leetspeak form of a keyword or ROT13 forms of keywords, so that
-ordinary text skips those decodings. Only the rules the sets name run on
-their own (RE2 again) to find where: the first match that holds one of the rule's keywords
-(and that its ``unless`` pattern does not match) is the finding. Candidates run by decreasing
-score, and not at all once their technique has reached a combined score of 0.97 (so a finding
-list names the rules that sufficed, not necessarily every rule that would match). RE2 never
-backtracks: every pass is linear in the length of the text, whatever the rules.
+of its patterns match somewhere; a byte check says whether the text holds a long
+base64/hex-looking run, and one small set whether it holds a leetspeak form of a keyword or
+ROT13 forms of keywords, so that ordinary text skips those decodings. Only the rules the sets
+name run on their own (RE2 again) to find where: the first match that holds one of the rule's
+keywords (and that its ``unless`` pattern does not match) is the finding. Candidates run by
+decreasing score, and not at all once their technique has reached a combined score of 0.97 (so
+a finding list names the rules that sufficed, not necessarily every rule that would match). RE2
+never backtracks: every pass is linear in the length of the text, whatever the rules.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from soar.detect import leakage
 from soar.detect.catalog import KNOWN_TECHNIQUES
@@ -58,6 +58,13 @@ _HEX_ESCAPES = Regex(r"(?:\\x[0-9a-f]{2}){6,}")
 # In the set: the text may hold an encoded segment (on the lower-cased text, so a superset of
 # the base64 runs of the cased one).
 _ENCODED_HINT: Final = r"[a-z0-9+/_-]{20}|(?:\\x[0-9a-f]{2}){6}"
+# Its first half without RE2: the bytes of that class become "e", every other byte a space, and
+# the text holds such a run when the result holds 20 "e" in a row (bytes.translate and a
+# substring search are a fraction of the fixed cost of a set pass); the set runs only when the
+# text holds "\\x" (its second half).
+_ENCODED_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789+/_-")
+_ENCODED_MASK: Final = bytes(0x65 if b in _ENCODED_BYTES else 0x20 for b in range(256))
+_ENCODED_RUN: Final = b"e" * 20
 _MAX_SEGMENTS: Final = 16
 _MAX_DECODED: Final = 65_536
 # Once a technique's combined score reaches this, its remaining rules are skipped.
@@ -69,6 +76,8 @@ _SEPARATORS = bytes(range(33, 48)) + bytes(range(58, 65)) + bytes(range(91, 97))
 _SEPARATORS += bytes(range(123, 127)) + b"\t\n\r\x0b\x0c"
 _TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
 _ALNUM_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+# Every byte but the UTF-8 continuation bytes (0x80-0xBF).
+_NOT_CONTINUATION: Final = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
 # How far the keyword check looks for the rest of a word a match cuts.
 _WORD_REACH: Final = 64
 # Leetspeak: the characters that decode to each letter (normalise._LEET, inverted), and those
@@ -138,6 +147,12 @@ def _combined(findings: Iterable[Finding]) -> dict[str, float]:
     return {t: 1.0 - m for t, m in miss.items()}
 
 
+def _combined_one(findings: Iterable[Finding], technique: str) -> float:
+    """``_combined(findings).get(technique, 0.0)``: the same function on that technique's
+    findings (in the same order, so the same arithmetic)."""
+    return _combined([f for f in findings if f.technique == technique]).get(technique, 0.0)
+
+
 class Engine:
     """A set of rules, split by the kind of text they apply to."""
 
@@ -190,8 +205,8 @@ class Engine:
         if flags.rot13 >= 2:  # keywords written in ROT13
             rot_data = _utf8(rot13(norm.text))
             _Pass(c, norm, rot_data, found, " (after ROT13 decoding)").run(c.set.match(rot_data))
-        for rule in c.rules:
-            if rule.detector is not None and rule.id not in found:
+        for rule in c.detector_rules:
+            if rule.id not in found:
                 if rule.detector == "encoded" and not flags.encoded:
                     continue  # no run of 20 base64/hex characters: nothing encoded
                 finding = self._detector(rule, norm, c, found)
@@ -304,8 +319,7 @@ class Engine:
         return first
 
 
-@dataclass(frozen=True)
-class _Flags:
+class _Flags(NamedTuple):
     encoded: bool
     leet: bool
     rot13: int
@@ -320,6 +334,7 @@ class _Compiled:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        self.detector_rules = tuple(r for r in self.rules if r.detector is not None)
         # rank of each pattern rule (by entry index): higher scores first
         self.rank = {i: (-r.score, i) for i, r in enumerate(self.pattern_rules)}
         self.keywords = tuple(_Keywords.of(r) for r in self.pattern_rules)
@@ -328,24 +343,29 @@ class _Compiled:
         self.set = PatternSet(sources)
         words = {w.decode() for r in self.pattern_rules for w in r.words}
         phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
-        # three sets: together, their automaton would be several times larger
+        # the encoded hint in its own set (run only on text with "\\x", see flags); the leet
+        # hint and the ROT13 words together: one pass, measured faster than a set each
         self.encoded = PatternSet([_ENCODED_HINT])
         leet = _leet_hint(w for w in words | phrase_words if len(w) >= 4 and w.isalpha())
-        self.leet = PatternSet([leet] if leet else [])
         rot13_words = [
             rf"\b{r}\b"
             for w in sorted(words)
             if len(w) >= 4 and w.isascii() and w.isalpha() and (r := rot13(w)) not in words
         ]
-        # one set (literal words make a small automaton), one entry each, to count them
-        self.rot13_words = PatternSet(rot13_words, group=max(len(rot13_words), 1))
+        # one set for the leet hint (entry 0, if any) and the ROT13 words (literal words make a
+        # small automaton), one entry each, to count them: one pass for both
+        self.has_leet = bool(leet)
+        hints = [leet, *rot13_words] if leet else rot13_words
+        self.hints = PatternSet(hints, group=max(len(hints), 1))
 
     def flags(self, data: bytes) -> _Flags:
-        return _Flags(
-            bool(self.encoded.match(data)),
-            bool(self.leet.match(data)),
-            len(self.rot13_words.match(data)),
-        )
+        encoded = _ENCODED_RUN in data.translate(_ENCODED_MASK)
+        if not encoded and b"\\x" in data:
+            encoded = bool(self.encoded.match(data))
+        hits = self.hints.match(data)
+        if self.has_leet and hits and hits[0] == 0:
+            return _Flags(encoded, True, len(hits) - 1)
+        return _Flags(encoded, False, len(hits))
 
 
 @dataclass(frozen=True)
@@ -360,13 +380,15 @@ class _Keywords:
         return cls(rule.words, tuple(_utf8(p) for p in rule.phrases))
 
     def held_by(self, data: bytes, start: int, end: int) -> bool:
-        if not self.words and not self.phrases:
+        if self.phrases:
+            piece = data[start:end]
+            for p in self.phrases:
+                if p in piece:
+                    return True
+            if not self.words:
+                return False
+        elif not self.words:
             return True
-        piece = data[start:end]
-        if any(p in piece for p in self.phrases):
-            return True
-        if not self.words:
-            return False
         # the words the match touches, whole (a match may start or end inside a word)
         lo, hi, n = start, end, len(data)
         while lo > 0 and start - lo < _WORD_REACH and data[lo - 1] in _ALNUM_BYTES:
@@ -399,16 +421,21 @@ class _Pass:
         self.only = only
 
     def run(self, hits: list[int]) -> None:
-        c = self.c
-        candidates = [i for i in hits if i < c.n_rules]
-        if not candidates:
+        if not hits:
             return
-        reached = _combined(self.found.values())
-        for i in sorted(candidates, key=c.rank.__getitem__):
+        c, found = self.c, self.found
+        # the combined score of each technique looked at, computed when first needed and again
+        # after a finding of it (only that technique's score changes)
+        reached: dict[str, float] = {}
+        for i in sorted(hits, key=c.rank.__getitem__):
             rule = c.pattern_rules[i]
-            if rule.id in self.found:
+            if rule.id in found:
                 continue
-            if reached.get(rule.technique, 0.0) >= _ENOUGH:
+            technique = rule.technique
+            score = reached.get(technique)
+            if score is None:
+                score = reached[technique] = _combined_one(found.values(), technique)
+            if score >= _ENOUGH:
                 continue
             m = self._first(rule, c.keywords[i])
             if m is None:
@@ -417,31 +444,39 @@ class _Pass:
                 where = self.span
             else:
                 where = self.norm.original_span(self._char(m[0]), self._char(m[1]))
-            self.found[rule.id] = Finding(
-                rule.technique, rule.id, rule.score, where, rule.why + self.note, rule.group
+            found[rule.id] = Finding(
+                technique, rule.id, rule.score, where, rule.why + self.note, rule.group
             )
-            reached = _combined(self.found.values())
+            del reached[technique]
 
     def _first(self, rule: Rule, keywords: _Keywords) -> tuple[int, int] | None:
         """The first match of ``rule`` that counts, in byte offsets."""
         assert rule.pattern is not None
         data, only, unless = self.data, self.only, rule.unless
-        for tries, (start, end) in enumerate(rule.pattern.finditer(data)):
-            if tries >= _MAX_TRIES:
+        after, size, next_match = 0, len(data), rule.pattern.next_match
+        for _ in range(_MAX_TRIES):  # Regex.finditer, one call per match
+            if after > size:
                 break
+            m = next_match(data, after)
+            if m is None:
+                break
+            start, end = m
+            after = end if end > start else end + 1
             if only is not None and not _overlaps(only, start, end):
                 continue
             if unless is not None and unless.match(data, start):
                 continue
             if keywords.held_by(data, start, end):
-                return start, end
+                return m
         return None
 
     def _char(self, offset: int) -> int:
         """A byte offset of ``data`` as a character offset of the normalised text."""
         if len(self.data) == len(self.norm.text):
             return offset
-        return len(self.data[:offset].decode("utf-8", "replace"))
+        # the characters of the (valid UTF-8) prefix are its bytes that do not continue one
+        # (as many as it decodes to, a character cut at the end counting as one)
+        return offset - len(self.data[:offset].translate(None, _NOT_CONTINUATION))
 
 
 def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:

@@ -92,6 +92,7 @@ def _error_text(exc: BaseException) -> str:
 # around each call (about a tenth of the cost of a scan of an attack text). The binding is
 # pinned (requirements.lock); should a version lack it, the public ``finditer`` is used.
 _UNANCHORED: Final = getattr(re2, "_Anchor", None) and re2._Anchor.UNANCHORED
+_ANCHOR_START: Final = getattr(re2, "_Anchor", None) and re2._Anchor.ANCHOR_START
 
 
 def _raw_matcher(compiled: Any) -> Any:
@@ -129,9 +130,21 @@ class Regex:
     def search(self, data: bytes, pos: int = 0) -> tuple[int, int] | None:
         return next(self.finditer(data, pos), None)
 
+    def next_match(self, data: bytes, pos: int) -> tuple[int, int] | None:
+        """The first match at or after ``pos`` (``0 <= pos <= len(data)``), as
+        :meth:`finditer` would give it from there: one call, no generator."""
+        if self._raw is None:
+            return next(self.finditer(data, pos), None)
+        start, stop = self._raw(_UNANCHORED, data, pos, len(data))[0]
+        return None if start < 0 else (start, stop)
+
     def match(self, data: bytes, pos: int) -> bool:
         """Whether the pattern matches starting exactly at ``pos``."""
-        return self._re.match(data, pos) is not None
+        if self._raw is None or _ANCHOR_START is None:
+            return self._re.match(data, pos) is not None
+        end = len(data)
+        pos = max(0, min(pos, end))
+        return bool(self._raw(_ANCHOR_START, data, pos, end)[0][0] >= 0)
 
     def finditer(self, data: bytes, pos: int = 0) -> Iterator[tuple[int, int]]:
         if self._raw is None:
@@ -186,13 +199,32 @@ class PatternSet:
                 except re2.error as exc:
                     raise PatternError(_reason(_error_text(exc))) from exc
             one.Compile()
-            self._sets.append((first, one))
+            self._sets.append((first, _raw_set_matcher(one)))
 
     def match(self, data: bytes) -> list[int]:
         out: list[int] = []
-        for first, one in self._sets:
-            got = one.Match(data)
+        for first, match in self._sets:
+            got = match(data)
             if got:
-                out.extend(first + int(i) for i in got)
+                if first:
+                    out.extend([first + i for i in got])
+                else:
+                    out.extend(got)
         out.sort()
         return out
+
+
+def _raw_set_matcher(one: Any) -> Any:
+    """The binding's own ``Set.Match`` (a list of ints), without the wrapper's call around it
+    (a tenth of the fixed cost of a set pass); the wrapper's when the binding lacks it."""
+    raw = getattr(one, "_set", None)
+    match = getattr(raw, "Match", None)
+    if match is None:
+        return one.Match
+    try:
+        got = match(b"")
+        if not isinstance(got, list):
+            return one.Match
+    except (AttributeError, TypeError, re2.error):
+        return one.Match
+    return match

@@ -150,6 +150,10 @@ _LOOKALIKE_CLASS: Final = "".join(
     )
 )
 _ANY_LOOKALIKE = re.compile(f"[{_LOOKALIKE_CLASS}]")
+# The lookalikes themselves, to search lower-cased text (``_LOOKALIKES & set(s)`` is slower).
+_LOWER_LOOKALIKE = re.compile("[" + "".join(sorted(_LOOKALIKES)) + "]")
+# The one character outside _LOOKALIKE_CLASS whose lower case holds a lookalike.
+_OHM: Final = "\u2126"
 
 
 # A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
@@ -259,6 +263,9 @@ _ANSI: Final = (
 )
 _CONTROL_CHARS: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+# The ASCII bytes that are not control codes: an ASCII text holds a control code when its
+# bytes with these deleted are not empty (faster than _CONTROL.search).
+_NOT_CONTROL_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 _HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}]|{_INVISIBLE.pattern.removesuffix('+')})++")
 # Every character a hidden run can start with, as one class: searching for it is a tight loop,
 # while searching for _HIDDEN itself tries its alternatives at every position.
@@ -273,6 +280,7 @@ _HIDDEN_START_RE2 = Regex(
         for c in _HIDDEN_START.pattern
     )
 )
+_HIDDEN_STARTS_RE2 = Regex(_HIDDEN_START_RE2.source + "+")
 # Both questions about a non-ASCII text in one pass: a hidden character? a lookalike?
 _TEXT_CHECKS = PatternSet([_HIDDEN_START_RE2.source, _LOOKALIKE_RE2], group=2)
 # A word mixing Latin letters and Cyrillic/Greek lookalikes (before folding).
@@ -357,17 +365,33 @@ def _fold(chunk: str) -> str:
     return _fold_lookalikes(low)
 
 
-def _hidden_runs(text: str) -> Iterator[re.Match[str]]:
+def _hidden_runs(text: str, data: bytes | None = None) -> Iterator[re.Match[str]]:
     """``_HIDDEN.finditer(text)``, faster: find where a run can start with the one-class
-    search, and match the run there (every character of that class starts a run)."""
-    pos = 0
-    while True:
-        start = _HIDDEN_START.search(text, pos)
-        if start is None:
-            return
-        m = _HIDDEN.match(text, start.start())
+    search, and match the run there (every character of that class starts a run). The
+    search is RE2's on ``data`` (the text's UTF-8, surrogates passed) when given: sre tests
+    a class with astral ranges slowly on a text with astral characters (emoji)."""
+    if data is None:
+        pos = 0
+        while True:
+            start = _HIDDEN_START.search(text, pos)
+            if start is None:
+                return
+            m = _HIDDEN.match(text, start.start())
+            if m is None:  # pragma: no cover - every start character is a run by itself
+                pos = start.start() + 1
+                continue
+            yield m
+            pos = m.end()
+    # Each match is a whole run of start characters: a hidden run that starts in it takes it
+    # all (every start character continues a run), so no other run can start inside it.
+    pos = at_byte = at_char = 0
+    for first, _ in _HIDDEN_STARTS_RE2.finditer(data):
+        at_char += len(data[at_byte:first].decode("utf-8", "surrogatepass"))
+        at_byte = first
+        if at_char < pos:
+            continue  # inside the run just matched (an escape sequence's payload)
+        m = _HIDDEN.match(text, at_char)
         if m is None:  # pragma: no cover - every start character is a run by itself
-            pos = start.start() + 1
             continue
         yield m
         pos = m.end()
@@ -376,16 +400,20 @@ def _hidden_runs(text: str) -> Iterator[re.Match[str]]:
 def normalise(text: str) -> Normalised:
     """Normalise ``text`` (see the module docstring). Linear in ``len(text)``."""
     signals = Signals()
+    # whether a character of the text may lower-case to a lookalike: one of the class, or
+    # the only other one, the ohm sign (which lower-cases to an omega)
+    maybe_lookalike = False
+    data: bytes | None = None  # the UTF-8 of a non-ASCII text
     if text.isascii():
-        if _CONTROL.search(text) is None:
+        if not text.encode("ascii").translate(None, _NOT_CONTROL_ASCII):
             return Normalised(text.lower(), text, text, [], [], [], signals)
     else:
         data = text.encode("utf-8", "surrogatepass")
         checks = _TEXT_CHECKS.match(data)
+        maybe_lookalike = 1 in checks or _OHM in text
         if 0 not in checks:  # nothing hidden
             nfkc = unicodedata.normalize("NFKC", text)
-            low = nfkc.lower()
-            if len(nfkc) == len(text) and len(low) == len(text):
+            if len(nfkc) == len(text) and len(low := nfkc.lower()) == len(text):
                 # one to one: no map needed (the common case of typographic quotes and emoji)
                 if 1 in checks:
                     signals.mixed_script.extend(_mixed_script(text, data))
@@ -412,29 +440,45 @@ def normalise(text: str) -> Normalised:
         if segment.isascii():
             emit(segment, start, end)
             return
-        pos = start
+        # The common case: NFKC keeps the segment as it is (then it keeps each non-ASCII run
+        # alone as it is: a run is bounded by ASCII characters, which compose with nothing
+        # after them) and no lookalike is there to report: one piece, mapped one to one.
+        lookalikes = maybe_lookalike and _LOWER_LOOKALIKE.search(segment.lower()) is not None
+        if not lookalikes and unicodedata.is_normalized("NFKC", segment):
+            emit(segment, start, end)
+            return
+        # Otherwise run by run. Pieces that keep their length are mapped one to one: they are
+        # emitted together, as one piece (the same map as one piece each).
+        pieces: list[str] = []
+        same_from = pos = start
         for run_start, run_end in _non_ascii_runs(text, start, end):
-            if run_start > pos:
-                emit(text[pos:run_start], pos, run_start)
+            pieces.append(text[pos:run_start])
             run = text[run_start:run_end]
-            if _LOOKALIKES.intersection(run.lower()) and (
-                _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
-                or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
+            if (
+                lookalikes
+                and _LOWER_LOOKALIKE.search(run.lower())
+                and (
+                    _LATIN.search(text[max(start, run_start - 1) : run_start].lower())
+                    or _LATIN.search(text[run_end : min(end, run_end + 1)].lower())
+                )
             ):
                 signals.mixed_script.append((run_start, run_end))
             nfkc = unicodedata.normalize("NFKC", run)
             if len(nfkc) == len(run):
-                emit(nfkc, run_start, run_end)
+                pieces.append(nfkc)
             else:
+                emit("".join(pieces), same_from, run_start)
+                pieces = []
                 # Map character by character so that a span stays as narrow as possible.
                 for k, ch in enumerate(run):
                     emit(unicodedata.normalize("NFKC", ch), run_start + k, run_start + k + 1)
+                same_from = run_end
             pos = run_end
-        if pos < end:
-            emit(text[pos:end], pos, end)
+        pieces.append(text[pos:end])
+        emit("".join(pieces), same_from, end)
 
     pos = 0
-    for m in _hidden_runs(text):
+    for m in _hidden_runs(text, data):
         visible(pos, m.start())
         run = m.group(0)
         tags = [i for i, ch in enumerate(run) if _TAG_FIRST <= ord(ch) <= _TAG_LAST]
