@@ -69,6 +69,10 @@ _MAX_SEGMENTS: Final = 16
 _MAX_DECODED: Final = 65_536
 # Once a technique's combined score reaches this, its remaining rules are skipped.
 _ENOUGH: Final = 0.97
+# A word model is asked only while the rules have not flagged its technique (combined score
+# below the decision threshold of bench/detect.py and of the gateway, 0.5): it is there for
+# what they miss, and skipping it on what they already found keeps the p99 down.
+_MODEL_UNTIL: Final = 0.5
 # Matches of one rule tried in one pass before it is given up (each must hold a keyword).
 _MAX_TRIES: Final = 32
 # ASCII punctuation and whitespace become word separators for the keyword check.
@@ -224,10 +228,12 @@ class Engine:
         if not models:
             return
         reached = _combined(found.values())
+        # the rules have said enough
+        models = [m for m in models if reached.get(m.technique, 0.0) < _MODEL_UNTIL]
+        if not models:
+            return
         words = words_of(data)
         for model in models:
-            if reached.get(model.technique, 0.0) >= _ENOUGH:
-                continue  # the rules have said enough
             p, top = model.probability(words)
             if not top:
                 continue

@@ -24,8 +24,10 @@ that names it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -79,13 +81,17 @@ class WordModel:
         if len(words) < max(self.min_words, 1):
             return 0.0, []
         weights = self.weights
-        hit = words & weights.keys()
-        total = math.fsum(map(weights.__getitem__, hit))
-        z = self.bias + total / math.sqrt(len(words))
+        hit = list(words & weights.keys())
+        values = list(map(weights.__getitem__, hit))
+        z = self.bias + math.fsum(values) / math.sqrt(len(words))
         p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
         if p < self.threshold:
             return p, []
-        top = sorted((w for w in hit if weights[w] > 0), key=lambda w: (-weights[w], w))
+        # the heaviest positive words (ties in byte order; set order is not stable)
+        ranked = sorted(values)
+        cut = max(ranked[-min(_NAMED, len(ranked))] if ranked else 0.0, sys.float_info.min)
+        heavy = itertools.compress(hit, map(cut.__le__, values))
+        top = sorted(heavy, key=lambda w: (-weights[w], w))
         return p, top[:_NAMED]
 
     @classmethod

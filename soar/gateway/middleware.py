@@ -108,6 +108,26 @@ def _finding(f: Any) -> tuple[str, float] | None:
         return technique, 0.9
 
 
+def detected(findings: Iterable[Any], min_confidence: float) -> dict[str, float]:
+    """The techniques to report, each with its score: for the built-in engine's findings, the
+    engine's own combined score per technique (:func:`soar.detect.technique_scores`: a
+    role-play and a "no filters" together are a jailbreak, neither alone); for any other
+    detector's findings, the highest score among its findings of a technique. Techniques
+    below ``min_confidence`` are left out."""
+    from soar.detect import Finding, technique_scores
+
+    findings = list(findings)
+    if findings and all(isinstance(f, Finding) for f in findings):
+        scores = technique_scores(findings)
+        return {t: s for t, s in scores.items() if s >= min_confidence}
+    best: dict[str, float] = {}
+    for f in findings:
+        parsed = _finding(f)
+        if parsed and parsed[1] >= min_confidence:
+            best[parsed[0]] = max(best.get(parsed[0], 0.0), parsed[1])
+    return best
+
+
 def _severity(score: float) -> str:
     return "critical" if score >= 0.95 else "high" if score >= 0.75 else "medium"
 
@@ -222,11 +242,7 @@ class EnforcementMiddleware:
         except Exception as exc:  # a detector's failure must not fail the request
             log.warning("detector failed: %s", type(exc).__name__)
             return
-        best: dict[str, float] = {}
-        for f in findings:
-            parsed = _finding(f)
-            if parsed and parsed[1] >= self.min_confidence:
-                best[parsed[0]] = max(best.get(parsed[0], 0.0), parsed[1])
+        best = detected(findings, self.min_confidence)
         if self.reporter is None:
             return
         for technique, score in best.items():
