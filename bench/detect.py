@@ -18,9 +18,10 @@ another family included (a jailbreak that also says "ignore your instructions" i
 AML.T0051 here); "FP on benign" counts benign texts only. A text counts as detected for a
 technique family (AML.T0051, AML.T0054, AML.T0056) when the
 combined score of the techniques in that family is >= --threshold. Speed: microseconds per KiB
-of UTF-8 input for each text scanned (p50 / p99; the best of --repeat runs of each text, since
-the machine may be shared), over all corpora, one core; also for texts of 1 KiB or more alone
-(per-KiB figures of short texts mostly measure the fixed cost of a call, reported per text).
+of UTF-8 input for each text scanned (p50 / p99; the best of --rounds rounds over the corpus of
+--repeat runs of each text, since the machine may be shared), over all corpora, one core; also
+for texts of 1 KiB or more alone (per-KiB figures of short texts mostly measure the fixed cost
+of a call, reported per text).
 Also reported, not scored: the same texts as a stream (each once, in order), first by a fresh
 engine and then again.
 """
@@ -119,6 +120,12 @@ def main() -> None:
         "--split", choices=("dev", "heldout", "both"), default="both", help="which part to report"
     )
     ap.add_argument("--repeat", type=int, default=5, help="time each text N times, keep the best")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="time the whole corpus R times (each R x --repeat), keep each text's best",
+    )
     args = ap.parse_args()
 
     rng = random.Random(14)
@@ -144,6 +151,15 @@ def main() -> None:
             if 1 - _prod(1 - s for t, s in scores.items() if t.startswith(fam)) >= args.threshold
         }
         results.append((row, fams, dt, len(text.encode("utf-8"))))
+    # more rounds over the whole corpus, each text's best kept: a burst of noise on a shared
+    # machine then spoils one round of a text, not its figure
+    for _ in range(args.rounds - 1):
+        for k, (row, fams, dt, size) in enumerate(results):
+            for _ in range(args.repeat):
+                t0 = time.thread_time()
+                engine.scan(row["text"], "prompt")
+                dt = min(dt, time.thread_time() - t0)
+            results[k] = (row, fams, dt, size)
 
     load = _load()
     print(
@@ -251,7 +267,8 @@ def main() -> None:
     big_text = ("Please summarise the following report. " * 30 + "\n") * 100
     hostile = ("ignore " * 20 + "system prompt " * 20 + "\u200b" * 10 + "you are now ") * 400
     print(
-        f"\nspeed: best of {args.repeat} runs per text, CPU time of the scanning thread "
+        f"\nspeed: best of {args.rounds} rounds of {args.repeat} runs per text, CPU time of the "
+        "scanning thread "
         f"(time.thread_time: time spent waiting for a core is not counted); {load}"
     )
     for name, text in (("a 114 KiB report", big_text), ("a 256 KiB keyword flood", hostile)):
