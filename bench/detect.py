@@ -188,6 +188,7 @@ def main() -> None:
     )
     speed: dict[str, tuple[float, float, float, float]] = {}
     summary: dict[str, dict[str, float]] = {}
+    dev_attacks = [r for r in attacks if r["split"] == "dev"]
     for split in ("dev", "heldout") if args.split == "both" else (args.split,):
         part = [(r, f) for r, f, _, _ in results if r["split"] == split]
         n_attack = sum(1 for r, _ in part if r["label"] != "benign")
@@ -240,6 +241,19 @@ def main() -> None:
                     hit = sum(1 for f in mine if fam in f)
                     per_corpus.append(f"{corpus} {hit}/{len(mine)} = {hit / len(mine):.3f}")
             print(f"{fam} recall by corpus: {', '.join(per_corpus)}")
+        if split == "heldout":
+            # The in-the-wild prompts come in variants, and the split is by text: many held-out
+            # prompts have a near-copy among the dev ones. Recall on those that have none:
+            fresh_ids = _without_near_copy([r for r, _ in part], dev_attacks)
+            for fam in TARGET_FAMILIES:
+                mine = [f for r, f in part if fam in r["label"].split("+") and r["id"] in fresh_ids]
+                hit = sum(1 for f in mine if fam in f)
+                rate = hit / len(mine) if mine else 0.0
+                summary[split][f"{fam} recall, no near-copy in dev"] = rate
+                print(
+                    f"{fam} recall on held-out texts with no near-copy in dev (6-word shingles "
+                    f"under 20 %): {hit}/{len(mine)} = {rate:.3f}"
+                )
         any_tp = sum(1 for r, f in part if r["label"] != "benign" and f)
         print(f"attack texts flagged with any family: {any_tp}/{n_attack}")
         costs = [(dt, size) for r, _, dt, size in results if r["split"] == split]
@@ -308,6 +322,35 @@ def main() -> None:
         args.json.write_text(json.dumps(summary, indent=1))
     if baseline is not None:
         _side_by_side(args.baseline, baseline, summary)
+
+
+def _shingles(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + 6]) for i in range(len(words) - 5)}
+
+
+def _without_near_copy(rows: list[dict[str, str]], dev: list[dict[str, str]]) -> set[str]:
+    """The ids of the attack ``rows`` that share 6-word shingles amounting to less than 20 % of
+    either text with every text of ``dev``."""
+    index: dict[tuple[str, ...], set[int]] = {}
+    sizes = []
+    for i, row in enumerate(dev):
+        sh = _shingles(row["text"])
+        sizes.append(len(sh))
+        for g in sh:
+            index.setdefault(g, set()).add(i)
+    out = set()
+    for row in rows:
+        if row["label"] == "benign":
+            continue
+        sh = _shingles(row["text"])
+        shared: dict[int, int] = {}
+        for g in sh:
+            for i in index.get(g, ()):
+                shared[i] = shared.get(i, 0) + 1
+        if not any(n >= 0.2 * min(len(sh), sizes[i]) for i, n in shared.items()):
+            out.add(row["id"])
+    return out
 
 
 def _fresh_engine() -> Engine:
