@@ -397,7 +397,7 @@ def _side_by_side(
             unit = " µs/KiB" if key.startswith("p") and "precision" not in key else ""
             fmt = (lambda v: f"{v:.1f}") if unit else (lambda v: f"{v:.3f}")
             was = fmt(old) if old is not None else "-"
-            print(f"  {key:<28} {was:>9} -> {fmt(value):>9}{unit}")
+            print(f"  {key:<40} {was:>9} -> {fmt(value):>9}{unit}")
 
 
 def _corpus(row: dict[str, str]) -> str:
