@@ -46,8 +46,11 @@ from pathlib import Path
 
 # --root DIR: the engine of another checkout (a baseline), the corpora and scoring of this one
 _ROOT = Path(__file__).resolve().parents[1]
-if "--root" in sys.argv[:-1]:
-    _ROOT = Path(sys.argv[sys.argv.index("--root") + 1]).resolve()
+for _i, _arg in enumerate(sys.argv):
+    if _arg == "--root" and _i + 1 < len(sys.argv):
+        _ROOT = Path(sys.argv[_i + 1]).resolve()
+    elif _arg.startswith("--root="):
+        _ROOT = Path(_arg.split("=", 1)[1]).resolve()
 sys.path.insert(0, str(_ROOT))
 
 from soar.detect import Engine, technique_scores  # noqa: E402 (after choosing the root)
@@ -375,7 +378,10 @@ def _run_baseline(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         if archive.returncode != 0:
             sys.exit(f"--baseline {args.baseline}: {archive.stderr.decode(errors='replace')}")
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(tmp, filter="data")
+            try:
+                tar.extractall(tmp, filter="data")
+            except TypeError:  # Python before 3.11.4: no filter (our own repository's archive)
+                tar.extractall(tmp)  # noqa: S202
         out = Path(tmp) / "figures.json"
         cmd = [sys.executable, __file__, "--root", tmp, "--json", str(out)]
         cmd += ["--repeat", str(args.repeat), "--rounds", str(args.rounds)]

@@ -23,6 +23,10 @@ A pack::
                                     #   pattern (RE2) also matches at its start (an exception
                                     #   such as "you are now ready", which RE2, having no
                                     #   lookahead, cannot write inside the pattern)
+        unless_before: '...'        # optional, with pattern: a match is discarded when this
+                                    #   pattern (RE2) matches the text just before it (up to 48
+                                    #   bytes, ending where the match starts): an exception
+                                    #   such as "trying to ignore ..." (RE2 has no lookbehind)
         group: role-play            # optional: rules of one group (and technique) are one
                                     #   piece of evidence: only the highest score of the group
                                     #   counts, however many of its rules match (see
@@ -76,6 +80,7 @@ _RULE_KEYS = (
     "pattern",
     "detector",
     "unless",
+    "unless_before",
     "group",
 )
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -104,6 +109,8 @@ class Rule:
     pattern: Regex | None = None
     detector: str | None = None
     unless: Regex | None = None
+    # tested on the bytes before a match, anchored at their end (see the pack format)
+    unless_before: Regex | None = None
     pack: str = ""
     line: int = 0
     # rules of one group (and technique) count as one piece of evidence
@@ -240,10 +247,14 @@ class _Parser(NodeParser[RulePackError]):
         pattern: Regex | None = None
         detector: str | None = None
         unless: Regex | None = None
+        unless_before: Regex | None = None
         if "pattern" in fields:
             pattern = self.regex(fields["pattern"], f"{path}.pattern")
             if "unless" in fields:
                 unless = self.regex(fields["unless"], f"{path}.unless")
+            if "unless_before" in fields:
+                before = self.regex(fields["unless_before"], f"{path}.unless_before")
+                unless_before = Regex(f"(?:{before.source})\\z")
         else:
             d_node = fields["detector"]
             detector = self.string(d_node, f"{path}.detector")
@@ -251,8 +262,9 @@ class _Parser(NodeParser[RulePackError]):
                 raise self.error(
                     d_node, f"{path}.detector", f"{detector!r} is not one of {', '.join(DETECTORS)}"
                 )
-            if "unless" in fields:
-                raise self.error(fields["unless"], f"{path}.unless", "only a pattern can have one")
+            for key in ("unless", "unless_before"):
+                if key in fields:
+                    raise self.error(fields[key], f"{path}.{key}", "only a pattern can have one")
         group = ""
         if "group" in fields:
             group = self.string(fields["group"], f"{path}.group")
@@ -272,6 +284,7 @@ class _Parser(NodeParser[RulePackError]):
             pattern=pattern,
             detector=detector,
             unless=unless,
+            unless_before=unless_before,
             pack=pack,
             line=line_of(node),
         )

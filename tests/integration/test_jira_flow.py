@@ -135,7 +135,13 @@ async def test_ticket_opened_commented_and_closed(
         )
         # The block lifts after 2 s, the window is 2 s: then the incident closes.
         await eventually(lambda: done(fake), timeout=30)
-        inc = await stack.incident(iid)
+
+        # the log row of the close is written once Jira has answered: wait for it too
+        async def closed() -> dict[str, Any] | None:
+            inc = await stack.incident(iid)
+            return inc if events(inc, "ticket.closed") else None
+
+        inc = await eventually(closed, timeout=15)
         assert inc["status"] == "closed"
 
         comments = fake.comments("SEC-1")
