@@ -686,3 +686,35 @@ def test_a_pattern_that_matches_empty_text_steps_over_whole_characters() -> None
     spans = list(Regex("x*").finditer_text("éxa€"))
     assert ("éxa€"[1:2], (1, 2)) == ("x", spans[1])
     assert all(0 <= a <= b <= 4 for a, b in spans)
+
+
+def test_unless_before_discards_a_match_by_the_text_before_it() -> None:
+    pack = GOOD.replace("    pattern: 'hello\\W+world'\n", "    pattern: 'hello\\W+\\w+'\n")
+    pack += "    unless_before: '\\bsay '\n"
+    engine = Engine([load_pack_text(pack, "t.yaml", KNOWN_TECHNIQUES)])
+    assert engine.scan("they say hello world") == []
+    assert [f.span for f in engine.scan("hello world")] == [(0, 11)]
+    # only the text just before the match counts
+    assert [f.span for f in engine.scan("say it: hello world")] == [(8, 19)]
+
+
+def test_an_exception_hides_nothing_inside_it_and_a_flood_of_them_fails_closed() -> None:
+    pack = GOOD.replace("    pattern: 'hello\\W+world'\n", "    pattern: '(?:hi )?hello\\W+\\w+'\n")
+    pack += "    unless: 'hi '\n"
+    engine = Engine([load_pack_text(pack, "t.yaml", KNOWN_TECHNIQUES)])
+    # the excused match "hi hello hello world" holds a real one: found
+    assert [f.span for f in engine.scan("hi hello hello world")] == [(3, 14)]
+    # every match an exception: ten are excused, seventy are a flood that counts all the same
+    pack = GOOD.replace("    pattern: 'hello\\W+world'\n", "    pattern: 'hello\\W+\\w+'\n")
+    pack += "    unless: 'hello\\W+world'\n"
+    engine = Engine([load_pack_text(pack, "t.yaml", KNOWN_TECHNIQUES)])
+    assert engine.scan("hello world " * 10) == []
+    assert [f.rule for f in engine.scan("hello world " * 70)] == ["t.one"]
+
+
+@pytest.mark.parametrize("key", ["unless", "unless_before"])
+def test_an_exception_pattern_is_checked_like_a_pattern(key: str) -> None:
+    bad = GOOD + f"    {key}: '(?<=x)y'\n"
+    with pytest.raises(RulePackError) as info:
+        load_pack_text(bad, "bad.yaml", KNOWN_TECHNIQUES)
+    assert f"rules[0].{key}: lookbehind assertions are not supported" in str(info.value)
