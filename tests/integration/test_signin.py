@@ -109,7 +109,7 @@ async def test_unknown_and_known_names_take_as_long(
         unknown: list[float] = []
         page = await stack.http.get("/ui/login")
         csrf = csrf_of(page.text)
-        for i in range(8):
+        for i in range(12):
             for name, out in (("alice", known), (f"nobody-{i}", unknown)):
                 t0 = time.perf_counter()
                 r = await stack.http.post(
@@ -119,9 +119,10 @@ async def test_unknown_and_known_names_take_as_long(
                 assert r.status_code == 401
         # The fastest of each is the work itself (a loaded machine only adds to it); the
         # medians must agree too, more loosely. Without the dummy hash an unknown name
-        # answers some hundred times faster.
+        # answers some hundred times faster; a 2-core machine's noise moved the fastest of
+        # 8 by 20 % once, hence 12 tries and 25 %.
         k, u = min(known), min(unknown)
-        assert abs(k - u) / max(k, u) < 0.2, (known, unknown)
+        assert abs(k - u) / max(k, u) < 0.25, (known, unknown)
         km, um = statistics.median(known), statistics.median(unknown)
         assert abs(km - um) / max(km, um) < 0.5, (known, unknown)
         assert u > 0.02  # real work was done for the unknown name too
