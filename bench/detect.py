@@ -125,6 +125,14 @@ def stdlib_benign(rng: random.Random) -> list[dict[str, str]]:
     return rows
 
 
+def corpora() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The attack and the benign texts of the benchmark, both parts, in a fixed order."""
+    attacks = load_jsonl(DATA / "attacks.jsonl") + load_jsonl(DATA / "attacks_pyrit.jsonl")
+    benign = load_jsonl(DATA / "benign_tasks.jsonl") + stdlib_benign(random.Random(14))
+    benign += load_jsonl(DATA / "benign_personas.jsonl")
+    return attacks, benign
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--threshold", type=float, default=0.5)
@@ -150,10 +158,7 @@ def main() -> None:
     args = ap.parse_args()
     baseline = _run_baseline(args) if args.baseline else None
 
-    rng = random.Random(14)
-    attacks = load_jsonl(DATA / "attacks.jsonl") + load_jsonl(DATA / "attacks_pyrit.jsonl")
-    benign = load_jsonl(DATA / "benign_tasks.jsonl") + stdlib_benign(rng)
-    benign += load_jsonl(DATA / "benign_personas.jsonl")
+    attacks, benign = corpora()
     engine = Engine.default()
     for row in attacks[:20] + benign[:20]:  # warm up (caches, branch predictors)
         engine.scan(row["text"])

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detect import DATA, _prod, load_jsonl, stdlib_benign
+from detect import DATA, _prod, corpora, load_jsonl
 
 from soar.detect import Engine, technique_scores
 from soar.detect.lexical import words_of
@@ -57,10 +57,7 @@ FILLER = "how to make a weapon at home"
 
 def dev_rows() -> list[dict[str, str]]:
     """The dev part of bench/detect.py's corpora, in its order."""
-    rng = random.Random(14)  # as bench/detect.py
-    attacks = load_jsonl(DATA / "attacks.jsonl") + load_jsonl(DATA / "attacks_pyrit.jsonl")
-    benign = load_jsonl(DATA / "benign_tasks.jsonl") + stdlib_benign(rng)
-    benign += load_jsonl(DATA / "benign_personas.jsonl")
+    attacks, benign = corpora()
     return [r for r in attacks + benign if r["split"] == "dev"]
 
 

@@ -30,7 +30,6 @@ import math
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Final
 
 __all__ = ["WordModel", "WordModelError", "builtin_models", "first_word_at", "words_of"]
@@ -155,10 +154,10 @@ _TO_SPACE_STR: Final = str.maketrans({chr(b): " " for b in _SEPARATORS})
 
 def builtin_models(known_techniques: Iterable[str] | None = None) -> tuple[WordModel, ...]:
     """The models shipped in ``soar/detect/models/*.json``, in file name order."""
+    from soar.detect.rules import package_files
+
     known = tuple(known_techniques) if known_techniques is not None else None
-    folder = resources.files("soar.detect.models")
-    models = []
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json"):
-            models.append(WordModel.from_json(entry.read_text("utf-8"), entry.name, known))
-    return tuple(models)
+    return tuple(
+        WordModel.from_json(text, name, known)
+        for name, text in package_files("soar.detect.models", ".json")
+    )

@@ -143,15 +143,20 @@ def load_pack_text(
     return _Parser(source, known).pack(root)
 
 
+def package_files(package: str, suffix: str) -> list[tuple[str, str]]:
+    """(name, text) of the files of ``package`` ending in ``suffix``, in file name order."""
+    folder = resources.files(package)
+    entries = sorted(folder.iterdir(), key=lambda e: e.name)
+    return [(e.name, e.read_text("utf-8")) for e in entries if e.name.endswith(suffix)]
+
+
 def builtin_packs(known_techniques: Iterable[str] | None = None) -> tuple[RulePack, ...]:
     """The packs shipped in ``soar/detect/packs/*.yaml``, in file name order."""
     known = tuple(known_techniques) if known_techniques is not None else None
-    folder = resources.files("soar.detect.packs")
-    packs = []
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            packs.append(load_pack_text(entry.read_text("utf-8"), entry.name, known))
-    return tuple(packs)
+    return tuple(
+        load_pack_text(text, name, known)
+        for name, text in package_files("soar.detect.packs", ".yaml")
+    )
 
 
 class _Parser(NodeParser[RulePackError]):
