@@ -27,9 +27,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = ["WordModel", "WordModelError", "builtin_models", "first_word_at", "words_of"]
@@ -38,21 +38,40 @@ __all__ = ["WordModel", "WordModelError", "builtin_models", "first_word_at", "wo
 # >= 0x80, are kept, so a word may hold non-ASCII letters).
 _SEPARATORS: Final = bytes(b for b in range(128) if not (48 <= b <= 57 or 97 <= b <= 122))
 _TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
+# A word of non-ASCII text: Unicode letters and digits (\w without "_").
+_WORD: Final = re.compile(r"[^\W_]+")
 # Words named in a finding's explanation.
 _NAMED: Final = 5
 _MAX_WORD: Final = 64
 
 
 def words_of(data: bytes) -> set[bytes]:
-    """The distinct words of normalised (lower-case) UTF-8 text."""
-    return set(data.translate(_TO_SPACE).split())
+    """The distinct words of normalised (lower-case) UTF-8 text: its runs of letters and digits.
+    In ASCII text every other byte separates words; in other text, so does every character
+    that is not a Unicode letter or digit (a line separator U+2028, an ideographic full stop,
+    a curly quote, an emoji), so that no character an attacker may put between words joins
+    them into one the model does not know."""
+    words = set(data.translate(_TO_SPACE).split())
+    if data.isascii():
+        return words
+    # split again the words that hold non-ASCII characters (ASCII bytes never occur inside a
+    # UTF-8 sequence, so each is whole UTF-8)
+    for word in [w for w in words if not w.isascii()]:
+        words.discard(word)
+        words.update(w.encode("utf-8") for w in _WORD.findall(word.decode("utf-8", "replace")))
+    return words
 
 
 def first_word_at(data: bytes, word: bytes) -> int:
     """The byte offset of the first occurrence of ``word`` as a whole word in ``data``
-    (-1 if none)."""
-    at = (b" " + data.translate(_TO_SPACE) + b" ").find(b" " + word + b" ")
-    return at
+    (as :func:`words_of` splits it; -1 if none)."""
+    if data.isascii():
+        return (b" " + data.translate(_TO_SPACE) + b" ").find(b" " + word + b" ")
+    text, wanted = data.decode("utf-8", "replace"), word.decode("utf-8", "replace")
+    for m in _WORD.finditer(text):
+        if m[0] == wanted:
+            return len(text[: m.start()].encode("utf-8"))
+    return -1
 
 
 class WordModelError(ValueError):
@@ -73,25 +92,30 @@ class WordModel:
     bias: float
     weights: Mapping[bytes, float]
     trained_on: Mapping[str, Any]
+    # derived: the words of positive weight, each with its rank (heaviest first, ties in byte
+    # order), for naming the heaviest words of a text with C-level calls
+    _rank: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
+    _positive: frozenset[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        positive = sorted((-v, w) for w, v in self.weights.items() if v > 0.0)
+        object.__setattr__(self, "_rank", {w: k for k, (_, w) in enumerate(positive)})
+        object.__setattr__(self, "_positive", frozenset(self._rank))
 
     def probability(self, words: set[bytes]) -> tuple[float, list[bytes]]:
         """The model's probability for a text of these words, and the words that weighed
         most for it (positive weights, highest first)."""
         if len(words) < max(self.min_words, 1):
             return 0.0, []
-        weights = self.weights
-        hit = list(words & weights.keys())
-        values = list(map(weights.__getitem__, hit))
-        z = self.bias + math.fsum(values) / math.sqrt(len(words))
+        get = self.weights.get
+        # one C-level pass: the weight of each word, 0 for a word the model does not know
+        # (fsum: exact, so the sum does not depend on the set's order)
+        z = self.bias + math.fsum(map(get, words, itertools.repeat(0.0))) / math.sqrt(len(words))
         p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
         if p < self.threshold:
             return p, []
         # the heaviest positive words (ties in byte order; set order is not stable)
-        ranked = sorted(values)
-        cut = max(ranked[-min(_NAMED, len(ranked))] if ranked else 0.0, sys.float_info.min)
-        heavy = itertools.compress(hit, map(cut.__le__, values))
-        top = sorted(heavy, key=lambda w: (-weights[w], w))
-        return p, top[:_NAMED]
+        return p, sorted(words & self._positive, key=self._rank.__getitem__)[:_NAMED]
 
     @classmethod
     def from_json(
@@ -131,7 +155,7 @@ class WordModel:
         weights: dict[bytes, float] = {}
         for word, weight in raw.items():
             # a word of the normalised text: of ASCII, only lower-case letters and digits
-            if not (0 < len(word) <= _MAX_WORD) or word.translate(_TO_SPACE_STR) != word:
+            if not (0 < len(word) <= _MAX_WORD) or not _is_word(word):
                 raise WordModelError(f"{source}: weights[{word[:_MAX_WORD]!r}]: not a word")
             if not isinstance(weight, int | float) or isinstance(weight, bool):
                 raise WordModelError(f"{source}: weights[{word!r}]: not a number")
@@ -148,8 +172,10 @@ class WordModel:
         )
 
 
-# the same separators, for checking a word of a model file (str)
-_TO_SPACE_STR: Final = str.maketrans({chr(b): " " for b in _SEPARATORS})
+def _is_word(word: str) -> bool:
+    """Whether :func:`words_of` can give ``word`` (a word of a model file)."""
+    data = word.encode("utf-8", "replace")
+    return words_of(data) == {data}
 
 
 def builtin_models(known_techniques: Iterable[str] | None = None) -> tuple[WordModel, ...]:

@@ -103,6 +103,27 @@ def test_obfuscated_text_is_read_after_normalisation_and_the_span_maps_back() ->
 
 
 @pytest.mark.parametrize(
+    "separator",
+    ["\u2028", "\u2029", "\u3002", "\u3001", "\u2026", "\u00b7", "\u2022", "\U0001f525"],
+)
+def test_words_joined_by_a_non_ascii_separator_are_still_words(separator: str) -> None:
+    # a character that is no letter or digit between the words must not join them into one
+    # word the model does not know (it was read as one word: the model saw nothing it knew)
+    joined = separator.join(SETUP.split(" "))
+    model = [f for f in Engine.default().scan(joined) if f.rule == "jb.word-model"]
+    assert model, separator
+    start, end = model[0].span
+    top = model[0].why.rsplit(": ", 1)[1].split(", ")[0]
+    assert joined[start:end].lower() == top
+    assert words_of(joined.lower().encode()) >= {b"capable", b"anything", b"consequences"}
+
+
+def test_non_ascii_letters_stay_inside_their_word() -> None:
+    assert words_of("naïve café über".encode()) == {w.encode() for w in ("naïve", "café", "über")}
+    assert words_of("don\u2019t \u201cquote\u201d".encode()) == {b"don", b"t", b"quote"}
+
+
+@pytest.mark.parametrize(
     "text",
     [
         SETUP,
