@@ -238,3 +238,16 @@ async def test_sealing_and_verify_agree_on_postgresql_15(pg15_url: str) -> None:
     with psycopg.connect(pg15_url) as c:
         assert c.info.server_version >= 110000
     await check_sealed_rows_verify(pg15_url)
+
+
+def test_the_sealer_seals_no_rows_of_a_new_log_before_its_start_row(db_url: str) -> None:
+    # Migration 0010: a writer that commits between soar_seal's look for unsealed rows and
+    # its choice of rows to seal must not have them sealed without the sealing-start row
+    # before them (the race is between two statements of the function, so this checks that
+    # the guard is in the function the database runs; the 32-writer test is its stress test).
+    with psycopg.connect(db_url) as conn:
+        body = conn.execute(
+            "SELECT pg_get_functiondef('soar_seal(integer)'::regprocedure)"
+        ).fetchone()
+    assert body is not None
+    assert "IF ids IS NULL OR (legacy_head AND done = 0) THEN" in body[0]
