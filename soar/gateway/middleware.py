@@ -24,6 +24,7 @@ the process to scan a prompt.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -41,7 +42,6 @@ from soar.gateway.reporter import DetectionReporter, make_detection
 
 log = logging.getLogger("soar.gateway")
 MAX_SCAN_BODY = 1024 * 1024
-MAX_PROMPT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ SCAN_IN_THREAD = 16 * 1024
 
 def builtin_detector(kind: str = "prompt") -> Detector:
     """The built-in ATLAS engine (:mod:`soar.detect`) as a middleware detector: the findings
-    (technique, rule, score, span) of its ``kind`` rule set for each prompt. Offline."""
+    (technique, rule, score, span) of its ``kind`` rule set for each prompt. Offline. A prompt
+    longer than the engine reads at once (:data:`soar.detect.engine.MAX_CHARS`) is scanned in
+    overlapping windows, all of it: padding must not push an attack out of sight."""
     from soar.detect import Engine
 
     engine = Engine.default()
@@ -72,26 +74,77 @@ def builtin_detector(kind: str = "prompt") -> Detector:
 
     async def detect(text: str) -> list[Any]:
         if len(text) > SCAN_IN_THREAD:
-            return await asyncio.to_thread(engine.scan, text, scan_kind)
+            return await asyncio.to_thread(scan_all, engine, text, scan_kind)
         return engine.scan(text, scan_kind)
 
     return detect
 
 
+# Windows of a long prompt overlap by this many characters (an attack cut by a window's end is
+# whole in the next window, unless it is longer than this).
+WINDOW_OVERLAP = 4096
+
+
+def scan_all(engine: Any, text: str, kind: Any = "prompt") -> list[Any]:
+    """``engine.scan`` over all of ``text``, in windows of the engine's ``MAX_CHARS`` that
+    overlap by :data:`WINDOW_OVERLAP`; each rule's first finding, its span in ``text``."""
+    from soar.detect.engine import MAX_CHARS
+
+    if len(text) <= MAX_CHARS:
+        return list(engine.scan(text, kind))
+    found: dict[str, Any] = {}
+    step = MAX_CHARS - WINDOW_OVERLAP
+    for start in range(0, len(text) - WINDOW_OVERLAP, step):
+        for f in engine.scan(text[start : start + MAX_CHARS], kind):
+            if f.rule not in found:
+                span = (f.span[0] + start, f.span[1] + start)
+                found[f.rule] = dataclasses.replace(f, span=span)
+    return sorted(found.values(), key=lambda f: (f.span, f.technique, f.rule))
+
+
+def _texts_of(content: Any) -> list[str]:
+    """The text of a message's content: a string, or a list of parts (OpenAI's and
+    Anthropic's ``{"type": "text", "text": ...}``, or strings)."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        out: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict):
+                for key in ("text", "input_text", "content"):
+                    value = part.get(key)
+                    if isinstance(value, str):
+                        out.append(value)
+                    elif key == "content" and isinstance(value, list):
+                        out.extend(_texts_of(value))
+        return out
+    return []
+
+
 def default_prompt_of(body: Any) -> str | None:
+    """The text a request sends to the model: ``prompt`` (a string or a list of them), or the
+    content of every one of ``messages`` (chat completions; content as a string or as a list
+    of parts), or ``input`` (a string or a list of messages, OpenAI's Responses API). All of
+    it: the body is bounded (:data:`MAX_SCAN_BODY`), and a cut would let padding hide an
+    attack behind it."""
     if not isinstance(body, dict):
         return None
-    if isinstance(body.get("prompt"), str):
-        return str(body["prompt"])[:MAX_PROMPT]
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        parts = [
-            m["content"]
-            for m in messages[:200]
-            if isinstance(m, dict) and isinstance(m.get("content"), str)
-        ]
-        return "\n".join(parts)[:MAX_PROMPT] if parts else None
-    return None
+    parts: list[str] = []
+    prompt = body.get("prompt")
+    parts += _texts_of(prompt) if isinstance(prompt, str | list) else []
+    for key in ("messages", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            for m in value:
+                if isinstance(m, dict):
+                    parts += _texts_of(m.get("content"))
+                elif isinstance(m, str):
+                    parts.append(m)
+    return "\n".join(parts) if parts else None
 
 
 def _finding(f: Any) -> tuple[str, float] | None:
@@ -177,6 +230,8 @@ class EnforcementMiddleware:
         self.source = source
         self.min_confidence = min_confidence
         self.refused = 0
+        # bodies too large to scan (over MAX_SCAN_BODY), passed on unscanned
+        self.unscanned = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -218,6 +273,10 @@ class EnforcementMiddleware:
             more = bool(message.get("more_body", False))
         if size <= MAX_SCAN_BODY:
             await self._detect(b"".join(chunks), subject)
+        else:
+            # not scanned: said, and counted (the app's own body limit should be lower)
+            self.unscanned += 1
+            log.warning("request body of %d bytes not scanned (over %d)", size, MAX_SCAN_BODY)
 
         replay = iter(messages)
 
