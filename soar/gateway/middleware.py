@@ -42,6 +42,8 @@ from soar.gateway.reporter import DetectionReporter, make_detection
 
 log = logging.getLogger("soar.gateway")
 MAX_SCAN_BODY = 1024 * 1024
+# Characters of the prompt sent as a detection's evidence (12 bytes each at worst, JSON-escaped).
+MAX_EVIDENCE = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -305,19 +307,24 @@ class EnforcementMiddleware:
         if self.reporter is None:
             return
         for technique, score in best.items():
-            await self.reporter.report(
-                make_detection(
-                    technique,
-                    tenant=subject.tenant,
-                    session=subject.session,
-                    user=subject.user,
-                    api_key=subject.api_key,
-                    severity=_severity(score),
-                    confidence=score,
-                    source=self.source,
-                    prompt=text,
+            try:
+                await self.reporter.report(
+                    make_detection(
+                        technique,
+                        tenant=subject.tenant,
+                        session=subject.session,
+                        user=subject.user,
+                        api_key=subject.api_key,
+                        severity=_severity(score),
+                        confidence=score,
+                        source=self.source,
+                        # the evidence is the prompt's head, bounded: the whole prompt is
+                        # scanned, but a detection's body is limited (256 KiB encoded)
+                        prompt=text[:MAX_EVIDENCE],
+                    )
                 )
-            )
+            except ValueError as exc:  # a report refused must not fail the request
+                log.warning("detection not reported: %s", type(exc).__name__)
 
 
 async def _answer(
