@@ -38,10 +38,12 @@ __all__ = ["WordModel", "WordModelError", "builtin_models", "first_word_at", "wo
 # >= 0x80, are kept, so a word may hold non-ASCII letters).
 _SEPARATORS: Final = bytes(b for b in range(128) if not (48 <= b <= 57 or 97 <= b <= 122))
 _TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
+_SEPARATOR_SET: Final = frozenset(_SEPARATORS)
 # A word of non-ASCII text: Unicode letters and digits (\w without "_").
 _WORD: Final = re.compile(r"[^\W_]+")
 # Words named in a finding's explanation.
 _NAMED: Final = 5
+_HEAVIEST: Final = 256
 _MAX_WORD: Final = 64
 
 
@@ -64,14 +66,36 @@ def words_of(data: bytes) -> set[bytes]:
 
 def first_word_at(data: bytes, word: bytes) -> int:
     """The byte offset of the first occurrence of ``word`` as a whole word in ``data``
-    (as :func:`words_of` splits it; -1 if none)."""
-    if data.isascii():
-        return (b" " + data.translate(_TO_SPACE) + b" ").find(b" " + word + b" ")
-    text, wanted = data.decode("utf-8", "replace"), word.decode("utf-8", "replace")
-    for m in _WORD.finditer(text):
-        if m[0] == wanted:
-            return len(text[: m.start()].encode("utf-8"))
+    (as :func:`words_of` splits it; -1 if none): a substring search, then a look at the
+    characters on either side (the text is not split again)."""
+    if not word:
+        return -1
+    end = len(word)
+    at = data.find(word)
+    while at >= 0:
+        if _edge(data, at - 1, backwards=True) and _edge(data, at + end, backwards=False):
+            return at
+        at = data.find(word, at + 1)
     return -1
+
+
+def _edge(data: bytes, i: int, *, backwards: bool) -> bool:
+    """Whether the character that holds byte ``i`` of ``data`` (the one ending there when
+    ``backwards``, else the one starting there) separates words; outside ``data``, True."""
+    if i < 0 or i >= len(data):
+        return True
+    b = data[i]
+    if b < 0x80:
+        return b in _SEPARATOR_SET
+    if backwards:  # back to the first byte of the character that ends at i
+        start = i
+        while start > 0 and i - start < 3 and 0x80 <= data[start] <= 0xBF:
+            start -= 1
+        piece = data[start : i + 1]
+    else:
+        piece = data[i : i + 4]
+    ch = piece.decode("utf-8", "ignore")[-1:] if backwards else piece.decode("utf-8", "ignore")[:1]
+    return not ch.isalnum()
 
 
 class WordModelError(ValueError):
@@ -96,11 +120,16 @@ class WordModel:
     # order), for naming the heaviest words of a text with C-level calls
     _rank: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
     _positive: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    # the heaviest positive words: the words to name are looked for among these first (a
+    # text's words hold a hundred positive ones or more; sorting them all cost more than the
+    # sum of the weights)
+    _heaviest: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positive = sorted((-v, w) for w, v in self.weights.items() if v > 0.0)
         object.__setattr__(self, "_rank", {w: k for k, (_, w) in enumerate(positive)})
         object.__setattr__(self, "_positive", frozenset(self._rank))
+        object.__setattr__(self, "_heaviest", frozenset(w for _, w in positive[:_HEAVIEST]))
 
     def probability(self, words: set[bytes]) -> tuple[float, list[bytes]]:
         """The model's probability for a text of these words, and the words that weighed
@@ -114,8 +143,12 @@ class WordModel:
         p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
         if p < self.threshold:
             return p, []
-        # the heaviest positive words (ties in byte order; set order is not stable)
-        return p, sorted(words & self._positive, key=self._rank.__getitem__)[:_NAMED]
+        # the heaviest positive words (ties in byte order; set order is not stable): the first
+        # _NAMED of them are among the _HEAVIEST when that many of those are in the text
+        named = words & self._heaviest
+        if len(named) < _NAMED:
+            named = words & self._positive
+        return p, sorted(named, key=self._rank.__getitem__)[:_NAMED]
 
     @classmethod
     def from_json(

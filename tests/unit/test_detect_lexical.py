@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import subprocess
 import sys
 import unicodedata
@@ -12,7 +14,13 @@ import pytest
 
 from soar.detect import Engine, technique_scores
 from soar.detect.catalog import KNOWN_TECHNIQUES
-from soar.detect.lexical import WordModel, WordModelError, builtin_models, words_of
+from soar.detect.lexical import (
+    WordModel,
+    WordModelError,
+    builtin_models,
+    first_word_at,
+    words_of,
+)
 from soar.detect.rules import builtin_packs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +129,63 @@ def test_words_joined_by_a_non_ascii_separator_are_still_words(separator: str) -
 def test_non_ascii_letters_stay_inside_their_word() -> None:
     assert words_of("naïve café über".encode()) == {w.encode() for w in ("naïve", "café", "über")}
     assert words_of("don\u2019t \u201cquote\u201d".encode()) == {b"don", b"t", b"quote"}
+
+
+def _first_word_at_by_splitting(data: bytes, word: bytes) -> int:
+    """first_word_at as words_of defines a word: every word of the text, in order."""
+    if word not in words_of(data):
+        return -1
+    text = data.decode("utf-8")
+    for m in re.finditer(r"[a-z0-9\x80-\U0010ffff]+", text):
+        if m[0].isascii():
+            words = [(m.start(), m[0])]
+        else:
+            words = [(m.start() + w.start(), w[0]) for w in re.finditer(r"[^\W_]+", m[0])]
+        for at, w in words:
+            if w.encode() == word:
+                return len(text[:at].encode())
+    return -1
+
+
+def test_the_words_named_are_the_heaviest_of_the_text() -> None:
+    # probability() looks for them among the model's heaviest words first: the same words as
+    # sorting all of the text's positive words, also when fewer of the heaviest are there
+    model = builtin_models(KNOWN_TECHNIQUES)[0]
+    vocabulary = sorted(model.weights)
+    ranked = sorted(
+        (w for w in vocabulary if model.weights[w] > 0), key=lambda w: (-model.weights[w], w)
+    )
+    light = ranked[300:]
+    rng = random.Random(3)
+    for n in range(0, 3000):
+        words = set(rng.sample(vocabulary, rng.randint(30, 300)))
+        if n % 3 == 0:  # few or none of the heaviest
+            words = set(rng.sample(light, rng.randint(30, 200))) | set(
+                rng.sample(ranked[:300], n % 7)
+            )
+        p, top = model.probability(words)
+        if p >= model.threshold:
+            expected = sorted(
+                (w for w in words if model.weights[w] > 0), key=lambda w: (-model.weights[w], w)
+            )
+            assert top == expected[:5]
+
+
+def test_first_word_at_finds_the_word_words_of_gives_and_only_as_a_whole_word() -> None:
+    # a substring search and a look at each side (the text is not split again): the same
+    # offset as splitting the text into its words, on texts of ASCII and non-ASCII letters,
+    # separators of both kinds, and words inside other words
+    rng = random.Random(7)
+    pieces = ["dan", "danger", "xdan", "dan9", "dán", "édan", "дан"]
+    pieces += [" ", "-", "_", "\n", "\u2028", "。", "é", "🔥", "\u0301", "7"]
+    for _ in range(3000):
+        data = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))).encode()
+        for word in (b"dan", "dán".encode(), "дан".encode(), b"7"):
+            assert first_word_at(data, word) == _first_word_at_by_splitting(data, word), data
+    assert first_word_at(b"danger dan", b"dan") == 7
+    assert first_word_at("édan dan".encode(), b"dan") == len("édan ".encode())
+    assert first_word_at("\u2028dan".encode(), b"dan") == 3
+    assert first_word_at(b"", b"dan") == -1
 
 
 @pytest.mark.parametrize(
