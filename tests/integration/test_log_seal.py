@@ -5,6 +5,8 @@ Also on the system PostgreSQL 15 (127.0.0.1:5432) when it answers."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -240,14 +242,167 @@ async def test_sealing_and_verify_agree_on_postgresql_15(pg15_url: str) -> None:
     await check_sealed_rows_verify(pg15_url)
 
 
+def seal_sync(url: str) -> int:
+    """Call the sealer until a call seals nothing (at most 100 calls); how many it sealed."""
+    total = 0
+    with psycopg.connect(url) as c:
+        for _ in range(100):
+            row = c.execute("SELECT sealed FROM soar_seal(1000)").fetchone()
+            c.commit()
+            if row is None or row[0] == 0:
+                break
+            total += row[0]
+    return total
+
+
+def insert_rows(url: str, *keys: str) -> None:
+    """Rows as a writer inserts them: unsealed, the database's clock."""
+    with psycopg.connect(url) as c:
+        for k in keys:
+            c.execute(
+                "INSERT INTO action_log (event_key, event, actor, outcome, details)"
+                " VALUES (%s, 'test.event', 'tester', 'ok', '{}')",
+                (k,),
+            )
+        c.commit()
+
+
+def unsealed(url: str) -> int:
+    with psycopg.connect(url) as c:
+        row = c.execute("SELECT count(*) FROM action_log WHERE seq IS NULL").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# Any number of 32 bits: the test holds it to stop a copy of the sealer half-way.
+PAUSE = 0x50415553
+
+
 def test_the_sealer_seals_no_rows_of_a_new_log_before_its_start_row(db_url: str) -> None:
-    # Migration 0010: a writer that commits between soar_seal's look for unsealed rows and
-    # its choice of rows to seal must not have them sealed without the sealing-start row
-    # before them (the race is between two statements of the function, so this checks that
-    # the guard is in the function the database runs; the 32-writer test is its stress test).
-    with psycopg.connect(db_url) as conn:
-        body = conn.execute(
+    # Migration 0010: a writer that commits between soar_seal's look for unsealed rows and its
+    # choice of rows to seal must not have them sealed without the sealing-start row before
+    # them. The window is between two statements of the function, so the test runs a copy of
+    # the function the database has, made to wait there (on an advisory lock the test holds)
+    # while a writer commits; against 0004's function the writer's row is sealed as seq 1.
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        row = admin.execute(
             "SELECT pg_get_functiondef('soar_seal(integer)'::regprocedure)"
         ).fetchone()
-    assert body is not None
-    assert "IF ids IS NULL OR (legacy_head AND done = 0) THEN" in body[0]
+        assert row is not None
+        body: str = row[0]
+        at = "            SELECT array_agg(c.id ORDER BY c.s)"
+        assert body.count(at) == 1 and body.count("public.soar_seal(") == 1
+        admin.execute(
+            body.replace("public.soar_seal(", "public.soar_seal_paused(").replace(
+                at, f"            PERFORM pg_advisory_xact_lock({PAUSE});\n{at}"
+            )
+        )
+        admin.execute("SELECT pg_advisory_lock(%s)", (PAUSE,))
+        got: list[Any] = []
+
+        def sealer() -> None:
+            with psycopg.connect(db_url) as s:
+                got.append(
+                    s.execute("SELECT sealed, head_seq FROM soar_seal_paused(100)").fetchone()
+                )
+                s.commit()
+
+        thread = threading.Thread(target=sealer)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND classid = 0 AND objid = %s",
+                (PAUSE,),
+            ).fetchone() != (1,):
+                assert time.monotonic() < deadline, "the sealer never reached the pause"
+                time.sleep(0.01)
+            insert_rows(db_url, "between-two-looks")  # the log was empty at the first look
+        finally:
+            admin.execute("SELECT pg_advisory_unlock(%s)", (PAUSE,))
+            thread.join(30)
+        assert got == [(0, 0)]  # sealed nothing: no start row was written by that call
+    assert seal_sync(db_url) == 2
+    rows = log_rows(db_url)
+    assert [r["event_key"] for r in rows] == [MARKER, "between-two-looks"]
+    result = verify_sync(db_url)
+    assert result.ok and result.rows == 2 and result.legacy_until == 0
+
+
+@pytest.fixture
+def restored_url(pg_server: str, template_db: str) -> Iterator[str]:
+    """A second new database: where an export of db_url's log is loaded back."""
+    name = "r_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield pg_server.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_restored_log_keeps_being_sealed(db_url: str, restored_url: str) -> None:
+    # The export's columns (soar.audit.query.COLUMNS) carry no sealed_at: a log loaded back
+    # from it by the table's owner has every row sealed (seq and hash) with sealed_at NULL,
+    # its sealing-start row too. 0010's guard read "the head row has no sealed_at" as "no
+    # database-sealed row yet", wrote no start row (there is one) and sealed nothing, forever.
+    insert_rows(db_url, "a", "b", "c")
+    assert seal_sync(db_url) == 4
+    cols = ", ".join(query.COLUMNS)
+    with psycopg.connect(db_url) as src, psycopg.connect(restored_url) as dst:
+        with (
+            src.cursor().copy(
+                f"COPY (SELECT {cols} FROM action_log ORDER BY seq) TO STDOUT"
+            ) as out,
+            dst.cursor().copy(f"COPY action_log ({cols}) FROM STDIN") as into,
+        ):
+            for chunk in out:
+                into.write(chunk)
+        dst.commit()
+    before = verify_sync(restored_url)
+    assert before.ok and before.rows == 4 and before.legacy_until == 0
+    insert_rows(restored_url, "d", "e")
+    assert seal_sync(restored_url) == 2
+    insert_rows(restored_url, "f")
+    assert seal_sync(restored_url) == 1
+    assert unsealed(restored_url) == 0
+    rows = log_rows(restored_url)
+    assert [r["seq"] for r in rows] == list(range(1, 8))
+    assert [r["event_key"] for r in rows] == [MARKER, "a", "b", "c", "d", "e", "f"]
+    assert sum(r["event_key"] == MARKER for r in rows) == 1  # no second start row
+    after = verify_sync(restored_url)
+    assert after.ok, after.problems
+    assert after.rows == 7 and after.legacy_until == 0 and after.unsealed == 0
+
+
+def test_a_legacy_log_restored_the_same_way_gets_its_start_row(db_url: str) -> None:
+    # The other side of the guard: a log with no start row (application-hashed rows only,
+    # loaded with seq and no sealed_at) still gets one before the database seals anything.
+    copy_rows(db_url, synthetic_rows(30, seed=5))
+    insert_rows(db_url, "new-1", "new-2")
+    assert seal_sync(db_url) == 3
+    rows = log_rows(db_url)
+    assert rows[30]["event_key"] == MARKER and rows[30]["details"] == {"legacy_until_seq": 30}
+    assert [r["event_key"] for r in rows[31:]] == ["new-1", "new-2"]
+    result = verify_sync(db_url)
+    assert result.ok and result.rows == 33 and result.legacy_until == 30
+
+
+def test_a_log_sealed_without_its_start_row_before_0010_goes_on_being_sealed(
+    db_url: str,
+) -> None:
+    # What the race left before 0010: rows sealed by the database (sealed_at set), no start
+    # row. Verify reads them as application-hashed; stopping the sealer would only add a
+    # backlog that never shrinks, so the guard leaves such a log to be sealed as under 0010.
+    with psycopg.connect(db_url) as c:
+        c.execute(
+            "INSERT INTO action_log (seq, event_key, at, event, actor, outcome, details,"
+            " prev_hash, hash, sealed_at) VALUES (1, 'sealed-before-0010', now(), 'test.event',"
+            " 'tester', 'ok', '{}', repeat('0', 64), repeat('a', 64), now())"
+        )
+        c.commit()
+    insert_rows(db_url, "after")
+    assert seal_sync(db_url) == 1
+    rows = log_rows(db_url)
+    assert [(r["seq"], r["event_key"]) for r in rows] == [(1, "sealed-before-0010"), (2, "after")]
+    assert rows[1]["prev_hash"] == "a" * 64
