@@ -84,13 +84,17 @@ _MARGIN: Final = 512
 # (up to 18 characters for one code point) is bounded by the window, not by the input.
 _CHUNK: Final = 1024
 
-# Format characters used to split secrets invisibly: soft hyphen, Arabic letter mark,
-# Mongolian vowel separator, zero-width space/non-joiner/joiner, LRM/RLM, bidi embeddings and
-# isolates, word joiner and invisible operators, BOM, interlinear annotation, variation
-# selectors and the Unicode "tag" block (ASCII smuggling).
+# Format characters used to split secrets invisibly: Unicode's default-ignorable code points
+# (they render as nothing): soft hyphen, combining grapheme joiner, Arabic letter mark, Hangul
+# fillers (letters, for Unicode, but blank), Khmer inherent vowels, Mongolian free variation
+# selectors and vowel separator, zero-width space/non-joiner/joiner, LRM/RLM, bidi embeddings
+# and isolates, word joiner and invisible operators, BOM, interlinear annotation, variation
+# selectors, shorthand and musical format controls, and the Unicode "tag" block (ASCII
+# smuggling).
 _INVISIBLE = re.compile(
-    "[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
-    "\ufff9-\ufffb\ufe00-\ufe0f\U000e0000-\U000e007f\U000e0100-\U000e01ef]+"
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff0-\ufffb\ufe00-\ufe0f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+"
 )
 
 

@@ -155,6 +155,37 @@ _LOWER_LOOKALIKE = re.compile("[" + "".join(sorted(_LOOKALIKES)) + "]")
 # The one character outside _LOOKALIKE_CLASS whose lower case holds a lookalike.
 _OHM: Final = "\u2126"
 
+# Folded too, but no lookalikes (no sign of disguise by themselves):
+#
+# Blank characters that are not white space to NFKC or to the rules (each its own ASCII
+# separator, so that words joined by them stay words): line and paragraph separators, Ogham
+# space mark, Braille blank.
+_HOMOGLYPHS.update({0x2028: "\n", 0x2029: "\n", 0x1680: " ", 0x2800: " "})
+
+
+def _base_letter(ch: str) -> str | None:
+    """The ASCII letter that ``ch`` (a lower-case Latin letter) is written with, under its
+    diacritics ("\u00ed" -> "i", "\u1e77" -> "u"), or None."""
+    nfd = unicodedata.normalize("NFD", ch)
+    if len(nfd) > 1 and nfd[0].isascii() and nfd[0].isalpha():
+        return nfd[0].lower() if all(unicodedata.combining(c) for c in nfd[1:]) else None
+    return None
+
+
+# Latin letters with diacritics, after lower-casing, folded to their base letter: "\u00edgn\u00f6re"
+# reads "ignore" (the accents are dropped for matching only; spans still index the original).
+# Also the letters with a stroke that Unicode does not decompose.
+_HOMOGLYPHS.update(
+    {
+        c: base
+        for c in (*range(0xC0, 0x250), *range(0x1E00, 0x1F00))
+        if chr(c).islower() and (base := _base_letter(chr(c))) is not None
+    }
+)
+_HOMOGLYPHS.update(
+    {ord(k): v for k, v in zip("\u00f8\u0142\u0111\u0127\u0167\u0180", "oldhtb", strict=True)}
+)
+
 
 # A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is
 # part of the match and dropped from the span). RE2: linear, however long the runs.
@@ -266,12 +297,19 @@ _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 # The ASCII bytes that are not control codes: an ASCII text holds a control code when its
 # bytes with these deleted are not empty (faster than _CONTROL.search).
 _NOT_CONTROL_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n\r"
-_HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}]|{_INVISIBLE.pattern.removesuffix('+')})++")
+# Combining marks of the blocks that decorate Latin letters and symbols (accents, strokes
+# through letters, enclosing circles, "Zalgo" stacks): dropped like invisible characters, so
+# that "i\u0336g\u0336n\u0336o\u0336r\u0336e\u0336" reads "ignore", but no sign of hiding
+# by themselves (text in decomposed form, NFD, has them). The marks of other scripts (Indic
+# vowel signs, Hebrew points) are parts of their words and stay.
+_MARKS: Final = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+# (the combining grapheme joiner, U+034F, among them, is invisible: a sign)
+_ONLY_MARKS = re.compile("[\u0300-\u034e\u0350-\u036f" + _MARKS.split("\u036f", 1)[1] + "]+")
+_INVISIBLE_CLASS: Final = _INVISIBLE.pattern.removeprefix("[").removesuffix("]+") + _MARKS
+_HIDDEN = re.compile(f"(?:{_ANSI}|[{_CONTROL_CHARS}{_INVISIBLE_CLASS}])++")
 # Every character a hidden run can start with, as one class: searching for it is a tight loop,
 # while searching for _HIDDEN itself tries its alternatives at every position.
-_HIDDEN_START = re.compile(
-    f"[{_CONTROL_CHARS}{_INVISIBLE.pattern.removeprefix('[').removesuffix(']+')}]"
-)
+_HIDDEN_START = re.compile(f"[{_CONTROL_CHARS}{_INVISIBLE_CLASS}]")
 # The same class for RE2, to test a whole non-ASCII text at once (sre tests a class with astral
 # ranges, such as the tag characters, slowly).
 _HIDDEN_START_RE2 = Regex(
@@ -491,7 +529,12 @@ def normalise(text: str) -> Normalised:
                     emit(ch, m.start() + i, m.start() + i + 1)
         before = text[m.start() - 1] if m.start() > 0 else " "
         after = text[m.end()] if m.end() < len(text) else " "
-        if before.isalnum() and after.isalnum() and len(tags) < len(run):
+        if (
+            before.isalnum()
+            and after.isalnum()
+            and len(tags) < len(run)
+            and not _ONLY_MARKS.fullmatch(run)
+        ):
             if _CONTROL.search(run):
                 signals.controls_in_words.append((m.start(), m.end()))
             else:
