@@ -188,13 +188,16 @@ WINDOW_OVERLAP = 4096
 # stays. GAP_KEEP exceeds every bounded repetition of the rules over such characters
 # (``[^"\n]{1,80}``), so a run cut short is never mistaken for a short one.
 GAP_KEEP: Final = 48
+# (what soar.detect.normalise drops but bidi controls and tags: a test checks that they agree)
 _DROPPED_CLASS: Final = (
-    "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\xad\\u061c\\u180e\\u200b-\\u200f\\u2060-\\u2064"
-    "\\u206a-\\u206f\\ufeff\\ufe00-\\ufe0f\\ufff9-\\ufffb\\U000e0100-\\U000e01ef"
+    "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\xad\\u0300-\\u036f\\u061c\\u115f\\u1160\\u17b4"
+    "\\u17b5\\u180b-\\u180f\\u1ab0-\\u1aff\\u1dc0-\\u1dff\\u200b-\\u200f\\u2060-\\u2064\\u206a-\\u206f"
+    "\\u20d0-\\u20ff\\u3164\\ufe00-\\ufe0f\\ufe20-\\ufe2f\\ufeff\\uffa0\\ufff0-\\ufffb"
+    "\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0080-\\U000e0fff"
 )
 _VISIBLE_CLASS: Final = (
     "\\t\\n\\r\\x20-\\x2f\\x3a-\\x40\\x5b-\\x5e\\x60\\x7b-\\x7e\\xa0\\u1680\\u2000-\\u200a"
-    "\\u2028\\u2029\\u202f\\u205f\\u3000"
+    "\\u2028\\u2029\\u202f\\u205f\\u2800\\u3000"
 )
 _GAP_CLASS: Final = _DROPPED_CLASS + _VISIBLE_CLASS
 _ANY_CONTROL: Final = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]")

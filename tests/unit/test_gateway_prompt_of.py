@@ -270,6 +270,7 @@ def _found_in_one_raw_window(engine: Engine, text: str) -> bool:
 
 # whitespace, invisible characters, escape sequences, punctuation, Unicode spaces
 GAPS = [" ", "\n\t", " \u200b", "\u200b\u200b ", "\x1b[0m ", "\x1b]0;a title\x07 ", "-", "\u3000"]
+GAPS += ["\u3164 ", "\u2800", "\u2028", " \u0336"]
 
 
 @pytest.mark.parametrize("gap", GAPS)
@@ -309,6 +310,11 @@ def test_the_compressed_view_reads_as_the_text_reads() -> None:
         "\x01",
         "\u3000",
         "\xa0",
+        "\u3164",
+        "\u034f",
+        "\u0336",
+        "\u2028",
+        "\u2800",
     ]
     words = ["alpha", "beta", "x1", "q", "m"]
     cut = 0
@@ -332,6 +338,22 @@ def test_the_compressed_view_reads_as_the_text_reads() -> None:
     view = _compressed(joined)
     assert view is not None and len(view.text) < 30
     assert _words(view.text) == _words(joined) == ["ignore", "all", "abcd"]
+
+
+def test_the_gap_characters_normalisation_drops_are_the_ones_it_drops() -> None:
+    # the compressed view drops what normalisation drops (but bidi controls, which it reports,
+    # and tag characters, which it decodes): when normalisation drops more, a run of the new
+    # characters must be a gap too, or it carries an attack across a window's edge again
+    from soar.detect import normalise as n
+    from soar.gateway.middleware import _gap_patterns
+
+    dropped = _gap_patterns().dropped
+    for cp in range(0x110000):
+        ch = chr(cp)
+        bidi = 0x202A <= cp <= 0x202E or 0x2066 <= cp <= 0x2069
+        tag = 0xE0000 <= cp <= 0xE007F
+        expected = n._HIDDEN_START.fullmatch(ch) is not None and not bidi and not tag
+        assert (dropped.fullmatch(ch) is not None) == expected, hex(cp)
 
 
 def test_an_ordinary_long_prompt_has_no_compressed_view() -> None:
