@@ -27,6 +27,7 @@ from soar.gateway.middleware import (
     ScanBusy,
     ScanPool,
     builtin_detector,
+    default_prompt_of,
 )
 from tests.support import WEBHOOK_SECRET
 
@@ -264,3 +265,66 @@ async def test_a_scan_holds_its_place_until_its_thread_is_done() -> None:
     assert pool.held == 0 and pool.refused == 2
     with pytest.raises(ValueError):
         ScanPool(workers=0)
+
+
+# -- parsing a large body ------------------------------------------------------------------
+
+
+async def test_a_large_body_is_parsed_and_read_off_the_event_loop() -> None:
+    # a 1 MiB body takes a fifth of a second to parse and walk: in the scan pool's threads,
+    # not on the event loop that serves every other request; a small body stays on the loop
+    threads: list[str] = []
+
+    def prompt_of(body: object) -> str | None:
+        threads.append(threading.current_thread().name)
+        return default_prompt_of(body)
+
+    def detector(text: str) -> list[object]:
+        return []
+
+    app = chat_app()
+    mw = EnforcementMiddleware(
+        app,
+        client=fresh_client(),
+        extract=session_of,
+        detector=detector,
+        prompt_of=prompt_of,
+        scan_pool=ScanPool(workers=1, queue=0),
+    )
+    async with http(mw) as client:
+        assert (await client.post("/chat", json={"prompt": "hello"})).status_code == 200
+        assert (await client.post("/chat", json={"prompt": LONG})).status_code == 200
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("soar-scan")
+    assert len(app.state.calls) == 2
+
+
+async def test_a_large_body_the_pool_has_no_room_for_follows_the_fail_mode() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(text: str) -> list[object]:
+        started.set()
+        release.wait(10)
+        return []
+
+    read: list[int] = []
+
+    def prompt_of(body: object) -> str | None:
+        text = default_prompt_of(body)
+        read.append(len(text or ""))
+        return text
+
+    pool = ScanPool(workers=1, queue=0)
+    app = chat_app()
+    mw = middleware(app, slow, pool=pool, fail_mode="closed")
+    mw.prompt_of = prompt_of
+    async with http(mw) as client:
+        first = asyncio.create_task(client.post("/chat", json={"prompt": LONG}))
+        assert await asyncio.to_thread(started.wait, 10)
+        # the pool's one thread is busy: the second body is not even parsed
+        r = await client.post("/chat", json={"prompt": LONG + " and more"})
+        assert r.status_code == 503
+        release.set()
+        assert (await first).status_code == 200
+    assert mw.busy == 1 and pool.refused == 1
+    assert read == [len(LONG)]  # the refused body was not parsed
