@@ -303,6 +303,9 @@ _NOT_CONTROL_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 # by themselves (text in decomposed form, NFD, has them). The marks of other scripts (Indic
 # vowel signs, Hebrew points) are parts of their words and stay.
 _MARKS: Final = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+# Hangul fillers: default-ignorable letters that render as a blank (a run holding one reads
+# as a space)
+_FILLERS = re.compile("[\u115f\u1160\u3164\uffa0]")
 # (the combining grapheme joiner, U+034F, among them, is invisible: a sign)
 _ONLY_MARKS = re.compile("[\u0300-\u034e\u0350-\u036f" + _MARKS.split("\u036f", 1)[1] + "]+")
 _INVISIBLE_CLASS: Final = _INVISIBLE.pattern.removeprefix("[").removesuffix("]+") + _MARKS
@@ -527,6 +530,10 @@ def normalise(text: str) -> Normalised:
                 ch = chr(ord(run[i]) - _TAG_FIRST)
                 if " " <= ch <= "~":
                     emit(ch, m.start() + i, m.start() + i + 1)
+        if _FILLERS.search(run):
+            # a Hangul filler renders as a blank as wide as a letter: read as a space (and,
+            # inside a word, still a sign of hiding)
+            emit(" ", m.start(), m.end())
         before = text[m.start() - 1] if m.start() > 0 else " "
         after = text[m.end()] if m.end() < len(text) else " "
         if (
