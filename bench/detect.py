@@ -155,22 +155,45 @@ def main() -> None:
         help="also run the same benchmark on the engine of git revision REV (in a process of its "
         "own, first) and print both side by side",
     )
+    ap.add_argument(
+        "--no-models",
+        action="store_true",
+        help="also time the engine without its word models, text by text in turn with the full "
+        "one (same repeats and rounds), and print both speeds side by side",
+    )
     args = ap.parse_args()
     baseline = _run_baseline(args) if args.baseline else None
 
     attacks, benign = corpora()
     engine = Engine.default()
+    bare = Engine(builtin_packs(KNOWN_TECHNIQUES), ()) if args.no_models else None
+    bare_dt: list[float] = []
     for row in attacks[:20] + benign[:20]:  # warm up (caches, branch predictors)
         engine.scan(row["text"])
+        if bare is not None:
+            bare.scan(row["text"])
+
+    def time_bare(k: int, text: str) -> None:
+        # the engine without models, right after the full one (the same moment's noise)
+        if bare is None:
+            return
+        t0 = time.thread_time()
+        bare.scan(text, "prompt")
+        spent = time.thread_time() - t0
+        if k == len(bare_dt):
+            bare_dt.append(spent)
+        else:
+            bare_dt[k] = min(bare_dt[k], spent)
 
     results: list[tuple[dict[str, str], set[str], float, int]] = []
-    for row in attacks + benign:
+    for k, row in enumerate(attacks + benign):
         text = row["text"]
         dt = float("inf")
         for _ in range(args.repeat):
             t0 = time.thread_time()
             findings = engine.scan(text, "prompt")
             dt = min(dt, time.thread_time() - t0)
+            time_bare(k, text)
         scores = technique_scores(findings)
         fams = {
             fam
@@ -186,6 +209,7 @@ def main() -> None:
                 t0 = time.thread_time()
                 engine.scan(row["text"], "prompt")
                 dt = min(dt, time.thread_time() - t0)
+                time_bare(k, row["text"])
             results[k] = (row, fams, dt, size)
 
     load = _load()
@@ -277,6 +301,19 @@ def main() -> None:
             f"(texts >= 1 KiB alone: p50 {b50:.1f}, p99 {b99:.1f})  target p99 <= "
             f"{TARGET_P99:.0f} ({ok})"
         )
+        if bare_dt:
+            mine = [(bare_dt[k], size) for k, (r, _, _, size) in enumerate(results)]
+            mine = [c for c, (r, _, _, _) in zip(mine, results, strict=True) if r["split"] == split]
+            bare_kib = [dt * 1e6 / max(size / 1024, 1.0) for dt, size in mine]
+            bare_big = [dt * 1e6 / (size / 1024) for dt, size in mine if size >= 1024]
+            print(
+                f"speed without the word models, timed in turn: p50 {pct(bare_kib, 0.5):.1f}, "
+                f"p99 {pct(bare_kib, 0.99):.1f} µs/KiB (>= 1 KiB: p50 {pct(bare_big, 0.5):.1f}, "
+                f"p99 {pct(bare_big, 0.99):.1f}); with them: p50 {p50:.1f}, p99 {p99:.1f}"
+            )
+            summary[split].update(
+                {"p50, no models": pct(bare_kib, 0.5), "p99, no models": pct(bare_kib, 0.99)}
+            )
         if args.show_misses and split == "dev":
             for r, f in part:
                 labels = set(r["label"].split("+")) - {"benign"}
