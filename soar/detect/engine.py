@@ -243,6 +243,8 @@ class Engine:
             if not top:
                 continue
             at = first_word_at(data, top[0])
+            if at < 0:  # pragma: no cover - every word named is a word of data
+                continue
             start = len(data[:at].decode("utf-8", "replace")) if len(data) != len(norm.text) else at
             end = start + len(top[0].decode("utf-8", "replace"))
             named = ", ".join(w.decode("utf-8", "replace") for w in top)

@@ -94,7 +94,10 @@ def _edge(data: bytes, i: int, *, backwards: bool) -> bool:
         piece = data[start : i + 1]
     else:
         piece = data[i : i + 4]
-    ch = piece.decode("utf-8", "ignore")[-1:] if backwards else piece.decode("utf-8", "ignore")[:1]
+    # "replace", as words_of decodes (bytes that are no UTF-8, such as a lone surrogate's
+    # "surrogatepass" bytes, are each a U+FFFD: a separator)
+    decoded = piece.decode("utf-8", "replace")
+    ch = decoded[-1:] if backwards else decoded[:1]
     return not ch.isalnum()
 
 

@@ -185,6 +185,20 @@ _HOMOGLYPHS.update(
 _HOMOGLYPHS.update(
     {ord(k): v for k, v in zip("\u00f8\u0142\u0111\u0127\u0167\u0180", "oldhtb", strict=True)}
 )
+# And every Latin letter "X WITH" a hook, bar, stroke, tail ... that Unicode does not decompose
+# ("\u0268" i with stroke, "\u0247" e with stroke), by its name; capitals too, for those whose
+# lower case is not one character ("\u0130", capital I with dot above).
+_LATIN_WITH = re.compile(r"LATIN (?:SMALL|CAPITAL) LETTER ([A-Z]) WITH .+")
+_HOMOGLYPHS.update(
+    {
+        c: m[1].lower()
+        for start, end in ((0xC0, 0x2B0), (0x1D00, 0x1DC0), (0x1E00, 0x1F00), (0x2C60, 0x2C80))
+        for c in range(start, end)
+        if c not in _HOMOGLYPHS
+        and (m := _LATIN_WITH.fullmatch(unicodedata.name(chr(c), ""))) is not None
+        and (chr(c).islower() or len(chr(c).lower()) != 1)
+    }
+)
 
 
 # A run of non-ASCII characters holding a lookalike next to a Latin letter (the letter is

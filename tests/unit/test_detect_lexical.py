@@ -186,6 +186,9 @@ def test_first_word_at_finds_the_word_words_of_gives_and_only_as_a_whole_word() 
     assert first_word_at("édan dan".encode(), b"dan") == len("édan ".encode())
     assert first_word_at("\u2028dan".encode(), b"dan") == 3
     assert first_word_at(b"", b"dan") == -1
+    # bytes that are no UTF-8 (a lone surrogate passed through) separate words, as in words_of
+    data = "b\udfff1 dan".encode("utf-8", "surrogatepass")
+    assert b"b" in words_of(data) and first_word_at(data, b"b") == 0
 
 
 @pytest.mark.parametrize(

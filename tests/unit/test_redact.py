@@ -380,7 +380,13 @@ def test_leaves_more_harmless_text_alone(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "sep", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u200b\u2060"]
+    "sep",
+    [
+        *["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u200b\u2060"],
+        # the other default-ignorable code points: combining grapheme joiner, Hangul filler,
+        # Mongolian free variation selector, a reserved invisible operator, a musical control
+        *["\u034f", "\u3164", "\u180b", "\u2065", "\U0001d173"],
+    ],
 )
 def test_zero_width_split_secrets_are_caught(sep: str) -> None:
     for secret in (OPENAI_KEY, GITHUB_PAT, AWS_KEY_ID, EMAIL):
