@@ -354,7 +354,15 @@ def main() -> None:
         "scanning thread "
         f"(time.thread_time: time spent waiting for a core is not counted); {load}"
     )
-    for name, text in (("a 114 KiB report", big_text), ("a 256 KiB keyword flood", hostile)):
+    # hidden characters between all letters (each a run of its own for normalisation)
+    marked = "a\u200b" * 65536
+    zalgo = "a\u0336" * 65536
+    for name, text in (
+        ("a 114 KiB report", big_text),
+        ("a 256 KiB keyword flood", hostile),
+        ("a letter and a zero-width space by turns, 256 KiB", marked),
+        ("a letter and a combining stroke by turns, 192 KiB", zalgo),
+    ):
         best = float("inf")
         for _ in range(args.repeat):
             t0 = time.thread_time()
