@@ -504,6 +504,18 @@ _SPECIAL_HIDDEN = re.compile(
 _HIDDEN_SPLIT = re.compile(f"({_HIDDEN.pattern})")
 
 
+# Hidden runs inside words recorded per kind (the engine reports the first; a text of
+# hundreds of thousands of them must not keep a list as long).
+_MAX_SIGNS: Final = 16
+
+
+def _sign(signals: Signals, run: str, start: int, end: int) -> None:
+    """Record a run of hidden characters inside a word (up to :data:`_MAX_SIGNS` per kind)."""
+    signs = signals.controls_in_words if _CONTROL.search(run) else signals.hidden_in_words
+    if len(signs) < _MAX_SIGNS:
+        signs.append((start, end))
+
+
 def _hidden_dropped(text: str, signals: Signals) -> Normalised | None:
     """What :func:`_general` makes of ``text`` when its hidden runs are only to be dropped
     (no tag character, bidi control or Hangul filler) and the rest is NFKC already and keeps
@@ -525,17 +537,20 @@ def _hidden_dropped(text: str, signals: Signals) -> Normalised | None:
     orig_end = list(itertools.compress(ends, lengths))
     norm = list(itertools.accumulate(itertools.compress(lengths, lengths), initial=0))[:-1]
     size = len(text)
+    # the signs there may be (a run with a control code is one of those, any other with an
+    # invisible character one of these; runs of combining marks alone are none)
+    controls = _MAX_SIGNS if _CONTROL.search(text) else 0
+    hidden = _MAX_SIGNS if _INVISIBLE.search(text) else 0
     for k in range(1, len(parts), 2):
+        if len(signals.controls_in_words) >= controls and len(signals.hidden_in_words) >= hidden:
+            break  # no more to record
         start, end = bounds[k], bounds[k + 1]
         if not (start > 0 and end < size and text[start - 1].isalnum() and text[end].isalnum()):
             continue
         run = parts[k]
         if _ONLY_MARKS.fullmatch(run):
             continue
-        if _CONTROL.search(run):
-            signals.controls_in_words.append((start, end))
-        else:
-            signals.hidden_in_words.append((start, end))
+        _sign(signals, run, start, end)
     return Normalised(_fold(joined), text, joined, norm, orig, orig_end, signals)
 
 
@@ -624,10 +639,7 @@ def _general(text: str, signals: Signals, maybe_lookalike: bool, data: bytes | N
             and len(tags) < len(run)
             and not _ONLY_MARKS.fullmatch(run)
         ):
-            if _CONTROL.search(run):
-                signals.controls_in_words.append((m.start(), m.end()))
-            else:
-                signals.hidden_in_words.append((m.start(), m.end()))
+            _sign(signals, run, m.start(), m.end())
         if any("\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069" for ch in run):
             signals.bidi.append((m.start(), m.end()))
         pos = m.end()
