@@ -496,11 +496,10 @@ def _dense_hidden(data: bytes) -> bool:
     return sum(1 for _ in itertools.islice(runs, need)) >= need
 
 
-# Hidden characters that normalisation does more with than drop them: tag characters (decoded),
-# bidi controls (reported wherever they are), Hangul fillers (read as spaces).
-_SPECIAL_HIDDEN = re.compile(
-    "[\U000e0000-\U000e007f\u202a-\u202e\u2066-\u2069\u115f\u1160\u3164\uffa0]"
-)
+# Hidden characters that normalisation does more with than drop them: tag characters (decoded)
+# and bidi controls (reported wherever they are). (Hangul fillers, read as spaces, the bulk
+# path does itself.)
+_SPECIAL_HIDDEN = re.compile("[\U000e0000-\U000e007f\u202a-\u202e\u2066-\u2069]")
 _HIDDEN_SPLIT = re.compile(f"({_HIDDEN.pattern})")
 
 
@@ -531,11 +530,29 @@ def _hidden_dropped(text: str, signals: Signals) -> Normalised | None:
     if not unicodedata.is_normalized("NFKC", joined) or len(joined.lower()) != len(joined):
         return None
     bounds = list(itertools.accumulate(map(len, parts), initial=0))
-    starts, ends = bounds[0:-1:2], bounds[1::2]  # of each visible part
-    lengths = list(map(operator.sub, ends, starts))
-    orig = list(itertools.compress(starts, lengths))  # the visible parts that are not empty
-    orig_end = list(itertools.compress(ends, lengths))
-    norm = list(itertools.accumulate(itertools.compress(lengths, lengths), initial=0))[:-1]
+    if _FILLERS.search(text) is None:
+        starts, ends = bounds[0:-1:2], bounds[1::2]  # of each visible part
+        lengths = list(map(operator.sub, ends, starts))
+        orig = list(itertools.compress(starts, lengths))  # the visible parts that are not empty
+        orig_end = list(itertools.compress(ends, lengths))
+        norm = list(itertools.accumulate(itertools.compress(lengths, lengths), initial=0))[:-1]
+    else:  # a run with a Hangul filler is a space: a piece of its own
+        pieces: list[str] = []
+        orig, orig_end, norm = [], [], []
+        produced = 0
+        for k, part in enumerate(parts):
+            if k % 2 == 1:
+                if _FILLERS.search(part) is None:
+                    continue
+                part = " "
+            elif not part:
+                continue
+            pieces.append(part)
+            norm.append(produced)
+            orig.append(bounds[k])
+            orig_end.append(bounds[k + 1])
+            produced += len(part)
+        joined = "".join(pieces)
     size = len(text)
     # the signs there may be (a run with a control code is one of those, any other with an
     # invisible character one of these; runs of combining marks alone are none)

@@ -78,6 +78,7 @@ def test_dropping_hidden_runs_in_bulk_gives_what_the_general_path_gives() -> Non
     rng = random.Random(11)
     alphabet = ["a", "b", "Z", "7", " ", "\n", "\u200b", "\u2060\u200d", "\u0301", "\u0336"]
     alphabet += ["\x1b[31m", "\x01", "\u034f", "\U0001f600", "\uff41", "\u00e9", "\u00ad", "-"]
+    alphabet += ["\u3164", "\u3164\u200b", "\uffa0"]
     bulk = 0
     for _ in range(4000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
@@ -101,6 +102,9 @@ def test_dropping_hidden_runs_in_bulk_gives_what_the_general_path_gives() -> Non
     hostile = "a\u200b" * 5000
     assert n._hidden_dropped(hostile, n.Signals()) is not None
     assert n.normalise(hostile).text == "a" * 5000
+    fillers = "a\u3164" * 5000
+    assert n._hidden_dropped(fillers, n.Signals()) is not None
+    assert n.normalise(fillers).text == "a " * 5000
 
 
 @pytest.mark.parametrize(
