@@ -21,19 +21,36 @@ that the playbook decides arrives through the stream. `builtin_detector()` is th
 the process to scan a prompt.
 
 A prompt over :data:`SCAN_IN_THREAD` characters is scanned in a :class:`ScanPool` (a few
-threads of its own, a bounded queue; shared by default): the built-in detector's scan, or a
-synchronous detector's call (which must then be thread-safe). When the pool is full the
-prompt is not scanned: counted in `busy`, logged (never the prompt), and the request is
-passed on (the client's `fail_mode="open"`) or answered `503` with `Retry-After`
-(`fail_mode="closed"`), as for a stale feed.
+threads of its own, a bounded queue; shared by default, or the middleware's ``scan_pool``,
+which a ``builtin_detector()`` without a pool of its own uses too): the built-in detector's
+scan, or a synchronous detector's call (which must then be thread-safe); a body over that
+size is parsed there too. Its places are shared out by subject (:func:`scan_owner_of`: the
+tenant and the API key, else the user, else the session): one subject holds at most
+``per_owner`` (2) of them. A scan with no place waits for one up to the pool's ``wait`` (1 s);
+then, for a subject over its share, the request is refused with ``429`` and ``Retry-After``
+(whatever the fail mode: passing it on would let anyone skip the scan by keeping two costly
+scans of their own running), counted in ``over_share``; for a full pool the prompt is not
+scanned: counted in ``busy``, logged (never the prompt), and the request is passed on (the
+client's ``fail_mode="open"``) or answered ``503`` with ``Retry-After``
+(``fail_mode="closed"``), as for a stale feed. What that leaves open: subjects are what
+``extract`` says, so enough of them together (five, with the defaults, each keeping two
+costly scans running; or one attacker who can make up new sessions when the session is the
+only identifier) still fill the pool, and with ``fail_mode="open"`` the long prompts of
+everyone else are then passed on unscanned after their wait; ``fail_mode="closed"`` refuses
+them instead (503).
+
+A body nested too deep for ``json`` to read (about 1,000 levels; no LLM API nests a request
+so deep) is refused with ``400`` (``request body nested too deep to scan``), counted in
+``too_deep``, whatever the fail mode. A body over :data:`MAX_SCAN_BODY` is passed on
+unscanned, counted in ``unscanned``: the application's own body limit should be lower.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import bisect
 import dataclasses
-import functools
 import inspect
 import json
 import logging
@@ -41,8 +58,10 @@ import math
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import unicodedata
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -75,60 +94,217 @@ SCAN_IN_THREAD = 16 * 1024
 # Threads of the shared scan pool, and scans that may wait for one of them.
 SCAN_WORKERS = 2
 SCAN_QUEUE = 8
+# Of those places, how many one owner (a subject: scan_owner_of) may hold at once, and how
+# long (seconds) a scan waits for a place before it is refused.
+SCAN_PER_OWNER = 2
+SCAN_WAIT = 1.0
 
 T = TypeVar("T")
 
 
 class ScanBusy(RuntimeError):
-    """A scan not started: its :class:`ScanPool` already had as many scans as it holds."""
+    """A scan not started: its :class:`ScanPool` had no place for it within its wait. ``own``:
+    the scan's owner already held as many places as one owner may (its own share is full, not
+    the pool); otherwise the pool as a whole was full."""
+
+    def __init__(self, message: str, *, own: bool = False) -> None:
+        super().__init__(message)
+        self.own = own
+
+
+class _ScanContext(NamedTuple):
+    pool: ScanPool | None
+    owner: Hashable | None
+
+
+# Set by the middleware while its detector runs: the pool it was given and the request's
+# owner, for a detector that scans in a ScanPool without being told (builtin_detector()).
+_SCAN_CONTEXT: ContextVar[_ScanContext | None] = ContextVar("soar_scan_context", default=None)
+
+
+def _context_pool() -> ScanPool | None:
+    context = _SCAN_CONTEXT.get()
+    return context.pool if context else None
+
+
+def _context_owner() -> Hashable | None:
+    context = _SCAN_CONTEXT.get()
+    return context.owner if context else None
+
+
+class _Waiter:
+    """A scan waiting for a place: woken in its own event loop when one is given to it."""
+
+    __slots__ = ("future", "granted", "loop", "owner")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Hashable | None) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.owner = owner
+        self.granted = False
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ScanPool:
     """A bounded executor for the CPU-heavy scans of long prompts (a 1 MiB keyword salad costs
-    most of a second of CPU): ``workers`` threads of its own, so hostile prompts cannot take the
-    event loop's default thread pool from everything else, and at most ``queue`` scans waiting
-    for one of them. A scan asked for beyond that raises :class:`ScanBusy` at once (counted in
-    ``refused``); the middleware then goes on unscanned or refuses the request, as its
-    client's ``fail_mode`` says. A scan holds its place until its thread is done with it, even
-    when the request waiting for it is gone, so disconnecting clients cannot pile up work.
-    The threads are started on first use."""
+    most of a second of CPU, a 1 MiB text of struck-through letters over a second): ``workers``
+    threads of its own, so hostile prompts cannot take the event loop's default thread pool
+    from everything else, and at most ``queue`` scans waiting for one of them.
 
-    def __init__(self, workers: int = SCAN_WORKERS, queue: int = SCAN_QUEUE) -> None:
-        if workers < 1 or queue < 0:
-            raise ValueError("workers: at least 1; queue: at least 0")
+    Places are shared out by owner (:meth:`run`'s ``owner``; the middleware's is the request's
+    subject, :func:`scan_owner_of`): one owner holds at most ``per_owner`` places at once, so
+    one subject's costly prompts cannot take the pool from the others. A scan that finds no
+    place (the pool full, or its owner's share) waits for one up to ``wait`` seconds, in the
+    order the scans came, without a thread of its own (its event loop is woken when a place
+    is given to it; the pool may be shared by several event loops and threads); then it
+    raises :class:`ScanBusy` (counted in ``refused``; ``own`` when its owner's share was
+    full). The middleware then answers 429 for a subject over its share, and goes on
+    unscanned or refuses the request, as its client's ``fail_mode`` says, for a full pool.
+    A scan holds its place until its thread is done with it, even when the request waiting
+    for it is gone, so disconnecting clients cannot pile up work. The threads are started on
+    first use.
+
+    What stays open: owners are what the caller says they are, so many subjects together (in
+    the default configuration five, each holding its two places) still fill the pool; with
+    ``fail_mode="open"`` a long prompt of anyone else is then passed on unscanned after its
+    wait (with ``"closed"``, refused with 503). And with ``per_owner`` as large as
+    ``workers`` (the default: 2 and 2) one owner keeps every thread busy: the others' scans
+    then hold places in the queue and run as its scans end (a second or so each, for 1 MiB of
+    costly text), delayed but not refused."""
+
+    def __init__(
+        self,
+        workers: int = SCAN_WORKERS,
+        queue: int = SCAN_QUEUE,
+        *,
+        per_owner: int = SCAN_PER_OWNER,
+        wait: float = SCAN_WAIT,
+    ) -> None:
+        if workers < 1 or queue < 0 or per_owner < 1 or not 0 <= wait < math.inf:
+            raise ValueError(
+                "workers: at least 1; queue: at least 0; per_owner: at least 1; "
+                "wait: seconds, finite, at least 0"
+            )
         self.workers = workers
         self.queue = queue
+        self.per_owner = per_owner
+        self.wait = wait
         self.refused = 0
         self._held = 0
+        self._owners: dict[Hashable, int] = {}
+        # in the order they came (a dict: removed in O(1) when their wait ends)
+        self._waiters: dict[_Waiter, None] = {}
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
     @property
     def held(self) -> int:
-        """Scans running or waiting."""
+        """Scans running or waiting for a thread (each holding its place)."""
         return self._held
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in one of the pool's threads; :class:`ScanBusy` when the pool is full."""
+    @property
+    def waiting(self) -> int:
+        """Scans waiting for a place."""
+        return len(self._waiters)
+
+    def held_by(self, owner: Hashable) -> int:
+        """The places ``owner`` holds."""
         with self._lock:
-            if self._held >= self.workers + self.queue:
-                self.refused += 1
-                raise ScanBusy(f"{self._held} scans running or waiting")
-            self._held += 1
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="soar-scan")
-            executor = self._executor
+            return self._owners.get(owner, 0)
+
+    async def run(self, fn: Callable[..., T], *args: Any, owner: Hashable | None = None) -> T:
+        """``fn(*args)`` in one of the pool's threads, once a place is free for ``owner``
+        (default: the owner of the middleware request being scanned, if any; None: no share
+        to keep to); :class:`ScanBusy` when none is within the pool's ``wait``."""
+        if owner is None:
+            owner = _context_owner()
+        await self._acquire(owner)
         try:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        self.workers, thread_name_prefix="soar-scan"
+                    )
+                executor = self._executor
             future = executor.submit(fn, *args)
         except BaseException:
-            self._release(None)
+            self._release(owner)
             raise
-        future.add_done_callback(self._release)
+        future.add_done_callback(lambda _: self._release(owner))
         return await asyncio.wrap_future(future)
 
-    def _release(self, _: object) -> None:
+    # -- places (every method below but _acquire and _release runs under self._lock) -------
+
+    def _room(self, owner: Hashable | None) -> bool:
+        return self._held < self.workers + self.queue and (
+            owner is None or self._owners.get(owner, 0) < self.per_owner
+        )
+
+    def _take(self, owner: Hashable | None) -> None:
+        self._held += 1
+        if owner is not None:
+            self._owners[owner] = self._owners.get(owner, 0) + 1
+
+    def _give_back(self, owner: Hashable | None) -> None:
+        self._held -= 1
+        if owner is not None:
+            left = self._owners[owner] - 1
+            if left:
+                self._owners[owner] = left
+            else:
+                del self._owners[owner]
+        # the places free now go to the waiters that have room, first come first
+        capacity = self.workers + self.queue
+        for waiter in list(self._waiters):
+            if self._held >= capacity:
+                break
+            if not self._room(waiter.owner):
+                continue
+            del self._waiters[waiter]
+            try:
+                waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+            except RuntimeError:  # its event loop is closed: nobody waits there any more
+                continue
+            waiter.granted = True
+            self._take(waiter.owner)
+
+    def _refusal(self, owner: Hashable | None) -> ScanBusy:
+        self.refused += 1
+        if owner is not None and self._owners.get(owner, 0) >= self.per_owner:
+            return ScanBusy(f"its owner holds {self.per_owner} scans already", own=True)
+        return ScanBusy(f"{self._held} scans running or waiting")
+
+    async def _acquire(self, owner: Hashable | None) -> None:
         with self._lock:
-            self._held -= 1
+            if self._room(owner):
+                self._take(owner)
+                return
+            if self.wait == 0:
+                raise self._refusal(owner)
+            waiter = _Waiter(asyncio.get_running_loop(), owner)
+            self._waiters[waiter] = None
+        try:
+            await asyncio.wait((waiter.future,), timeout=self.wait)
+        except BaseException:  # cancelled: its place in the line, or the place given it
+            with self._lock:
+                if waiter.granted:
+                    self._give_back(owner)
+                else:
+                    self._waiters.pop(waiter, None)
+            raise
+        with self._lock:
+            if waiter.granted:  # (perhaps just as its wait ended: the place is its own)
+                return
+            del self._waiters[waiter]
+            raise self._refusal(owner)
+
+    def _release(self, owner: Hashable | None) -> None:
+        with self._lock:
+            self._give_back(owner)
 
 
 _shared_pool: ScanPool | None = None
@@ -150,8 +326,12 @@ def builtin_detector(kind: str = "prompt", *, pool: ScanPool | None = None) -> D
     (technique, rule, score, span) of its ``kind`` rule set for each prompt. Offline. A prompt
     longer than the engine reads at once (:data:`soar.detect.engine.MAX_CHARS`) is scanned in
     overlapping windows, all of it (:func:`scan_all`): padding must not push an attack out of
-    sight. A prompt over :data:`SCAN_IN_THREAD` characters is scanned in ``pool`` (default:
-    :func:`shared_scan_pool`), which raises :class:`ScanBusy` when it is full."""
+    sight. A prompt over :data:`SCAN_IN_THREAD` characters is scanned in a :class:`ScanPool`,
+    which raises :class:`ScanBusy` when it has no place for it: ``pool`` when given; else,
+    called by an :class:`EnforcementMiddleware` given ``scan_pool=``, that pool (so
+    ``EnforcementMiddleware(..., detector=builtin_detector(), scan_pool=p)`` parses and scans
+    in ``p`` alone); else :func:`shared_scan_pool`. Called by the middleware, its scans count
+    against the request's subject's share of the pool (:func:`scan_owner_of`)."""
     from soar.detect import Engine
 
     engine = Engine.default()
@@ -161,7 +341,8 @@ def builtin_detector(kind: str = "prompt", *, pool: ScanPool | None = None) -> D
 
     async def detect(text: str) -> list[Any]:
         if len(text) > SCAN_IN_THREAD:
-            return await (pool or shared_scan_pool()).run(scan_all, engine, text, scan_kind)
+            chosen = pool or _context_pool() or shared_scan_pool()
+            return await chosen.run(scan_all, engine, text, scan_kind)
         return engine.scan(text, scan_kind)
 
     return detect
@@ -179,31 +360,96 @@ WINDOW_OVERLAP = 4096
 # run of "gap" characters longer than 2 * GAP_KEEP is replaced by what normalisation
 # (soar.detect.normalise) makes of it, cut short: its visible characters, the first and last
 # GAP_KEEP of them. Gap characters are those that normalisation drops (control codes, the
-# invisible characters, terminal escape sequences: its own pattern, a sequence whole) or keeps
-# as characters that are not word characters (ASCII whitespace and punctuation but "_",
-# Unicode spaces). Not gap characters: bidi controls and Unicode tag characters (normalisation
-# reports or decodes them) and every other non-ASCII character (a letter may fold into a Latin
-# one). A run with nothing visible becomes one dropped character (a control code if it held
-# one), so that words it joined stay joined, and its signal (hidden characters inside a word)
-# stays. GAP_KEEP exceeds every bounded repetition of the rules over such characters
-# (``[^"\n]{1,80}``), so a run cut short is never mistaken for a short one.
+# invisible characters, terminal escape sequences: its own pattern, a sequence whole) and
+# those it turns into nothing but gap characters: ASCII whitespace and punctuation but "_"
+# (the rules' \W), and dropped ones. That is every character whose NFKC form and fold are
+# such (Unicode spaces, fullwidth and small punctuation, the ellipsis "\u2026" -> "...",
+# typographic quotes and dashes, spacing accents such as "\u00a8" -> " \u0308"), derived from
+# normalise() itself at first use (_gap_classes). Not gap characters: bidi controls and
+# Unicode tag characters (normalisation reports or decodes them) and every other character (a
+# letter or digit may fold into a Latin one). Not finished: RE2's \W also matches every
+# character that stays non-ASCII (box drawing, emoji, CJK), so runs of those still stretch an
+# attack across a window's edge; a class of them all makes this module's re scan for runs
+# some thirty times slower (0.45 s per MiB), which calls for the run search in RE2. A run with
+# nothing visible becomes one dropped character (a control code if it held one), so that words
+# it joined stay joined, and its signal (hidden characters inside a word) stays. GAP_KEEP
+# exceeds every bounded repetition of the rules over such characters (``[^"\n]{1,80}``), so a
+# run cut short is never mistaken for a short one.
 GAP_KEEP: Final = 48
-# (what soar.detect.normalise drops but bidi controls and tags: a test checks that they agree)
-_DROPPED_CLASS: Final = (
-    "\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\xad\\u0300-\\u036f\\u061c\\u115f\\u1160\\u17b4"
-    "\\u17b5\\u180b-\\u180f\\u1ab0-\\u1aff\\u1dc0-\\u1dff\\u200b-\\u200f\\u2060-\\u2065\\u206a-\\u206f"
-    "\\u20d0-\\u20ff\\u3164\\ufe00-\\ufe0f\\ufe20-\\ufe2f\\ufeff\\uffa0\\ufff0-\\ufffb"
-    "\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0080-\\U000e0fff"
+# ASCII characters the rules read as gaps (\W): whitespace and punctuation but "_"
+_ASCII_GAP: Final = frozenset(
+    "\t\n\r" + "".join(chr(c) for c in range(0x20, 0x7F) if not chr(c).isalnum() and c != 0x5F)
 )
-_VISIBLE_CLASS: Final = (
-    "\\t\\n\\r\\x20-\\x2f\\x3a-\\x40\\x5b-\\x5e\\x60\\x7b-\\x7e\\xa0\\u1680\\u2000-\\u200a"
-    "\\u2028\\u2029\\u202f\\u205f\\u2800\\u3000"
-)
-_GAP_CLASS: Final = _DROPPED_CLASS + _VISIBLE_CLASS
+# Chunks (code points) of the gap classes' derivation (see _gap_classes)
+_PLANE_CHUNK: Final = 4096
+_CHUNK: Final = 64
 _ANY_CONTROL: Final = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]")
 
 
+def _excluded(cp: int) -> bool:
+    """Bidi controls (reported) and tag characters (decoded): never gap characters."""
+    return 0x202A <= cp <= 0x202E or 0x2066 <= cp <= 0x2069 or 0xE0000 <= cp <= 0xE007F
+
+
+def _code_points(first: int, last: int) -> str:
+    return array.array("I", range(first, last)).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def _gap_classes() -> tuple[str, str]:
+    """The character classes (regular expression syntax) of the gap characters that
+    normalisation drops, and of those it keeps as gap characters: derived from
+    :func:`soar.detect.normalise.normalise` over every code point. A chunk of code points that
+    is NFKC-normal and that normalise() only lower-cases holds neither (nothing dropped, and
+    every character that is not ASCII stays so); every other one is read code point by code
+    point. Measured: about 0.2 s of CPU, once, when the first prompt over MAX_CHARS is
+    scanned (in a scan pool's thread)."""
+    from soar.detect.normalise import _HIDDEN_START, normalise
+
+    def dropped(ch: str) -> bool:
+        return _HIDDEN_START.match(ch) is not None and not _excluded(ord(ch))
+
+    def plain(chunk: str) -> bool:
+        return unicodedata.is_normalized("NFKC", chunk) and normalise(chunk).text == chunk.lower()
+
+    drop: list[int] = []
+    keep: list[int] = []
+
+    def read(chunk: str) -> None:
+        for ch in chunk:
+            if dropped(ch):
+                drop.append(ord(ch))
+            elif not _excluded(ord(ch)):
+                text = normalise(ch).text
+                if text and all(c in _ASCII_GAP or dropped(c) for c in text):
+                    keep.append(ord(ch))
+
+    read(_code_points(0, 0x80))
+    for first in range(0x80, 0x110000, _PLANE_CHUNK):
+        chunk = _code_points(first, min(first + _PLANE_CHUNK, 0x110000))
+        if plain(chunk):
+            continue
+        for at in range(0, len(chunk), _CHUNK):
+            if not plain(part := chunk[at : at + _CHUNK]):
+                read(part)
+    return _char_class(drop), _char_class(keep)
+
+
+def _char_class(points: list[int]) -> str:
+    """The code points (sorted) as the inside of a character class, in ranges."""
+    out: list[str] = []
+    i = 0
+    while i < len(points):
+        j = i
+        while j + 1 < len(points) and points[j + 1] == points[j] + 1:
+            j += 1
+        out.append(f"\\U{points[i]:08x}" + (f"-\\U{points[j]:08x}" if j > i else ""))
+        i = j + 1
+    return "".join(out)
+
+
 class _GapPatterns(NamedTuple):
+    # one gap character (a test checks the derivation against normalise())
+    gap: re.Pattern[str]
     # a text without escape sequences: runs of gap characters too long to keep whole, and what
     # normalisation drops in them
     run: re.Pattern[str]
@@ -214,17 +460,31 @@ class _GapPatterns(NamedTuple):
     dropped_items: re.Pattern[str]
 
 
-@functools.cache
-def _gap_patterns() -> _GapPatterns:
-    # soar.detect on first use only: soar.gateway alone needs only httpx and Starlette
-    from soar.detect.normalise import _ANSI
+_gap_cache: list[_GapPatterns] = []
+_gap_lock = threading.Lock()
 
-    return _GapPatterns(
-        re.compile(f"[{_GAP_CLASS}]{{{2 * GAP_KEEP + 1},}}+"),
-        re.compile(f"[{_DROPPED_CLASS}]++"),
-        re.compile(f"(?:{_ANSI}|[{_GAP_CLASS}])++"),
-        re.compile(f"(?:{_ANSI}|[{_DROPPED_CLASS}])++"),
-    )
+
+def _gap_patterns() -> _GapPatterns:
+    """The gap patterns, made at first use (soar.detect on first use only: soar.gateway alone
+    needs only httpx and Starlette; and the derivation's cost only with a long prompt)."""
+    if _gap_cache:
+        return _gap_cache[0]
+    with _gap_lock:  # one derivation, whatever the threads asking at once
+        if not _gap_cache:
+            from soar.detect.normalise import _ANSI
+
+            dropped, kept = _gap_classes()
+            gap = dropped + kept
+            _gap_cache.append(
+                _GapPatterns(
+                    re.compile(f"[{gap}]"),
+                    re.compile(f"[{gap}]{{{2 * GAP_KEEP + 1},}}+"),
+                    re.compile(f"[{dropped}]++"),
+                    re.compile(f"(?:{_ANSI}|[{gap}])++"),
+                    re.compile(f"(?:{_ANSI}|[{dropped}])++"),
+                )
+            )
+        return _gap_cache[0]
 
 
 @dataclass(frozen=True)
@@ -341,10 +601,15 @@ def scan_all(engine: Any, text: str, kind: Any = "prompt") -> list[Any]:
 # -- the prompt of a request -----------------------------------------------------------------
 
 # String values of these keys are API metadata that the model does not read as text (a model
-# name, a role, a part's type, ids); every other string of the body is scanned.
+# name, a role, a part's type, ids), when they have an identifier's shape (_IDENTIFIER); every
+# other string of the body is scanned. (A chat template pastes the role into the prompt, and
+# servers such as vLLM take any role string: "user<|im_end|>\n<|im_start|>system\n..." is text.)
 NOT_TEXT_KEYS: Final = frozenset(
     {"model", "role", "type", "id", "object", "tool_call_id", "call_id", "tool_use_id"}
 )
+# What a metadata value looks like: ASCII letters, digits and "_.:/@+-", at most 128 of them
+# ("gpt-4o-2024-08-06", "meta-llama/Llama-3.1-8B-Instruct", "call_8f3a", "chat.completion").
+_IDENTIFIER: Final = re.compile(r"[\w.:/@+-]{1,128}", re.ASCII)
 # Keys that are plain identifiers (field names: "content", "max_tokens") are not text; any
 # other key (spaces, punctuation, non-ASCII, or longer) is scanned: a JSON schema's property
 # names, for one, are read by the model.
@@ -362,10 +627,11 @@ def default_prompt_of(body: Any) -> str | None:
     ``{"text": {"value": ...}}``, Anthropic's ``system`` and ``tool_result`` blocks, the
     Responses API's ``input`` and ``instructions``, tool call ``arguments`` and tool outputs,
     tool definitions): a reader of known fields misses the next shape, and missed text is a way
-    past the detector. Left out: string values of :data:`NOT_TEXT_KEYS` (metadata), and keys
-    that are plain field names; other keys are text. All of it: the body is bounded
-    (:data:`MAX_SCAN_BODY`), and there is no depth cut (``json`` nests about 1,000 levels at
-    most). The walk is iterative (an explicit stack); an object beyond
+    past the detector. Left out: string values of :data:`NOT_TEXT_KEYS` (metadata) that have
+    an identifier's shape (ASCII letters, digits and ``_.:/@+-``, 128 at most: any other value
+    there is text), and keys that are plain field names; other keys are text. All of it: the
+    body is bounded (:data:`MAX_SCAN_BODY`), and there is no depth cut (``json`` nests about
+    1,000 levels at most). The walk is iterative (an explicit stack); an object beyond
     :data:`MAX_JSON_DEPTH` levels or :data:`MAX_JSON_VALUES` values (only a caller's own, a
     cycle for one: never a JSON body within MAX_SCAN_BODY) raises ValueError rather than
     being read in part."""
@@ -384,7 +650,7 @@ def default_prompt_of(body: Any) -> str | None:
         if isinstance(key, str) and key and not _FIELD_NAME.fullmatch(key):
             parts.append(key)
         if isinstance(value, str):
-            if value and key not in NOT_TEXT_KEYS:
+            if value and not (key in NOT_TEXT_KEYS and _IDENTIFIER.fullmatch(value)):
                 parts.append(value)
         elif isinstance(value, dict | list | tuple):
             if len(stack) >= MAX_JSON_DEPTH:
@@ -463,7 +729,59 @@ def _is_async(fn: object) -> bool:
     )
 
 
+def scan_owner_of(subject: Subject) -> tuple[str, ...]:
+    """Whose share of the scan pool a request's scans count against: the subject's tenant
+    and the first of its API key, user and session that is set (the one an attacker can
+    least easily change: session ids are the caller's to make up, an API key is issued), or
+    the tenant alone when none is (then all such requests of a tenant share one share)."""
+    for kind, value in (
+        ("api_key", subject.api_key),
+        ("user", subject.user),
+        ("session", subject.session),
+    ):
+        if value:
+            return (subject.tenant, kind, value)
+    return (subject.tenant,)
+
+
+# The answer to a request refused before the app sees it: status, JSON body, headers.
+_Answer = tuple[int, dict[str, object], dict[str, str]]
+
+_TOO_DEEP_ANSWER: Final[_Answer] = (
+    400,
+    {"error": "body_too_deep", "message": "request body nested too deep to scan"},
+    {},
+)
+_SCAN_BUSY_ANSWER: Final[_Answer] = (
+    503,
+    {"error": "scan_unavailable", "message": "the prompt scanner is busy; retry"},
+    {"Retry-After": "5"},
+)
+_SCAN_QUOTA_ANSWER: Final[_Answer] = (
+    429,
+    {
+        "error": "scan_quota",
+        "message": "too many long prompts of this subject are being scanned; retry",
+    },
+    {"Retry-After": "2"},
+)
+
+
 class EnforcementMiddleware:
+    """The ASGI middleware (see the module's docstring). ``scan_pool``: where the request's
+    long work runs: its body parsed and read, a synchronous detector's scan of a long prompt,
+    and the scans of a :func:`builtin_detector` made without a ``pool`` of its own (default:
+    :func:`shared_scan_pool`). A detector of your own that scans in a :class:`ScanPool` keeps
+    to the request's subject's share of it without being told (``ScanPool.run``'s owner
+    defaults to it while the middleware's detector runs).
+
+    Counters: ``refused`` (blocked subjects answered 403), ``unscanned`` (bodies over
+    :data:`MAX_SCAN_BODY` passed on unscanned), ``too_deep`` (bodies nested too deep to read,
+    answered 400), ``busy`` (scans the full pool had no place for: passed on with
+    ``fail_mode="open"``, answered 503 with ``"closed"``), ``over_share`` (scans of a subject
+    that already held its share of the pool: answered 429, whatever the fail mode; passing
+    them on would let anyone skip the scan by keeping two costly ones running)."""
+
     def __init__(
         self,
         app: ASGIApp,
@@ -485,14 +803,22 @@ class EnforcementMiddleware:
         self.prompt_of = prompt_of
         self.source = source
         self.min_confidence = min_confidence
-        # where a synchronous detector scans a long prompt (default: shared_scan_pool())
+        # where long work runs (default: shared_scan_pool()), a builtin_detector's too
         self.scan_pool = scan_pool
         self.refused = 0
-        # bodies not scanned, passed on: over MAX_SCAN_BODY, or nested too deep to read
+        # bodies not scanned, passed on: over MAX_SCAN_BODY
         self.unscanned = 0
+        # bodies nested too deep to read: refused with 400
+        self.too_deep = 0
         # prompts not scanned because the scan pool was full (passed on with fail_mode
         # "open", refused with 503 with "closed")
         self.busy = 0
+        # prompts not scanned because their subject held its share of the pool: 429
+        self.over_share = 0
+
+    @property
+    def pool(self) -> ScanPool:
+        return self.scan_pool or shared_scan_pool()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -514,20 +840,16 @@ class EnforcementMiddleware:
         # Milder effects (a throttle, ...) are the app's to apply: `request.state.soar_decision`.
         scope.setdefault("state", {})["soar_decision"] = decision
         if self.detector is not None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            replay = await self._scan(scope, receive, subject)
-            if replay is None:
-                body: dict[str, object] = {
-                    "error": "scan_unavailable",
-                    "message": "the prompt scanner is busy; retry",
-                }
-                await _answer(send, 503, body, {"Retry-After": "5"})
+            scanned = await self._scan(scope, receive, subject)
+            if isinstance(scanned, tuple):
+                await _answer(send, *scanned)
                 return
-            receive = replay
+            receive = scanned
         await self.app(scope, receive, send)
 
-    async def _scan(self, scope: Scope, receive: Receive, subject: Subject) -> Receive | None:
-        """Reads the body (bounded), scans its prompt, and gives the app a replay of it; None
-        when the request is to be refused (the scan could not run and fail_mode is closed)."""
+    async def _scan(self, scope: Scope, receive: Receive, subject: Subject) -> Receive | _Answer:
+        """Reads the body (bounded), scans its prompt, and gives the app a replay of it; or
+        the answer to refuse the request with."""
         chunks: list[bytes] = []
         size, more = 0, True
         messages: list[Message] = []
@@ -542,8 +864,9 @@ class EnforcementMiddleware:
                 chunks.append(chunk)
             more = bool(message.get("more_body", False))
         if size <= MAX_SCAN_BODY:
-            if not await self._detect(b"".join(chunks), subject):
-                return None
+            refused = await self._detect(b"".join(chunks), subject)
+            if refused is not None:
+                return refused
         else:
             # not scanned: said, and counted (the app's own body limit should be lower)
             self.unscanned += 1
@@ -559,15 +882,21 @@ class EnforcementMiddleware:
 
         return replayed
 
-    async def _findings(self, text: str) -> list[Any]:
+    async def _findings(self, text: str, owner: Hashable) -> list[Any]:
         detector = self.detector
         assert detector is not None
-        if len(text) > SCAN_IN_THREAD and not _is_async(detector):
-            # a long prompt: in the scan pool, off the event loop and off its default pool
-            found: Any = await (self.scan_pool or shared_scan_pool()).run(detector, text)
-        else:
-            found = detector(text)
-        return list(await found if inspect.isawaitable(found) else found)
+        # a detector scanning in a pool of its own (builtin_detector()) finds this request's
+        # pool and owner here
+        token = _SCAN_CONTEXT.set(_ScanContext(self.scan_pool, owner))
+        try:
+            if len(text) > SCAN_IN_THREAD and not _is_async(detector):
+                # a long prompt: in the scan pool, off the event loop and off its default pool
+                found: Any = await self.pool.run(detector, text, owner=owner)
+            else:
+                found = detector(text)
+            return list(await found if inspect.isawaitable(found) else found)
+        finally:
+            _SCAN_CONTEXT.reset(token)
 
     def _prompt_text(self, raw: bytes) -> Any:
         """The prompt of a raw body: text, None (no prompt: not JSON, or no text in it), or
@@ -583,9 +912,18 @@ class EnforcementMiddleware:
         except (ValueError, RecursionError):
             return _TOO_DEEP
 
-    def _busy(self, what: str) -> bool:
-        """A scan the pool had no room for: said and counted, never with the prompt; the
-        client's fail_mode decides (False: refuse the request)."""
+    def _busy(self, what: str, exc: ScanBusy) -> _Answer | None:
+        """A scan the pool had no place for: said and counted, never with the prompt. Over its
+        subject's share: refused (429). The pool full: the client's fail_mode decides (None:
+        pass the request on)."""
+        if exc.own:
+            self.over_share += 1
+            log.warning(
+                "%s not scanned: its subject holds its share of the scan pool; request "
+                "refused (429)",
+                what,
+            )
+            return _SCAN_QUOTA_ANSWER
         self.busy += 1
         closed = self.client.fail_mode == "closed"
         log.warning(
@@ -593,36 +931,40 @@ class EnforcementMiddleware:
             what,
             "refused (fail_mode closed)" if closed else "passed on (fail_mode open)",
         )
-        return not closed
+        return _SCAN_BUSY_ANSWER if closed else None
 
-    async def _detect(self, raw: bytes, subject: Subject) -> bool:
-        """Scans the body's prompt and reports what is found; False when the request is to be
-        refused. A body over :data:`SCAN_IN_THREAD` bytes is also parsed and read in the scan
-        pool (a 1 MiB body takes a fifth of a second to parse and walk: not on the event loop,
-        which serves every other request meanwhile); ``prompt_of`` must then be thread-safe."""
+    async def _detect(self, raw: bytes, subject: Subject) -> _Answer | None:
+        """Scans the body's prompt and reports what is found; the answer to refuse the request
+        with, if it is to be refused. A body over :data:`SCAN_IN_THREAD` bytes is also parsed
+        and read in the scan pool (a 1 MiB body takes a fifth of a second to parse and walk:
+        not on the event loop, which serves every other request meanwhile); ``prompt_of``
+        must then be thread-safe."""
+        owner = scan_owner_of(subject)
         if len(raw) > SCAN_IN_THREAD:
             try:
-                text = await (self.scan_pool or shared_scan_pool()).run(self._prompt_text, raw)
-            except ScanBusy:
-                return self._busy(f"request body of {len(raw)} bytes")
+                text = await self.pool.run(self._prompt_text, raw, owner=owner)
+            except ScanBusy as exc:
+                return self._busy(f"request body of {len(raw)} bytes", exc)
         else:
             text = self._prompt_text(raw)
         if text is _TOO_DEEP:
-            self.unscanned += 1
-            log.warning("request body of %d bytes not scanned (nested too deep)", len(raw))
-            return True
+            # no LLM API nests a request this deep: refused, whatever the fail mode (passed on,
+            # it would be a way past the scan)
+            self.too_deep += 1
+            log.warning("request body of %d bytes refused (nested too deep to scan)", len(raw))
+            return _TOO_DEEP_ANSWER
         if not text or self.detector is None:
-            return True
+            return None
         try:
-            findings = await self._findings(text)
-        except ScanBusy:
-            return self._busy(f"prompt of {len(text)} characters")
+            findings = await self._findings(text, owner)
+        except ScanBusy as exc:
+            return self._busy(f"prompt of {len(text)} characters", exc)
         except Exception as exc:  # a detector's failure must not fail the request
             log.warning("detector failed: %s", type(exc).__name__)
-            return True
+            return None
         best = detected(findings, self.min_confidence)
         if self.reporter is None:
-            return True
+            return None
         for technique, score in best.items():
             try:
                 await self.reporter.report(
@@ -642,7 +984,7 @@ class EnforcementMiddleware:
                 )
             except ValueError as exc:  # a report refused must not fail the request
                 log.warning("detection not reported: %s", type(exc).__name__)
-        return True
+        return None
 
 
 _TOO_DEEP: Final = object()
@@ -668,5 +1010,6 @@ __all__ = [
     "builtin_detector",
     "default_prompt_of",
     "scan_all",
+    "scan_owner_of",
     "shared_scan_pool",
 ]

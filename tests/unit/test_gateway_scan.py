@@ -1,6 +1,7 @@
 """The gateway middleware's scan, end to end through the ASGI app: what a detection carries
 from a long prompt, a report refused, a body too deep to read, and the scan pool that keeps
-long scans off the event loop and off its default thread pool, bounded."""
+long scans off the event loop and off its default thread pool, bounded, shared out by subject
+(one subject's costly prompts must not take it from the others) and waited for."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,6 +31,7 @@ from soar.gateway.middleware import (
     ScanPool,
     builtin_detector,
     default_prompt_of,
+    scan_owner_of,
 )
 from tests.support import WEBHOOK_SECRET
 
@@ -139,19 +143,26 @@ async def test_a_report_refused_does_not_fail_the_request_and_logs_no_prompt(
 # -- bodies it cannot read -----------------------------------------------------------------
 
 
-async def test_a_body_nested_too_deep_to_read_is_counted_and_passed_on(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("fail_mode", ["open", "closed"])
+@pytest.mark.parametrize("depth", [5_000, 100_000])  # parsed on the event loop, in the pool
+async def test_a_body_nested_too_deep_to_read_is_refused_with_400(
+    depth: int, fail_mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    body = b'{"prompt": "' + ATTACK.encode() + b'", "x": ' + b"[" * 100_000 + b"]" * 100_000
+    # json reads about 1,000 levels; no LLM API nests a request so deep. Passed on, the body
+    # was a way past the scan (whatever the fail mode); before that, a 500.
+    body = b'{"prompt": "' + ATTACK.encode() + b'", "x": ' + b"[" * depth + b"]" * depth
     body += b"}"
+    assert (len(body) > SCAN_IN_THREAD) == (depth == 100_000)
     seen: list[str] = []
     app = chat_app()
-    mw = middleware(app, lambda text: seen.append(text) or [])
+    mw = middleware(app, lambda text: seen.append(text) or [], fail_mode=fail_mode)
     with caplog.at_level(logging.WARNING, logger="soar.gateway"):
         async with http(mw) as client:
             r = await client.post("/chat", content=body)
-    assert r.status_code == 200 and app.state.calls == [len(body)]
-    assert mw.unscanned == 1 and seen == []
+    assert r.status_code == 400
+    assert r.json() == {"error": "body_too_deep", "message": "request body nested too deep to scan"}
+    assert app.state.calls == [] and seen == []
+    assert (mw.too_deep, mw.unscanned, mw.busy) == (1, 0, 0)
     assert "nested too deep" in caplog.text and ATTACK not in caplog.text
 
 
@@ -165,7 +176,7 @@ async def test_a_sync_detector_scans_a_long_prompt_in_the_scan_pool() -> None:
         threads.append(threading.current_thread().name)
         return []
 
-    mw = middleware(chat_app(), detector, pool=ScanPool(workers=1, queue=0))
+    mw = middleware(chat_app(), detector, pool=ScanPool(workers=1, queue=0, wait=0))
     async with http(mw) as client:
         assert (await client.post("/chat", json={"prompt": LONG})).status_code == 200
         assert (await client.post("/chat", json={"prompt": "hi"})).status_code == 200
@@ -196,7 +207,7 @@ async def test_a_full_scan_pool_passes_on_or_refuses_as_the_fail_mode_says(
     fail_mode: str, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     slow = Slow()
-    pool = ScanPool(workers=1, queue=0)
+    pool = ScanPool(workers=1, queue=0, wait=0)
     app = chat_app()
     mw = middleware(app, slow, pool=pool, fail_mode=fail_mode)
     with caplog.at_level(logging.WARNING, logger="soar.gateway"):
@@ -224,7 +235,7 @@ async def test_a_full_scan_pool_passes_on_or_refuses_as_the_fail_mode_says(
 
 
 async def test_the_builtin_detector_scans_long_prompts_in_its_pool() -> None:
-    pool = ScanPool(workers=1, queue=0)
+    pool = ScanPool(workers=1, queue=0, wait=0)
     slow = Slow()
     holding = asyncio.create_task(pool.run(slow, LONG))
     try:
@@ -242,7 +253,7 @@ async def test_the_builtin_detector_scans_long_prompts_in_its_pool() -> None:
 
 
 async def test_a_scan_holds_its_place_until_its_thread_is_done() -> None:
-    pool = ScanPool(workers=1, queue=1)
+    pool = ScanPool(workers=1, queue=1, wait=0)
     slow = Slow()
     running = asyncio.create_task(pool.run(slow, LONG))
     try:
@@ -263,8 +274,9 @@ async def test_a_scan_holds_its_place_until_its_thread_is_done() -> None:
         slow.release.set()
     assert await waiting == "SECOND"
     assert pool.held == 0 and pool.refused == 2
-    with pytest.raises(ValueError):
-        ScanPool(workers=0)
+    for bad in ({"workers": 0}, {"per_owner": 0}, {"wait": -1}, {"wait": math.nan}):
+        with pytest.raises(ValueError):
+            ScanPool(**bad)  # type: ignore[arg-type]
 
 
 # -- parsing a large body ------------------------------------------------------------------
@@ -314,7 +326,7 @@ async def test_a_large_body_the_pool_has_no_room_for_follows_the_fail_mode() -> 
         read.append(len(text or ""))
         return text
 
-    pool = ScanPool(workers=1, queue=0)
+    pool = ScanPool(workers=1, queue=0, wait=0)
     app = chat_app()
     mw = middleware(app, slow, pool=pool, fail_mode="closed")
     mw.prompt_of = prompt_of
@@ -328,3 +340,226 @@ async def test_a_large_body_the_pool_has_no_room_for_follows_the_fail_mode() -> 
         assert (await first).status_code == 200
     assert mw.busy == 1 and pool.refused == 1
     assert read == [len(LONG)]  # the refused body was not parsed
+
+
+# -- the pool shared out by subject, and waited for ----------------------------------------
+
+# A costly text: struck-through letters (over a second of CPU per MiB for the engine).
+SALAD = "a\u0336" * SCAN_IN_THREAD
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Waits (polling the event loop, 30 s at most) until ``done()``."""
+    for _ in range(3000):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 30 s")
+
+
+def key_and_session_of(request: Request) -> Subject:
+    return Subject(
+        "acme",
+        session=request.headers.get("x-session"),
+        api_key=request.headers.get("x-api-key"),
+    )
+
+
+async def test_one_subjects_costly_prompts_do_not_take_the_pool_from_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Ten concurrent long prompts of one API key (a new session each) filled the pool (2
+    # threads, 8 waiting), and any other long prompt of that moment was passed on unscanned
+    # (fail_mode "open"). Now the key holds two places; the other eight wait for one of its
+    # own (a second) and are refused with 429; others get places meanwhile (their scans run
+    # when a thread is free).
+    release = threading.Event()
+    flooding: list[int] = []
+    scanned: list[str] = []
+
+    def detector(text: str) -> list[object]:
+        if SALAD in text:  # the flood's costly scans: held until released
+            flooding.append(len(text))
+            release.wait(30)
+            return []
+        scanned.append(text)
+        return [{"technique": "AML.T0051.000", "score": 0.9}] if ATTACK in text else []
+
+    pool = ScanPool()  # the defaults: 2 threads, 8 waiting, 2 per subject, a 1 s wait
+    app = chat_app()
+    mw = EnforcementMiddleware(
+        app, client=fresh_client(), extract=key_and_session_of, detector=detector, scan_pool=pool
+    )
+    hostile = ATTACK + " " + LONG
+    with caplog.at_level(logging.WARNING, logger="soar.gateway"):
+        async with http(mw) as client:
+            flood = [
+                asyncio.create_task(
+                    client.post(
+                        "/chat",
+                        json={"prompt": SALAD},
+                        headers={"x-api-key": "k-flood", "x-session": f"s-{i}"},
+                    )
+                )
+                for i in range(10)
+            ]
+            try:
+                await _until(
+                    lambda: len(flooding) == 2 and pool.waiting + sum(t.done() for t in flood) == 8
+                )
+                assert pool.held_by(("acme", "api_key", "k-flood")) == 2
+                other = asyncio.create_task(
+                    client.post("/chat", json={"prompt": hostile}, headers={"x-api-key": "k-2"})
+                )
+                await _until(lambda: pool.held == 3 or other.done())
+                assert not other.done()  # it holds a place: not passed on unscanned
+                await _until(lambda: sum(t.done() for t in flood) == 8)
+            finally:
+                release.set()
+            answer = await other
+            answers = [await t for t in flood]
+    assert answer.status_code == 200 and scanned == [hostile]
+    assert sorted(r.status_code for r in answers) == [200] * 2 + [429] * 8
+    for r in answers:
+        if r.status_code == 429:
+            assert r.json()["error"] == "scan_quota" and r.headers["retry-after"] == "2"
+    assert (mw.over_share, mw.busy, pool.refused) == (8, 0, 8)
+    assert len(app.state.calls) == 3  # the other subject's and the flood's two scanned ones
+    assert "its share of the scan pool" in caplog.text
+    assert ATTACK not in caplog.text and SALAD[:20] not in caplog.text
+    assert pool.held == 0 and pool.waiting == 0
+
+
+def test_a_subject_counts_by_its_api_key_then_its_user_then_its_session() -> None:
+    assert scan_owner_of(Subject("t", session="s", user="u", api_key="k")) == ("t", "api_key", "k")
+    assert scan_owner_of(Subject("t", session="s", user="u")) == ("t", "user", "u")
+    assert scan_owner_of(Subject("t", session="s")) == ("t", "session", "s")
+    assert scan_owner_of(Subject("t")) == ("t",)
+    assert scan_owner_of(Subject("t", api_key="k")) != scan_owner_of(Subject("u", api_key="k"))
+
+
+async def test_one_owner_holds_at_most_its_share_of_the_pool() -> None:
+    pool = ScanPool(workers=1, queue=3, per_owner=2, wait=0)
+    slow = Slow()
+    first = asyncio.create_task(pool.run(slow, LONG, owner="a"))
+    try:
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        second = asyncio.create_task(pool.run(str.upper, "a2", owner="a"))
+        await asyncio.sleep(0)
+        assert (pool.held, pool.held_by("a")) == (2, 2)
+        with pytest.raises(ScanBusy) as over:
+            await pool.run(str.upper, "a3", owner="a")
+        assert over.value.own
+        # the others still get places
+        other = asyncio.create_task(pool.run(str.upper, "b1", owner="b"))
+        unowned = asyncio.create_task(pool.run(str.upper, "none"))
+        await asyncio.sleep(0)
+        assert pool.held == 4
+        with pytest.raises(ScanBusy) as full:  # now the pool is full
+            await pool.run(str.upper, "c1", owner="c")
+        assert not full.value.own
+    finally:
+        slow.release.set()
+    assert [await t for t in (second, other, unowned)] == ["A2", "B1", "NONE"]
+    await first
+    assert pool.held == 0 and pool.held_by("a") == 0 and pool.refused == 2
+
+
+async def test_a_scan_waits_for_a_place_rather_than_being_refused_at_once() -> None:
+    pool = ScanPool(workers=1, queue=0, wait=30)
+    slow = Slow()
+    holding = asyncio.create_task(pool.run(slow, LONG, owner="a"))
+    try:
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        waiting = asyncio.create_task(pool.run(str.upper, "next", owner="b"))
+        gone = asyncio.create_task(pool.run(str.upper, "gone", owner="c"))
+        await _until(lambda: pool.waiting == 2)
+        assert pool.held == 1 and pool.refused == 0
+        # a request gone while it waits leaves the line
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        assert pool.waiting == 1
+    finally:
+        slow.release.set()
+    assert await waiting == "NEXT"  # the place freed went to it
+    await holding
+    assert (pool.held, pool.waiting, pool.refused) == (0, 0, 0)
+
+
+async def test_a_wait_that_ends_without_a_place_is_a_refusal() -> None:
+    pool = ScanPool(workers=1, queue=0, per_owner=1, wait=0.05)
+    slow = Slow()
+    holding = asyncio.create_task(pool.run(slow, LONG, owner="a"))
+    try:
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        with pytest.raises(ScanBusy) as full:
+            await pool.run(str.upper, "b", owner="b")
+        assert not full.value.own
+        with pytest.raises(ScanBusy) as own:  # "a" would wait for its own share too
+            await pool.run(str.upper, "a", owner="a")
+        assert own.value.own
+        assert pool.waiting == 0 and pool.refused == 2
+    finally:
+        slow.release.set()
+    await holding
+    assert pool.held == 0
+
+
+async def test_a_pool_shared_by_event_loops_in_other_threads_hands_its_places_on() -> None:
+    pool = ScanPool(workers=1, queue=0, wait=30)
+    slow = Slow()
+    holding = asyncio.create_task(pool.run(slow, LONG, owner="a"))
+    results: list[str] = []
+
+    def in_another_loop() -> None:
+        results.append(asyncio.run(pool.run(str.upper, "another loop", owner="b")))
+
+    thread = threading.Thread(target=in_another_loop)
+    try:
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        thread.start()
+        await _until(lambda: pool.waiting == 1)
+    finally:
+        slow.release.set()
+    await holding
+    await asyncio.to_thread(thread.join, 30)
+    assert results == ["ANOTHER LOOP"]
+    assert (pool.held, pool.waiting, pool.refused) == (0, 0, 0)
+
+
+async def test_the_builtin_detector_scans_in_the_middlewares_pool_within_the_share() -> None:
+    # builtin_detector() without a pool of its own scans in the middleware's scan_pool (it
+    # kept the shared pool), and its scans count against the request's subject's share
+    pool = ScanPool(workers=1, queue=1, per_owner=1, wait=0)
+    slow = Slow()
+    app = chat_app()
+    mw = EnforcementMiddleware(
+        app,
+        client=fresh_client(),
+        extract=session_of,
+        detector=builtin_detector(),
+        # a short body with a long prompt: read on the event loop, scanned in the pool
+        prompt_of=lambda body: ATTACK + " " + LONG,
+        scan_pool=pool,
+    )
+    s1 = scan_owner_of(Subject("acme", session="s-1"))
+    holding = asyncio.create_task(pool.run(slow, LONG, owner=s1))
+    try:
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        async with http(mw) as client:
+            # s-1 holds its one place already: refused, whatever the fail mode
+            r = await client.post("/chat", json={"prompt": "hi"}, headers={"x-session": "s-1"})
+            assert r.status_code == 429 and r.json()["error"] == "scan_quota"
+            # another owner takes the pool's last place: s-2 finds the pool full
+            other = asyncio.create_task(pool.run(slow, LONG, owner="x"))
+            await asyncio.sleep(0)
+            assert pool.held == 2
+            r = await client.post("/chat", json={"prompt": "hi"}, headers={"x-session": "s-2"})
+            assert r.status_code == 200  # fail_mode "open": passed on, unscanned
+    finally:
+        slow.release.set()
+    await holding
+    await other
+    assert (mw.over_share, mw.busy) == (1, 1) and len(app.state.calls) == 1
+    assert pool.held == 0
