@@ -63,13 +63,16 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from soar.gateway.client import Decision, EnforcementClient
 from soar.gateway.reporter import DetectionReporter, make_detection
+
+if TYPE_CHECKING:
+    from soar.detect.matcher import Regex
 
 log = logging.getLogger("soar.gateway")
 MAX_SCAN_BODY = 1024 * 1024
@@ -360,26 +363,44 @@ WINDOW_OVERLAP = 4096
 # run of "gap" characters longer than 2 * GAP_KEEP is replaced by what normalisation
 # (soar.detect.normalise) makes of it, cut short: its visible characters, the first and last
 # GAP_KEEP of them. Gap characters are those that normalisation drops (control codes, the
-# invisible characters, terminal escape sequences: its own pattern, a sequence whole) and
-# those it turns into nothing but gap characters: ASCII whitespace and punctuation but "_"
-# (the rules' \W), and dropped ones. That is every character whose NFKC form and fold are
-# such (Unicode spaces, fullwidth and small punctuation, the ellipsis "\u2026" -> "...",
-# typographic quotes and dashes, spacing accents such as "\u00a8" -> " \u0308"), derived from
-# normalise() itself at first use (_gap_classes). Not gap characters: bidi controls and
-# Unicode tag characters (normalisation reports or decodes them) and every other character (a
-# letter or digit may fold into a Latin one). Not finished: RE2's \W also matches every
-# character that stays non-ASCII (box drawing, emoji, CJK), so runs of those still stretch an
-# attack across a window's edge; a class of them all makes this module's re scan for runs
-# some thirty times slower (0.45 s per MiB), which calls for the run search in RE2. A run with
-# nothing visible becomes one dropped character (a control code if it held one), so that words
-# it joined stay joined, and its signal (hidden characters inside a word) stays. GAP_KEEP
-# exceeds every bounded repetition of the rules over such characters (``[^"\n]{1,80}``), so a
-# run cut short is never mistaken for a short one.
+# invisible characters, terminal escape sequences: its own pattern, a sequence whole), those
+# it turns into nothing but gap characters: ASCII whitespace and punctuation but "_", and
+# dropped ones (Unicode spaces, fullwidth and small punctuation, the ellipsis "\u2026" ->
+# "...", typographic quotes and dashes, spacing accents such as "\u00a8" -> " \u0308"), and
+# those whose normal form has no ASCII letter, digit or "_" (what the rules read as \W: box
+# drawing, arrows, emoji, CJK, other scripts' letters, combining marks, unassigned code
+# points). All derived from normalise() itself over every code point at first use
+# (_gap_classes): a character it folds to a Latin letter or digit (fullwidth, accented,
+# circled letters, Cyrillic and Greek lookalikes) is no gap. Not gap characters either: bidi
+# controls and Unicode tag characters (normalisation reports or decodes them), and lone
+# surrogates. A run with nothing visible becomes one dropped character (a control code if it
+# held one), so that words it joined stay joined, and its signal (hidden characters inside a
+# word) stays. GAP_KEEP exceeds every bounded repetition of the rules over such characters
+# (``[^"\n]{1,80}``), so a run cut short is never mistaken for a short one.
+#
+# Signs of hidden characters inside a word are kept where the run has nothing visible; inside
+# a run that is cut short, between two letters of another script (CJK, Hebrew: a word to the
+# signs, a gap to the rules), they are left to the windows of the text itself, which see them
+# whole. The view never gives a sign the text does not.
+#
+# Runs are found by sre in an ASCII text, and otherwise by RE2 in the UTF-8 bytes: runs of at
+# least _RUN_FLOOR gap characters (the class is some 590 RE2 instructions, so {97,} would be
+# far over a pattern's program limit), those longer than 2 * GAP_KEEP kept; sre with the whole
+# class took 0.45 s per MiB. Measured, finding the runs of 1 MiB: English text 10 ms (sre),
+# French text 3 ms, box-drawing padding 14 ms, emoji padding 29 ms, CJK text 15 ms; the worst
+# case, runs of exactly _RUN_FLOOR gap characters between letters, 110 ms. A text that holds
+# escape sequences (ESC, CSI: an item RE2 cannot bound as the normaliser does) and non-ASCII
+# characters has its runs found by sre with the whole class: 113 ms per MiB (a sequence, three
+# box-drawing characters and a letter by turns).
 GAP_KEEP: Final = 48
+# Runs of gap characters shorter than this are not looked at (see above)
+_RUN_FLOOR: Final = 8
 # ASCII characters the rules read as gaps (\W): whitespace and punctuation but "_"
 _ASCII_GAP: Final = frozenset(
     "\t\n\r" + "".join(chr(c) for c in range(0x20, 0x7F) if not chr(c).isalnum() and c != 0x5F)
 )
+# What the rules read as a word character (RE2's \w) in a normal form
+_WORD_CHAR: Final = re.compile("[0-9A-Za-z_]")
 # Chunks (code points) of the gap classes' derivation (see _gap_classes)
 _PLANE_CHUNK: Final = 4096
 _CHUNK: Final = 64
@@ -387,22 +408,37 @@ _ANY_CONTROL: Final = re.compile("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]"
 
 
 def _excluded(cp: int) -> bool:
-    """Bidi controls (reported) and tag characters (decoded): never gap characters."""
-    return 0x202A <= cp <= 0x202E or 0x2066 <= cp <= 0x2069 or 0xE0000 <= cp <= 0xE007F
+    """Bidi controls (reported), tag characters (decoded) and surrogates (no character of
+    their own): never gap characters."""
+    return (
+        0x202A <= cp <= 0x202E
+        or 0x2066 <= cp <= 0x2069
+        or 0xE0000 <= cp <= 0xE007F
+        or 0xD800 <= cp <= 0xDFFF
+    )
 
 
 def _code_points(first: int, last: int) -> str:
     return array.array("I", range(first, last)).tobytes().decode("utf-32-le", "surrogatepass")
 
 
-def _gap_classes() -> tuple[str, str]:
-    """The character classes (regular expression syntax) of the gap characters that
-    normalisation drops, and of those it keeps as gap characters: derived from
-    :func:`soar.detect.normalise.normalise` over every code point. A chunk of code points that
-    is NFKC-normal and that normalise() only lower-cases holds neither (nothing dropped, and
-    every character that is not ASCII stays so); every other one is read code point by code
-    point. Measured: about 0.2 s of CPU, once, when the first prompt over MAX_CHARS is
-    scanned (in a scan pool's thread)."""
+class _GapClasses(NamedTuple):
+    """Code points, sorted: what normalisation drops; what it keeps as ASCII gap characters
+    (or dropped ones); what stays without an ASCII letter, digit or "_" (what the rules read
+    as RE2's non-word class)."""
+
+    dropped: list[int]
+    kept: list[int]
+    wide: list[int]
+
+
+def _gap_classes() -> _GapClasses:
+    """The gap characters, derived from :func:`soar.detect.normalise.normalise` over every
+    code point. A chunk of code points that is NFKC-normal and that normalise() only
+    lower-cases holds no dropped or ASCII gap character, and every character of it stays
+    non-ASCII: all of it is wide (but excluded code points); every other chunk is read code
+    point by code point. Measured: about 0.2 s of CPU, once, when the first prompt over
+    MAX_CHARS is scanned (in a scan pool's thread), and 0.5 s more to compile the patterns."""
     from soar.detect.normalise import _HIDDEN_START, normalise
 
     def dropped(ch: str) -> bool:
@@ -411,51 +447,75 @@ def _gap_classes() -> tuple[str, str]:
     def plain(chunk: str) -> bool:
         return unicodedata.is_normalized("NFKC", chunk) and normalise(chunk).text == chunk.lower()
 
-    drop: list[int] = []
-    keep: list[int] = []
+    out = _GapClasses([], [], [])
 
     def read(chunk: str) -> None:
         for ch in chunk:
+            cp = ord(ch)
             if dropped(ch):
-                drop.append(ord(ch))
-            elif not _excluded(ord(ch)):
+                out.dropped.append(cp)
+            elif not _excluded(cp):
                 text = normalise(ch).text
-                if text and all(c in _ASCII_GAP or dropped(c) for c in text):
-                    keep.append(ord(ch))
+                if not text:
+                    continue
+                if all(c in _ASCII_GAP or dropped(c) for c in text):
+                    out.kept.append(cp)
+                elif cp >= 0x80 and _WORD_CHAR.search(text) is None:
+                    out.wide.append(cp)
+
+    def all_wide(first: int, last: int) -> None:
+        out.wide.extend(cp for cp in range(first, last) if not _excluded(cp))
 
     read(_code_points(0, 0x80))
     for first in range(0x80, 0x110000, _PLANE_CHUNK):
-        chunk = _code_points(first, min(first + _PLANE_CHUNK, 0x110000))
+        last = min(first + _PLANE_CHUNK, 0x110000)
+        chunk = _code_points(first, last)
         if plain(chunk):
+            all_wide(first, last)
             continue
         for at in range(0, len(chunk), _CHUNK):
-            if not plain(part := chunk[at : at + _CHUNK]):
+            if plain(part := chunk[at : at + _CHUNK]):
+                all_wide(first + at, first + at + len(part))
+            else:
                 read(part)
-    return _char_class(drop), _char_class(keep)
+    return out
 
 
-def _char_class(points: list[int]) -> str:
-    """The code points (sorted) as the inside of a character class, in ranges."""
-    out: list[str] = []
+def _ranges(points: list[int]) -> Iterator[tuple[int, int]]:
+    """The code points (sorted) as ranges, first and last."""
     i = 0
     while i < len(points):
         j = i
         while j + 1 < len(points) and points[j + 1] == points[j] + 1:
             j += 1
-        out.append(f"\\U{points[i]:08x}" + (f"-\\U{points[j]:08x}" if j > i else ""))
+        yield points[i], points[j]
         i = j + 1
-    return "".join(out)
+
+
+def _char_class(points: list[int]) -> str:
+    """The inside of a character class (Python's re)."""
+    return "".join(f"\\U{a:08x}" + (f"-\\U{b:08x}" if b > a else "") for a, b in _ranges(points))
+
+
+def _re2_class(points: list[int]) -> str:
+    """The inside of a character class (RE2)."""
+    return "".join(
+        f"\\x{{{a:x}}}" + (f"-\\x{{{b:x}}}" if b > a else "") for a, b in _ranges(points)
+    )
 
 
 class _GapPatterns(NamedTuple):
     # one gap character (a test checks the derivation against normalise())
     gap: re.Pattern[str]
-    # a text without escape sequences: runs of gap characters too long to keep whole, and what
-    # normalisation drops in them
-    run: re.Pattern[str]
+    # a text without escape sequences: runs of at least _RUN_FLOOR gap characters (RE2, on
+    # UTF-8), runs too long to keep whole in an ASCII text, and what normalisation drops
+    run: Regex
+    run_ascii: re.Pattern[str]
     dropped: re.Pattern[str]
     # a text with escape sequences: runs of items (an escape sequence whole, or one gap
-    # character, in the normaliser's order: a sequence first), and what normalisation drops
+    # character, in the normaliser's order: a sequence first), for an ASCII text and for any,
+    # and what normalisation drops
+    items_ascii: re.Pattern[str]
     items: re.Pattern[str]
     dropped_items: re.Pattern[str]
 
@@ -471,15 +531,21 @@ def _gap_patterns() -> _GapPatterns:
         return _gap_cache[0]
     with _gap_lock:  # one derivation, whatever the threads asking at once
         if not _gap_cache:
+            from soar.detect.matcher import Regex
             from soar.detect.normalise import _ANSI
 
-            dropped, kept = _gap_classes()
-            gap = dropped + kept
+            classes = _gap_classes()
+            every = sorted(classes.dropped + classes.kept + classes.wide)
+            dropped = _char_class(classes.dropped)
+            ascii_gap = _char_class([cp for cp in every if cp < 0x80])
+            gap = _char_class(every)
             _gap_cache.append(
                 _GapPatterns(
                     re.compile(f"[{gap}]"),
-                    re.compile(f"[{gap}]{{{2 * GAP_KEEP + 1},}}+"),
+                    Regex(f"[{_re2_class(every)}]{{{_RUN_FLOOR},}}"),
+                    re.compile(f"[{ascii_gap}]{{{2 * GAP_KEEP + 1},}}+"),
                     re.compile(f"[{dropped}]++"),
+                    re.compile(f"(?:{_ANSI}|[{ascii_gap}])++"),
                     re.compile(f"(?:{_ANSI}|[{gap}])++"),
                     re.compile(f"(?:{_ANSI}|[{dropped}])++"),
                 )
@@ -511,18 +577,35 @@ class _View:
 
 
 def _runs(text: str) -> Iterator[tuple[int, int, re.Pattern[str]]]:
-    """The gap runs of ``text`` longer than ``2 * GAP_KEEP``, each with the pattern of what
-    normalisation drops in it."""
+    """The gap runs of ``text`` longer than ``2 * GAP_KEEP`` (character offsets), each with
+    the pattern of what normalisation drops in it."""
     p = _gap_patterns()
-    if "\x1b" not in text and "\x9b" not in text:
-        for m in p.run.finditer(text):
+    long = 2 * GAP_KEEP
+    if "\x1b" in text or "\x9b" in text:
+        items = p.items_ascii if text.isascii() else p.items
+        for m in items.finditer(text):
+            a, b = m.span()
+            if b - a > long:
+                escaped = text.find("\x1b", a, b) >= 0 or text.find("\x9b", a, b) >= 0
+                yield a, b, p.dropped_items if escaped else p.dropped
+        return
+    if text.isascii():  # (the common case: sre's search for a small class is faster)
+        for m in p.run_ascii.finditer(text):
             yield m.start(), m.end(), p.dropped
         return
-    for m in p.items.finditer(text):
-        a, b = m.span()
-        if b - a > 2 * GAP_KEEP:
-            escaped = text.find("\x1b", a, b) >= 0 or text.find("\x9b", a, b) >= 0
-            yield a, b, p.dropped_items if escaped else p.dropped
+    # lone surrogates pass as bytes no class matches (they are no gap characters)
+    data = text.encode("utf-8", "surrogatepass")
+    at_byte = at_char = pos = 0
+    while (m := p.run.next_match(data, pos)) is not None:
+        a, b = m
+        pos = b  # (never an empty match)
+        if b - a <= long:  # bytes: as many as its characters, or more
+            continue
+        start = at_char + len(data[at_byte:a].decode("utf-8", "surrogatepass"))
+        at_char = start + len(data[a:b].decode("utf-8", "surrogatepass"))
+        at_byte = b
+        if at_char - start > long:
+            yield start, at_char, p.dropped
 
 
 def _compressed(text: str) -> _View | None:
@@ -582,8 +665,9 @@ def _scan_windows(
 def scan_all(engine: Any, text: str, kind: Any = "prompt") -> list[Any]:
     """``engine.scan`` over all of ``text``: in windows of the engine's ``MAX_CHARS`` that
     overlap by :data:`WINDOW_OVERLAP`, and, when ``text`` has gap runs longer than
-    ``2 * GAP_KEEP`` (whitespace, punctuation, invisible characters, escape sequences), in the
-    windows of its compressed view too, which an attack stretched across a window's edge by
+    ``2 * GAP_KEEP`` (whitespace, punctuation, invisible characters, escape sequences, and
+    what stays without an ASCII letter or digit: box drawing, emoji, CJK), in the windows of
+    its compressed view too, which an attack stretched across a window's edge by
     such runs fits in. Each rule's first finding, its span in ``text``. Time and memory
     linear in ``len(text)`` (the compressed view's scan at most doubles it)."""
     from soar.detect.engine import MAX_CHARS
