@@ -596,8 +596,8 @@ def _runs(text: str) -> Iterator[tuple[int, int, re.Pattern[str]]]:
     # lone surrogates pass as bytes no class matches (they are no gap characters)
     data = text.encode("utf-8", "surrogatepass")
     at_byte = at_char = pos = 0
-    while (m := p.run.next_match(data, pos)) is not None:
-        a, b = m
+    while (found := p.run.next_match(data, pos)) is not None:
+        a, b = found
         pos = b  # (never an empty match)
         if b - a <= long:  # bytes: as many as its characters, or more
             continue
