@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from pathlib import Path
 
 import httpx
@@ -234,19 +234,28 @@ async def test_a_full_scan_pool_passes_on_or_refuses_as_the_fail_mode_says(
     assert pool.held == 0
 
 
+@contextlib.asynccontextmanager
+async def long_scan(
+    pool: ScanPool, slow: Slow, owner: Hashable | None = None
+) -> AsyncIterator[asyncio.Task[list[object]]]:
+    """A long scan running in ``pool`` (``slow`` on LONG) for the block's length: its task."""
+    task = asyncio.create_task(pool.run(slow, LONG, owner=owner))
+    try:
+        assert await asyncio.to_thread(slow.started.wait, 30)
+        yield task
+    finally:
+        slow.release.set()
+
+
 async def test_the_builtin_detector_scans_long_prompts_in_its_pool() -> None:
     pool = ScanPool(workers=1, queue=0, wait=0)
     slow = Slow()
-    holding = asyncio.create_task(pool.run(slow, LONG))
-    try:
-        assert await asyncio.to_thread(slow.started.wait, 30)
+    async with long_scan(pool, slow) as holding:
         detect = builtin_detector(pool=pool)
         with pytest.raises(ScanBusy):
             await detect(ATTACK + " " + LONG)
         short = await detect(ATTACK)  # short prompts: on the event loop
         assert any(f.technique == "AML.T0051.000" for f in short)
-    finally:
-        slow.release.set()
     await holding
     found = await builtin_detector(pool=pool)(ATTACK + " " + LONG)
     assert any(f.technique == "AML.T0051.000" for f in found)
@@ -255,9 +264,7 @@ async def test_the_builtin_detector_scans_long_prompts_in_its_pool() -> None:
 async def test_a_scan_holds_its_place_until_its_thread_is_done() -> None:
     pool = ScanPool(workers=1, queue=1, wait=0)
     slow = Slow()
-    running = asyncio.create_task(pool.run(slow, LONG))
-    try:
-        assert await asyncio.to_thread(slow.started.wait, 30)
+    async with long_scan(pool, slow) as running:
         waiting = asyncio.create_task(pool.run(str.upper, "second"))
         await asyncio.sleep(0)  # it takes the queue's one place
         assert pool.held == 2
@@ -270,8 +277,6 @@ async def test_a_scan_holds_its_place_until_its_thread_is_done() -> None:
         assert pool.held == 2
         with pytest.raises(ScanBusy):
             await pool.run(str.upper, "fourth")
-    finally:
-        slow.release.set()
     assert await waiting == "SECOND"
     assert pool.held == 0 and pool.refused == 2
     for bad in ({"workers": 0}, {"per_owner": 0}, {"wait": -1}, {"wait": math.nan}):
@@ -441,9 +446,7 @@ def test_a_subject_counts_by_its_api_key_then_its_user_then_its_session() -> Non
 async def test_one_owner_holds_at_most_its_share_of_the_pool() -> None:
     pool = ScanPool(workers=1, queue=3, per_owner=2, wait=0)
     slow = Slow()
-    first = asyncio.create_task(pool.run(slow, LONG, owner="a"))
-    try:
-        assert await asyncio.to_thread(slow.started.wait, 30)
+    async with long_scan(pool, slow, owner="a") as first:
         second = asyncio.create_task(pool.run(str.upper, "a2", owner="a"))
         await asyncio.sleep(0)
         assert (pool.held, pool.held_by("a")) == (2, 2)
@@ -458,8 +461,6 @@ async def test_one_owner_holds_at_most_its_share_of_the_pool() -> None:
         with pytest.raises(ScanBusy) as full:  # now the pool is full
             await pool.run(str.upper, "c1", owner="c")
         assert not full.value.own
-    finally:
-        slow.release.set()
     assert [await t for t in (second, other, unowned)] == ["A2", "B1", "NONE"]
     await first
     assert pool.held == 0 and pool.held_by("a") == 0 and pool.refused == 2
@@ -468,9 +469,7 @@ async def test_one_owner_holds_at_most_its_share_of_the_pool() -> None:
 async def test_a_scan_waits_for_a_place_rather_than_being_refused_at_once() -> None:
     pool = ScanPool(workers=1, queue=0, wait=30)
     slow = Slow()
-    holding = asyncio.create_task(pool.run(slow, LONG, owner="a"))
-    try:
-        assert await asyncio.to_thread(slow.started.wait, 30)
+    async with long_scan(pool, slow, owner="a") as holding:
         waiting = asyncio.create_task(pool.run(str.upper, "next", owner="b"))
         gone = asyncio.create_task(pool.run(str.upper, "gone", owner="c"))
         await _until(lambda: pool.waiting == 2)
@@ -480,8 +479,6 @@ async def test_a_scan_waits_for_a_place_rather_than_being_refused_at_once() -> N
         with contextlib.suppress(asyncio.CancelledError):
             await gone
         assert pool.waiting == 1
-    finally:
-        slow.release.set()
     assert await waiting == "NEXT"  # the place freed went to it
     await holding
     assert (pool.held, pool.waiting, pool.refused) == (0, 0, 0)
@@ -490,9 +487,7 @@ async def test_a_scan_waits_for_a_place_rather_than_being_refused_at_once() -> N
 async def test_a_wait_that_ends_without_a_place_is_a_refusal() -> None:
     pool = ScanPool(workers=1, queue=0, per_owner=1, wait=0.05)
     slow = Slow()
-    holding = asyncio.create_task(pool.run(slow, LONG, owner="a"))
-    try:
-        assert await asyncio.to_thread(slow.started.wait, 30)
+    async with long_scan(pool, slow, owner="a") as holding:
         with pytest.raises(ScanBusy) as full:
             await pool.run(str.upper, "b", owner="b")
         assert not full.value.own
@@ -500,8 +495,6 @@ async def test_a_wait_that_ends_without_a_place_is_a_refusal() -> None:
             await pool.run(str.upper, "a", owner="a")
         assert own.value.own
         assert pool.waiting == 0 and pool.refused == 2
-    finally:
-        slow.release.set()
     await holding
     assert pool.held == 0
 
@@ -544,21 +537,16 @@ async def test_the_builtin_detector_scans_in_the_middlewares_pool_within_the_sha
         scan_pool=pool,
     )
     s1 = scan_owner_of(Subject("acme", session="s-1"))
-    holding = asyncio.create_task(pool.run(slow, LONG, owner=s1))
-    try:
-        assert await asyncio.to_thread(slow.started.wait, 30)
-        async with http(mw) as client:
-            # s-1 holds its one place already: refused, whatever the fail mode
-            r = await client.post("/chat", json={"prompt": "hi"}, headers={"x-session": "s-1"})
-            assert r.status_code == 429 and r.json()["error"] == "scan_quota"
-            # another owner takes the pool's last place: s-2 finds the pool full
-            other = asyncio.create_task(pool.run(slow, LONG, owner="x"))
-            await asyncio.sleep(0)
-            assert pool.held == 2
-            r = await client.post("/chat", json={"prompt": "hi"}, headers={"x-session": "s-2"})
-            assert r.status_code == 200  # fail_mode "open": passed on, unscanned
-    finally:
-        slow.release.set()
+    async with long_scan(pool, slow, owner=s1) as holding, http(mw) as client:
+        # s-1 holds its one place already: refused, whatever the fail mode
+        r = await client.post("/chat", json={"prompt": "hi"}, headers={"x-session": "s-1"})
+        assert r.status_code == 429 and r.json()["error"] == "scan_quota"
+        # another owner takes the pool's last place: s-2 finds the pool full
+        other = asyncio.create_task(pool.run(slow, LONG, owner="x"))
+        await asyncio.sleep(0)
+        assert pool.held == 2
+        r = await client.post("/chat", json={"prompt": "hi"}, headers={"x-session": "s-2"})
+        assert r.status_code == 200  # fail_mode "open": passed on, unscanned
     await holding
     await other
     assert (mw.over_share, mw.busy) == (1, 1) and len(app.state.calls) == 1
