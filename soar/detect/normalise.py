@@ -165,31 +165,11 @@ _OHM: Final = "\u2126"
 _HOMOGLYPHS.update({0x2028: "\n", 0x2029: "\n", 0x1680: " ", 0x2800: " "})
 
 
-def _base_letter(ch: str) -> str | None:
-    """The ASCII letter that ``ch`` (a lower-case Latin letter) is written with, under its
-    diacritics ("\u00ed" -> "i", "\u1e77" -> "u"), or None."""
-    nfd = unicodedata.normalize("NFD", ch)
-    if len(nfd) > 1 and nfd[0].isascii() and nfd[0].isalpha():
-        return nfd[0].lower() if all(unicodedata.combining(c) for c in nfd[1:]) else None
-    return None
-
-
-# Latin letters with diacritics, after lower-casing, folded to their base letter: "\u00edgn\u00f6re"
-# reads "ignore" (the accents are dropped for matching only; spans still index the original).
-# Also the letters with a stroke that Unicode does not decompose.
-_HOMOGLYPHS.update(
-    {
-        c: base
-        for c in (*range(0xC0, 0x250), *range(0x1E00, 0x1F00))
-        if chr(c).islower() and (base := _base_letter(chr(c))) is not None
-    }
-)
-_HOMOGLYPHS.update(
-    {ord(k): v for k, v in zip("\u00f8\u0142\u0111\u0127\u0167\u0180", "oldhtb", strict=True)}
-)
-# And every Latin letter "X WITH" a hook, bar, stroke, tail ... that Unicode does not decompose
-# ("\u0268" i with stroke, "\u0247" e with stroke), by its name; capitals too, for those whose
-# lower case is not one character ("\u0130", capital I with dot above).
+# Latin letters "X WITH" diacritics, after lower-casing, read as their base letter, by their
+# Unicode names: "\u00edgn\u00f6re" reads "ignore" (for matching only; spans still index the
+# original), and so do the letters with a hook, bar or stroke that Unicode does not decompose
+# ("\u0268", "\u00f8"); capitals too, for those whose lower case is not one character
+# ("\u0130", capital I with dot above).
 _LATIN_WITH = re.compile(r"LATIN (?:SMALL|CAPITAL) LETTER ([A-Z]) WITH .+")
 _HOMOGLYPHS.update(
     {
