@@ -133,6 +133,14 @@ def corpora() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     return attacks, benign
 
 
+def _speeds(costs: list[tuple[float, int]]) -> tuple[float, float, float, float]:
+    """p50 and p99 µs per KiB of (seconds, bytes) costs, a text under 1 KiB charged as 1 KiB
+    (its fixed cost counts); then the same for texts of 1 KiB or more alone."""
+    per_kib = [dt * 1e6 / max(size / 1024, 1.0) for dt, size in costs]
+    big = [dt * 1e6 / (size / 1024) for dt, size in costs if size >= 1024]
+    return pct(per_kib, 0.5), pct(per_kib, 0.99), pct(big, 0.5), pct(big, 0.99)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--threshold", type=float, default=0.5)
@@ -289,31 +297,24 @@ def main() -> None:
         any_tp = sum(1 for r, f in part if r["label"] != "benign" and f)
         print(f"attack texts flagged with any family: {any_tp}/{n_attack}")
         costs = [(dt, size) for r, _, dt, size in results if r["split"] == split]
-        # per KiB, a text under 1 KiB charged as 1 KiB (its fixed cost counts)
-        per_kib = [dt * 1e6 / max(size / 1024, 1.0) for dt, size in costs]
-        big = [dt * 1e6 / (size / 1024) for dt, size in costs if size >= 1024]
-        speed[split] = (pct(per_kib, 0.5), pct(per_kib, 0.99), pct(big, 0.5), pct(big, 0.99))
+        speed[split] = _speeds(costs)
         p50, p99, b50, b99 = speed[split]
         summary[split].update({"p50": p50, "p99": p99, "p50 >= 1 KiB": b50, "p99 >= 1 KiB": b99})
         ok = "met" if p99 <= TARGET_P99 else "NOT met"
         print(
-            f"speed: p50 {p50:.1f} µs/KiB, p99 {p99:.1f} µs/KiB over {len(per_kib)} texts "
+            f"speed: p50 {p50:.1f} µs/KiB, p99 {p99:.1f} µs/KiB over {len(costs)} texts "
             f"(texts >= 1 KiB alone: p50 {b50:.1f}, p99 {b99:.1f})  target p99 <= "
             f"{TARGET_P99:.0f} ({ok})"
         )
         if bare_dt:
-            mine = [(bare_dt[k], size) for k, (r, _, _, size) in enumerate(results)]
-            mine = [c for c, (r, _, _, _) in zip(mine, results, strict=True) if r["split"] == split]
-            bare_kib = [dt * 1e6 / max(size / 1024, 1.0) for dt, size in mine]
-            bare_big = [dt * 1e6 / (size / 1024) for dt, size in mine if size >= 1024]
+            mine = [(bare_dt[k], c[3]) for k, c in enumerate(results) if c[0]["split"] == split]
+            b_p50, b_p99, b_big50, b_big99 = _speeds(mine)
             print(
-                f"speed without the word models, timed in turn: p50 {pct(bare_kib, 0.5):.1f}, "
-                f"p99 {pct(bare_kib, 0.99):.1f} µs/KiB (>= 1 KiB: p50 {pct(bare_big, 0.5):.1f}, "
-                f"p99 {pct(bare_big, 0.99):.1f}); with them: p50 {p50:.1f}, p99 {p99:.1f}"
+                f"speed without the word models, timed in turn: p50 {b_p50:.1f}, "
+                f"p99 {b_p99:.1f} µs/KiB (>= 1 KiB: p50 {b_big50:.1f}, "
+                f"p99 {b_big99:.1f}); with them: p50 {p50:.1f}, p99 {p99:.1f}"
             )
-            summary[split].update(
-                {"p50, no models": pct(bare_kib, 0.5), "p99, no models": pct(bare_kib, 0.99)}
-            )
+            summary[split].update({"p50, no models": b_p50, "p99, no models": b_p99})
         if args.show_misses and split == "dev":
             for r, f in part:
                 labels = set(r["label"].split("+")) - {"benign"}

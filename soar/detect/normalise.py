@@ -496,8 +496,8 @@ def _sign(signals: Signals, run: str, start: int, end: int) -> None:
 
 
 def _hidden_dropped(text: str, signals: Signals) -> Normalised | None:
-    """What :func:`_general` makes of ``text`` when its hidden runs are only to be dropped
-    (no tag character, bidi control or Hangul filler) and the rest is NFKC already and keeps
+    """What :func:`_general` makes of ``text`` when its hidden runs are only to be dropped or
+    read as a space (no tag character or bidi control) and the rest is NFKC already and keeps
     its length in lower case, no lookalike in it; None otherwise. Built with C-level splits,
     joins and sums instead of a Python step per hidden run: a text of a letter and a hidden
     character by turns (hostile) cost 2 µs per character that way."""
