@@ -41,8 +41,14 @@ them instead (503).
 
 A body nested too deep for ``json`` to read (about 1,000 levels; no LLM API nests a request
 so deep) is refused with ``400`` (``request body nested too deep to scan``), counted in
-``too_deep``, whatever the fail mode. A body over :data:`MAX_SCAN_BODY` is passed on
-unscanned, counted in ``unscanned``: the application's own body limit should be lower.
+``too_deep``, whatever the fail mode. A body over ``max_scan_body`` (default
+:data:`MAX_SCAN_BODY`, 1 MiB) is not scanned, counted in ``unscanned``: the middleware stops
+reading it at that size (it never holds more of a body than that; the rest goes to the app
+as it comes) and then does what ``oversize`` says: ``"refuse"`` answers ``413``, ``"pass"``
+passes the request on unscanned, and the default (``None``) is the client's fail mode:
+``413`` with ``fail_mode="closed"``, passed on with ``"open"`` (so padding a prompt past the
+limit gets it past the scanner there: raise ``max_scan_body`` for APIs with large bodies,
+such as images sent inline, and choose ``"refuse"`` where none is that large).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -699,8 +705,9 @@ _IDENTIFIER: Final = re.compile(r"[\w.:/@+-]{1,128}", re.ASCII)
 # names, for one, are read by the model.
 _FIELD_NAME: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 # Bounds of the walk over a body: never reached by a JSON body the middleware parses (at most
-# MAX_SCAN_BODY bytes, each value at least one; json's own nesting limit is about 1,000).
-MAX_JSON_VALUES: Final = MAX_SCAN_BODY
+# max_scan_body bytes, which may be at most MAX_JSON_VALUES, each value at least one byte;
+# json's own nesting limit is about 1,000).
+MAX_JSON_VALUES: Final = 64 * MAX_SCAN_BODY
 MAX_JSON_DEPTH: Final = 10_000
 
 
@@ -714,10 +721,10 @@ def default_prompt_of(body: Any) -> str | None:
     past the detector. Left out: string values of :data:`NOT_TEXT_KEYS` (metadata) that have
     an identifier's shape (ASCII letters, digits and ``_.:/@+-``, 128 at most: any other value
     there is text), and keys that are plain field names; other keys are text. All of it: the
-    body is bounded (:data:`MAX_SCAN_BODY`), and there is no depth cut (``json`` nests about
-    1,000 levels at most). The walk is iterative (an explicit stack); an object beyond
+    body is bounded (the middleware's ``max_scan_body``), and there is no depth cut (``json``
+    nests about 1,000 levels at most). The walk is iterative (an explicit stack); an object beyond
     :data:`MAX_JSON_DEPTH` levels or :data:`MAX_JSON_VALUES` values (only a caller's own, a
-    cycle for one: never a JSON body within MAX_SCAN_BODY) raises ValueError rather than
+    cycle for one: never a JSON body the middleware reads) raises ValueError rather than
     being read in part."""
     parts: list[str] = []
     values = 0
@@ -841,6 +848,14 @@ _SCAN_BUSY_ANSWER: Final[_Answer] = (
     {"error": "scan_unavailable", "message": "the prompt scanner is busy; retry"},
     {"Retry-After": "5"},
 )
+_TOO_LARGE_ANSWER: Final[_Answer] = (
+    413,
+    {
+        "error": "body_too_large_to_scan",
+        "message": "the request body is larger than the prompt scanner reads",
+    },
+    {},
+)
 _SCAN_QUOTA_ANSWER: Final[_Answer] = (
     429,
     {
@@ -859,12 +874,17 @@ class EnforcementMiddleware:
     to the request's subject's share of it without being told (``ScanPool.run``'s owner
     defaults to it while the middleware's detector runs).
 
+    ``max_scan_body``: the most of a body read and scanned (default :data:`MAX_SCAN_BODY`);
+    ``oversize``: what a larger body meets, ``"refuse"`` (413), ``"pass"`` (passed on
+    unscanned) or None, the client's fail mode (413 when ``"closed"``); see the module.
+
     Counters: ``refused`` (blocked subjects answered 403), ``unscanned`` (bodies over
-    :data:`MAX_SCAN_BODY` passed on unscanned), ``too_deep`` (bodies nested too deep to read,
-    answered 400), ``busy`` (scans the full pool had no place for: passed on with
-    ``fail_mode="open"``, answered 503 with ``"closed"``), ``over_share`` (scans of a subject
-    that already held its share of the pool: answered 429, whatever the fail mode; passing
-    them on would let anyone skip the scan by keeping two costly ones running)."""
+    ``max_scan_body``: refused with 413 or passed on, as ``oversize`` says), ``too_deep``
+    (bodies nested too deep to read, answered 400), ``busy`` (scans the full pool had no place
+    for: passed on with ``fail_mode="open"``, answered 503 with ``"closed"``), ``over_share``
+    (scans of a subject that already held its share of the pool: answered 429, whatever the
+    fail mode; passing them on would let anyone skip the scan by keeping two costly ones
+    running)."""
 
     def __init__(
         self,
@@ -878,7 +898,13 @@ class EnforcementMiddleware:
         source: str = "llm-gateway",
         min_confidence: float = 0.5,
         scan_pool: ScanPool | None = None,
+        max_scan_body: int = MAX_SCAN_BODY,
+        oversize: Literal["refuse", "pass"] | None = None,
     ) -> None:
+        if not 1 <= max_scan_body <= MAX_JSON_VALUES:
+            raise ValueError(f"max_scan_body: must be 1 to {MAX_JSON_VALUES} bytes")
+        if oversize not in (None, "refuse", "pass"):
+            raise ValueError("oversize: must be 'refuse', 'pass' or None (the client's fail mode)")
         self.app = app
         self.client = client
         self.extract = extract
@@ -889,8 +915,11 @@ class EnforcementMiddleware:
         self.min_confidence = min_confidence
         # where long work runs (default: shared_scan_pool()), a builtin_detector's too
         self.scan_pool = scan_pool
+        # the most of a body read and scanned; what a larger body meets (see the module)
+        self.max_scan_body = max_scan_body
+        self.oversize = oversize
         self.refused = 0
-        # bodies not scanned, passed on: over MAX_SCAN_BODY
+        # bodies not scanned: over max_scan_body (refused with 413 or passed on, see oversize)
         self.unscanned = 0
         # bodies nested too deep to read: refused with 400
         self.too_deep = 0
@@ -935,7 +964,7 @@ class EnforcementMiddleware:
         """Reads the body (bounded), scans its prompt, and gives the app a replay of it; or
         the answer to refuse the request with."""
         chunks: list[bytes] = []
-        size, more = 0, True
+        size, more, limit = 0, True, self.max_scan_body
         messages: list[Message] = []
         while more:
             message = await receive()
@@ -944,17 +973,28 @@ class EnforcementMiddleware:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size <= MAX_SCAN_BODY:
-                chunks.append(chunk)
+            chunks.append(chunk)
             more = bool(message.get("more_body", False))
-        if size <= MAX_SCAN_BODY:
+            if size > limit:
+                break  # read no further: the rest goes to the app as it comes, never held here
+        if size <= limit:
             refused = await self._detect(b"".join(chunks), subject)
             if refused is not None:
                 return refused
         else:
-            # not scanned: said, and counted (the app's own body limit should be lower)
+            # not scanned: said, and counted; refused or passed on as oversize says
             self.unscanned += 1
-            log.warning("request body of %d bytes not scanned (over %d)", size, MAX_SCAN_BODY)
+            del chunks
+            refuse = self.oversize == "refuse" or (
+                self.oversize is None and self.client.fail_mode == "closed"
+            )
+            log.warning(
+                "request body over %d bytes not scanned; request %s",
+                limit,
+                "refused (413)" if refuse else "passed on",
+            )
+            if refuse:
+                return _TOO_LARGE_ANSWER
 
         replay = iter(messages)
 

@@ -102,7 +102,7 @@ def test_an_ordinary_long_prompt_finds_nothing() -> None:
     assert scan_all(Engine.default(), text) == []
 
 
-def test_a_body_too_large_to_scan_is_counted_and_passed_on_whole() -> None:
+def test_a_body_too_large_to_scan_is_counted_and_passed_on_whole_when_told_to() -> None:
     seen: list[str] = []
 
     def detector(text: str) -> list[object]:
@@ -114,6 +114,7 @@ def test_a_body_too_large_to_scan_is_counted_and_passed_on_whole() -> None:
         client=None,  # type: ignore[arg-type]
         extract=lambda request: None,
         detector=detector,
+        oversize="pass",
     )
     for size, scanned in ((1000, 1), (MAX_SCAN_BODY + 1, 0)):
         body = b'{"prompt": "' + b"a" * (size - 14) + b'"}'

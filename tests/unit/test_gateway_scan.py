@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,16 +22,20 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from soar.gateway import DetectionReporter, EnforcementClient, EnforcementMiddleware, Subject
 from soar.gateway.middleware import (
     MAX_EVIDENCE,
+    MAX_JSON_VALUES,
+    MAX_SCAN_BODY,
     SCAN_IN_THREAD,
     Detector,
     ScanBusy,
     ScanPool,
     builtin_detector,
     default_prompt_of,
+    detected,
     scan_owner_of,
 )
 from tests.support import WEBHOOK_SECRET
@@ -164,6 +169,107 @@ async def test_a_body_nested_too_deep_to_read_is_refused_with_400(
     assert app.state.calls == [] and seen == []
     assert (mw.too_deep, mw.unscanned, mw.busy) == (1, 0, 0)
     assert "nested too deep" in caplog.text and ATTACK not in caplog.text
+
+
+def chunked(chunk: bytes, count: int) -> tuple[Receive, list[int]]:
+    """An ASGI receive that sends ``count`` chunks of a body, and how many it has sent."""
+    sent = [0]
+
+    async def receive() -> Message:
+        sent[0] += 1
+        more = sent[0] < count
+        return {"type": "http.request", "body": chunk, "more_body": more}
+
+    return receive, sent
+
+
+@pytest.mark.parametrize(
+    ("fail_mode", "oversize", "status"),
+    [("open", None, 200), ("closed", None, 413), ("open", "refuse", 413), ("closed", "pass", 200)],
+)
+async def test_a_body_over_the_scan_limit_is_refused_or_passed_on_as_oversize_says(
+    fail_mode: str, oversize: str | None, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # an attack padded past the limit: before, passed on unscanned whatever the fail mode
+    body = json.dumps({"prompt": ATTACK + " " + PADDING * (MAX_SCAN_BODY // len(PADDING))})
+    assert len(body) > MAX_SCAN_BODY
+    seen: list[str] = []
+    app = chat_app()
+    mw = EnforcementMiddleware(
+        app,
+        client=fresh_client(fail_mode),
+        extract=session_of,
+        detector=lambda text: seen.append(text) or [],
+        oversize=oversize,  # type: ignore[arg-type]
+    )
+    with caplog.at_level(logging.WARNING, logger="soar.gateway"):
+        async with http(mw) as client:
+            r = await client.post("/chat", content=body.encode())
+    assert r.status_code == status and seen == [] and mw.unscanned == 1
+    if status == 413:
+        assert r.json()["error"] == "body_too_large_to_scan" and app.state.calls == []
+    else:
+        assert app.state.calls == [len(body)]  # the whole body, in order
+    assert "not scanned" in caplog.text and ATTACK not in caplog.text
+
+
+async def test_a_body_over_the_scan_limit_is_never_held_whole() -> None:
+    # 64 MiB sent in 64 KiB chunks: the middleware reads just past its limit and stops; the
+    # app then reads the rest as it comes (before, every chunk was held until the end)
+    chunk, count = b"x" * 65_536, 1024
+    app_read: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        total, more = 0, True
+        while more:
+            message = await receive()
+            total += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        app_read.append(total)
+
+    mw = EnforcementMiddleware(
+        app, client=fresh_client(), extract=session_of, detector=lambda text: []
+    )
+    receive, sent = chunked(chunk, count)
+    replay = await mw._scan({"type": "http"}, receive, Subject("acme", session="s"))
+    assert not isinstance(replay, tuple)
+    assert sent[0] == MAX_SCAN_BODY // len(chunk) + 1  # read just past the limit, no further
+    await app({"type": "http"}, replay, None)  # type: ignore[arg-type]
+    assert app_read == [len(chunk) * count] and sent[0] == count
+
+
+async def test_the_scan_limit_can_be_raised_for_apis_with_large_bodies() -> None:
+    body = json.dumps({"prompt": PADDING * (MAX_SCAN_BODY // len(PADDING)) + ATTACK})
+    assert len(body) > MAX_SCAN_BODY
+    scan, found = builtin_detector(), []
+
+    async def detector(text: str) -> list[Any]:
+        found.extend(await scan(text))  # type: ignore[misc]
+        return found
+
+    mw = EnforcementMiddleware(
+        chat_app(),
+        client=fresh_client("closed"),
+        extract=session_of,
+        detector=detector,
+        max_scan_body=4 * MAX_SCAN_BODY,
+    )
+    async with http(mw) as client:
+        r = await client.post("/chat", content=body.encode())
+    assert r.status_code == 200 and mw.unscanned == 0
+    assert "AML.T0051.000" in detected(found, 0.5)  # scanned: the attack at its end is found
+    for bad in (0, MAX_JSON_VALUES + 1):
+        with pytest.raises(ValueError, match="max_scan_body"):
+            EnforcementMiddleware(
+                chat_app(), client=fresh_client(), extract=session_of, max_scan_body=bad
+            )
+    with pytest.raises(ValueError, match="oversize"):
+        EnforcementMiddleware(
+            chat_app(),
+            client=fresh_client(),
+            extract=session_of,
+            oversize="drop",  # type: ignore[arg-type]
+        )
 
 
 # -- the scan pool ---------------------------------------------------------------------------
