@@ -19,15 +19,16 @@ that normalisation merged or split. The text scanned is at most :data:`MAX_CHARS
 (the head); :func:`technique_scores` combines the findings into one score per technique.
 
 Matching (:mod:`soar.detect.matcher`): the patterns of the rules of a kind form RE2 sets (of
-:data:`soar.detect.matcher.GROUP` patterns), each of which reads the text once and says which
-of its patterns match somewhere; a byte check says whether the text holds a long
-base64/hex-looking run, and one small set whether it holds a leetspeak form of a keyword or
-ROT13 forms of keywords, so that ordinary text skips those decodings. Only the rules the sets
-name run on their own (RE2 again) to find where: the first match that holds one of the rule's
-keywords (and that its ``unless`` pattern does not match) is the finding. Candidates run by
-decreasing score, and not at all once their technique has reached a combined score of 0.97 (so
-a finding list names the rules that sufficed, not necessarily every rule that would match). RE2
-never backtracks: every pass is linear in the length of the text, whatever the rules.
+about :data:`soar.detect.matcher.GROUP` patterns, built by technique: :func:`_set_order`), each
+of which reads the text once and says which of its patterns match somewhere; a byte check says
+whether the text holds a long base64/hex-looking run, and one small set whether it holds a
+leetspeak form of a keyword or ROT13 forms of keywords, so that ordinary text skips those
+decodings. Only the rules the sets name run on their own (RE2 again) to find where: the first
+match that holds one of the rule's keywords (and that its ``unless`` pattern does not match) is
+the finding. Candidates run by decreasing score, and not at all once their technique has
+reached a combined score of 0.97 (so a finding list names the rules that sufficed, not
+necessarily every rule that would match); a set whose techniques have all reached it is not
+run. RE2 never backtracks: every pass is linear in the length of the text, whatever the rules.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Final, Literal, NamedTuple
 from soar.detect import leakage
 from soar.detect.catalog import KNOWN_TECHNIQUES
 from soar.detect.lexical import WordModel, builtin_models, first_word_at, words_of
-from soar.detect.matcher import PatternSet, Regex
+from soar.detect.matcher import GROUP, PatternSet, Regex
 from soar.detect.normalise import Normalised, deleet, normalise, rot13
 from soar.detect.rules import Rule, RulePack, builtin_packs
 
@@ -203,17 +204,17 @@ class Engine:
         found: dict[str, Finding] = {}
         data = _utf8(norm.text)
         flags = c.flags(data)
-        _Pass(c, norm, data, found).run(c.set.match(data))
+        _Pass(c, norm, data, found).run()
         if flags.leet:
             leet, changed = deleet(norm.text)
             if changed:
                 leet_data = _utf8(leet)
                 only = _byte_spans(norm.text, data, changed)
                 note = " (after leetspeak decoding)"
-                _Pass(c, norm, leet_data, found, note, only=only).run(c.set.match(leet_data))
+                _Pass(c, norm, leet_data, found, note, only=only).run()
         if flags.rot13 >= 2:  # keywords written in ROT13
             rot_data = _utf8(rot13(norm.text))
-            _Pass(c, norm, rot_data, found, " (after ROT13 decoding)").run(c.set.match(rot_data))
+            _Pass(c, norm, rot_data, found, " (after ROT13 decoding)").run()
         for rule in c.detector_rules:
             if rule.id not in found:
                 if rule.detector == "encoded" and not flags.encoded:
@@ -322,7 +323,7 @@ class Engine:
             inner_data = _utf8(inner.text)
             hits: dict[str, Finding] = {}
             note = f" (inside {how})"
-            _Pass(c, inner, inner_data, hits, note, span).run(c.set.match(inner_data))
+            _Pass(c, inner, inner_data, hits, note, span).run()
             hits = {k: v for k, v in hits.items() if k not in found}
             if hits:
                 found.update(hits)
@@ -346,14 +347,25 @@ class _Compiled:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        self.pattern_rules = tuple(r for r in self.rules if r.pattern is not None)
+        patterned = [r for r in self.rules if r.pattern is not None]
+        order, starts = _set_order(patterned, GROUP)
+        # the pattern rules in the order of the sets
+        self.pattern_rules = tuple(patterned[j] for j in order)
         self.detector_rules = tuple(r for r in self.rules if r.detector is not None)
-        # rank of each pattern rule (by entry index): higher scores first
-        self.rank = {i: (-r.score, i) for i, r in enumerate(self.pattern_rules)}
+        # rank of each pattern rule (by entry index): higher scores first, then the rules'
+        # order in their packs
+        self.rank = {i: (-patterned[j].score, j) for i, j in enumerate(order)}
         self.keywords = tuple(_Keywords.of(r) for r in self.pattern_rules)
         sources = [r.pattern.source for r in self.pattern_rules if r.pattern is not None]
         self.n_rules = len(sources)
-        self.set = PatternSet(sources)
+        self.set = PatternSet(sources, starts=starts)
+        # the techniques of the rules of each set: a set all of whose techniques have reached
+        # _ENOUGH in a pass is not run
+        ends = [*starts[1:], len(sources)] if starts else []
+        self.set_techniques = tuple(
+            tuple(sorted({r.technique for r in self.pattern_rules[a:b]}))
+            for a, b in zip(starts, ends, strict=True)
+        )
         words = {w.decode() for r in self.pattern_rules for w in r.words}
         phrase_words = {w for r in self.pattern_rules for p in r.phrases for w in p.split()}
         # the encoded hint in its own set (run only on text with "\\x", see flags); the leet
@@ -433,22 +445,29 @@ class _Pass:
         # a match counts only when it overlaps one of these (sorted, disjoint) byte spans
         self.only = only
 
-    def run(self, hits: list[int]) -> None:
-        if not hits:
-            return
-        c, found = self.c, self.found
+    def run(self) -> None:
+        """Run the sets one by one, each followed by its candidates (see :func:`_set_order`):
+        a set all of whose techniques have reached :data:`_ENOUGH` is not run, since each of
+        its candidates would be skipped."""
+        c, found, data = self.c, self.found, self.data
         # the combined score of each technique looked at, computed when first needed and again
         # after a finding of it (only that technique's score changes)
         reached: dict[str, float] = {}
+        for k, techniques in enumerate(c.set_techniques):
+            if found and all(_reached(reached, found, t) >= _ENOUGH for t in techniques):
+                continue
+            hits = c.set.match_one(k, data)
+            if hits:
+                self._candidates(hits, reached)
+
+    def _candidates(self, hits: list[int], reached: dict[str, float]) -> None:
+        c, found = self.c, self.found
         for i in sorted(hits, key=c.rank.__getitem__):
             rule = c.pattern_rules[i]
             if rule.id in found:
                 continue
             technique = rule.technique
-            score = reached.get(technique)
-            if score is None:
-                score = reached[technique] = _combined_one(found.values(), technique)
-            if score >= _ENOUGH:
+            if _reached(reached, found, technique) >= _ENOUGH:
                 continue
             m = self._first(rule, c.keywords[i])
             if m is None:
@@ -501,6 +520,62 @@ class _Pass:
         # the characters of the (valid UTF-8) prefix are its bytes that do not continue one
         # (as many as it decodes to, a character cut at the end counting as one)
         return offset - len(self.data[:offset].translate(None, _NOT_CONTINUATION))
+
+
+def _reached(reached: dict[str, float], found: dict[str, Finding], technique: str) -> float:
+    """The combined score of ``technique`` over ``found``, cached in ``reached`` (an entry is
+    deleted when a finding of its technique is added)."""
+    score = reached.get(technique)
+    if score is None:
+        score = reached[technique] = _combined_one(found.values(), technique)
+    return score
+
+
+def _set_order(rules: Sequence[Rule], group: int) -> tuple[list[int], list[int]]:
+    """The order of the pattern rules in the RE2 sets (indexes into ``rules``) and the index
+    where each set starts.
+
+    The rules of a technique run by decreasing score (ties in pack order), and a pass skips
+    the rules of a technique once it has reached :data:`_ENOUGH`. So the sets are built by
+    technique, each technique's rules by decreasing score: a set all of whose techniques have
+    reached it can be left out of the pass, and the candidates of each technique still come in
+    the same order (candidates of different techniques never decide for one another). A
+    technique with at least ``group`` rules has sets of its own (balanced) when that costs no
+    extra set; the other techniques share sets. As many sets as ``group`` rules a set would
+    give."""
+
+    def n_sets(n: int) -> int:
+        return -(-n // group)
+
+    by_technique: dict[str, list[int]] = {}
+    for j, rule in enumerate(rules):
+        by_technique.setdefault(rule.technique, []).append(j)
+    for members in by_technique.values():
+        members.sort(key=lambda j: (-rules[j].score, j))
+    techniques = sorted(by_technique, key=lambda t: (-len(by_technique[t]), t))
+    order: list[int] = []
+    starts: list[int] = []
+
+    def balanced(members: list[int]) -> None:
+        k = n_sets(len(members))
+        at = 0
+        for part in range(k):
+            starts.append(len(order))
+            size = len(members) // k + (1 if part < len(members) % k else 0)
+            order.extend(members[at : at + size])
+            at += size
+
+    left = len(rules)
+    while techniques:
+        n = len(by_technique[techniques[0]])
+        if n < group or n_sets(n) + n_sets(left - n) != n_sets(left):
+            break
+        balanced(by_technique[techniques.pop(0)])
+        left -= n
+    shared = [j for t in techniques for j in by_technique[t]]
+    if shared:
+        balanced(shared)
+    return order, starts
 
 
 def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:

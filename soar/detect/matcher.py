@@ -183,23 +183,37 @@ class PatternSet:
     each: the DFA of one set tracks all its patterns at once, and its number of states can grow
     with the product of theirs, so smaller sets are built faster on new text."""
 
-    __slots__ = ("_sets", "size")
+    __slots__ = ("_sets", "size", "starts")
 
-    def __init__(self, sources: Sequence[str], group: int = 0) -> None:
+    def __init__(
+        self, sources: Sequence[str], group: int = 0, starts: Sequence[int] | None = None
+    ) -> None:
+        """``starts``, if given, are the indexes where the sets begin (the first is 0; each
+        set at most ``group`` patterns is not enforced then); else every ``group`` patterns."""
         self.size = len(sources)
         group = group or GROUP
         self._sets: list[tuple[int, Any]] = []
-        if not sources:
-            return
-        for first in range(0, len(sources), group):
+        if starts is None:
+            starts = range(0, len(sources), group)
+        elif sources and (not starts or starts[0] != 0 or list(starts) != sorted(set(starts))):
+            raise ValueError("starts must be increasing indexes from 0")
+        self.starts: tuple[int, ...] = tuple(starts) if sources else ()
+        ends = [*self.starts[1:], len(sources)] if self.starts else []
+        for first, end in zip(self.starts, ends, strict=True):
             one = re2.Set.SearchSet(_SET_OPTIONS)
-            for source in sources[first : first + group]:
+            for source in sources[first:end]:
                 try:
                     one.Add(source.encode("utf-8"))
                 except re2.error as exc:
                     raise PatternError(_reason(_error_text(exc))) from exc
             one.Compile()
             self._sets.append((first, _raw_set_matcher(one)))
+
+    def match_one(self, k: int, data: bytes) -> list[int]:
+        """The indexes of the patterns of set ``k`` (those from ``starts[k]``) that match."""
+        first, match = self._sets[k]
+        got: list[int] = match(data)
+        return [first + i for i in got] if first and got else got
 
     def match(self, data: bytes) -> list[int]:
         out: list[int] = []
