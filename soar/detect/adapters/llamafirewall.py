@@ -7,11 +7,22 @@ Shape, ``LlamaFirewall/src/llamafirewall/llamafirewall_data_types.py``::
 
 ``decision`` may also be given as the enum name (``"BLOCK"``, ``"ScanDecision.BLOCK"``).
 Nothing detected (None): ``allow``. The scanner behind a decision is recognised from the
-``reason`` text its scanner writes (``scanners/*.py``): :data:`REASONS`, first match wins; when
+``reason`` text its scanner writes (``scanners/*.py``): :data:`REASONS`; when
 ``LlamaFirewall.scan`` combined several scanners the reason reads ``ScannerType.X: ... - score:
-s; ...`` and the part with the highest score is used. The reason itself (PromptGuard puts the
-full prompt text in it) is never stored: only the scanner's name. ``block`` keeps the table's
-severity, ``human_in_the_loop_required`` is at most medium. Confidence: ``score``.
+s; ...`` (the parts in no fixed order: ``"; ".join(set(reasons))``).
+
+The reason holds attacker-written text: PromptGuard copies the whole prompt into it (``Full
+text: "..."``), the hidden-ASCII scanner the decoded hidden text, the alignment check the
+model's reading of the trace. So nothing in it may lower what a finding is: every scanner it
+names (a ``ScannerType.X:`` part, or a scanner's own wording from :data:`REASONS`) is a
+candidate, and the most severe candidate is the finding (ties: the one named first, since text
+copied into a part comes after that part's own start). A part whose text starts with "No "
+("No prompt injection detected") is a scanner that found nothing and is no candidate (no
+scanner's finding text starts so). The scores written in the reason are not read: text in it
+can forge them. So text in the reason can raise a finding's severity, never lower it, and can
+change its technique only by raising it. The reason itself is never stored: only the
+scanner's name. ``block`` keeps the table's severity, ``human_in_the_loop_required`` is at most
+medium. Confidence: ``score``.
 """
 
 from __future__ import annotations
@@ -59,7 +70,9 @@ SCANNER_TYPES: Final[dict[str, tuple[str, Severity]]] = {
 }
 UNMAPPED: Final[tuple[str, Severity]] = ("AML.T0051", "low")
 _DECISIONS: Final = ("allow", "human_in_the_loop_required", "block")
-_PART = re.compile(r"ScannerType\.([A-Z_]{1,40}): .{0,20000}? - score: (-?[0-9.]{1,20})", re.S)
+_PART = re.compile(r"ScannerType\.([A-Z_]{1,40}): ")
+_RANK: Final[dict[str, int]] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+_MAX_REASON: Final = 65_536
 
 
 def _decision(raw: str, path: str) -> str:
@@ -91,21 +104,29 @@ def map_result(result: Any) -> MappedFinding | None:
 
 
 def _classify(reason: str) -> tuple[str, str, Severity]:
-    parts = [(float(s), name) for name, s in _PART.findall(reason[:65_536]) if _is_float(s)]
-    if parts:
-        _, name = max(parts)
-        technique, severity = SCANNER_TYPES.get(name, UNMAPPED)
-        return name.lower(), technique, severity
-    low = reason[:4096].lower()
+    """The most severe scanner the reason names (see the module docstring), as (scanner,
+    technique, severity); ("unknown", ...) when it names none."""
+    text = reason[:_MAX_REASON]
+    low = text.lower()
+    # (-rank, where, scanner, technique, severity): the smallest wins
+    candidates: list[tuple[int, int, str, str, Severity]] = []
+    # the parts of scanners that found nothing, up to their score: their words ("No PII
+    # detected") name no finding
+    nothing: list[tuple[int, int]] = []
+    for m in _PART.finditer(text):
+        if low.startswith("no ", m.end()):
+            end = low.find(" - score: ", m.end())
+            nothing.append((m.start(), end if end >= 0 else len(low)))
+            continue
+        technique, severity = SCANNER_TYPES.get(m.group(1), UNMAPPED)
+        candidates.append((-_RANK[severity], m.start(), m.group(1).lower(), technique, severity))
     for scanner, marker, technique, severity in REASONS:
-        if marker in low:
-            return scanner, technique, severity
-    return "unknown", *UNMAPPED
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        at = low.find(marker)
+        while at >= 0 and any(a <= at < b for a, b in nothing):
+            at = low.find(marker, at + 1)
+        if at >= 0:
+            candidates.append((-_RANK[severity], at, scanner, technique, severity))
+    if not candidates:
+        return "unknown", *UNMAPPED
+    _, _, scanner, technique, severity = min(candidates)
+    return scanner, technique, severity
