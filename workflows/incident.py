@@ -351,6 +351,14 @@ class IncidentWorkflow:
             return f"unknown approval {req.approval_id}"
         if approval.status != "pending":
             return f"approval {req.approval_id} is already {approval.status}"
+        if approval.expire_at is not None and _signed_at(req) >= approval.expire_at:
+            # Decided after the deadline, and here before the expiry only because this
+            # workflow was behind (its worker down): a decision and the expiry timer landing in
+            # one activation let the decision win, which must not make a late one count.
+            return (
+                f"approval {req.approval_id} expired at {approval.expire_at.isoformat()} "
+                "(decided after it)"
+            )
         who = _approver(req)
         if approval.requested_by and approval.requested_by in (who, req.actor):
             return f"{req.actor} asked for this action; a second person must decide it"
@@ -1386,6 +1394,11 @@ def _announces(action_type: str) -> bool:
     """Noted on the ticket and sent to its hook once applied (not a notice)."""
     found = actions.find(action_type)
     return found is None or "applied" in found.hook_events
+
+
+def _signed_at(req: DecisionRequest) -> datetime:
+    """When the gate signed the decision (checked valid by the signature check before)."""
+    return datetime.fromisoformat(req.issued_at)
 
 
 def _approver(req: DecisionRequest) -> str:

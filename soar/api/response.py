@@ -603,6 +603,13 @@ async def send_decision(
         raise DecisionRefused(404, f"approval {approval_id} not found")
     if approval.status != "pending":
         raise DecisionRefused(409, f"approval {approval_id} is already {approval.status}")
+    if approval.expires_at is not None and approval.expires_at <= datetime.now(UTC):
+        # Pending past its time: the workflow has not got to expiring it yet (its worker is
+        # down or behind). No decision in time means the action is not taken.
+        why = f"approval {approval_id} expired at {approval.expires_at.isoformat()}"
+        gate.log_refusal(req, why)
+        DECISIONS.labels(channel=req.channel, outcome="refused").inc()
+        raise DecisionRefused(409, why)
     if await gate.self_approval(session, approval, req):
         why = f"{req.actor} may not decide an action against their own account"
         gate.log_refusal(req, why)

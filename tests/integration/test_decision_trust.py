@@ -4,6 +4,7 @@ cannot decide an action against their own account."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -147,3 +148,64 @@ async def test_no_self_approval(
             headers=bearer("approver"),
         )
         assert ok.status_code in (200, 202), ok.text
+
+
+async def test_a_decision_after_the_expiry_is_refused_while_the_workflow_is_behind(
+    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
+) -> None:
+    """The worker is down when the approval's time runs out. An approval after that is
+    refused by the API (409), and one that reaches the workflow anyway (signed, straight to
+    Temporal) is refused there when a worker comes back: no decision in time, nothing taken."""
+    from atlas_soar.worker import build_context, make_worker
+    from soar.decisions import decision_keys
+
+    settings = make_settings(db_url, temporal_address, task_queue, approval_timeout_seconds=6)
+    async with running_stack(settings, temporal_client, worker=False) as stack:
+        assert settings.database_url
+        ctx = build_context(settings, settings.database_url)
+        # workers of their own clients (the stack's client holds the stack's unstarted one)
+        first = await Client.connect(temporal_address)
+        async with make_worker(first, ctx, task_queue=task_queue):
+            r = await stack.post_detection(
+                detection(
+                    technique="AML.T0057",
+                    severity="critical",
+                    subject={"tenant": "acme", "user": "u-l", "session": "s-l", "api_key": "k-l"},
+                )
+            )
+            assert r.status_code == 202, r.text
+            iid, wid = r.json()["incident_id"], r.json()["workflow_id"]
+            approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
+        # no worker: the deadline passes with the workflow unable to expire the approval
+        types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
+        revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
+        apr = revoke["approval_id"]
+        await asyncio.sleep(7)
+        row = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
+        assert row.json()["status"] == "pending"
+        late = await stack.http.post(
+            f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("admin")
+        )
+        assert late.status_code == 409 and "expired" in late.text, late.text
+        # past the API: a decision the gate signed after the deadline, sent to Temporal
+        signed = sign_decision(
+            DecisionRequest(apr, "approve", "admin-user", "admin", approver="admin-user"),
+            decision_keys(settings)[0],
+            now=datetime.now(UTC),
+        )
+        handle = temporal_client.get_workflow_handle(wid)
+        sent = asyncio.create_task(handle.execute_update("decide", signed))
+        await asyncio.sleep(1)
+        second = await Client.connect(temporal_address)
+        async with make_worker(second, ctx, task_queue=task_queue):
+            with pytest.raises(WorkflowUpdateFailedError) as caught:
+                await asyncio.wait_for(sent, timeout=30)
+            assert "expired" in str(caught.value.cause)
+
+            async def expired() -> bool:
+                got = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
+                return bool(got.json()["status"] == "expired")
+
+            await eventually(expired, timeout=20)
+        assert not await stack.revoked("k-l")
+        assert (await action_of(stack, iid, revoke["action_id"]))["status"] != "applied"
