@@ -37,9 +37,19 @@ from soar.db import transaction
 
 EMAIL = "email"
 LINK_PATH = "/approvals/email/"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_SCHEME = re.compile(r"(?i)\b(https?|ftp|mailto|javascript|data|file)(:)")
-_WWW = re.compile(r"(?i)\bwww\.")
+# C0 and C1 controls but \t and \n (so also CR, VT, FF, the separators \x1c-\x1f and NEL \x85),
+# the Unicode line and paragraph separators (a mail client may break the line there: a fake
+# line), zero-width characters, bidi marks, overrides and isolates.
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff]"
+)
+# A scheme anywhere, even glued to a word ("_https:", "x1https:"), and any other "x://".
+_SCHEME = re.compile(r"(?i)(https?|ftps?|sftp|file|mailto|javascript|vbscript|data)(:)|:(?=//)")
+_WWW = re.compile(r"(?i)www\.")
+# A host name's dot: after a letter, digit or hyphen, before a label of 2 to 63 letters that
+# ends the word ("evil.example/x", "login.evil.co.uk", "eve@evil.example"); not the dot of
+# "AML.T0051", "e.g.", "4.1" or the end of a sentence. Each dot looks ahead at most 64 chars.
+_HOST_DOT = re.compile(r"(?<=[\w-])\.(?=[^\W\d_]{2,63}(?![\w-]))")
 _EXCERPT_MAX = 1000
 _FIELD_MAX = 300
 
@@ -74,8 +84,11 @@ def untrusted(text: str | None, limit: int = _FIELD_MAX) -> str:
     its own lines), no control or bidi characters, no live link, clipped."""
     if not text:
         return "-"
-    clean = _CONTROL.sub(" ", text.replace("\r\n", "\n"))
-    clean = _WWW.sub("www[.]", _SCHEME.sub(r"\1[:]", clean))
+    # Clipped first (one more than fits, so that a clipped value still shows the ellipsis):
+    # the work below is linear in what is shown, not in what the attacker sent.
+    clean = _CONTROL.sub(" ", text[: 2 * limit].replace("\r\n", "\n")[: limit + 1])
+    clean = _SCHEME.sub(lambda m: (m.group(1) or "") + "[:]", clean)
+    clean = _HOST_DOT.sub("[.]", _WWW.sub("www[.]", clean))
     return clean if len(clean) <= limit else clean[: limit - 1] + "\u2026"
 
 
@@ -149,7 +162,9 @@ def reminder_body(a: ApprovalBrief) -> str:
 
 
 def outcome_body(a: ApprovalBrief, outcome: Outcome) -> str:
-    return "\n".join([outcome_sentence(a, outcome) + ".", "", *_facts(a)])
+    # The sentence holds the target: one line, defanged, like every value from a detection.
+    sentence = header_text(outcome_sentence(a, outcome), 2 * _FIELD_MAX)
+    return "\n".join([sentence + ".", "", *_facts(a)])
 
 
 class EmailChannel:

@@ -125,11 +125,20 @@ def _csrf_cookie(state: AppState, token: str, csrf: str) -> str:
     return sign(ui_key(state), "email-csrf", payload)
 
 
+def same_text(a: str, b: str) -> bool:
+    """A constant-time comparison of any two strings: `compare_digest` refuses str with
+    non-ASCII characters (a TypeError, a 500), so it compares their UTF-8 bytes (lone
+    surrogates passed through, never an error)."""
+    return secrets.compare_digest(
+        a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass")
+    )
+
+
 def _csrf_ok(state: AppState, request: Request, token: str, submitted: str) -> bool:
     p = unsign(ui_key(state), "email-csrf", request.cookies.get(CSRF_COOKIE))
     if p is None or not submitted or p.get("t") != token_hash(token)[:16]:
         return False
-    return isinstance(p.get("c"), str) and secrets.compare_digest(p["c"], submitted)
+    return isinstance(p.get("c"), str) and same_text(p["c"], submitted)
 
 
 @router.get("/{token}")

@@ -3,7 +3,8 @@ escalation reminder, the reason modal, notices and refusals.
 
 Pure functions of the briefs, so they are unit-tested without Slack. Everything that comes
 from a detection (subject, target, excerpt) is attacker-influenced: it is escaped so that it
-cannot mention `@channel`, fake a link or break out of its code block.
+cannot mention `@channel`, fake a link or break out of its code block, and every mrkdwn text
+object is `verbatim` (`mrkdwn`), so Slack makes no link of a bare URL in it either.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ _OUTCOME = {
 def escape(text: str) -> str:
     """Slack's mrkdwn control characters; the only three it asks apps to escape."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mrkdwn(text: str) -> Block:
+    """A mrkdwn text object with `verbatim`: Slack then makes no link of a bare URL, a
+    #channel name or an @mention in it (an attacker's target or a model's summary is shown as
+    written); our own manual links (`<url|label>`, `<!date^...>`) still work."""
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
 
 
 def _clip(text: str, limit: int) -> str:
@@ -90,27 +98,25 @@ def _incident_fields(inc: IncidentBrief) -> list[Block]:
         f"*Risk score*\n{risk}",
         f"*Jira*\n{ticket}",
     ]
-    return [{"type": "mrkdwn", "text": _clip(f, _FIELD_MAX)} for f in fields]
+    return [mrkdwn(_clip(f, _FIELD_MAX)) for f in fields]
 
 
 def incident_blocks(inc: IncidentBrief) -> list[Block]:
     """What a human needs to judge the incident; never the raw prompt (the brief only
     carries the redacted excerpt)."""
     link = f"<{inc.url}|{escape(inc.incident_id)}>" if inc.url else escape(inc.incident_id)
-    done = "\n".join(f"\u2022 {escape(a)}" for a in inc.auto_actions) or "none"
+    # "block_session <target>": the target is the attacker's, shown as code like elsewhere.
+    done = "\n".join(f"\u2022 {_code(a)}" for a in inc.auto_actions) or "none"
     excerpt = _clip(inc.excerpt, _EXCERPT_MAX) if inc.excerpt else None
     blocks: list[Block] = [
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": f"*Incident* {link}"},
+            "text": mrkdwn(f"*Incident* {link}"),
             "fields": _incident_fields(inc),
         },
         {
             "type": "section",
-            "text": {
-                "type": "mrkdwn",
-                "text": _clip(f"*Already done automatically*\n{done}", 2900),
-            },
+            "text": mrkdwn(_clip(f"*Already done automatically*\n{done}", 2900)),
         },
     ]
     if excerpt:
@@ -118,7 +124,7 @@ def incident_blocks(inc: IncidentBrief) -> list[Block]:
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*Excerpt (redacted)*\n```{quoted}```"},
+                "text": mrkdwn(f"*Excerpt (redacted)*\n```{quoted}```"),
             }
         )
     if inc.analysis is not None:
@@ -144,7 +150,7 @@ def summary_block(inc: IncidentBrief) -> Block:
         f"*Summary* _({who})_\n{escape(a.summary)}\n*Likely intent:* {escape(a.likely_intent)}"
         + (f"\n*Suggested next steps*\n{steps}" if steps else "")
     )
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, 2900)}}
+    return {"type": "section", "text": mrkdwn(_clip(text, 2900))}
 
 
 def approval_text(a: ApprovalBrief) -> str:
@@ -171,21 +177,20 @@ def _what(a: ApprovalBrief) -> Block:
     progress = progress_text(a)
     if progress:
         text += f"\n:ballot_box_with_check: *{escape(progress)}*"
-    return {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, 2900)}}
+    return {"type": "section", "text": mrkdwn(_clip(text, 2900))}
 
 
 def decision_buttons(a: ApprovalBrief) -> Block:
     """Both buttons carry the approval id: the interactivity route needs nothing else."""
     confirm = {
         "title": {"type": "plain_text", "text": "Approve?"},
-        "text": {
-            "type": "mrkdwn",
-            "text": _clip(
+        "text": mrkdwn(
+            _clip(
                 f"{escape(action_label(a.action_type))} {_code(a.target)} now. "
                 + escape(actions.undo_note(a.action_type, a.duration_seconds)[1]),
                 300,
-            ),
-        },
+            )
+        ),
         "confirm": {"type": "plain_text", "text": "Approve"},
         "deny": {"type": "plain_text", "text": "Cancel"},
     }
@@ -214,7 +219,7 @@ def decision_buttons(a: ApprovalBrief) -> Block:
 
 def _footer(a: ApprovalBrief, extra: str = "") -> Block:
     text = f"Approval `{escape(a.approval_id)}` \u00b7 expires {slack_date(a.expires_at)}"
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text + extra}]}
+    return {"type": "context", "elements": [mrkdwn(text + extra)]}
 
 
 def approval_blocks(a: ApprovalBrief) -> list[Block]:
@@ -254,7 +259,7 @@ def outcome_blocks(a: ApprovalBrief, status: str, by: str | None, at: str) -> li
         _header(f"{word}: {action_label(a.action_type)}"),
         _what(a),
         *incident_blocks(a.incident),
-        {"type": "section", "text": {"type": "mrkdwn", "text": outcome_line(status, by, at)}},
+        {"type": "section", "text": mrkdwn(outcome_line(status, by, at))},
         _footer(a),
     ]
 
@@ -276,7 +281,7 @@ def reminder_text(a: ApprovalBrief) -> str:
 
 def notice_blocks(inc: IncidentBrief, text: str) -> list[Block]:
     return [
-        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(escape(text), 2900)}},
+        {"type": "section", "text": mrkdwn(_clip(escape(text), 2900))},
         *incident_blocks(inc),
     ]
 
@@ -343,12 +348,7 @@ def reason_modal(a: ApprovalBrief, ctx: ModalContext) -> dict[str, Any]:
             _what(a),
             {
                 "type": "context",
-                "elements": [
-                    {
-                        "type": "mrkdwn",
-                        "text": _incident_line(a),
-                    }
-                ],
+                "elements": [mrkdwn(_incident_line(a))],
             },
             {
                 "type": "input",

@@ -102,8 +102,11 @@ class NativeDetection(BaseModel):
 
 
 def _identifier(v: str | None) -> str | None:
-    if v is not None and has_unsafe_chars(v):
-        raise ValueError("must not contain control or bidirectional-override characters")
+    # U+2028 / U+2029 break a line in mail clients, editors and JavaScript, like a line feed.
+    if v is not None and (has_unsafe_chars(v) or "\u2028" in v or "\u2029" in v):
+        raise ValueError(
+            "must not contain control, line-separator or bidirectional-override characters"
+        )
     return v
 
 
