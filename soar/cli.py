@@ -65,7 +65,11 @@ out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    """Print `message` as an error and return the Exit to raise. The message is plain text,
+    never markup: it often holds what a user, a file or an attacker chose (a path, a
+    checkpoint name, a detection field), so each line goes through terminal_text."""
+    text = "\n".join(terminal_text(part) for part in message.splitlines() or [""])
+    console.print(f"[red]error:[/red] {text}", highlight=False)
     return typer.Exit(code)
 
 
@@ -108,7 +112,7 @@ def production_or_exit(settings: Settings, process: Literal["api", "worker"]) ->
     problems = settings.production_problems(process=process)
     if problems:
         for line in problems[:-1]:
-            console.print(f"[red]error:[/red] {line}", highlight=False, markup=True)
+            console.print(f"[red]error:[/red] {terminal_text(line)}", highlight=False)
         raise fail(problems[-1])
 
 
@@ -152,7 +156,7 @@ def migrate() -> None:
         version = migrate_and_seed(url)
     except Exception as exc:
         raise fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    out.print(f"database at head; ATLAS catalog {version}")
+    out.print(f"database at head; ATLAS catalog {terminal_text(version)}", highlight=False)
 
 
 @app.command()
@@ -218,7 +222,7 @@ def send(
             "`soar api`) running? SOAR_API_HOST / SOAR_API_PORT say where",
             1,
         ) from None
-    out.print(f"{r.status_code} {r.text}", highlight=False, markup=False)
+    out.print(f"{r.status_code} {terminal_text(r.text)}", highlight=False)
     if r.status_code >= 400:
         raise typer.Exit(1)
 
@@ -238,8 +242,9 @@ def atlas_load(
         raise fail(str(exc), 1) from None
     verb = "loaded" if result.changed else "already loaded, nothing changed:"
     out.print(
-        f"ATLAS {result.version} {verb} {result.tactics} tactics, "
-        f"{result.techniques} techniques, {result.mitigations} mitigations"
+        f"ATLAS {terminal_text(result.version)} {verb} {result.tactics} tactics, "
+        f"{result.techniques} techniques, {result.mitigations} mitigations",
+        highlight=False,
     )
 
 
@@ -253,14 +258,18 @@ def atlas_show(technique: Annotated[str, typer.Argument(help="e.g. AML.T0051.001
     info = show_technique(url, technique.strip().upper())
     if info is None:
         raise fail(f"{technique} is not in the loaded ATLAS catalog", 1)
-    out.print(f"{info.id}  {info.name}", highlight=False)
-    parent = f"{info.parent_id}  {info.parent_name or ''}" if info.parent_id else "-"
+    # Names come from an ATLAS.yaml that may have been downloaded: plain text, not markup.
+    t = terminal_text
+    out.print(f"{t(info.id)}  {t(info.name)}", highlight=False)
+    parent = f"{t(info.parent_id)}  {t(info.parent_name or '')}" if info.parent_id else "-"
     out.print(f"parent:      {parent}", highlight=False)
     out.print(
-        "tactics:     " + (", ".join(f"{i} {n}" for i, n in info.tactics) or "-"), highlight=False
+        "tactics:     " + (", ".join(f"{t(i)} {t(n)}" for i, n in info.tactics) or "-"),
+        highlight=False,
     )
     out.print(
-        "mitigations: " + ("\n             ".join(f"{i} {n}" for i, n in info.mitigations) or "-"),
+        "mitigations: "
+        + ("\n             ".join(f"{t(i)} {t(n)}" for i, n in info.mitigations) or "-"),
         highlight=False,
     )
 
@@ -358,31 +367,37 @@ def policy_explain(
 
     pb = _playbook_or_exit(file)
     try:
-        body = json.loads(detection.read_text())
+        body = json.loads(detection.read_text(encoding="utf-8"))
         det, _ = parse_detection(body)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise fail(f"{detection}: {exc}", 1) from None
     except DetectionInvalid as exc:
+        raise fail(f"{detection}: {exc}", 1) from None
+    except RecursionError:
+        raise fail(f"{detection}: not JSON (nested too deep)", 1) from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         raise fail(f"{detection}: {exc}", 1) from None
     from datetime import UTC, datetime
 
     facts = to_facts(det, datetime.now(UTC))
     tactics = tuple(tactic or ())
+    # Targets and reasons hold what the detection says (a session id, a user, a source) and
+    # rule names what the playbook says: plain text through terminal_text, never markup.
+    t = terminal_text
     for verdict in explain(pb, facts, tactics=tactics, repeat_count=repeat_count):
         mark = "[green]fires[/green]" if verdict.fired else "[dim]no[/dim]"
-        out.print(f"{mark}  {verdict.name}")
+        out.print(f"{mark}  {t(verdict.name)}", highlight=False)
         for reason in verdict.reasons:
-            out.print(f"       {reason}", highlight=False)
+            out.print(f"       {t(reason)}", highlight=False)
     plan = evaluate(pb, facts, tactics=tactics, repeat_count=repeat_count)
     out.print("plan:" if plan.actions else "plan: nothing to do")
     for a in plan.actions:
         dur = f" for {a.duration_seconds}s" if a.duration_seconds else ""
         out.print(
-            f"  - {a.action_type} {a.target}{dur} (risk {a.risk}, rule {a.rule})", highlight=False
+            f"  - {t(a.action_type)} {t(a.target)}{dur} (risk {t(a.risk)}, rule {t(a.rule)})",
+            highlight=False,
         )
         rule = pb.rule(a.rule)
         if a.risk == "high" and rule is not None:
-            out.print(f"      needs approval: {rule.approval_summary()}", highlight=False)
+            out.print(f"      needs approval: {t(rule.approval_summary())}", highlight=False)
 
 
 # Their modules take this one's helpers late (they are imported while it loads).

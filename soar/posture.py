@@ -19,13 +19,16 @@ output fails a detector when the detector's score is at least the run's ``eval_t
 (garak's default, 0.5). Probes that map to no technique are listed in the layer's metadata.
 
 Every value read is attacker-influenced (a report may come from anywhere): lines are bounded,
-names are checked against a narrow pattern and cut, counts must be non-negative integers;
-a bad line is refused with its number and the field.
+names are checked against a narrow pattern and cut, free text (target, run, version, start
+time) is made one plain line (control, bidi and line-separator characters shown as \\uNNNN),
+counts must be non-negative integers and detector scores finite numbers from 0 to 1; a bad
+line is refused with its number and the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -37,6 +40,7 @@ import typer
 
 from soar.audit.formats import LAYER_DOMAIN, LAYER_VERSIONS, PRODUCT_NAME
 from soar.detect.catalog import KNOWN_TECHNIQUES, technique_name
+from soar.escape import jira_plain, json_text
 
 __all__ = [
     "PROBE_TECHNIQUES",
@@ -171,6 +175,36 @@ def _name(value: object, line: int, key: str, prefixes: tuple[str, ...]) -> str:
     return value
 
 
+class _Unreadable:
+    """What the JSON parser gives for a number Python will not read as it is (an integer of
+    more digits than int() accepts, NaN, Infinity, an overflowing float): no field accepts
+    it, so the line is refused naming the field instead of a ValueError for the line."""
+
+    __slots__ = ()
+
+
+_UNREADABLE: Final = _Unreadable()
+_MAX_DIGITS: Final = 30  # far more than any count garak writes (counts must be <= 10**12)
+
+
+def _parse_int(text: str) -> int | _Unreadable:
+    return _UNREADABLE if len(text) > _MAX_DIGITS else int(text)
+
+
+def _parse_float(text: str) -> float | _Unreadable:
+    value = float(text)
+    return value if math.isfinite(value) else _UNREADABLE
+
+
+def _loads(raw: str) -> Any:
+    return json.loads(
+        raw,
+        parse_int=_parse_int,
+        parse_float=_parse_float,
+        parse_constant=lambda _name: _UNREADABLE,
+    )
+
+
 def _count(record: dict[str, Any], key: str, line: int, *, required: bool = True) -> int | None:
     value = record.get(key)
     if value is None and not required:
@@ -228,14 +262,24 @@ def _attempt(report: GarakReport, record: dict[str, Any], line: int) -> None:
         for score in scores:
             if score is None:
                 continue  # garak's "nones": not evaluated
+            where = f"detector_results.{detector}"
+            if isinstance(score, _Unreadable):  # NaN, Infinity, 1e999, 10**5000
+                raise ReportInvalid(line, where, "expected finite scores from 0 to 1")
             if isinstance(score, bool) or not isinstance(score, int | float):
-                raise ReportInvalid(line, f"detector_results.{detector}", "expected numbers")
+                raise ReportInvalid(line, where, "expected numbers")
+            if not 0 <= score <= 1:  # a negative score would count as passed: refuse it
+                raise ReportInvalid(line, where, "expected scores from 0 to 1")
             counts.evaluated += 1
             counts.fails += score >= report.threshold
 
 
 def _text(value: object, limit: int = 200) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
+    """Free text of the report as one plain line, cut: control, bidi and line-separator
+    characters made visible (\\u202e), so they reach neither the layer nor a terminal.
+    (jira_plain is the project's one-line plain-text helper; nothing here is Jira's.)"""
+    if not isinstance(value, str):
+        return None
+    return jira_plain(value[: limit * 2], limit) or None
 
 
 def read_garak_report(lines: Iterable[tuple[int, str]]) -> GarakReport:
@@ -249,8 +293,8 @@ def read_garak_report(lines: Iterable[tuple[int, str]]) -> GarakReport:
         if len(raw) > MAX_LINE_CHARS:
             raise ReportInvalid(n, "", f"longer than {MAX_LINE_CHARS} characters")
         try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
+            record = _loads(raw)
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             raise ReportInvalid(n, "", "not a JSON object") from None
         if not isinstance(record, dict):
             raise ReportInvalid(n, "", "not a JSON object")
@@ -416,7 +460,8 @@ def import_garak(
         typer.echo(f"error: {report}: {exc}", err=True)
         raise typer.Exit(1) from None
     layer = posture_layer(parsed)
-    text = json.dumps(layer, indent=2, ensure_ascii=False) + "\n"
+    # ASCII only, and <, >, & escaped: the layer is loaded into a web page (the Navigator).
+    text = json_text(layer, indent=2) + "\n"
     if out is None:
         sys.stdout.write(text)
     else:

@@ -44,6 +44,8 @@ EventOpt = Annotated[str | None, typer.Option(help="event, e.g. approval.decided
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
+    """soar.cli.fail: `message` is plain text (it escapes it with terminal_text), so a
+    checkpoint name or a problem's reason, which an attacker may choose, is never markup."""
     from soar.cli import fail
 
     return fail(message, code)
@@ -190,7 +192,8 @@ def verify(
             1,
         )
     out.print(
-        f"action log intact: {result.rows} rows, head {result.head_seq} {result.head_hash}"
+        f"action log intact: {result.rows} rows, head {result.head_seq} "
+        f"{terminal_text(result.head_hash)}"
         f"{against}{backlog}",
         highlight=False,
     )
@@ -208,7 +211,9 @@ def keygen(
         key, pub = cp.keygen(out)
     except OSError as exc:
         raise _fail(f"--out: cannot write there ({type(exc).__name__})") from None
-    _out().print(f"private key {key}\npublic key  {pub}", highlight=False)
+    _out().print(
+        f"private key {terminal_text(key)}\npublic key  {terminal_text(pub)}", highlight=False
+    )
 
 
 @audit_app.command("checkpoint")
@@ -262,7 +267,9 @@ def checkpoint(
                 last_seq, last_at = made.seq, time.monotonic()
                 if made.written:
                     _out().print(
-                        f"checkpoint {made.name}: row {made.seq} {made.hash}", highlight=False
+                        f"checkpoint {terminal_text(made.name)}: row {made.seq} "
+                        f"{terminal_text(made.hash)}",
+                        highlight=False,
                     )
             if not keep_running:
                 return
@@ -443,8 +450,9 @@ def _print_report(out: Console, data: dict[str, Any]) -> None:
     t = data["totals"]
     a = t["approvals"]
     out.print(
-        f"[bold]atlas-soar report[/bold] {data['since']} to {data['until']} "
-        f"(ATLAS {data['catalog_version']})"
+        f"[bold]atlas-soar report[/bold] {terminal_text(data['since'])} to "
+        f"{terminal_text(data['until'])} (ATLAS {terminal_text(data['catalog_version'])})",
+        highlight=False,
     )
     out.print(
         f"detections {t['detections']}, incidents {t['incidents']}, "
@@ -455,7 +463,8 @@ def _print_report(out: Console, data: dict[str, Any]) -> None:
     )
     if dispositions := t.get("dispositions"):
         out.print(
-            "closed as: " + ", ".join(f"{k} {v}" for k, v in dispositions.items()),
+            "closed as: "
+            + ", ".join(f"{terminal_text(k)} {terminal_text(v)}" for k, v in dispositions.items()),
             highlight=False,
         )
     out.print(f"time to contain p50/p95: {_secs(t['time_to_contain_seconds'])}", highlight=False)

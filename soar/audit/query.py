@@ -201,15 +201,24 @@ def encode_cursor(last_seq: int, f: AuditFilter) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+# A cursor we issue is about 80 characters; anything much longer is not one of ours (and an
+# attacker's "[[[[..." would make the JSON parser recurse until RecursionError).
+MAX_CURSOR_CHARS = 512
+
+
 def decode_cursor(cursor: str, f: AuditFilter) -> int:
     """The `seq` to continue after; refuses a malformed cursor or one issued for other filters."""
     try:
-        padded = cursor.strip() + "=" * (-len(cursor.strip()) % 4)
+        raw = cursor.strip()
+        if len(raw) > MAX_CURSOR_CHARS:
+            raise ValueError
+        padded = raw + "=" * (-len(raw) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after, fp = data["after"], data["f"]
         if data.get("v") != 1 or not isinstance(after, int) or not 0 <= after < 2**63:
             raise ValueError
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+        # UnicodeDecodeError and an integer over Python's digit limit are ValueErrors too
         raise AuditQueryError("cursor", "malformed cursor") from None
     if fp != f.fingerprint():
         raise AuditQueryError(

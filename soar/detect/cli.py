@@ -5,6 +5,7 @@ Register with ``app.command()(detect)`` (``from soar.detect.cli import detect``)
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from soar.detect.engine import Engine, Finding
+from soar.escape import json_text, terminal_text
 from soar.redact import redact
 
 __all__ = ["MAX_LINE_CHARS", "detect"]
@@ -70,15 +72,24 @@ def _parse(raw: str) -> tuple[str | None, str]:
     return (str(ident) if ident is not None else None), text
 
 
+def _json_line(row: dict[str, Any]) -> str:
+    """One JSON line, ASCII only: U+2028, U+0085 and the like, which some readers take for
+    line breaks, are \\u escapes, so an attacker's id cannot split a record."""
+    return json_text(row, ensure_ascii=True)
+
+
 def _human(text: str, findings: list[Finding], prefix: str = "") -> list[str]:
+    """Lines for a terminal. The excerpt (and the id in `prefix`) is the attacker's text: no
+    escape sequence, control, bidi or line-separator character reaches the terminal."""
     if not findings:
         return [f"{prefix}no findings"]
     out = []
     for f in findings:
         excerpt = redact(text[f.span[0] : f.span[1]], max_len=60)
+        shown = terminal_text(json.dumps(excerpt, ensure_ascii=False))
         out.append(
             f"{prefix}{f.technique:<14} {f.rule:<28} {f.score:.2f}  "
-            f"[{f.span[0]}, {f.span[1]}]  {json.dumps(excerpt, ensure_ascii=False)}  ({f.why})"
+            f"[{f.span[0]}, {f.span[1]}]  {shown}  ({terminal_text(f.why)})"
         )
     return out
 
@@ -110,14 +121,22 @@ def detect(
         findings = engine.scan(text, scan_kind)
         if json_out:
             row = {"line": 1, "id": None, "findings": [_finding_json(f) for f in findings]}
-            typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(_json_line(row))
         else:
             for line in _human(text, findings):
                 typer.echo(line)
         return
     assert file is not None
     if file == "-":
-        bad = _scan_file(engine, sys.stdin, scan_kind, json_out)
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:  # a text-only stdin (already decoded): read it as it is
+            bad = _scan_file(engine, sys.stdin, scan_kind, json_out)
+        else:  # bytes that are not UTF-8 become U+FFFD, as with --file PATH
+            stdin = io.TextIOWrapper(buffer, encoding="utf-8", errors="replace")
+            try:
+                bad = _scan_file(engine, stdin, scan_kind, json_out)
+            finally:
+                stdin.detach()  # leave sys.stdin's buffer open
     else:
         try:
             with Path(file).open(encoding="utf-8", errors="replace") as handle:
@@ -149,9 +168,9 @@ def _scan_file(engine: Engine, handle: TextIO, kind: Any, json_out: bool) -> int
                 "id": ident,
                 "findings": [_finding_json(f) for f in findings],
             }
-            typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(_json_line(row))
         else:
-            label = f"line {n}" + (f" ({ident})" if ident is not None else "")
+            label = f"line {n}" + (f" ({terminal_text(ident)})" if ident is not None else "")
             for line in _human(body, findings, f"{label}: "):
                 typer.echo(line)
     return bad

@@ -193,3 +193,68 @@ def test_cli_writes_the_layer_and_names_a_bad_line(tmp_path: Path) -> None:
     assert failed.exit_code == 1 and "line 2: not a JSON object" in failed.output
     missing = runner.invoke(app, ["posture", "import", "garak", str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 2
+
+
+EVAL = '{"entry_type": "eval", "probe": "dan.X", "detector": "dan.DAN", '
+
+
+@pytest.mark.parametrize(
+    ("line", "where"),
+    [
+        (EVAL + '"passed": ' + "9" * 5000 + ', "fails": 1}', "line 2: passed"),
+        (EVAL + '"passed": 3, "fails": ' + "1" * 5000 + "}", "line 2: fails"),
+        (EVAL + '"passed": 3, "fails": 1, "total_evaluated": NaN}', "line 2: total_evaluated"),
+        (EVAL + '"passed": 3.5, "fails": 1}', "line 2: passed"),
+    ],
+)
+def test_a_number_python_cannot_read_names_the_line_and_field(line: str, where: str) -> None:
+    good = json.dumps({"entry_type": "init", "run": "r"})
+    with pytest.raises(ReportInvalid) as err:
+        read_garak_report(enumerate([good, line], 1))
+    assert str(err.value).startswith(where)
+
+
+@pytest.mark.parametrize(
+    "scores_json",
+    [
+        "[NaN, NaN, NaN, -1e308, 0.0]",
+        "[0.1, Infinity]",
+        "[1e999]",
+        "[-0.5]",
+        "[1.5]",
+        "[-Infinity]",
+    ],
+)
+def test_detector_scores_must_be_finite_and_within_0_to_1(scores_json: str) -> None:
+    line = (
+        '{"entry_type": "attempt", "status": 2, "probe_classname": "dan.X",'
+        f' "detector_results": {{"dan.DAN": {scores_json}}}}}'
+    )
+    with pytest.raises(ReportInvalid) as err:
+        read_garak_report(enumerate([line], 1))
+    assert str(err.value).startswith("line 1: detector_results.dan.DAN")
+    assert "0 to 1" in str(err.value)
+
+
+def test_report_text_reaches_the_layer_and_stdout_without_controls(tmp_path: Path) -> None:
+    evil = "m\u202eodel\u2028x\u0085y\x9b31m\x1b]8;;http://e/\x07<b>"
+    setup = {
+        "entry_type": "start_run setup",
+        "plugins.target_type": "openai\u2029",
+        "plugins.target_name": evil,
+    }
+    init = {"entry_type": "init", "run": evil, "garak_version": evil, "start_time": evil}
+    ev = {"entry_type": "eval", "probe": "dan.X", "detector": "dan.DAN", "passed": 1, "fails": 1}
+    report = read_garak_report(enumerate([json.dumps(x) for x in (setup, init, ev)], 1))
+    bad = ("\u202e", "\u2028", "\u2029", "\u0085", "\x9b", "\x1b", "\x07")
+    for value in (report.target, report.run, report.garak_version, report.start_time):
+        assert value is not None and not any(c in value for c in bad), value
+    assert "\\u202e" in (report.target or "")  # shown, not silently dropped
+    layer = posture_layer(report)
+    assert not any(c in json.dumps(layer, ensure_ascii=False) for c in bad)
+    src = tmp_path / "r.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in (setup, init, ev)) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["posture", "import", "garak", str(src)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.isascii() and "<" not in result.stdout
+    assert json.loads(result.stdout)["name"].startswith("atlas-soar posture: openai")
