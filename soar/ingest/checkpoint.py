@@ -3,10 +3,14 @@
 It holds the number of lines fully done (a contiguous prefix), the SHA-256 of that prefix's
 bytes (so a changed file is noticed, and stdin can resume too), the tally of those lines, and
 `sent_upto`: every line up to it may have reached the intake (it is written *before* those
-lines are sent). On resume a line past the prefix but within `sent_upto` that the intake calls
-a duplicate, and whose id no earlier line of the file had, was accepted by the interrupted
-run: it is counted as accepted, once. A run that reaches the end removes its checkpoint, so
-running the same file again reports every line as a duplicate.
+lines are sent), and `settled`: the results of lines past the prefix that the intake had
+answered when the checkpoint was written (they are not sent again). On resume a line past
+the prefix but within `sent_upto`, not in `settled`, that the intake calls a duplicate, and
+whose id no earlier line of the file had, may have been accepted by the interrupted run (its
+answer lost) or may have been a duplicate already (pre-registered, never sent): it is
+counted as `resumed` ("accepted or duplicate"), never claimed as accepted. A run that reaches
+the end removes its checkpoint, so running the same file again reports every line as a
+duplicate.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 LIST_MAX = 1000  # invalid / unmapped lines kept by line number (all are counted)
-OUTCOMES = ("accepted", "duplicate", "clean", "unmapped", "invalid")
+OUTCOMES = ("accepted", "duplicate", "clean", "unmapped", "invalid", "resumed")
 
 
 @dataclass(frozen=True)
 class Result:
     line: int
-    outcome: str  # accepted | duplicate | clean | unmapped | invalid | blank
+    outcome: str  # accepted | duplicate | clean | unmapped | invalid | resumed | blank
     key: str | None = None
     reason: str | None = None
 
@@ -77,6 +81,27 @@ def checkpoint_path(home: Path, identity: dict[str, Any]) -> Path:
     return home / "ingest" / f"{digest[:32]}.json"
 
 
+def _results(rows: list[Any], *, after: int) -> list[Result]:
+    """The saved results past line `after` (a malformed one is dropped: that line is sent
+    again, which the intake's idempotency makes safe)."""
+    out = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 4):
+            continue
+        n, outcome, key, reason = row
+        if not (isinstance(n, int) and n > after and outcome in (*OUTCOMES, "blank")):
+            continue
+        out.append(
+            Result(
+                n,
+                outcome,
+                key if isinstance(key, str) else None,
+                reason if isinstance(reason, str) else None,
+            )
+        )
+    return out
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -85,6 +110,7 @@ class Checkpoint:
     prefix_sha256: str = hashlib.sha256().hexdigest()
     sent_upto: int = 0
     tally: Tally = field(default_factory=Tally)
+    settled: list[Result] = field(default_factory=list)
 
     @classmethod
     def open(cls, home: Path, identity: dict[str, Any]) -> Checkpoint:
@@ -101,6 +127,7 @@ class Checkpoint:
                 prefix_sha256=str(data["prefix_sha256"]),
                 sent_upto=int(data["sent_upto"]),
                 tally=Tally.from_json(data.get("tally") or {}),
+                settled=_results(data.get("settled") or [], after=int(data["done"])),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return cls(path, identity)
@@ -116,6 +143,7 @@ class Checkpoint:
             "prefix_sha256": self.prefix_sha256,
             "sent_upto": self.sent_upto,
             "tally": self.tally.as_json(),
+            "settled": [[r.line, r.outcome, r.key, r.reason] for r in self.settled],
         }
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(body, f)

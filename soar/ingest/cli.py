@@ -29,7 +29,16 @@ from rich.table import Table
 from rich.text import Text
 
 from soar.ingest.checkpoint import Checkpoint, Result, Tally
-from soar.ingest.run import Aborted, Ingest, InputChanged, Options, Poster, read_lines
+from soar.ingest.run import (
+    MAX_SKIP_BYTES,
+    Aborted,
+    EndlessLine,
+    Ingest,
+    InputChanged,
+    Options,
+    Poster,
+    read_lines,
+)
 from soar.intake.schema import TECHNIQUE_RE
 
 LISTED = 50  # invalid / unmapped lines shown in the closing table (all are counted)
@@ -52,12 +61,15 @@ def _safe(value: str, limit: int = 300) -> str:
     return "".join(c if c.isprintable() else "\ufffd" for c in value[:limit])
 
 
-def count_lines(path: Path) -> int:
+def count_lines(f: IO[bytes]) -> int:
+    """The lines of a regular file, read through its own descriptor (then back at 0)."""
     n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
+    fd = f.fileno()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        n += chunk.count(b"\n")
+        last = chunk[-1:]
+        offset += len(chunk)
     return n + (0 if last == b"\n" else 1)
 
 
@@ -118,10 +130,20 @@ def closing_table(tally: Tally, *, resumed: int, dry_run: bool) -> list[Table]:
         ("unmapped", c["unmapped"]),
         ("invalid", c["invalid"]),
     ]
+    if c["resumed"]:
+        rows.insert(1, ("accepted or duplicate (resumed)", c["resumed"]))
     for name, n in rows:
         summary.add_row(name, f"{n:,}")
+    notes = []
     if resumed:
-        summary.caption = f"resumed: lines 1-{resumed} were settled by the interrupted run"
+        notes.append(f"resumed: lines 1-{resumed} were settled by the interrupted run")
+    if c["resumed"]:
+        notes.append(
+            "accepted or duplicate: a duplicate now, and maybe sent by the interrupted run "
+            "(its answer lost)"
+        )
+    if notes:
+        summary.caption = "\n".join(notes)
     tables = [summary]
     if tally.invalid:
         t = Table(title="invalid lines")
@@ -145,15 +167,20 @@ def closing_table(tally: Tally, *, resumed: int, dry_run: bool) -> list[Table]:
 
 
 def _open(file: str) -> tuple[IO[bytes], bool, int | None, str]:
+    """The input, whether it is a regular file, its number of lines (a regular file's only:
+    a pipe or a device is read once, as it streams) and its name for the checkpoint."""
     if file == "-":
         mode = os.fstat(sys.stdin.fileno()).st_mode
         return sys.stdin.buffer, stat.S_ISREG(mode), None, "-"
     path = Path(file)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+        if not regular:  # <(cmd), a named pipe, /dev/stdin, a device: like stdin
+            return f, False, None, str(path.absolute())
+        return f, True, count_lines(f), str(path.resolve())
     except OSError as exc:
         raise _cli().fail(f"{file}: {exc.strerror or exc}", 2) from None
-    return f, True, count_lines(path), str(path.resolve())
 
 
 def ingest(
@@ -198,7 +225,7 @@ def ingest(
     f, regular, total, name = _open(file)
     try:
         if dry_run:
-            code = _dry_run(f, settings, technique=technique, tenant=tenant)
+            code = _dry_run(f, settings, regular=regular, technique=technique, tenant=tenant)
         else:
             code = _send(
                 f,
@@ -304,14 +331,17 @@ def _send(
     return 1 if tally.counts["invalid"] else 0
 
 
-def _dry_run(f: IO[bytes], settings: Any, *, technique: str | None, tenant: str) -> int:
+def _dry_run(
+    f: IO[bytes], settings: Any, *, regular: bool, technique: str | None, tenant: str
+) -> int:
     from soar.detect import Engine
     from soar.ingest.dryrun import InfoLookup, builtin_info, enrich_line
 
     cli = _cli()
 
-    async def main() -> Tally:
-        tally = Tally()
+    tally = Tally()
+
+    async def main() -> None:
         engine = Engine.default()
         info: InfoLookup = builtin_info
         db = None
@@ -332,8 +362,9 @@ def _dry_run(f: IO[bytes], settings: Any, *, technique: str | None, tenant: str)
             except Exception:  # no database here: the built-in catalog will do
                 cli.console.print("database unreachable: using the built-in ATLAS catalog")
         seen: set[str] = set()
+        lines = read_lines(f, skip_max=None if regular else MAX_SKIP_BYTES)
         try:
-            for number, (raw, _) in enumerate(read_lines(f), start=1):
+            for number, (raw, _) in enumerate(lines, start=1):
                 result, shown = await enrich_line(
                     number, raw, engine=engine, info=info, technique=technique, tenant=tenant
                 )
@@ -350,9 +381,14 @@ def _dry_run(f: IO[bytes], settings: Any, *, technique: str | None, tenant: str)
         finally:
             if db is not None:
                 await db.dispose()
-        return tally
 
-    tally = asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EndlessLine as exc:
+        for t in closing_table(tally, resumed=0, dry_run=True):
+            cli.console.print(t)
+        cli.console.print(f"[red]error:[/red] {_safe(str(exc), 500)}", highlight=False)
+        return 1
     for t in closing_table(tally, resumed=0, dry_run=True):
         cli.console.print(t)
     return 1 if tally.counts["invalid"] else 0

@@ -21,14 +21,18 @@ from typing import IO, Any
 
 import httpx
 
+from soar.api.jsonsafe import JSONRefused, parse_json_sync
 from soar.detect import Engine
 from soar.gateway.reporter import sign
 from soar.ingest.checkpoint import Checkpoint, Result, Tally
 from soar.ingest.lines import MAX_LINE_BYTES, Line, detection_key, is_alert, kind_of, parse_line
 
 SENT_WINDOW = 256  # lines pre-registered in the checkpoint before they are sent
+SETTLED_KEPT = 10_000  # answers past the settled prefix kept in the checkpoint (not resent)
 SAVE_EVERY = 1.0  # seconds between checkpoint writes (also at every pre-registration)
 RETRY_AFTER_MAX = 60.0
+SKIP_CHUNK = 1024 * 1024  # the rest of an over-long line is read (and dropped) this much at once
+MAX_SKIP_BYTES = 1024**3  # a stream's line longer than this stops the run (see read_lines)
 
 
 class Aborted(Exception):
@@ -40,23 +44,37 @@ class InputChanged(Exception):
     """The input's first lines differ from those the checkpoint was made from."""
 
 
-def read_lines(f: IO[bytes]) -> Iterator[tuple[bytes, bytes]]:
-    """Each line (at most MAX_LINE_BYTES + 1 bytes of it) and all of its bytes' worth for
-    the prefix digest (the whole line, however long)."""
+class EndlessLine(Aborted):
+    """A stream's line runs on past MAX_SKIP_BYTES without a line break."""
+
+
+def read_lines(f: IO[bytes], *, skip_max: int | None = None) -> Iterator[tuple[bytes, str]]:
+    """Each line (at most MAX_LINE_BYTES + 1 bytes of it: a longer one is invalid) and the
+    SHA-256 of the input up to the end of that line (the prefix digest). The rest of an
+    over-long line is read and hashed a chunk at a time and dropped, never held whole. With
+    `skip_max` (a stream, which may never end: /dev/zero), a line running on past that many
+    bytes raises EndlessLine; a regular file's line is read to its end, however long."""
+    hasher = hashlib.sha256()
+    number = 0
     while True:
         raw = f.readline(MAX_LINE_BYTES + 1)
         if not raw:
             return
-        whole = raw
+        number += 1
+        hasher.update(raw)
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            rest = [raw]
-            while True:
-                more = f.readline(1024 * 1024)
-                rest.append(more)
-                if not more or more.endswith(b"\n"):
+            size = len(raw)
+            while more := f.readline(SKIP_CHUNK):
+                hasher.update(more)
+                size += len(more)
+                if more.endswith(b"\n"):
                     break
-            whole = b"".join(rest)
-        yield raw, whole
+                if skip_max is not None and size > skip_max:
+                    raise EndlessLine(
+                        f"line {number}: over {skip_max:,} bytes without a line break "
+                        "(is this a JSONL stream?)"
+                    )
+        yield raw, hasher.hexdigest()
 
 
 def _reasons(r: httpx.Response) -> str:
@@ -164,10 +182,13 @@ class Options:
 
 
 def _key_only(raw: bytes) -> str | None:
-    """The detection id a line of the already-done prefix stands for (no engine scan)."""
+    """The detection id a line of the already-done prefix stands for (no engine scan); None
+    for a line the first run found invalid (too long, not JSON, nested too deep)."""
+    if len(raw) > MAX_LINE_BYTES:
+        return None
     try:
-        obj = json.loads(raw)
-    except ValueError:
+        obj = parse_json_sync(raw.strip())
+    except (JSONRefused, UnicodeDecodeError):
         return None
     if not isinstance(obj, dict):
         return None
@@ -196,6 +217,8 @@ class Ingest:
         self.resumed = checkpoint.done
         self.resumed_sent_upto = checkpoint.sent_upto  # 0 for a fresh checkpoint
         self._pending: dict[int, Result] = {}
+        # Lines past the prefix the interrupted run had the intake's answer for: not resent.
+        self._known = {r.line: r for r in checkpoint.settled if r.line > checkpoint.done}
         self._digests: dict[int, str] = {}
         self._seen: set[str] = set()
         self._inflight: dict[str, asyncio.Future[None]] = {}
@@ -216,6 +239,8 @@ class Ingest:
             self._save()
 
     def _save(self) -> None:
+        lines = sorted(self._pending)[:SETTLED_KEPT]
+        self.ckpt.settled = [self._pending[n] for n in lines]
         self.ckpt.save()
         self._saved_at = time.monotonic()
 
@@ -246,7 +271,9 @@ class Ingest:
             and not earlier
             and line.number <= self.resumed_sent_upto
         ):
-            outcome = "accepted"  # by the interrupted run, whose answer was lost
+            # Maybe sent by the interrupted run, whose answer was lost: accepted then, or a
+            # duplicate already (the window is registered before its lines are sent).
+            outcome = "resumed"
         return Result(line.number, outcome, key, reason)
 
     async def _task(self, line: Line, sem: asyncio.Semaphore) -> None:
@@ -263,73 +290,45 @@ class Ingest:
 
     # --- the run -----------------------------------------------------------------------------
 
-    async def _batches(
-        self, f: IO[bytes], regular: bool
-    ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
-        lines = read_lines(f)
+    async def _batches(self, f: IO[bytes], regular: bool) -> AsyncIterator[list[tuple[bytes, str]]]:
+        """Lines read in a worker thread: 256 at a time from a regular file, one at a time
+        from a stream (each line is sent as soon as it arrives). EndlessLine is raised after
+        the lines read before it."""
+        lines = read_lines(f, skip_max=None if regular else MAX_SKIP_BYTES)
 
-        def take() -> list[tuple[bytes, bytes]]:
-            out = []
-            for item in lines:
-                out.append(item)
-                if len(out) >= (256 if regular else 1):
-                    break
-            return out
+        def take() -> tuple[list[tuple[bytes, str]], EndlessLine | None]:
+            out: list[tuple[bytes, str]] = []
+            try:
+                for item in lines:
+                    out.append(item)
+                    if len(out) >= (256 if regular else 1):
+                        break
+            except EndlessLine as exc:
+                return out, exc
+            return out, None
 
-        batch = await asyncio.to_thread(take)
-        while batch:
-            yield batch
-            batch = await asyncio.to_thread(take)
+        while True:
+            batch, endless = await asyncio.to_thread(take)
+            if batch:
+                yield batch
+            if endless is not None:
+                raise endless
+            if not batch:
+                return
 
     async def run(self, f: IO[bytes], *, regular: bool = True) -> Tally:
-        hasher = hashlib.sha256()
         number = 0
         sem = asyncio.Semaphore(self.opts.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         pacer = Pacer(self.opts.rate)
         try:
-            async for batch in self._batches(f, regular):
-                for raw, whole in batch:
-                    number += 1
-                    hasher.update(whole)
-                    if number <= self.resumed:
-                        if key := _key_only(raw):
-                            self._seen.add(key)
-                        if number == self.resumed and hasher.hexdigest() != self.ckpt.prefix_sha256:
-                            raise InputChanged(
-                                f"the first {self.resumed} lines differ from those of the "
-                                "interrupted run"
-                            )
-                        continue
+            try:
+                async for batch in self._batches(f, regular):
+                    number = await self._batch(batch, number, sem, tasks, pacer)
                     if self._abort is not None:
                         break
-                    self._digests[number] = hasher.hexdigest()
-                    line = parse_line(
-                        number,
-                        raw,
-                        engine=self.engine,
-                        technique=self.opts.technique,
-                        tenant=self.opts.tenant,
-                    )
-                    if line is None:
-                        self._settle(Result(number, "blank"))
-                        continue
-                    if line.body is None:
-                        self._settle(Result(number, line.kind, line.key, line.reason))
-                        continue
-                    if number > self.ckpt.sent_upto:
-                        self.ckpt.sent_upto = number + SENT_WINDOW
-                        self._save()
-                    await pacer.wait()
-                    await sem.acquire()
-                    if self._abort is not None:
-                        sem.release()
-                        break
-                    task = asyncio.create_task(self._task(line, sem))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if self._abort is not None:
-                    break
+            except EndlessLine as exc:
+                self._abort = self._abort or exc
             if tasks:  # the lines in flight are settled, even when stopping
                 await asyncio.gather(*tasks)
             if self._abort is not None:
@@ -347,3 +346,59 @@ class Ingest:
             self._save()
         self.ckpt.remove()
         return self.tally()
+
+    async def _batch(
+        self,
+        batch: list[tuple[bytes, str]],
+        number: int,
+        sem: asyncio.Semaphore,
+        tasks: set[asyncio.Task[None]],
+        pacer: Pacer,
+    ) -> int:
+        """The batch's lines settled or under way; the number of the last line taken."""
+        for raw, digest in batch:
+            number += 1
+            if number <= self.resumed:
+                if key := _key_only(raw):
+                    self._seen.add(key)
+                if number == self.resumed and digest != self.ckpt.prefix_sha256:
+                    raise InputChanged(
+                        f"the first {self.resumed} lines differ from those of the interrupted run"
+                    )
+                continue
+            if self._abort is not None:
+                break
+            self._digests[number] = digest
+            known = self._known.pop(number, None)
+            if known is not None and (known.key is None or _key_only(raw) != known.key):
+                known = None  # not the line that was answered (the input changed): read again
+            if known is not None and known.key is not None:
+                if known.outcome != "unmapped":
+                    self._seen.add(known.key)  # as when it was sent
+                self._settle(known)
+                continue
+            line = parse_line(
+                number,
+                raw,
+                engine=self.engine,
+                technique=self.opts.technique,
+                tenant=self.opts.tenant,
+            )
+            if line is None:
+                self._settle(Result(number, "blank"))
+                continue
+            if line.body is None:
+                self._settle(Result(number, line.kind, line.key, line.reason))
+                continue
+            if number > self.ckpt.sent_upto:
+                self.ckpt.sent_upto = number + SENT_WINDOW
+                self._save()
+            await pacer.wait()
+            await sem.acquire()
+            if self._abort is not None:
+                sem.release()
+                break
+            task = asyncio.create_task(self._task(line, sem))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return number
