@@ -36,6 +36,7 @@ from soar.auth import Identity, identity_for_token, token_hash
 from soar.bounds import (
     LIKE_ESCAPE,
     check_query_datetime,
+    has_unsafe_chars,
     invalid,
     like_contains,
     like_prefix,
@@ -537,9 +538,11 @@ class DecisionIn(BaseModel):
     @field_validator("comment")
     @classmethod
     def _printable(cls, v: str | None) -> str | None:
-        # PostgreSQL text cannot hold NUL; other control characters have no place here.
-        if v is not None and any(ord(c) < 32 and c not in "\n\t" for c in v):
-            raise ValueError("must not contain control characters")
+        # As every channel's comment (Slack, web UI, e-mail): PostgreSQL text cannot hold NUL,
+        # a lone surrogate cannot be encoded for Temporal or PostgreSQL (the decision would
+        # fail after it was accepted), and C0/C1 controls have no place in a comment.
+        if v is not None and has_unsafe_chars(v, text=True, bidi=False):
+            raise ValueError("must not contain control characters or lone surrogates")
         return v
 
 
