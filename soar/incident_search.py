@@ -15,7 +15,14 @@ from urllib.parse import quote, urlencode
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from soar.bounds import EARLIEST, LIKE_ESCAPE, QUERY_LATEST, like_contains, like_prefix
+from soar.bounds import (
+    EARLIEST,
+    LIKE_ESCAPE,
+    QUERY_LATEST,
+    has_unsafe_chars,
+    like_contains,
+    like_prefix,
+)
 from soar.domain import DISPOSITIONS, Severity
 from soar.models import AtlasTechnique, AtlasTechniqueTactic, Incident
 
@@ -86,18 +93,28 @@ def encode_cursor(inc: Incident) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A cursor we issue is about 70 characters.
+MAX_CURSOR_CHARS = 512
+
+
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (opened_at, id) to continue after. Anything else is a SearchError: a forged id with
+    NUL or a lone surrogate would fail in PostgreSQL (a 500), "[[[[..." in json (recursion)."""
     try:
         text = cursor.strip()
+        if len(text) > MAX_CURSOR_CHARS:
+            raise ValueError
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         at, iid = json.loads(raw)
         when = datetime.fromisoformat(at)
         if not isinstance(iid, str) or when.tzinfo is None or len(iid) > 80:
             raise ValueError
+        if has_unsafe_chars(iid):
+            raise ValueError
         when = when.astimezone(UTC)  # (OverflowError near the ends of the datetime range)
         if not EARLIEST <= when <= QUERY_LATEST:
             raise ValueError
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise SearchError("cursor", "malformed cursor") from None
     return when, iid
 
