@@ -262,6 +262,22 @@ _PHONE_TRUNK = re.compile(r"0(?<![\w+.]0)\d{1,4}[ -]?\d{3,4}[ -]?\d{3,4}(?!\d)(?
 _LUHN_DOUBLE: Final = str.maketrans("0123456789", "0246813579")
 
 
+class _AsciiDigits(dict[int, int]):
+    """A ``str.translate`` table from every decimal digit (Unicode category Nd, what ``\\d``
+    matches: Arabic-Indic, Devanagari, fullwidth ...) to its ASCII digit; other characters
+    are left as they are. Filled as characters are met (a lookup of a new character costs a
+    Python call once)."""
+
+    def __missing__(self, key: int) -> int:
+        char = chr(key)
+        value = 0x30 + unicodedata.decimal(char) if unicodedata.category(char) == "Nd" else key
+        self[key] = value
+        return value
+
+
+_ASCII_DIGITS: Final = _AsciiDigits()
+
+
 def _card_spans(digits: str, bounds: list[int]) -> dict[int, int]:
     """Non-overlapping Luhn-valid windows of whole groups holding 13-19 digits.
 
@@ -324,7 +340,11 @@ def _mask_cards(m: re.Match[str]) -> str:
     if _DECIMAL_POINT.match(m.string, m.end()):
         usable -= 1  # "… 2.5": the last group is the integer part of a decimal number
     bounds = [0, *itertools.accumulate(len(g) for g in groups[:usable])]
-    spans = _card_spans("".join(groups[:usable]), bounds)
+    # \d matches any decimal digit (text the engine scans keeps Arabic-Indic ones): ASCII here
+    digits = "".join(groups[:usable])
+    if not digits.isascii():
+        digits = digits.translate(_ASCII_DIGITS)
+    spans = _card_spans(digits, bounds)
     if not spans:
         return run
     out: list[str] = []
@@ -472,6 +492,9 @@ def _normalise(text: str, limit: int | None = None) -> tuple[str, bool]:
                 chunk = _INVISIBLE.sub("", chunk)
                 chunk = unicodedata.normalize("NFKC", chunk)
                 chunk = _INVISIBLE.sub("", chunk)
+                # decimal digits of other scripts as ASCII ones, so that every rule reads them
+                # (a card number in Arabic-Indic digits is masked like one in ASCII digits)
+                chunk = chunk.translate(_ASCII_DIGITS)
             parts.append(chunk)
             produced += len(chunk)
         cut = pos < len(text)

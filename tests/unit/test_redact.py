@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from soar.redact import ELLIPSIS, TAGS, prompt_digest, redact
+from soar.redact import CARD, ELLIPSIS, TAGS, prompt_digest, redact
 
 # Fake but realistic-looking credentials (none of them is live).
 OPENAI_KEY = "sk-proj-Q3vX9kLm2NpR7sTu1WyZ4bCd6EfGh8JkA0"
@@ -442,3 +442,30 @@ def test_huge_inputs_complete() -> None:
     text = ("+1" * 5000 + " 4111 1111 1111 1111 " + "a@" * 5000) * 10
     out = redact(text, max_len=500)
     assert len(out) <= 500
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Order 7, ref " + "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660" * 2,
+        "5 " + "\u0661 " * 20,
+        "2 \u0661\u0662\u0663-\u0664\u0665-\u0666\u0667\u0668\u0669",
+        "DE89 \u0663\u0667\u0660\u0664 0044 0532 0130 00",
+        "\u0968\u0969 \u096a\u096b\u096c\u096d \u096e\u096f\u0966\u0967 \u0968\u0969\u096a\u096b",
+    ],
+)
+def test_decimal_digits_of_other_scripts_are_read_as_digits(text: str) -> None:
+    # \d matches them; the card check read them as ASCII and raised (a 500 at the intake, a
+    # gateway's report queue stuck behind it, an output scan that failed)
+    redact(text)
+    from soar.detect import Engine
+
+    Engine.default().scan(text, "output")
+
+
+def test_a_card_number_in_arabic_indic_digits_is_masked() -> None:
+    ascii_card = "4111 1111 1111 1111"
+    arabic = ascii_card.translate(
+        str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+    )
+    assert redact(f"card {arabic} ok") == redact(f"card {ascii_card} ok") == f"card {CARD} ok"
