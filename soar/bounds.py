@@ -16,6 +16,7 @@ so `%`, `_` and `\\` in the user's text match themselves, never "anything".
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -151,3 +152,42 @@ def has_unsafe_chars(value: str, *, text: bool = False, bidi: bool = True) -> bo
     there; identifiers allow none of them. `bidi=False` is for prose people type, where a
     right-to-left keyboard may insert marks; identifiers never need them."""
     return _PATTERNS[(text, bidi)].search(value) is not None
+
+
+def unsafe_identifier(value: str) -> bool:
+    """What the intake refuses in an identifier (a subject's tenant, user, session, API key):
+    controls, lone surrogates, bidi controls, and the line separators U+2028 / U+2029 (a line
+    break in mail clients, editors and JavaScript)."""
+    return has_unsafe_chars(value) or "\u2028" in value or "\u2029" in value
+
+
+IDENTIFIER_MAX = 256  # a subject's user, session or API key, as the intake takes it
+TENANT_MAX = 128
+_HASHED = "h:"
+
+
+def canonical_id(value: str | None, limit: int = IDENTIFIER_MAX) -> str | None:
+    """The identifier as the intake stores it, for a value a gateway read from a request
+    (an attacker's header): stripped of surrounding whitespace (as the intake strips it), and,
+    when the intake would refuse it (a control, bidi or line-separator character, or longer
+    than ``limit``), ``"h:"`` and the SHA-256 of its UTF-8 instead, which it accepts. The
+    gateway reports and checks blocks by this same form, so no spelling of an id gets a
+    detection refused (and no block) or a block on another string than the one checked.
+    None for None or an empty value. Linear in the value; a plain ASCII id costs a few
+    C-level checks."""
+    if value is None:
+        return None
+    if (
+        value.isascii()
+        and value.isprintable()
+        and len(value) <= limit
+        and value[:1] != " "
+        and value[-1:] != " "
+    ):
+        return value or None
+    stripped = value.strip()
+    if not stripped:
+        return None
+    if len(stripped) <= limit and not unsafe_identifier(stripped):
+        return stripped
+    return _HASHED + hashlib.sha256(stripped.encode("utf-8", "surrogatepass")).hexdigest()

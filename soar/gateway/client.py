@@ -38,6 +38,7 @@ from typing import Literal
 
 import httpx
 
+from soar.bounds import TENANT_MAX, canonical_id
 from soar.gateway.table import KINDS, Block, BlockTable
 
 log = logging.getLogger("soar.gateway")
@@ -159,7 +160,12 @@ class EnforcementClient:
         return effect in self.table.effects(_ALIASES.get(kind, kind), target, tenant)
 
     def check(self, kind: str, target: str, tenant: str = "default") -> Decision:
+        """Whether ``target`` (a session, user or API key as read from a request) of ``tenant``
+        is blocked or under another effect. The values are taken in the form the intake stores
+        (:func:`soar.bounds.canonical_id`), as the reporter sends them."""
         k = _ALIASES.get(kind, kind)
+        target = canonical_id(target) or ""
+        tenant = canonical_id(tenant, TENANT_MAX) or ""
         found = self.table.effects(k, target, tenant)
         if "block" not in found and self.fail_mode == "closed" and not self.fresh:
             return Decision(True, None, None, None, "stale", k, target, tuple(found))
@@ -264,6 +270,9 @@ class EnforcementClient:
                 except (httpx.HTTPError, ValueError, OSError) as exc:
                     self.stats.errors += 1
                     log.warning("enforcement stream: %s; reconnecting", type(exc).__name__)
+                except Exception as exc:  # anything else must not end the feed for good
+                    self.stats.errors += 1
+                    log.exception("enforcement stream: %s; reconnecting", type(exc).__name__)
                 delay = backoff * (0.5 + random.random())  # jitter, not crypto
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self.backoff_max)
@@ -305,7 +314,10 @@ class EnforcementClient:
                     self.synced.set()
                     synced = True
                 elif event == "heartbeat":
-                    if not json.loads(data).get("stale"):
+                    beat = json.loads(data)
+                    if not isinstance(beat, dict):
+                        raise ValueError("heartbeat: not a JSON object")
+                    if not beat.get("stale"):
                         self.heard_at = time.monotonic()
                 elif event in ("block", "lift"):
                     self._apply(event, data, event_id, pending)
@@ -318,7 +330,10 @@ class EnforcementClient:
     def _apply(
         self, event: str, data: str, event_id: str | None, pending: BlockTable | None
     ) -> None:
-        block = Block.from_event(json.loads(data))
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{event}: not a JSON object")
+        block = Block.from_event(raw)
         if pending is not None and event_id is None:
             pending.add(block)  # a snapshot entry
             return
@@ -340,7 +355,10 @@ class EnforcementClient:
         self.stats.events += 1
         self.heard_at = time.monotonic()
         if self.on_change is not None:
-            self.on_change(event, block)
+            try:
+                self.on_change(event, block)
+            except Exception:  # the app's callback: the table is up to date all the same
+                log.exception("enforcement stream: on_change raised (ignored)")
 
 
 __all__ = ["KINDS", "ClientStats", "Decision", "EnforcementClient", "FailMode", "SSEParser"]

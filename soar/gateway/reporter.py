@@ -42,6 +42,8 @@ from typing import Any
 
 import httpx
 
+from soar.bounds import TENANT_MAX, canonical_id
+
 log = logging.getLogger("soar.gateway")
 
 MAX_BODY = 256 * 1024
@@ -69,10 +71,14 @@ def make_detection(
     model: str | None = None,
     detection_id: str | None = None,
 ) -> dict[str, Any]:
-    """A native detection body (CONTRACT.md, Detection intake)."""
-    subject: dict[str, str] = {"tenant": tenant}
+    """A native detection body (CONTRACT.md, Detection intake). The subject's values are
+    taken in the form the intake stores (:func:`soar.bounds.canonical_id`: stripped, and
+    hashed when the intake would refuse them), as the gateway client checks them: an
+    attacker's header with a tab, a C1 byte or 300 characters neither gets the detection
+    refused nor the block put on another string than the one checked."""
+    subject: dict[str, str] = {"tenant": canonical_id(tenant, TENANT_MAX) or "default"}
     for name, value in (("session", session), ("user", user), ("api_key", api_key)):
-        if value:
+        if value := canonical_id(value):
             subject[name] = value
     evidence: dict[str, str] = {}
     if prompt is not None:

@@ -121,7 +121,10 @@ class BlockTable:
             return None
         t = time.time() if now is None else now
         best: tuple[float, Block] | None = None
-        for entry in entries.values():
+        # tuple(): a C-level copy, atomic for other threads (the feed of running_in_thread
+        # changes the table while the app's threads look up: iterating the dict itself could
+        # raise "dictionary changed size during iteration")
+        for entry in tuple(entries.values()):
             if entry[0] > t and (best is None or entry[0] > best[0]):
                 best = entry
         return best[1] if best else None
@@ -142,7 +145,7 @@ class BlockTable:
     def blocks(self, now: float | None = None) -> list[Block]:
         """Every active block."""
         t = time.time() if now is None else now
-        return [b for e in self._by_key.values() for ts, b in e.values() if ts > t]
+        return [b for e in tuple(self._by_key.values()) for ts, b in tuple(e.values()) if ts > t]
 
     def action_ids(self, now: float | None = None) -> set[str]:
         return {b.action_id for b in self.blocks(now)}

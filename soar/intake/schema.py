@@ -11,7 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from soar.bounds import check_observed_at, has_unsafe_chars
+from soar.bounds import (
+    IDENTIFIER_MAX,
+    TENANT_MAX,
+    check_observed_at,
+    unsafe_identifier,
+)
 from soar.domain import Severity
 
 TECHNIQUE_RE = re.compile(r"^AML\.T\d{4}(\.\d{3})?$")
@@ -37,10 +42,11 @@ OCSF_PROFILE_REQUIRED = {"cloud": "cloud", "osint": "osint"}
 
 class SubjectIn(BaseModel):
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
-    tenant: str = Field(default="default", min_length=1, max_length=128)
-    user: str | None = Field(default=None, min_length=1, max_length=256)
-    session: str | None = Field(default=None, min_length=1, max_length=256)
-    api_key: str | None = Field(default=None, min_length=1, max_length=256)
+    # (soar.bounds.canonical_id is what a gateway makes of any value to fit these)
+    tenant: str = Field(default="default", min_length=1, max_length=TENANT_MAX)
+    user: str | None = Field(default=None, min_length=1, max_length=IDENTIFIER_MAX)
+    session: str | None = Field(default=None, min_length=1, max_length=IDENTIFIER_MAX)
+    api_key: str | None = Field(default=None, min_length=1, max_length=IDENTIFIER_MAX)
 
     @field_validator("tenant", "user", "session", "api_key")
     @classmethod
@@ -103,7 +109,7 @@ class NativeDetection(BaseModel):
 
 def _identifier(v: str | None) -> str | None:
     # U+2028 / U+2029 break a line in mail clients, editors and JavaScript, like a line feed.
-    if v is not None and (has_unsafe_chars(v) or "\u2028" in v or "\u2029" in v):
+    if v is not None and unsafe_identifier(v):
         raise ValueError(
             "must not contain control, line-separator or bidirectional-override characters"
         )

@@ -3,6 +3,7 @@ the reporter's answer handling and spool, and the middleware's refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -140,3 +141,104 @@ async def test_middleware_refuses_blocked_and_fails_closed_when_stale() -> None:
         stale = await http.post("/chat", json={"q": 1}, headers={"x-session": "s-good"})
         assert stale.status_code == 503 and stale.headers["retry-after"] == "5"
         assert (await http.post("/chat", json={"q": 1})).status_code == 200  # not enforced
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [" s-1 ", "a\tb", "s-2\u00c2\u00a0", "x" * 300, "\x9bq", "a\u2028b", "\u202es-1", "\x85s"],
+)
+def test_a_hostile_id_is_reported_and_checked_in_the_form_the_intake_stores(raw: str) -> None:
+    """The attacker chooses the header a gateway reads the session from: whatever it holds,
+    the detection is accepted, and the block it leads to is the one the next request meets
+    (before, such ids got every detection refused, 422, or the block put on another string)."""
+    from soar.intake.schema import parse_detection
+
+    body = make_detection("AML.T0051", tenant="acme", session=raw, prompt="ignore all")
+    det, _ = parse_detection(body)  # not refused
+    stored = det.subject.session
+    assert stored
+    client = EnforcementClient("http://unused", "t")
+    client.table.add(block("a", stored, seconds=30))
+    client.heard_at = time.monotonic()
+    assert client.check("session", raw, "acme").blocked
+    assert client.check_subject("acme", session=raw).blocked
+    assert not client.check("session", raw + "z", "acme").blocked
+
+
+def _sse(*events: tuple[str, object, int | None]) -> bytes:
+    out = []
+    for name, data, eid in events:
+        out.append(f"event: {name}\n" + (f"id: {eid}\n" if eid is not None else ""))
+        out.append(f"data: {json.dumps(data)}\n\n")
+    return "".join(out).encode()
+
+
+async def test_the_feed_survives_a_raising_callback_and_malformed_events() -> None:
+    """An exception from the app's on_change, or an event whose data is no JSON object, ended
+    the feed's task for good (the table froze: with fail_mode "open", new blocks never came)."""
+    calls = {"n": 0}
+
+    def stream(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            body = _sse(
+                ("snapshot", {}, None),
+                ("synced", {}, 1),
+                ("block", block("a", "s-1").as_event(), 2),  # on_change raises on this one
+                ("heartbeat", [1, 2], None),  # not an object: the connection is dropped
+            )
+        else:
+            body = _sse(("block", block("b", "s-2").as_event(), 3))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    def on_change(event: str, b: Block) -> None:
+        raise KeyError("the app's bug")
+
+    client = EnforcementClient(
+        "http://soar.test",
+        "t",
+        transport=httpx.MockTransport(stream),
+        on_change=on_change,
+        backoff_initial=0.01,
+    )
+    async with client:
+        for _ in range(500):
+            if client.check("session", "s-2", "acme").blocked:
+                break
+            await asyncio.sleep(0.01)
+    assert client.check("session", "s-1", "acme").blocked
+    assert client.check("session", "s-2", "acme").blocked
+    assert calls["n"] >= 2 and client.stats.errors >= 1
+
+
+def test_lookups_from_other_threads_while_the_feed_changes_the_table() -> None:
+    """running_in_thread: the feed's thread adds and removes blocks while the app's threads
+    look up (iterating the dicts themselves raised 'dictionary changed size')."""
+    import sys
+    import threading
+
+    table = BlockTable()
+    for i in range(8):
+        table.add(block(f"k{i}", "s-1", seconds=60))
+    stop = threading.Event()
+
+    def feed() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            table.add(block(f"x{n}", "s-1", seconds=60))
+            table.remove(f"x{n - 1}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    worker = threading.Thread(target=feed)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            table.lookup("session", "s-1", "acme")
+            table.blocks()
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
