@@ -934,6 +934,9 @@ class EnforcementMiddleware:
         return self.scan_pool or shared_scan_pool()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -958,6 +961,27 @@ class EnforcementMiddleware:
                 await _answer(send, *scanned)
                 return
             receive = scanned
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket's handshake is checked like a request (the extractor gets the
+        handshake: a ``Request`` over its scope, headers and query but no body): a blocked
+        subject's connection is refused before it is accepted (``websocket.close`` with code
+        1008, which the server answers with 403). Its messages are not scanned."""
+        request = Request({**scope, "type": "http"})
+        got = self.extract(request)
+        subject = await got if inspect.isawaitable(got) else got
+        if subject is not None:
+            decision = self.client.check_subject(
+                subject.tenant, session=subject.session, user=subject.user, api_key=subject.api_key
+            )
+            if decision.blocked:
+                self.refused += 1
+                message = await receive()  # websocket.connect
+                if message["type"] == "websocket.connect":
+                    await send({"type": "websocket.close", "code": 1008, "reason": "blocked"})
+                return
+            scope.setdefault("state", {})["soar_decision"] = decision
         await self.app(scope, receive, send)
 
     async def _scan(self, scope: Scope, receive: Receive, subject: Subject) -> Receive | _Answer:

@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from standardwebhooks.webhooks import Webhook
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from soar.gateway import (
     Block,
@@ -242,3 +244,31 @@ def test_lookups_from_other_threads_while_the_feed_changes_the_table() -> None:
         stop.set()
         worker.join()
         sys.setswitchinterval(interval)
+
+
+def test_a_blocked_subject_cannot_open_a_websocket() -> None:
+    """Anything but plain HTTP went straight to the app: a blocked session opened a
+    WebSocket instead of a POST, even with fail_mode "closed"."""
+    client = EnforcementClient("http://unused", "t")
+    client.table.add(block("a", "s-bad", seconds=30))
+    client.heard_at = time.monotonic()
+    app = _app(client)
+
+    @app.websocket("/ws")
+    async def ws(socket: WebSocket) -> None:
+        await socket.accept()
+        await socket.send_text("model says hi")
+        await socket.close()
+
+    with TestClient(app) as http:
+        with http.websocket_connect("/ws", headers={"x-session": "s-good"}) as socket:
+            assert socket.receive_text() == "model says hi"
+        bad = http.websocket_connect("/ws", headers={"x-session": "s-bad"})
+        with pytest.raises(WebSocketDisconnect) as refused, bad as socket:
+            socket.receive_text()
+        assert refused.value.code == 1008
+        client.fail_mode = "closed"
+        client.heard_at = time.monotonic() - 60  # the feed is stale: fail closed
+        stale = http.websocket_connect("/ws", headers={"x-session": "s-good"})
+        with pytest.raises(WebSocketDisconnect), stale as socket:
+            socket.receive_text()
