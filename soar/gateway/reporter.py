@@ -283,7 +283,16 @@ class DetectionReporter:
                     else:
                         self.stats.accepted += 1
                     return
-                if resp.status_code not in (408, 429) and resp.status_code < 500:
+                if resp.status_code == 401:
+                    # Not this detection's fault: the signature (a clock more than 5 minutes
+                    # off, a secret rotated past its grace) or the source. Every detection
+                    # would be refused the same: keep them, and retry until it is fixed.
+                    log.error(
+                        "detection %s: HTTP 401 (webhook secret, source or clock); holding the "
+                        "spool and retrying",
+                        det_id[:80],
+                    )
+                elif resp.status_code not in (408, 429) and resp.status_code < 500:
                     fields = [str(e.get("field"))[:80] for e in _errors(resp)]
                     log.error(
                         "detection %s refused: HTTP %d %s",
@@ -293,8 +302,9 @@ class DetectionReporter:
                     )
                     self.stats.refused += 1
                     return
+                else:
+                    log.warning("detection %s: HTTP %d; will retry", det_id[:80], resp.status_code)
                 wait = _retry_after(resp)
-                log.warning("detection %s: HTTP %d; will retry", det_id[:80], resp.status_code)
             self.stats.retries += 1
             delay = wait if wait is not None else backoff * (0.5 + random.random())  # jitter
             await asyncio.sleep(delay)

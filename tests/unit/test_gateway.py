@@ -272,3 +272,15 @@ def test_a_blocked_subject_cannot_open_a_websocket() -> None:
         stale = http.websocket_connect("/ws", headers={"x-session": "s-good"})
         with pytest.raises(WebSocketDisconnect), stale as socket:
             socket.receive_text()
+
+
+async def test_a_401_holds_the_spool_and_retries(tmp_path: Path) -> None:
+    """A 401 (a clock more than 5 minutes off, a secret rotated past its grace) is the same
+    for every detection: they are kept and sent once it is fixed, not discarded one by one."""
+    wire = Scripted([401, 401, 202, 202])
+    rep = DetectionReporter("http://x", WEBHOOK_SECRET, tmp_path, transport=wire, fsync=False)
+    ids = [await rep.report(make_detection("AML.T0051", session=f"s{i}")) for i in range(2)]
+    async with rep:
+        assert await rep.flush(5)
+    assert wire.seen == [ids[0], ids[0], ids[0], ids[1]]
+    assert (rep.stats.accepted, rep.stats.refused) == (2, 0)
