@@ -31,9 +31,10 @@ from collections.abc import AsyncIterator
 import psycopg
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from soar.api.deps import StateDep
-from soar.api.response import EnforcementIdentity, replica_of
+from soar.api.response import EnforcementIdentity, enforcement_identity, replica_of
 from soar.gateway.table import Block
 from soar.replica import CHANGES_SQL, Change, EnforcementReplica, change_from_row, resumable
 
@@ -128,6 +129,25 @@ async def enforcement_stream(
         raise HTTPException(503, "too many stream clients", headers={"Retry-After": "5"})
     sub, snap = got
     heartbeat = state.settings.enforcement_stream_heartbeat_seconds
+    recheck = max(float(state.settings.enforcement_token_cache_seconds), 1.0)
+    loop = asyncio.get_running_loop()
+    checked_at = loop.time()
+
+    async def still_allowed() -> bool:
+        """The token, verified again once per token cache period: a stream opened with a token
+        since disabled (or downgraded) ends, as every other request of it is refused. A
+        database error keeps the stream (the replica goes on; the next check tries again)."""
+        nonlocal checked_at
+        if loop.time() - checked_at < recheck:
+            return True
+        checked_at = loop.time()
+        try:
+            await enforcement_identity(request, state)
+        except HTTPException:
+            return False
+        except (OSError, SQLAlchemyError):
+            return True
+        return True
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -140,6 +160,8 @@ async def enforcement_stream(
                     yield chunk
             yield _event("synced", {"head": snap.head}, snap.head)
             while True:
+                if not await still_allowed():
+                    return
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
                 except TimeoutError:

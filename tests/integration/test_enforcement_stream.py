@@ -287,3 +287,44 @@ async def _first_blocked(http: httpx.AsyncClient) -> float:
             return time.monotonic()
         await asyncio.sleep(0.002)
     raise AssertionError("never blocked")
+
+
+async def test_a_stream_ends_when_its_token_is_disabled(
+    db_url: str, temporal_address: str, temporal_client: Client, task_queue: str
+) -> None:
+    """The token was checked once, at connect: a gateway token disabled since kept receiving
+    every tenant's blocked users and API keys for as long as the stream stayed open."""
+    from soar.auth import token_hash
+    from tests.support import TOKENS
+
+    settings = make_settings(
+        db_url,
+        temporal_address,
+        task_queue,
+        enforcement_token_cache_seconds=0.5,
+        enforcement_stream_heartbeat_seconds=0.2,
+    )
+    digest = token_hash(TOKENS["gateway"])
+    async with running_stack(settings, temporal_client, worker=False) as stack:
+        stack.api.server.config.timeout_graceful_shutdown = 1
+        async with stack.http.stream(
+            "GET", "/v1/enforcement/stream", headers=bearer("gateway")
+        ) as resp:
+            assert resp.status_code == 200
+            await read_events(resp, 2)  # snapshot ... synced (no block needed)
+            try:
+                with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
+                    conn.execute(
+                        "UPDATE principals SET disabled = true WHERE token_hash = %s", (digest,)
+                    )
+
+                async def ended() -> None:
+                    async for _ in _LINES[resp]:
+                        pass
+
+                await asyncio.wait_for(ended(), timeout=5)
+            finally:
+                with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
+                    conn.execute(
+                        "UPDATE principals SET disabled = false WHERE token_hash = %s", (digest,)
+                    )
