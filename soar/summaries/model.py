@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -132,6 +133,17 @@ def leftovers(text: str) -> list[str]:
     return extra
 
 
+def _token_count(value: object) -> int:
+    """A usage figure of the provider's answer, as a count: a value that is no count (a
+    string, a float that is not whole, a negative number, a bool) is 0 (it would raise, or a
+    negative one would give the tenant's daily budget back), and at most 10 million."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return 0
+    return min(max(int(value), 0), 10_000_000)
+
+
 def validate_answer(raw: str, facts: SummaryFacts, *, max_chars: int) -> Summary:
     if len(raw) > max_chars:
         raise OutputInvalid(f"answer of {len(raw)} characters is over the cap of {max_chars}")
@@ -159,6 +171,17 @@ def validate_answer(raw: str, facts: SummaryFacts, *, max_chars: int) -> Summary
         if not allowed and mid is not None:
             raise OutputInvalid(f"next_steps.{i}.mitigation: the catalog offers none here")
         steps.append(NextStep(" ".join(s.step.split()), mid))
+    # The excerpt the model read was redacted, but it may have been told to decode what the
+    # redactor could not read (base64 of an address, a card) and quote it: what it writes is
+    # redacted like the excerpt, or the answer is refused.
+    for where, text in (
+        ("summary", answer.summary),
+        ("likely_intent", answer.likely_intent),
+        *((f"next_steps.{i}.step", st.step) for i, st in enumerate(steps)),
+    ):
+        found = leftovers(text)
+        if found:
+            raise OutputInvalid(f"{where} holds {', '.join(found)}: the answer is not shown")
     return Summary(
         summary=answer.summary,
         likely_intent=answer.likely_intent,
@@ -319,8 +342,8 @@ class ModelSummariser:
             )
         latency = (time.perf_counter() - started) * 1000
         usage = getattr(resp, "usage", None)
-        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        prompt_tokens = _token_count(getattr(usage, "prompt_tokens", 0))
+        completion_tokens = _token_count(getattr(usage, "completion_tokens", 0))
         spent = prompt_tokens + completion_tokens if usage is not None else estimate
         await self.store.settle(facts.tenant, spent - estimate)
         choices = getattr(resp, "choices", None) or []

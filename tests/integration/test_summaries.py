@@ -209,6 +209,10 @@ async def test_malformed_http_answers(
         (json.dumps({**json.loads(summary_answer()), "approve": True}), "approve"),
         (summary_answer(summary="\x1b[31mred\x1b[0m"), "control"),
         ("[" * 100 + "]" * 100, "not JSON"),
+        # told to decode base64 in the excerpt (which the redactor cannot read) and quote it
+        (summary_answer(summary="Contact alice@example.com about it."), "[EMAIL]"),
+        (summary_answer(intent="Card 4111 1111 1111 1111 exfiltration"), "[CARD]"),
+        (summary_answer(steps=(("Rotate sk-proj-" + "A1b2" * 10, "AML.M0020"),)), "[SECRET]"),
     ],
 )
 async def test_untrusted_output_is_validated(
