@@ -59,10 +59,23 @@ def jira_wiki(text: str) -> str:
     return _JIRA_BLOCK.sub(lambda m: m.group(1) + "\\.", text)
 
 
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
 def jira_plain(text: str, limit: int = 255) -> str:
-    """A plain-text Jira field (summary, labels' source): one line, no control characters."""
+    """A plain-text Jira field (summary, labels' source): one line, no control characters,
+    at most ``limit`` characters as Jira counts them (Java's UTF-16 units: an emoji is two;
+    a summary of 255 emoji passed a count of code points and was refused by Jira)."""
     flat = " ".join(_CONTROL_ALL.sub(_visible, text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+    if _utf16_units(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    while _utf16_units(cut) > limit - 1:
+        # at most half of it is cut again: an astral character is two units
+        over = _utf16_units(cut) - (limit - 1)
+        cut = cut[: len(cut) - max(1, over // 2)]
+    return cut + "\u2026"
 
 
 # --- CSV -------------------------------------------------------------------------------------
