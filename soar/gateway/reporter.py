@@ -11,8 +11,12 @@ order, one at a time, each signed with the source's own secret (Standard Webhook
 its offset (a small file beside the spool, replaced atomically) once the answer is final:
 
 - 2xx (202 accepted, 200 duplicate, 204 nothing detected): done;
-- 408, 429, 5xx, a network error or a timeout: retried with exponential backoff (jitter),
-  honouring `Retry-After`; later detections wait, so the order is kept;
+- 408, 5xx, 401, a network error or a timeout: retried with exponential backoff (jitter),
+  honouring `Retry-After`; later detections wait, so the order is kept (every detection
+  would meet the same);
+- 429 (that subject, or source, over its rate): put at the back of the spool, and the next
+  detection is sent, so one subject's flood holds up no other's; when a whole round meets
+  nothing but 429s the sender waits as `Retry-After` asks (at most `backoff_max`);
 - any other 4xx: permanently refused; logged with the status and the names of the fields
   the answer names (never the prompt), then skipped.
 
@@ -103,6 +107,7 @@ class ReporterStats:
     duplicates: int = 0  # 200 duplicate
     refused: int = 0  # permanent 4xx
     retries: int = 0
+    deferred: int = 0  # 429s: put at the back of the spool
 
 
 class DetectionReporter:
@@ -226,6 +231,7 @@ class DetectionReporter:
 
     async def _drain(self, http: httpx.AsyncClient) -> None:
         offset = self._offset()
+        deferrals = 0  # 429s in a row
         while True:
             line = await asyncio.to_thread(self._read_line, offset)
             if line is None:
@@ -236,10 +242,24 @@ class DetectionReporter:
                         self.pending = 0
                         self._idle.set()
                 return
-            await self._deliver(http, line)
+            deferred = await self._deliver(http, line)
+            if deferred is not None:
+                # 429: that subject is over its rate. It goes to the back of the spool and the
+                # next detection is sent: one subject's flood holds up no other's. A full
+                # round with nothing but 429s waits as asked before the next one.
+                async with self._lock:
+                    await asyncio.to_thread(self._append, line)
+                self.stats.deferred += 1
+                deferrals += 1
+                if deferrals >= max(self.pending, 1):
+                    await asyncio.sleep(deferred)
+                    deferrals = 0
+            else:
+                deferrals = 0
             offset += len(line)
             await asyncio.to_thread(self._set_offset, offset)
-            self.pending = max(0, self.pending - 1)
+            if deferred is None:
+                self.pending = max(0, self.pending - 1)
 
     def _read_line(self, offset: int) -> bytes | None:
         with open(self.spool, "rb") as fh:
@@ -252,14 +272,16 @@ class DetectionReporter:
             fh.truncate(0)
         self._set_offset(0)
 
-    async def _deliver(self, http: httpx.AsyncClient, line: bytes) -> None:
+    async def _deliver(self, http: httpx.AsyncClient, line: bytes) -> float | None:
+        """Posts one detection until its answer is final (None), or, on a 429, gives up for
+        now and says how long its subject should wait (the caller puts it at the back)."""
         body = line.rstrip(b"\n")
         try:
             det_id = str(json.loads(body).get("id", ""))
         except (ValueError, AttributeError):
             log.error("detection spool: an unreadable line was skipped")
             self.stats.refused += 1
-            return
+            return None
         msg_id = "msg_" + hashlib.sha256(det_id.encode()).hexdigest()[:32]
         backoff = self.backoff_initial
         while True:
@@ -282,7 +304,7 @@ class DetectionReporter:
                         self.stats.duplicates += 1
                     else:
                         self.stats.accepted += 1
-                    return
+                    return None
                 if resp.status_code == 401:
                     # Not this detection's fault: the signature (a clock more than 5 minutes
                     # off, a secret rotated past its grace) or the source. Every detection
@@ -301,7 +323,12 @@ class DetectionReporter:
                         ",".join(fields),
                     )
                     self.stats.refused += 1
-                    return
+                    return None
+                elif resp.status_code == 429:
+                    wait = _retry_after(resp)
+                    log.warning("detection %s: HTTP 429; deferred", det_id[:80])
+                    self.stats.retries += 1
+                    return min(wait if wait is not None else 1.0, self.backoff_max)
                 else:
                     log.warning("detection %s: HTTP %d; will retry", det_id[:80], resp.status_code)
                 wait = _retry_after(resp)

@@ -94,9 +94,10 @@ async def test_reporter_retries_in_order_and_skips_permanent_refusals(tmp_path: 
     assert rep.pending == 3
     async with rep:
         assert await rep.flush(5)
-    assert wire.seen == [ids[0], ids[0], ids[0], ids[1], ids[2]]
+    # 503: retried in place; 429: to the back of the spool, the others go first
+    assert wire.seen == [ids[0], ids[0], ids[1], ids[2], ids[0]]
     assert (rep.stats.accepted, rep.stats.refused, rep.stats.duplicates) == (1, 1, 1)
-    assert rep.stats.retries == 2
+    assert rep.stats.retries == 2 and rep.stats.deferred == 1
 
 
 async def test_spool_survives_a_new_reporter(tmp_path: Path) -> None:
@@ -284,3 +285,39 @@ async def test_a_401_holds_the_spool_and_retries(tmp_path: Path) -> None:
         assert await rep.flush(5)
     assert wire.seen == [ids[0], ids[0], ids[0], ids[1]]
     assert (rep.stats.accepted, rep.stats.refused) == (2, 0)
+
+
+class RateLimited(httpx.AsyncBaseTransport):
+    """The intake with a subject over its rate: 429 for the attacker's key until `after`
+    posts, 202 for everyone else."""
+
+    def __init__(self, refuse: int) -> None:
+        self.refuse = refuse
+        self.seen: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.seen.append(body["id"])
+        if body["subject"].get("api_key") == "k-flood" and self.refuse > 0:
+            self.refuse -= 1
+            return httpx.Response(429, json={"error": "rate"}, headers={"Retry-After": "0"})
+        return httpx.Response(202, json={})
+
+
+async def test_one_subjects_429s_hold_up_no_other_detection(tmp_path: Path) -> None:
+    """An attacker's flood on one API key (a new session each time) hit its rate limit, and
+    every later detection, anyone's, waited behind it."""
+    wire = RateLimited(refuse=30)
+    rep = DetectionReporter("http://x", WEBHOOK_SECRET, tmp_path, transport=wire, fsync=False)
+    flood = [
+        await rep.report(make_detection("AML.T0051", session=f"s-{i}", api_key="k-flood"))
+        for i in range(10)
+    ]
+    other = await rep.report(make_detection("AML.T0051", session="s-victim", api_key="k-ok"))
+    async with rep:
+        assert await rep.flush(10)
+    # the other detection went out on the first round, before any flood detection's retry
+    assert wire.seen.index(other) == 10
+    assert set(flood) <= set(wire.seen[11:])
+    assert rep.stats.accepted == 11 and rep.stats.deferred == 30
+    assert rep.pending == 0

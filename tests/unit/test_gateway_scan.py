@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from soar.bounds import canonical_id
 from soar.gateway import DetectionReporter, EnforcementClient, EnforcementMiddleware, Subject
 from soar.gateway.middleware import (
     MAX_EVIDENCE,
@@ -129,20 +130,36 @@ async def test_a_prompt_over_256_kib_is_answered_and_its_detection_carries_its_h
 async def test_a_report_refused_does_not_fail_the_request_and_logs_no_prompt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # a session id from a header, too long for any detection (the reporter refuses it)
-    session = "s" * (300 * 1024)
-    reporter = DetectionReporter("http://soar.test", WEBHOOK_SECRET, tmp_path, fsync=False)
+    class Refusing(DetectionReporter):
+        async def report(self, detection: dict[str, Any]) -> str:
+            raise ValueError("detection: over 256 KiB once encoded (atlas-soar refuses it)")
+
+    reporter = Refusing("http://soar.test", WEBHOOK_SECRET, tmp_path, fsync=False)
     app = chat_app()
     mw = middleware(app, builtin_detector(), reporter=reporter)
     with caplog.at_level(logging.WARNING, logger="soar.gateway"):
         async with http(mw) as client:
-            r = await client.post("/chat", json={"prompt": ATTACK}, headers={"x-session": session})
+            r = await client.post("/chat", json={"prompt": ATTACK}, headers={"x-session": "s-1"})
     assert r.status_code == 200 and r.json() == {"answer": "ok"} and app.state.calls
-    assert reporter.pending == 0
     refused = [rec for rec in caplog.records if "detection not reported" in rec.getMessage()]
     assert refused and all("ValueError" in rec.getMessage() for rec in refused)
     for rec in caplog.records:
-        assert ATTACK not in rec.getMessage() and session not in rec.getMessage()
+        assert ATTACK not in rec.getMessage()
+
+
+async def test_a_session_id_too_long_for_the_intake_is_reported_hashed(tmp_path: Path) -> None:
+    # a session id from a header, far over the intake's 256: reported as the intake stores it
+    # (before, the detection was over 256 KiB and refused: no incident, no block)
+    session = "s" * (300 * 1024)
+    reporter = DetectionReporter("http://soar.test", WEBHOOK_SECRET, tmp_path, fsync=False)
+    app = chat_app()
+    mw = middleware(app, builtin_detector(), reporter=reporter)
+    async with http(mw) as client:
+        r = await client.post("/chat", json={"prompt": ATTACK}, headers={"x-session": session})
+    assert r.status_code == 200 and app.state.calls
+    assert reporter.pending >= 1
+    spooled = [json.loads(line) for line in reporter.spool.read_text().splitlines()]
+    assert {d["subject"]["session"] for d in spooled} == {canonical_id(session)}
 
 
 # -- bodies it cannot read -----------------------------------------------------------------
