@@ -46,6 +46,12 @@ _JIRA_EFFECT = r"(?<![A-Za-z0-9])[*_\-+^~?]|[*_\-+^~?](?![A-Za-z0-9])"
 _JIRA_SPECIAL = re.compile(f"({_JIRA_ALWAYS}|{_JIRA_EFFECT})")
 _JIRA_BLOCK = re.compile(r"(?im)^(\s*(?:h[1-6]|bq))\.")
 _URL = re.compile(r"(?i)([a-z][a-z0-9+.\-]*):/{2}")
+_MAILTO = re.compile(r"(?i)(mailto):")
+# Jira's emoticons: "(/)" is a green tick, "(x)" a red cross, ":)" a smiley; attacker text
+# could fake "(/) Approved". The opening character escaped, they stay text.
+_EMOTICON = re.compile(
+    r"(?i)(\()(?=(?:/|x|y|n|i|!|\?|\+|-|on|off|\*[rgby]?|flag|flagoff)\))|([:;])(?=[()PD])"
+)
 
 
 def jira_wiki(text: str) -> str:
@@ -53,8 +59,10 @@ def jira_wiki(text: str) -> str:
     as written, never as markup; line breaks kept, control characters made visible."""
     text = _CONTROL.sub(_visible, text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _URL.sub(lambda m: f"{m.group(1)}[:]//", text)  # no auto-link to click
+    text = _MAILTO.sub(r"\1[:]", text)
     text = text.replace("www.", "www[.]")
     text = _JIRA_SPECIAL.sub(r"\\\1", text)
+    text = _EMOTICON.sub(lambda m: "\\" + (m.group(1) or m.group(2)), text)
     # Block markers at the start of a line (h1. to h6., bq.): the dot escaped, not a heading.
     return _JIRA_BLOCK.sub(lambda m: m.group(1) + "\\.", text)
 

@@ -25,3 +25,24 @@ def test_a_short_summary_is_kept_whole() -> None:
     assert jira_plain("AML.T0051 on session s-1 \U0001f600", 255) == (
         "AML.T0051 on session s-1 \U0001f600"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("(/) Approved by the security team", "\\(/) Approved by the security team"),
+        ("(x) (y) (n) (i) (on) (flag)", "\\(x) \\(y) \\(n) \\(i) \\(on) \\(flag)"),
+        ("all good :) ;)", "all good \\:) \\;)"),
+        ("time 10:30 (PDT)", "time 10:30 (PDT)"),
+    ],
+)
+def test_jira_emoticons_in_attacker_text_stay_text(text: str, shown: str) -> None:
+    from soar.escape import jira_wiki
+
+    assert jira_wiki(text) == shown
+
+
+def test_a_mailto_link_is_not_live_in_jira() -> None:
+    from soar.escape import jira_wiki
+
+    assert "mailto:" not in jira_wiki("write to mailto:eve@evil.example")
