@@ -204,16 +204,18 @@ def _b64_secret(m: re.Match[str]) -> str:
 # Personal data
 # --------------------------------------------------------------------------------------------
 
-_LOCAL = r"[A-Za-z0-9._%+-]"
+# Letters and digits of any script (internationalised addresses: "jörg.müller@firma.de",
+# "info@müller.de"), "_" with them in the local part.
+_LOCAL = r"[\w.%+-]"
 # A label: alphanumeric runs joined by hyphens, so it can neither start nor end with "-".
 # Each piece is possessive and the pieces are delimited by different characters, so there is
 # exactly one way to match a label.
-_LABEL = r"[A-Za-z0-9]++(?:-++[A-Za-z0-9]++)*+"
+_LABEL = r"[^\W_]++(?:-++[^\W_]++)*+"
 _EMAIL_RE = re.compile(
     _LOCAL + r"(?<!" + _LOCAL + _LOCAL + r")" + _LOCAL + r"*+@"
-    r"(?:" + _LABEL + r"\.(?=[A-Za-z0-9]))++"
+    r"(?:" + _LABEL + r"\.(?=[^\W_]))++"
     # The last label is the TLD; the loop above gave back nothing, so check it here.
-    r"(?<=\.)[A-Za-z]{2,}+(?![A-Za-z0-9-])"
+    r"(?<=\.)[^\W\d_]{2,}+(?![^\W_]|-)"
 )
 
 # A run of digit groups separated by single spaces or dashes (not preceded by '+', which
@@ -258,6 +260,9 @@ _PHONE_NANP = re.compile(
     r"(?<![\w+])(?:1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"
 )
 _PHONE_TRUNK = re.compile(r"0(?<![\w+.]0)\d{1,4}[ -]?\d{3,4}[ -]?\d{3,4}(?!\d)(?!\.\d)")
+# A national number written in pairs, as in France and Belgium: "06 12 34 56 78",
+# "06.12.34.56.78", "06-12-34-56-78" (one separator throughout).
+_PHONE_PAIRS = re.compile(r"0(?<![\w+.]0)[1-9]([ .-])\d{2}(?:\1\d{2}){3}(?![\d.-]\d|\d)")
 
 _LUHN_DOUBLE: Final = str.maketrans("0123456789", "0246813579")
 
@@ -467,6 +472,7 @@ def _mask(text: str) -> str:
         sub(_PHONE_NANP, PHONE)
         if "0" in text:
             sub(_PHONE_TRUNK, _phone_if_digits(9, 12))
+            sub(_PHONE_PAIRS, PHONE)
     sub(_HEX_RUN, SECRET)
     sub(_B64_RUN, _b64_secret)
     return text

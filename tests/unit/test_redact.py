@@ -469,3 +469,20 @@ def test_a_card_number_in_arabic_indic_digits_is_masked() -> None:
         str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
     )
     assert redact(f"card {arabic} ok") == redact(f"card {ascii_card} ok") == f"card {CARD} ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("write to info@m\u00fcller.de", "write to [EMAIL]"),
+        (
+            "j\u00f6rg.m\u00fcller@firma.de said",
+            "[EMAIL] said",
+        ),  # the name was left: j\u00f6rg.m\u00fc
+        ("call 06 12 34 56 78 now", "call [PHONE] now"),
+        ("call 06.12.34.56.78 now", "call [PHONE] now"),
+        ("version 1.2.3 on 01.02.2024", "version 1.2.3 on 01.02.2024"),
+    ],
+)
+def test_internationalised_addresses_and_numbers_in_pairs_are_masked(text: str, want: str) -> None:
+    assert redact(text) == want
