@@ -88,6 +88,8 @@ _TO_SPACE: Final = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
 _ALNUM_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
 # Every byte but the UTF-8 continuation bytes (0x80-0xBF).
 _NOT_CONTINUATION: Final = bytes(b for b in range(256) if not 0x80 <= b <= 0xBF)
+# Whitespace other than the space (bytes.split() splits at these too).
+_OTHER_WHITESPACE: Final = (b"\t", b"\n", b"\r", b"\x0b", b"\x0c")
 # How far the keyword check looks for the rest of a word a match cuts.
 _WORD_REACH: Final = 64
 # Leetspeak: the characters that decode to each letter (normalise._LEET, inverted), and those
@@ -410,6 +412,12 @@ class _Keywords:
             for p in self.phrases:
                 if p in piece:
                     return True
+            if b"  " in piece or any(w in piece for w in _OTHER_WHITESPACE):
+                # the pattern's spaces match any whitespace run: so do the phrases' spaces
+                flat = b" ".join(piece.split())
+                for p in self.phrases:
+                    if p in flat:
+                        return True
             if not self.words:
                 return False
         elif not self.words:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import re2
 
-__all__ = ["MAX_PROGRAM", "PatternError", "PatternSet", "Regex"]
+__all__ = ["MAX_PROGRAM", "PatternError", "PatternSet", "Regex", "spaces_as_whitespace"]
 
 # The largest compiled program (RE2 instructions) one rule pattern may have: bounded
 # repetitions are expanded (``[^)]{0,500}`` is 500 copies), so this bounds the memory and the
@@ -242,3 +242,67 @@ def _raw_set_matcher(one: Any) -> Any:
     except (AttributeError, TypeError, re2.error):
         return one.Match
     return match
+
+
+def spaces_as_whitespace(source: str) -> str:
+    """``source`` with each literal space (outside a character class, or escaped) made to
+    match any run of whitespace: ``system prompt`` matches ``system  prompt`` and
+    ``system\\nprompt`` as well, since doubled spaces and line breaks read the same to a
+    model (a way past every rule written with spaces). A space followed by ``*`` or ``+``
+    becomes ``\\s*`` / ``\\s+``, one followed by ``?`` ``\\s*``, one followed by a ``{m,n}``
+    bound ``\\s`` (the bound applies to it); a space in a class is ``\\s`` (not at a
+    range's end). A pattern with ``\\Q...\\E`` quoting is left as it is."""
+    if "\\Q" in source:
+        return source
+    out: list[str] = []
+    i, n = 0, len(source)
+    in_class, first = False, 0  # first: index of a class's first member (a "]" there is one)
+    while i < n:
+        c = source[i]
+        if c == "\\" and i + 1 < n and not (source[i + 1] == " " and not in_class):
+            out.append(source[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            if source.startswith("[:", i) and (end := source.find(":]", i + 2)) >= 0:
+                out.append(source[i : end + 2])
+                i = end + 2
+                continue
+            if c == "]" and i > first:
+                in_class = False
+                out.append(c)
+            elif c == " ":
+                after_dash = i - 1 > first and source[i - 1] == "-"
+                before_dash = source.startswith("-", i + 1) and not source.startswith("-]", i + 1)
+                out.append(" " if after_dash or before_dash else "\\s")
+            else:
+                out.append(c)
+            i += 1
+            continue
+        if c == "[":
+            in_class = True
+            j = i + 2 if source.startswith("[^", i) else i + 1
+            first = j
+            out.append(source[i:j])
+            i = j
+            continue
+        if c == "\\":  # an escaped space
+            i += 2
+        elif c == " ":
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+            continue
+        q = source[i : i + 1]
+        if q in ("*", "+"):
+            out.append("\\s" + q)
+            i += 1
+        elif q == "?":
+            out.append("\\s*")
+            i += 1
+        elif q == "{":
+            out.append("\\s")
+        else:
+            out.append("\\s+")
+    return "".join(out)

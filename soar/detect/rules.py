@@ -16,7 +16,8 @@ A pack::
                                     #   as substrings); a match of the pattern counts only
                                     #   when it holds one of them
         pattern: '...'              # a regular expression (RE2 syntax) run on the normalised
-                                    #   (lower-case) text, or
+                                    #   (lower-case) text; a literal space in it matches any
+                                    #   run of whitespace (spaces_as_whitespace), or
         detector: secrets           # a built-in detector: secrets | pii | invisible |
                                     #   mixed-script | encoded (exactly one of pattern/detector)
         unless: '...'               # optional, with pattern: a match is discarded when this
@@ -53,7 +54,7 @@ from typing import Final, Literal
 
 from yaml.nodes import Node, SequenceNode
 
-from soar.detect.matcher import PatternError, Regex
+from soar.detect.matcher import PatternError, Regex, spaces_as_whitespace
 from soar.yamlnodes import NodeError, NodeParser, compose, line_of, read_text
 
 __all__ = [
@@ -185,7 +186,8 @@ class _Parser(NodeParser[RulePackError]):
         if len(source) > _MAX_PATTERN:
             raise self.error(node, path, f"longer than {_MAX_PATTERN} characters")
         try:
-            return Regex(source)
+            # a space in a rule matches any run of whitespace (two spaces, a line break)
+            return Regex(spaces_as_whitespace(source))
         except PatternError as exc:
             raise self.error(node, path, str(exc)) from exc
 
