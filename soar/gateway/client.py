@@ -152,11 +152,15 @@ class EnforcementClient:
         return time.monotonic() - self.heard_at if self.heard_at else float("inf")
 
     def is_blocked(self, kind: str, target: str, tenant: str = "default") -> bool:
+        """Whether ``target`` of ``tenant`` is blocked (ids as read from a request: see
+        :meth:`check`)."""
+        target, tenant = _canonical(target, tenant)
         if self.table.lookup(_ALIASES.get(kind, kind), target, tenant) is not None:
             return True
         return self.fail_mode == "closed" and not self.fresh
 
     def has_effect(self, effect: str, kind: str, target: str, tenant: str = "default") -> bool:
+        target, tenant = _canonical(target, tenant)
         return effect in self.table.effects(_ALIASES.get(kind, kind), target, tenant)
 
     def check(self, kind: str, target: str, tenant: str = "default") -> Decision:
@@ -164,8 +168,7 @@ class EnforcementClient:
         is blocked or under another effect. The values are taken in the form the intake stores
         (:func:`soar.bounds.canonical_id`), as the reporter sends them."""
         k = _ALIASES.get(kind, kind)
-        target = canonical_id(target) or ""
-        tenant = canonical_id(tenant, TENANT_MAX) or ""
+        target, tenant = _canonical(target, tenant)
         found = self.table.effects(k, target, tenant)
         if "block" not in found and self.fail_mode == "closed" and not self.fresh:
             return Decision(True, None, None, None, "stale", k, target, tuple(found))
@@ -359,6 +362,12 @@ class EnforcementClient:
                 self.on_change(event, block)
             except Exception:  # the app's callback: the table is up to date all the same
                 log.exception("enforcement stream: on_change raised (ignored)")
+
+
+def _canonical(target: str, tenant: str) -> tuple[str, str]:
+    """A subject id and tenant in the form the intake stores them, as the reporter sends them
+    (:func:`soar.bounds.canonical_id`; an empty tenant is "default", as for a detection)."""
+    return canonical_id(target) or "", canonical_id(tenant, TENANT_MAX) or "default"
 
 
 __all__ = ["KINDS", "ClientStats", "Decision", "EnforcementClient", "FailMode", "SSEParser"]

@@ -184,6 +184,13 @@ async def test_stream_snapshot_then_changes_and_resume_without_gap(
         assert fresh[0][0] == "snapshot" and fresh[0][2]["blocks"] == 2
         assert {e[2]["action_id"] for e in fresh[1:3]} == {added, missed}
 
+        # An id as a gateway reads it from a request is looked up as the intake stores it.
+        from soar.bounds import canonical_id
+
+        await asyncio.to_thread(commit_block, db_url, canonical_id("a\tb") or "")
+        await eventually(lambda: _blocked(stack, "a%09b"), timeout=3, interval=0.05)
+        assert (await stack.enforcement("sessions", " s-live "))["blocked"]
+
         # Expiry is evaluated locally: nothing is written when a 1 s block runs out.
         await asyncio.to_thread(commit_block, db_url, "s-short", seconds=1.0)
         await eventually(lambda: _blocked(stack, "s-short"), timeout=2, interval=0.01)

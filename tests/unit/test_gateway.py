@@ -165,7 +165,21 @@ def test_a_hostile_id_is_reported_and_checked_in_the_form_the_intake_stores(raw:
     client.heard_at = time.monotonic()
     assert client.check("session", raw, "acme").blocked
     assert client.check_subject("acme", session=raw).blocked
+    assert client.is_blocked("session", raw, "acme")
+    assert client.has_effect("block", "session", raw, " acme ")
     assert not client.check("session", raw + "z", "acme").blocked
+
+
+def test_an_empty_tenant_is_the_default_tenant_on_both_sides() -> None:
+    from soar.intake.schema import parse_detection
+
+    det, _ = parse_detection(make_detection("AML.T0051", tenant=" ", session="s-1"))
+    assert det.subject.tenant == "default"
+    client = EnforcementClient("http://unused", "t")
+    client.table.add(Block("a", "session", "default", "s-1", None, "inc-a", "AML.T0051"))
+    client.heard_at = time.monotonic()
+    assert client.check_subject("", session="s-1").blocked
+    assert client.is_blocked("session", "s-1", " ")
 
 
 def _sse(*events: tuple[str, object, int | None]) -> bytes:
