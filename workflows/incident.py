@@ -351,13 +351,13 @@ class IncidentWorkflow:
             return f"unknown approval {req.approval_id}"
         if approval.status != "pending":
             return f"approval {req.approval_id} is already {approval.status}"
-        if approval.expire_at is not None and _signed_at(req) >= approval.expire_at:
+        deadline = _deadline(approval)
+        if deadline is not None and _signed_at(req) >= deadline:
             # Decided after the deadline, and here before the expiry only because this
             # workflow was behind (its worker down): a decision and the expiry timer landing in
             # one activation let the decision win, which must not make a late one count.
             return (
-                f"approval {req.approval_id} expired at {approval.expire_at.isoformat()} "
-                "(decided after it)"
+                f"approval {req.approval_id} expired at {deadline.isoformat()} (decided after it)"
             )
         who = _approver(req)
         if approval.requested_by and approval.requested_by in (who, req.actor):
@@ -1394,6 +1394,21 @@ def _announces(action_type: str) -> bool:
     """Noted on the ticket and sent to its hook once applied (not a notice)."""
     found = actions.find(action_type)
     return found is None or "applied" in found.hook_events
+
+
+def _deadline(approval: _Approval) -> datetime | None:
+    """When the approval expires: the earlier of the workflow's own deadline and the row's
+    (which channels show; the workflow's is set a little later, or much later when its worker
+    died between writing the row and hearing back)."""
+    found = [approval.expire_at] if approval.expire_at is not None else []
+    try:
+        if approval.ref.expires_at:
+            row = datetime.fromisoformat(approval.ref.expires_at)
+            if row.tzinfo is not None:
+                found.append(row)
+    except ValueError:
+        pass
+    return min(found) if found else None
 
 
 def _signed_at(req: DecisionRequest) -> datetime:

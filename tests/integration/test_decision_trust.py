@@ -176,13 +176,16 @@ async def test_a_decision_after_the_expiry_is_refused_while_the_workflow_is_behi
             assert r.status_code == 202, r.text
             iid, wid = r.json()["incident_id"], r.json()["workflow_id"]
             approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
+            types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
+            revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
+            apr = revoke["approval_id"]
+            # escalated at half time: the workflow holds its deadline (set before that)
+            await eventually(lambda: _escalated(db_url, apr), timeout=20)
         # no worker: the deadline passes with the workflow unable to expire the approval
-        types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
-        revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
-        apr = revoke["approval_id"]
-        await asyncio.sleep(7)
         row = await stack.http.get(f"/v1/approvals/{apr}", headers=bearer("admin"))
         assert row.json()["status"] == "pending"
+        deadline = datetime.fromisoformat(row.json()["expires_at"])
+        await asyncio.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + 1.0)
         late = await stack.http.post(
             f"/v1/approvals/{apr}/decision", json={"decision": "approve"}, headers=bearer("admin")
         )
@@ -209,3 +212,15 @@ async def test_a_decision_after_the_expiry_is_refused_while_the_workflow_is_behi
             await eventually(expired, timeout=20)
         assert not await stack.revoked("k-l")
         assert (await action_of(stack, iid, revoke["action_id"]))["status"] != "applied"
+
+
+def _escalated(db_url: str, approval_id: str) -> bool:
+    import psycopg
+
+    from soar.replica import libpq_url
+
+    with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT escalated_at FROM approvals WHERE id = %s", (approval_id,)
+        ).fetchone()
+    return bool(row and row[0] is not None)

@@ -176,6 +176,9 @@ async def test_interrupted_then_resumed_accepts_each_line_once(
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            # Ctrl-C as at a terminal, even when this suite runs in the background (an
+            # asynchronous job of a shell starts with SIGINT ignored, and so would the child)
+            preexec_fn=_default_sigint,
         )
         # Interrupt in the middle: once some lines are in, long before all are.
         for _ in range(400):
@@ -239,3 +242,7 @@ async def test_dry_run_prints_enriched_alerts_and_records_nothing(
     code, out, _ = await soar(env, "ingest", "--dry-run", "--technique", "AML.T0051", str(alerts))
     assert code == 0
     assert json.loads(out.splitlines()[0])["technique"]["id"] == "AML.T0051"
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
