@@ -102,6 +102,13 @@ def csv_cell(value: Any) -> Any:
 # --- terminal --------------------------------------------------------------------------------
 
 
+def plain_terminal_text(value: Any) -> str:
+    """A value for plain terminal output (``print``, ``typer.echo``: no markup is read): no
+    escape sequence, control or bidi character reaches the terminal (shown as \\xNN /
+    \\uNNNN); the rest as written."""
+    return _CONTROL_ALL.sub(_visible, str(value))
+
+
 def terminal_text(value: Any) -> str:
     """A value for a rich console that interprets markup: no markup, no escape sequence, no
     control or bidi character reaches the terminal (they are shown as \\xNN / \\uNNNN)."""

@@ -267,20 +267,18 @@ _PHONE_PAIRS = re.compile(r"0(?<![\w+.]0)[1-9]([ .-])\d{2}(?:\1\d{2}){3}(?![\d.-
 _LUHN_DOUBLE: Final = str.maketrans("0123456789", "0246813579")
 
 
-class _AsciiDigits(dict[int, int]):
-    """A ``str.translate`` table from every decimal digit (Unicode category Nd, what ``\\d``
-    matches: Arabic-Indic, Devanagari, fullwidth ...) to its ASCII digit; other characters
-    are left as they are. Filled as characters are met (a lookup of a new character costs a
-    Python call once)."""
-
-    def __missing__(self, key: int) -> int:
-        char = chr(key)
-        value = 0x30 + unicodedata.decimal(char) if unicodedata.category(char) == "Nd" else key
-        self[key] = value
-        return value
+# A decimal digit of another script (Unicode category Nd, which \d matches: Arabic-Indic,
+# Devanagari, fullwidth ...).
+_OTHER_DIGIT: Final = re.compile(r"(?![0-9])\d")
 
 
-_ASCII_DIGITS: Final = _AsciiDigits()
+def _ascii_digits(text: str) -> str:
+    """``text`` with every decimal digit of another script as its ASCII digit (a table of the
+    digits it holds, built for it: nothing is kept between calls)."""
+    found = set(_OTHER_DIGIT.findall(text))
+    if not found:
+        return text
+    return text.translate({ord(c): 0x30 + unicodedata.decimal(c) for c in found})
 
 
 def _card_spans(digits: str, bounds: list[int]) -> dict[int, int]:
@@ -348,7 +346,7 @@ def _mask_cards(m: re.Match[str]) -> str:
     # \d matches any decimal digit (text the engine scans keeps Arabic-Indic ones): ASCII here
     digits = "".join(groups[:usable])
     if not digits.isascii():
-        digits = digits.translate(_ASCII_DIGITS)
+        digits = _ascii_digits(digits)
     spans = _card_spans(digits, bounds)
     if not spans:
         return run
@@ -500,7 +498,7 @@ def _normalise(text: str, limit: int | None = None) -> tuple[str, bool]:
                 chunk = _INVISIBLE.sub("", chunk)
                 # decimal digits of other scripts as ASCII ones, so that every rule reads them
                 # (a card number in Arabic-Indic digits is masked like one in ASCII digits)
-                chunk = chunk.translate(_ASCII_DIGITS)
+                chunk = _ascii_digits(chunk)
             parts.append(chunk)
             produced += len(chunk)
         cut = pos < len(text)

@@ -159,18 +159,31 @@ async def enforcement_stream(
                 async for chunk in _replay(replica, after, snap.head):
                     yield chunk
             yield _event("synced", {"head": snap.head}, snap.head)
+            sent_at = loop.time()
             while True:
                 if not await still_allowed():
                     return
+                # woken for the next heartbeat or the next token check, whichever comes first
+                due = min(sent_at + heartbeat, checked_at + recheck)
                 try:
-                    item = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
+                    item = await asyncio.wait_for(
+                        sub.queue.get(), timeout=max(due - loop.time(), 0.01)
+                    )
                 except TimeoutError:
-                    beat: dict[str, object] = {"head": replica.last_seq, "stale": not replica.fresh}
-                    yield _event("heartbeat", beat)
+                    if loop.time() - sent_at >= heartbeat:
+                        beat: dict[str, object] = {
+                            "head": replica.last_seq,
+                            "stale": not replica.fresh,
+                        }
+                        yield _event("heartbeat", beat)
+                        sent_at = loop.time()
                     continue
                 if item is None:  # dropped: too far behind, or the replica reset
                     return
+                if not await still_allowed():  # the event waited: the token may be gone
+                    return
                 yield change_event(item)
+                sent_at = loop.time()
         except psycopg.Error:
             return  # the replay lost the database: the client resumes from its last id
         finally:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from soar.detect.engine import Engine, Finding
-from soar.escape import json_text, terminal_text
+from soar.escape import json_text, plain_terminal_text
 from soar.redact import redact
 
 __all__ = ["MAX_LINE_CHARS", "detect"]
@@ -86,10 +86,10 @@ def _human(text: str, findings: list[Finding], prefix: str = "") -> list[str]:
     out = []
     for f in findings:
         excerpt = redact(text[f.span[0] : f.span[1]], max_len=60)
-        shown = terminal_text(json.dumps(excerpt, ensure_ascii=False))
+        shown = plain_terminal_text(json.dumps(excerpt, ensure_ascii=False))
         out.append(
             f"{prefix}{f.technique:<14} {f.rule:<28} {f.score:.2f}  "
-            f"[{f.span[0]}, {f.span[1]}]  {shown}  ({terminal_text(f.why)})"
+            f"[{f.span[0]}, {f.span[1]}]  {shown}  ({plain_terminal_text(f.why)})"
         )
     return out
 
@@ -170,7 +170,7 @@ def _scan_file(engine: Engine, handle: TextIO, kind: Any, json_out: bool) -> int
             }
             typer.echo(_json_line(row))
         else:
-            label = f"line {n}" + (f" ({terminal_text(ident)})" if ident is not None else "")
+            label = f"line {n}" + (f" ({plain_terminal_text(ident)})" if ident is not None else "")
             for line in _human(body, findings, f"{label}: "):
                 typer.echo(line)
     return bad

@@ -134,14 +134,18 @@ def leftovers(text: str) -> list[str]:
 
 
 def _token_count(value: object) -> int:
-    """A usage figure of the provider's answer, as a count: a value that is no count (a
-    string, a float that is not whole, a negative number, a bool) is 0 (it would raise, or a
-    negative one would give the tenant's daily budget back), and at most 10 million."""
+    """A usage figure of the provider's answer, as a count (at most 10 million); -1 for a
+    value that is no count (a string, a float that is not whole, a negative number, a bool:
+    it would raise, or give the tenant's daily budget back); 0 for None (not given)."""
+    if value is None:
+        return 0
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
+        return -1
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        return 0
-    return min(max(int(value), 0), 10_000_000)
+        return -1
+    if value < 0:
+        return -1
+    return min(int(value), 10_000_000)
 
 
 def validate_answer(raw: str, facts: SummaryFacts, *, max_chars: int) -> Summary:
@@ -344,7 +348,10 @@ class ModelSummariser:
         usage = getattr(resp, "usage", None)
         prompt_tokens = _token_count(getattr(usage, "prompt_tokens", 0))
         completion_tokens = _token_count(getattr(usage, "completion_tokens", 0))
-        spent = prompt_tokens + completion_tokens if usage is not None else estimate
+        readable = usage is not None and prompt_tokens >= 0 and completion_tokens >= 0
+        prompt_tokens, completion_tokens = max(prompt_tokens, 0), max(completion_tokens, 0)
+        # a figure that is no count is charged as estimated (never a free call)
+        spent = prompt_tokens + completion_tokens if readable else estimate
         await self.store.settle(facts.tenant, spent - estimate)
         choices = getattr(resp, "choices", None) or []
         message = getattr(choices[0], "message", None) if choices else None

@@ -9,12 +9,12 @@ def test_a_providers_usage_figures_are_read_as_counts() -> None:
     from soar.summaries.model import _token_count
 
     assert [_token_count(v) for v in ("lots", -5, 3.0, 3.5, float("nan"), True, None)] == [
-        0,
-        0,
+        -1,
+        -1,
         3,
-        0,
-        0,
-        0,
+        -1,
+        -1,
+        -1,
         0,
     ]
     assert _token_count(12) == 12 and _token_count(10**12) == 10_000_000
