@@ -10,9 +10,9 @@ matched (its first match), ordered by position. What is scanned:
   when one of them decodes to a rule keyword;
 * the ROT13 of the text, when it holds at least two rule keywords that the text itself does
   not (a ROT13-encoded instruction);
-* each base64 segment (>= 20 characters) and each hex run (>= 20 digits, or ``\\x41``
-  escapes) that decodes to printable UTF-8, scanned with the same rules; a finding inside it
-  has the span of the whole segment.
+* each base64 segment (>= 20 characters, or wrapped in lines) and each hex run (>= 20 digits,
+  or ``\\x41`` escapes) that decodes to printable UTF-8, all scanned together with the same
+  rules; a finding inside has the span of its whole segment.
 
 Spans are offsets in the *original* input (``text[start:end]``), widened to whole characters
 that normalisation merged or split. The text scanned is at most :data:`MAX_CHARS` characters
@@ -37,7 +37,7 @@ import base64
 import binascii
 import bisect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final, Literal, NamedTuple
@@ -56,6 +56,8 @@ MAX_CHARS: Final = 262_144
 _B64_SEGMENT = Regex(r"[A-Za-z0-9+/_-]{20,}={0,2}")
 _HEX_SEGMENT = Regex(r"[0-9a-f]{20,}")
 _HEX_ESCAPES = Regex(r"(?:\\x[0-9a-f]{2}){6,}")
+# Base64 wrapped in lines (76 columns for base64(1) and MIME): two lines or more.
+_B64_BLOCK = Regex(r"(?:[A-Za-z0-9+/]{16,}[ \t]*\r?\n)+[A-Za-z0-9+/]{2,}={0,2}")
 # In the set: the text may hold an encoded segment (on the lower-cased text, so a superset of
 # the base64 runs of the cased one).
 _ENCODED_HINT: Final = r"[a-z0-9+/_-]{20}|(?:\\x[0-9a-f]{2}){6}"
@@ -66,8 +68,9 @@ _ENCODED_HINT: Final = r"[a-z0-9+/_-]{20}|(?:\\x[0-9a-f]{2}){6}"
 _ENCODED_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789+/_-")
 _ENCODED_MASK: Final = bytes(0x65 if b in _ENCODED_BYTES else 0x20 for b in range(256))
 _ENCODED_RUN: Final = b"e" * 20
-_MAX_SEGMENTS: Final = 16
-_MAX_DECODED: Final = 65_536
+# Bounds never reached by a text of MAX_CHARS (decoding shrinks it), kept as bounds.
+_MAX_SEGMENTS: Final = 16_384
+_MAX_DECODED: Final = MAX_CHARS
 # Once a technique's combined score reaches this, its remaining rules are skipped.
 _ENOUGH: Final = 0.97
 # A word model is asked while its technique's combined score is below this, like a rule. (Asking
@@ -299,40 +302,71 @@ class Engine:
     def _encoded(
         self, rule: Rule, norm: Normalised, c: _Compiled, found: dict[str, Finding]
     ) -> Finding | None:
-        first: Finding | None = None
-        budget = _MAX_DECODED
-        segments = 0
-        candidates = [(m, "base64") for m in _B64_SEGMENT.finditer_text(norm.cased)]
-        candidates += [(m, "hex") for m in _HEX_SEGMENT.finditer_text(norm.text)]
-        if "\\x" in norm.text:
-            candidates += [(m, "hex") for m in _HEX_ESCAPES.finditer_text(norm.text)]
-        for (start, end), how in candidates:
-            if segments >= _MAX_SEGMENTS or budget <= 0:
+        """Every encoded segment that decodes to text, scanned together in one pass (joined
+        by line breaks): linear in the text, and no number or size of decoys before the attack
+        exhausts it (the first 16 segments, 64 KiB, used to be all that was read). A finding
+        inside has the span of its segment."""
+        parts: list[str] = []
+        starts: list[int] = []  # where each part starts in the joined text
+        segments: list[tuple[tuple[int, int], str]] = []  # (span in the input, how)
+        at = 0
+        blocks: list[tuple[int, int]] = []  # wrapped base64 decoded whole: not line by line
+        for (start, end), how in _encoded_candidates(norm):
+            if len(segments) >= _MAX_SEGMENTS or at >= _MAX_DECODED:
                 break
-            if how == "base64":
-                segment = norm.cased[start:end]
+            if how == "hex":
+                decoded = _decode_hex(norm.text[start:end])
+            else:
+                if how == "base64" and any(a <= start and end <= b for a, b in blocks):
+                    continue
+                segment = "".join(norm.cased[start:end].split())  # the lines of a block
                 if segment.islower() or segment.isupper() or segment.isdigit():
                     continue  # an identifier, a hex digest or a number, not base64 text
-                decoded = _decode_base64(segment[: budget * 2])
-            else:
-                decoded = _decode_hex(norm.text[start:end][: budget * 4])
+                decoded = _decode_base64(segment)
+                if decoded is not None and how != "base64":
+                    blocks.append((start, end))
+                    how = "base64"
             if decoded is None:
                 continue
-            segments += 1
-            budget -= len(decoded)
-            span = norm.original_span(start, end)
-            inner = normalise(decoded)
-            inner_data = _utf8(inner.text)
-            hits: dict[str, Finding] = {}
-            note = f" (inside {how})"
-            _Pass(c, inner, inner_data, hits, note, span).run()
-            hits = {k: v for k, v in hits.items() if k not in found}
-            if hits:
-                found.update(hits)
-                if first is None:
-                    names = ", ".join(sorted(hits))
-                    first = self._hit(rule, span, f"{how} text that matches {names}")
-        return first
+            parts.append(decoded)
+            starts.append(at)
+            segments.append((norm.original_span(start, end), how))
+            at += len(decoded) + 1
+        if not parts:
+            return None
+        inner = normalise("\n".join(parts))
+        inner_data = _utf8(inner.text)
+
+        def where(s: int, e: int) -> tuple[tuple[int, int], str]:
+            o_start, _ = inner.original_span(s, e)
+            k = max(0, bisect.bisect_right(starts, o_start) - 1)
+            span, how = segments[k]
+            return span, f" (inside {how})"
+
+        hits: dict[str, Finding] = {}
+        _Pass(c, inner, inner_data, hits, where=where).run()
+        hits = {k: v for k, v in hits.items() if k not in found}
+        if not hits:
+            return None
+        found.update(hits)
+        earliest = min(hits.values(), key=lambda f: f.span)
+        how = next(h for sp, h in segments if sp == earliest.span)
+        names = ", ".join(sorted(hits))
+        return self._hit(rule, earliest.span, f"{how} text that matches {names}")
+
+
+def _encoded_candidates(norm: Normalised) -> list[tuple[tuple[int, int], str]]:
+    """The runs that may be encoded text, by their character spans in the normalised text:
+    base64 wrapped in lines (as ``base64`` and MIME write it: each line decodes to a fragment
+    on its own), then single base64 runs outside those blocks, hex runs and ``\\x`` escapes."""
+    out: list[tuple[tuple[int, int], str]] = []
+    if "\n" in norm.cased:
+        out += [(m, "base64 lines") for m in _B64_BLOCK.finditer_text(norm.cased)]
+    out += [(m, "base64") for m in _B64_SEGMENT.finditer_text(norm.cased)]
+    out += [(m, "hex") for m in _HEX_SEGMENT.finditer_text(norm.text)]
+    if "\\x" in norm.text:
+        out += [(m, "hex") for m in _HEX_ESCAPES.finditer_text(norm.text)]
+    return out
 
 
 class _Flags(NamedTuple):
@@ -443,8 +477,11 @@ class _Pass:
         note: str = "",
         span: tuple[int, int] | None = None,
         only: list[tuple[int, int]] | None = None,
+        where: Callable[[int, int], tuple[tuple[int, int], str]] | None = None,
     ) -> None:
         self.c = compiled
+        # the span (and note) of a match, from its character span (for joined segments)
+        self.where = where
         self.norm = norm
         self.data = data
         self.found = found
@@ -480,12 +517,15 @@ class _Pass:
             m = self._first(rule, c.keywords[i])
             if m is None:
                 continue
+            note = self.note
             if self.span is not None:
                 where = self.span
+            elif self.where is not None:
+                where, note = self.where(self._char(m[0]), self._char(m[1]))
             else:
                 where = self.norm.original_span(self._char(m[0]), self._char(m[1]))
             found[rule.id] = Finding(
-                technique, rule.id, rule.score, where, rule.why + self.note, rule.group
+                technique, rule.id, rule.score, where, rule.why + note, rule.group
             )
             del reached[technique]
 
