@@ -10,6 +10,8 @@ matched (its first match), ordered by position. What is scanned:
   when one of them decodes to a rule keyword;
 * the ROT13 of the text, when it holds at least two rule keywords that the text itself does
   not (a ROT13-encoded instruction);
+* a view with HTML tags dropped and entities, ``\\uXXXX`` and ``%XX`` escapes decoded, when
+  the text has three or more of one kind (a finding there has the whole text's span);
 * each base64 segment (>= 20 characters, or wrapped in lines) and each hex run (>= 20 digits,
   or ``\\x41`` escapes) that decodes to printable UTF-8, all scanned together with the same
   rules; a finding inside has the span of its whole segment.
@@ -36,7 +38,9 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import html
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -220,6 +224,12 @@ class Engine:
         if flags.rot13 >= 2:  # keywords written in ROT13
             rot_data = _utf8(rot13(norm.text))
             _Pass(c, norm, rot_data, found, " (after ROT13 decoding)").run()
+        decoded = _markup_decoded(text[:MAX_CHARS]) if flags.markup else None
+        if decoded is not None:  # HTML entities and tags, %XX, \\uXXXX: what a model reads
+            whole = (0, min(len(text), MAX_CHARS))
+            note = " (after HTML/URL/escape decoding)"
+            view = normalise(decoded)
+            _Pass(c, view, _utf8(view.text), found, where=lambda s, e: (whole, note)).run()
         for rule in c.detector_rules:
             if rule.id not in found:
                 if rule.detector == "encoded" and not flags.encoded:
@@ -355,6 +365,51 @@ class Engine:
         return self._hit(rule, earliest.span, f"{how} text that matches {names}")
 
 
+# Markup a model reads through (an indirect injection in a web page, a URL, a JSON string):
+# three or more of a kind before a decoded view is made.
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+# numeric entities (what hides letters: &#105;); named ones (&gt; &amp;) are decoded with
+# them but make no view of their own (text copied from HTML is full of them)
+_ENTITY = re.compile(r"&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});")
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]{0,15}(?:\s[^<>]{0,200})?/?>")
+_U_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
+# (not "_": snake_case is everywhere in code)
+_EMPHASIS = re.compile(r"(?<=[A-Za-z])(?:\*{1,3}|~~)(?=[A-Za-z])")
+_MARKUP_MIN = 3
+# The same markers on the normalised (lower-case) text, for the hint set: a superset.
+_MARKUP_HINTS: Final = [
+    r"%[0-9a-f]{2}",
+    r"&#[0-9x]",
+    r"</?[a-z][a-z0-9]{0,15}(?:\s|/|>)",
+    r"\\u[0-9a-f]{4}",
+    r"[a-z](?:\*|~~)",
+]
+
+
+def _markup_decoded(text: str) -> str | None:
+    """``text`` with HTML tags dropped (and emphasis inside words: ``Ig**nore**``), then HTML
+    entities, ``\\uXXXX`` escapes and percent-encoding decoded, when it has at least three of
+    one of them and the result differs; else None. Linear (C-level regexes, one pass each)."""
+    out = text
+    changed = False
+    if "<" in out and len(_TAG.findall(out)) >= _MARKUP_MIN:
+        out, changed = _TAG.sub("", out), True
+    if ("*" in out or "~" in out) and len(_EMPHASIS.findall(out)) >= 2:
+        out, changed = _EMPHASIS.sub("", out), True
+    if "&" in out and len(_ENTITY.findall(out)) >= _MARKUP_MIN:
+        out, changed = html.unescape(out), True
+    if "\\u" in out and len(_U_ESCAPE.findall(out)) >= _MARKUP_MIN:
+        out, changed = _U_ESCAPE.sub(_u_escape, out), True
+    if "%" in out and len(_PERCENT.findall(out)) >= _MARKUP_MIN:
+        out, changed = urllib.parse.unquote(out, errors="replace"), True
+    return out if changed and out != text else None
+
+
+def _u_escape(m: re.Match[str]) -> str:
+    code = int(m.group(1), 16)
+    return m.group(0) if 0xD800 <= code <= 0xDFFF else chr(code)
+
+
 def _encoded_candidates(norm: Normalised) -> list[tuple[tuple[int, int], str]]:
     """The runs that may be encoded text, by their character spans in the normalised text:
     base64 wrapped in lines (as ``base64`` and MIME write it: each line decodes to a fragment
@@ -373,6 +428,7 @@ class _Flags(NamedTuple):
     encoded: bool
     leet: bool
     rot13: int
+    markup: bool = False
 
 
 class _Compiled:
@@ -417,6 +473,10 @@ class _Compiled:
         # small automaton), one entry each, to count them: one pass for both
         self.has_leet = bool(leet)
         hints = [leet, *rot13_words] if leet else rot13_words
+        # and, last, the markers of markup a model reads through (_markup_decoded): one hit of
+        # any lets the Python-level count run
+        self.markup_from = len(hints)
+        hints += _MARKUP_HINTS
         self.hints = PatternSet(hints, group=max(len(hints), 1))
 
     def flags(self, data: bytes) -> _Flags:
@@ -424,9 +484,12 @@ class _Compiled:
         if not encoded and b"\\x" in data:
             encoded = bool(self.encoded.match(data))
         hits = self.hints.match(data)
+        markup = bool(hits) and hits[-1] >= self.markup_from
+        if markup:
+            hits = [h for h in hits if h < self.markup_from]
         if self.has_leet and hits and hits[0] == 0:
-            return _Flags(encoded, True, len(hits) - 1)
-        return _Flags(encoded, False, len(hits))
+            return _Flags(encoded, True, len(hits) - 1, markup)
+        return _Flags(encoded, False, len(hits), markup)
 
 
 @dataclass(frozen=True)
