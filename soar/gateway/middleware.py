@@ -753,6 +753,18 @@ def default_prompt_of(body: Any) -> str | None:
     return "\n".join(parts) if parts else None
 
 
+def _raw_text(raw: bytes) -> str | None:
+    """A body that is no JSON, as text to scan: valid UTF-8, or bytes that start like JSON
+    (invalid UTF-8 replaced); None for anything else (an image, a binary upload)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if raw.lstrip()[:1] in (b"{", b"["):
+        return raw.decode("utf-8", "replace")
+    return None
+
+
 def _finding(f: Any) -> tuple[str, float] | None:
     get = f.get if isinstance(f, dict) else (lambda k, d=None: getattr(f, k, d))
     technique = get("technique")
@@ -1047,16 +1059,36 @@ class EnforcementMiddleware:
             _SCAN_CONTEXT.reset(token)
 
     def _prompt_text(self, raw: bytes) -> Any:
-        """The prompt of a raw body: text, None (no prompt: not JSON, or no text in it), or
-        :data:`_TOO_DEEP` (nested too deep to read)."""
+        """The prompt of a raw body: text, None (no text in it), or :data:`_TOO_DEEP` (nested
+        too deep to read). A body Python's ``json`` refuses is not thereby without a prompt
+        (the app, or the model server behind it, may read it more leniently: invalid UTF-8
+        replaced, a huge number, trailing data): text (valid UTF-8, or anything that starts
+        like JSON) is scanned whole as it is. The values of a key given twice are all read
+        (``json`` keeps the last; another parser may keep the first)."""
+        if not raw:
+            return None
+        shadowed: list[Any] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, value in items:
+                if key in out:
+                    shadowed.append(out[key])
+                out[key] = value
+            return out
+
         try:
-            body = json.loads(raw) if raw else None
+            body = json.loads(raw, object_pairs_hook=pairs)
         except RecursionError:
             return _TOO_DEEP
         except ValueError:
-            return None  # not JSON: no prompt to read
+            return _raw_text(raw)
         try:
-            return self.prompt_of(body)
+            text = self.prompt_of(body)
+            if shadowed:
+                more = default_prompt_of(shadowed)
+                text = "\n".join(t for t in (text, more) if t) or None
+            return text
         except (ValueError, RecursionError):
             return _TOO_DEEP
 

@@ -674,3 +674,39 @@ async def test_the_builtin_detector_scans_in_the_middlewares_pool_within_the_sha
     await other
     assert (mw.over_share, mw.busy) == (1, 1) and len(app.state.calls) == 1
     assert pool.held == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # what Python's json refuses and a lenient parser upstream may read
+        b'{"messages":[{"role":"user","content":"' + ATTACK.encode() + b'"}],"user":"\xff"}',
+        b'{"messages":[{"role":"user","content":"'
+        + ATTACK.encode()
+        + b'"}],"seed":'
+        + b"9" * 5000
+        + b"}",
+        b'{"messages":[{"role":"user","content":"' + ATTACK.encode() + b'"}]}\n{}',
+        # a key given twice: json keeps the last value, another parser the first
+        b'{"prompt":"' + ATTACK.encode() + b'","prompt":"hello"}',
+        # no JSON at all
+        ATTACK.encode(),
+    ],
+)
+async def test_a_body_json_refuses_or_reads_partly_is_still_scanned(body: bytes) -> None:
+    seen: list[str] = []
+    app = chat_app()
+    mw = middleware(app, lambda text: seen.append(text) or [])
+    async with http(mw) as client:
+        r = await client.post("/chat", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200
+    assert seen and any(ATTACK in text for text in seen), seen
+
+
+async def test_a_binary_body_is_not_scanned_as_text() -> None:
+    seen: list[str] = []
+    app = chat_app()
+    mw = middleware(app, lambda text: seen.append(text) or [])
+    async with http(mw) as client:
+        r = await client.post("/chat", content=b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    assert r.status_code == 200 and seen == []
