@@ -300,9 +300,7 @@ _NOT_CONTROL_ASCII: Final = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 # U+0483-U+0489 (the titlo of Church Slavonic, and the enclosing thousands signs that "glitch
 # text" hangs on every letter: "s\u0489y\u0489s\u0489t\u0489e\u0489m\u0489"). The marks of
 # other scripts (Indic vowel signs, Hebrew points) are parts of their words and stay.
-_MARKS: Final = (
-    "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\u0483-\u0489"
-)
+_MARKS: Final = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f\u0483-\u0489"
 # Hangul fillers: default-ignorable letters that render as a blank (a run holding one reads
 # as a space)
 _FILLERS = re.compile("[\u115f\u1160\u3164\uffa0]")
