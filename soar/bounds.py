@@ -191,3 +191,10 @@ def canonical_id(value: str | None, limit: int = IDENTIFIER_MAX) -> str | None:
     if len(stripped) <= limit and not unsafe_identifier(stripped):
         return stripped
     return _HASHED + hashlib.sha256(stripped.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def canonical_subject(target: str | None, tenant: str | None) -> tuple[str, str]:
+    """A subject id and its tenant as read from a request, in the form the intake stores them
+    (:func:`canonical_id`; no id is "", an empty tenant is "default", as for a detection):
+    what block lookups, on a gateway and in the API, compare."""
+    return canonical_id(target) or "", canonical_id(tenant, TENANT_MAX) or "default"

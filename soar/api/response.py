@@ -35,8 +35,7 @@ from soar.approvers import decision_refusal
 from soar.auth import Identity, identity_for_token, token_hash
 from soar.bounds import (
     LIKE_ESCAPE,
-    TENANT_MAX,
-    canonical_id,
+    canonical_subject,
     check_query_datetime,
     has_unsafe_chars,
     invalid,
@@ -167,8 +166,7 @@ async def enforcement_check(
     if bad:  # as the database would refuse it: the input's fault, never a 5xx
         return _invalid([(name, "contains characters that cannot be stored") for name in bad])
     # as read from a request (an attacker's header): in the form the intake stores it
-    target = canonical_id(target) or target
-    tenant = canonical_id(tenant, TENANT_MAX) or "default"
+    target, tenant = canonical_subject(target, tenant)
     status = enforcement_status(state, target_kind.name, target, tenant)
     if status is None:
         async with state.factory() as session:
@@ -232,8 +230,7 @@ class EnforcementFastPath:
                             return None
             except ValueError:
                 return None
-        target = canonical_id(target) or target
-        tenant = canonical_id(tenant, TENANT_MAX) or "default"
+        target, tenant = canonical_subject(target, tenant)
         return enforcement.EnforcementStatus(
             kind.name, replica.effects(kind.name, target, tenant)
         ).as_json()

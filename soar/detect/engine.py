@@ -538,7 +538,6 @@ class _Pass:
         data: bytes,
         found: dict[str, Finding],
         note: str = "",
-        span: tuple[int, int] | None = None,
         only: list[tuple[int, int]] | None = None,
         where: Callable[[int, int], tuple[tuple[int, int], str]] | None = None,
     ) -> None:
@@ -549,7 +548,6 @@ class _Pass:
         self.data = data
         self.found = found
         self.note = note
-        self.span = span
         # a match counts only when it overlaps one of these (sorted, disjoint) byte spans
         self.only = only
 
@@ -581,9 +579,7 @@ class _Pass:
             if m is None:
                 continue
             note = self.note
-            if self.span is not None:
-                where = self.span
-            elif self.where is not None:
+            if self.where is not None:
                 where, note = self.where(self._char(m[0]), self._char(m[1]))
             else:
                 where = self.norm.original_span(self._char(m[0]), self._char(m[1]))

@@ -38,7 +38,7 @@ from typing import Literal
 
 import httpx
 
-from soar.bounds import TENANT_MAX, canonical_id
+from soar.bounds import canonical_subject
 from soar.gateway.table import KINDS, Block, BlockTable
 
 log = logging.getLogger("soar.gateway")
@@ -154,13 +154,13 @@ class EnforcementClient:
     def is_blocked(self, kind: str, target: str, tenant: str = "default") -> bool:
         """Whether ``target`` of ``tenant`` is blocked (ids as read from a request: see
         :meth:`check`)."""
-        target, tenant = _canonical(target, tenant)
+        target, tenant = canonical_subject(target, tenant)
         if self.table.lookup(_ALIASES.get(kind, kind), target, tenant) is not None:
             return True
         return self.fail_mode == "closed" and not self.fresh
 
     def has_effect(self, effect: str, kind: str, target: str, tenant: str = "default") -> bool:
-        target, tenant = _canonical(target, tenant)
+        target, tenant = canonical_subject(target, tenant)
         return effect in self.table.effects(_ALIASES.get(kind, kind), target, tenant)
 
     def check(self, kind: str, target: str, tenant: str = "default") -> Decision:
@@ -168,7 +168,7 @@ class EnforcementClient:
         is blocked or under another effect. The values are taken in the form the intake stores
         (:func:`soar.bounds.canonical_id`), as the reporter sends them."""
         k = _ALIASES.get(kind, kind)
-        target, tenant = _canonical(target, tenant)
+        target, tenant = canonical_subject(target, tenant)
         found = self.table.effects(k, target, tenant)
         if "block" not in found and self.fail_mode == "closed" and not self.fresh:
             return Decision(True, None, None, None, "stale", k, target, tuple(found))
@@ -362,12 +362,6 @@ class EnforcementClient:
                 self.on_change(event, block)
             except Exception:  # the app's callback: the table is up to date all the same
                 log.exception("enforcement stream: on_change raised (ignored)")
-
-
-def _canonical(target: str, tenant: str) -> tuple[str, str]:
-    """A subject id and tenant in the form the intake stores them, as the reporter sends them
-    (:func:`soar.bounds.canonical_id`; an empty tenant is "default", as for a detection)."""
-    return canonical_id(target) or "", canonical_id(tenant, TENANT_MAX) or "default"
 
 
 __all__ = ["KINDS", "ClientStats", "Decision", "EnforcementClient", "FailMode", "SSEParser"]

@@ -952,15 +952,10 @@ class EnforcementMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        got = self.extract(request)
-        subject = await got if inspect.isawaitable(got) else got
-        if subject is None:
+        subject, decision = await self._check(Request(scope, receive))
+        if subject is None or decision is None:
             await self.app(scope, receive, send)
             return
-        decision = self.client.check_subject(
-            subject.tenant, session=subject.session, user=subject.user, api_key=subject.api_key
-        )
         if decision.blocked:
             self.refused += 1
             await _answer(send, *refusal(decision))
@@ -975,18 +970,25 @@ class EnforcementMiddleware:
             receive = scanned
         await self.app(scope, receive, send)
 
+    async def _check(self, request: Request) -> tuple[Subject | None, Decision | None]:
+        """The request's subject (the extractor's) and the client's decision on it; (None,
+        None) when the extractor names none."""
+        got = self.extract(request)
+        subject = await got if inspect.isawaitable(got) else got
+        if subject is None:
+            return None, None
+        decision = self.client.check_subject(
+            subject.tenant, session=subject.session, user=subject.user, api_key=subject.api_key
+        )
+        return subject, decision
+
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket's handshake is checked like a request (the extractor gets the
         handshake: a ``Request`` over its scope, headers and query but no body): a blocked
         subject's connection is refused before it is accepted (``websocket.close`` with code
         1008, which the server answers with 403). Its messages are not scanned."""
-        request = Request({**scope, "type": "http"})
-        got = self.extract(request)
-        subject = await got if inspect.isawaitable(got) else got
-        if subject is not None:
-            decision = self.client.check_subject(
-                subject.tenant, session=subject.session, user=subject.user, api_key=subject.api_key
-            )
+        _, decision = await self._check(Request({**scope, "type": "http"}))
+        if decision is not None:
             if decision.blocked:
                 self.refused += 1
                 message = await receive()  # websocket.connect

@@ -31,6 +31,29 @@ async def pending(stack: Any, incident_id: str, n: int) -> list[dict[str, Any]] 
     return found if len(found) == n else None
 
 
+async def revoke_pending(stack: Any, tag: str) -> tuple[str, str, dict[str, Any]]:
+    """A critical leak (user u-TAG, session s-TAG, key k-TAG) posted; once its two approvals
+    are pending: the incident id, the workflow id, and the revoke_api_key approval."""
+    r = await stack.post_detection(
+        detection(
+            technique="AML.T0057",
+            severity="critical",
+            subject={
+                "tenant": "acme",
+                "user": f"u-{tag}",
+                "session": f"s-{tag}",
+                "api_key": f"k-{tag}",
+            },
+        )
+    )
+    assert r.status_code == 202, r.text
+    iid, wid = r.json()["incident_id"], r.json()["workflow_id"]
+    approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
+    types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
+    revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
+    return iid, wid, revoke
+
+
 async def action_of(stack: Any, incident_id: str, action_id: str) -> dict[str, Any]:
     inc = await stack.incident(incident_id)
     return next(a for a in inc["actions"] if a["action_id"] == action_id)
@@ -46,18 +69,7 @@ async def test_raw_temporal_client_cannot_approve_but_the_api_can(
     settings = make_settings(db_url, temporal_address, task_queue)
     caplog.set_level(logging.WARNING)
     async with running_stack(settings, temporal_client) as stack:
-        r = await stack.post_detection(
-            detection(
-                technique="AML.T0057",
-                severity="critical",
-                subject={"tenant": "acme", "user": "u-t", "session": "s-t", "api_key": "k-t"},
-            )
-        )
-        assert r.status_code == 202, r.text
-        iid, wid = r.json()["incident_id"], r.json()["workflow_id"]
-        approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
-        types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
-        revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
+        iid, wid, revoke = await revoke_pending(stack, "t")
         apr = revoke["approval_id"]
         handle = temporal_client.get_workflow_handle(wid)
 
@@ -166,18 +178,7 @@ async def test_a_decision_after_the_expiry_is_refused_while_the_workflow_is_behi
         # workers of their own clients (the stack's client holds the stack's unstarted one)
         first = await Client.connect(temporal_address)
         async with make_worker(first, ctx, task_queue=task_queue):
-            r = await stack.post_detection(
-                detection(
-                    technique="AML.T0057",
-                    severity="critical",
-                    subject={"tenant": "acme", "user": "u-l", "session": "s-l", "api_key": "k-l"},
-                )
-            )
-            assert r.status_code == 202, r.text
-            iid, wid = r.json()["incident_id"], r.json()["workflow_id"]
-            approvals = await eventually(lambda: pending(stack, iid, 2), timeout=20)
-            types = {a["action_id"]: a["type"] for a in (await stack.incident(iid))["actions"]}
-            revoke = next(a for a in approvals if types[a["action_id"]] == "revoke_api_key")
+            iid, wid, revoke = await revoke_pending(stack, "l")
             apr = revoke["approval_id"]
             # escalated at half time: the workflow holds its deadline (set before that)
             await eventually(lambda: _escalated(db_url, apr), timeout=20)

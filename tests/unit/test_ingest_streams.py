@@ -266,34 +266,11 @@ def test_answers_past_the_prefix_are_kept_and_not_sent_again(tmp_path: Path) -> 
     identity = {"input": "hang"}
     data = _file(10)
 
-    class Hanging(FakeIntake):
-        async def post(self, body: dict[str, Any]) -> tuple[str, str | None]:
-            if body["id"] == "d-0" and not hasattr(self, "resumed"):
-                self.posted.append("d-0")
-                await asyncio.sleep(3600)
-            return await super().post(body)
-
-    intake = Hanging()
-
-    async def interrupted() -> None:
-        run = Ingest(
-            poster=intake,
-            checkpoint=Checkpoint.open(tmp_path, identity),
-            options=Options(concurrency=6),
-        )
-        task = asyncio.create_task(run.run(io.BytesIO(data)))
-        while len(intake.known) < 5:
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(interrupted())
-    saved = Checkpoint.open(tmp_path, identity)
+    intake, saved = _interrupted_while_line_1_hangs(tmp_path, identity, data)
     assert saved.done == 0
     assert [(r.line, r.outcome) for r in saved.settled] == [(n, "accepted") for n in range(2, 7)]
 
-    intake.resumed = True  # type: ignore[attr-defined]
+    intake.resumed = True
     intake.posted.clear()
     tally = asyncio.run(
         Ingest(poster=intake, checkpoint=saved, options=Options()).run(io.BytesIO(data))
@@ -323,13 +300,34 @@ def test_a_saved_answer_is_not_taken_for_a_line_that_changed(tmp_path: Path) -> 
     identity = {"input": "changed"}
     data = _file(10)
 
-    class Hanging(FakeIntake):
-        async def post(self, body: dict[str, Any]) -> tuple[str, str | None]:
-            if body["id"] == "d-0" and not hasattr(self, "resumed"):
-                await asyncio.sleep(3600)
-            return await super().post(body)
+    intake, saved = _interrupted_while_line_1_hangs(tmp_path, identity, data)
+    assert 3 in {r.line for r in saved.settled}
+    changed = data.replace(b'"d-2"', b'"d-2b"')
+    assert changed != data
+    intake.resumed = True
+    intake.posted.clear()
+    asyncio.run(Ingest(poster=intake, checkpoint=saved, options=Options()).run(io.BytesIO(changed)))
+    assert "d-2b" in intake.posted
 
-    intake = Hanging()
+
+class _Hanging(FakeIntake):
+    """Hangs on d-0 (line 1) until `resumed` is set; answers the rest."""
+
+    resumed = False
+
+    async def post(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        if body["id"] == "d-0" and not self.resumed:
+            self.posted.append("d-0")
+            await asyncio.sleep(3600)
+        return await super().post(body)
+
+
+def _interrupted_while_line_1_hangs(
+    tmp_path: Path, identity: dict[str, Any], data: bytes
+) -> tuple[_Hanging, Checkpoint]:
+    """A run Ctrl-C'd (cancelled) once lines 2-6 were answered while line 1 hangs; the
+    intake and the checkpoint it left."""
+    intake = _Hanging()
 
     async def interrupted() -> None:
         run = Ingest(
@@ -345,11 +343,4 @@ def test_a_saved_answer_is_not_taken_for_a_line_that_changed(tmp_path: Path) -> 
             await task
 
     asyncio.run(interrupted())
-    saved = Checkpoint.open(tmp_path, identity)
-    assert 3 in {r.line for r in saved.settled}
-    changed = data.replace(b'"d-2"', b'"d-2b"')
-    assert changed != data
-    intake.resumed = True  # type: ignore[attr-defined]
-    intake.posted.clear()
-    asyncio.run(Ingest(poster=intake, checkpoint=saved, options=Options()).run(io.BytesIO(changed)))
-    assert "d-2b" in intake.posted
+    return intake, Checkpoint.open(tmp_path, identity)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from soar.escape import jira_plain
+from soar.escape import jira_plain, jira_wiki
 
 
 def _units(text: str) -> int:
@@ -37,12 +37,8 @@ def test_a_short_summary_is_kept_whole() -> None:
     ],
 )
 def test_jira_emoticons_in_attacker_text_stay_text(text: str, shown: str) -> None:
-    from soar.escape import jira_wiki
-
     assert jira_wiki(text) == shown
 
 
 def test_a_mailto_link_is_not_live_in_jira() -> None:
-    from soar.escape import jira_wiki
-
     assert "mailto:" not in jira_wiki("write to mailto:eve@evil.example")
